@@ -1,0 +1,78 @@
+"""Entry point: argument parsing, dispatch to the command groups, errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runnerkeep import __version__
+from runnerkeep.errors import EXIT_CODES, EXIT_FAILURE, RunnerkeepError
+
+from runnerkeep_cli import commands_cache, commands_cleanup, commands_disk, commands_host
+from runnerkeep_cli.output import emit
+
+DESCRIPTION = """\
+runnerkeep keeps self-hosted CI runners healthy: a verified Docker image cache,
+staged disk cleanup, and disk budgets with monitoring.
+"""
+
+
+def exit_code_help() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in sorted(EXIT_CODES.items())]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", help="print a machine-readable JSON report on stdout"
+    )
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $RUNNERKEEP_CONFIG or /etc/runnerkeep/config.json)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="runnerkeep",
+        description=DESCRIPTION,
+        epilog=exit_code_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"runnerkeep {__version__}")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND")
+    groups.required = True
+    for module in (commands_cache, commands_cleanup, commands_disk, commands_host):
+        module.register(groups, common, exit_code_help())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        result = args.handler(args)
+    except RunnerkeepError as exc:
+        return report_error(str(exc), exc.exit_code, as_json)
+    except KeyboardInterrupt:
+        return report_error("interrupted", 130, as_json)
+    except OSError as exc:
+        # An OSError that reached here was not anticipated by the core: name the file and errno.
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return report_error(f"{exc.strerror or exc}{where}", EXIT_FAILURE, as_json)
+    emit(result, as_json)
+    return result.exit_code
+
+
+def report_error(message: str, code: int, as_json: bool) -> int:
+    if as_json:
+        json.dump({"error": message, "exit_code": code}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    print(f"runnerkeep: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""What a command hands back to ``main``: data for ``--json``, text for people, an exit code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CommandResult:
+    data: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    exit_code: int = 0
+
+
+def emit(result: CommandResult, as_json: bool) -> None:
+    if as_json:
+        json.dump(result.data, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    elif result.text:
+        sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain left-aligned text table (numbers are pre-formatted by the caller)."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
