@@ -1,0 +1,92 @@
+"""Sessions: `nox` runs lint, unit and integration; `nox -s demo` runs the main job; `nox -s bench`.
+
+Sessions that need a Docker engine find one (DOCKER_HOST or the default socket) or, as root on
+Debian, install docker.io and start dockerd themselves (tests/harness/engine.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+nox.options.sessions = ["lint", "unit", "integration"]
+nox.options.error_on_missing_interpreters = True
+
+PYTHON_PATHS = os.pathsep.join(
+    os.path.join(ROOT, p) for p in ("module_utils", "cli", "tests")
+)
+HARNESS_DEPS = ["pytest", "pytest-testinfra", "docker", "paramiko", "pyyaml", "ansible-core"]
+
+
+def _env() -> dict[str, str]:
+    return {"PYTHONPATH": PYTHON_PATHS, "ANSIBLE_CONFIG": os.path.join(ROOT, "ansible.cfg")}
+
+
+def _ensure_engine(session: nox.Session) -> None:
+    session.run("python", "-m", "harness.engine", env=_env())
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check), yamllint, ansible-lint (production profile)."""
+    session.install("ruff", "yamllint", "ansible-core", "ansible-lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("yamllint", "-s", "-c", ".yamllint.yml", ".")
+    session.run("ansible-lint", "--offline", "playbooks", "roles")
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Core unit tests: fast, no Docker."""
+    session.install("pytest", "ansible-core")
+    session.run("pytest", "tests/unit", *session.posargs, env=_env())
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build dist/runnerkeep.pyz, the self-contained CLI for runner hosts."""
+    session.run("python", "tools/build_zipapp.py")
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Integration tests on a real Docker engine and containerized runner hosts."""
+    session.install(*HARNESS_DEPS)
+    _ensure_engine(session)
+    session.run("python", "tools/build_zipapp.py")
+    session.run(
+        "pytest", "tests/integration", "-m", "integration", "-p", "no:cacheprovider",
+        *session.posargs, env=_env(),
+    )
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job: a 3-runner fleet, provisioned, exercised, summarised, torn down."""
+    session.install(*HARNESS_DEPS)
+    _ensure_engine(session)
+    session.run("python", "tools/build_zipapp.py")
+    session.run("python", "tools/demo.py", *session.posargs, env=_env())
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed targets as ratios against baselines measured in the same run."""
+    session.install(*HARNESS_DEPS)
+    _ensure_engine(session)
+    scripts = sorted(glob.glob(os.path.join(ROOT, "tests", "bench", "bench_*.py")))
+    if not scripts:
+        session.error("no benchmarks found under tests/bench/")
+    for script in scripts:
+        session.run("python", script, *session.posargs, env=_env())
+
+
+@nox.session
+def cleanup_leftovers(session: nox.Session) -> None:
+    """Remove containers and volumes left by interrupted test runs (label io.runnerkeep.harness)."""
+    session.install(*HARNESS_DEPS)
+    session.run("python", "-m", "harness.fleet", "cleanup", env=_env())
