@@ -15,9 +15,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 nox.options.sessions = ["lint", "unit", "integration"]
 nox.options.error_on_missing_interpreters = True
 
-PYTHON_PATHS = os.pathsep.join(
-    os.path.join(ROOT, p) for p in ("module_utils", "cli", "tests")
-)
+PYTHON_PATHS = os.pathsep.join(os.path.join(ROOT, p) for p in ("module_utils", "cli", "tests"))
 HARNESS_DEPS = ["pytest", "pytest-testinfra", "docker", "paramiko", "pyyaml", "ansible-core"]
 
 
@@ -59,8 +57,14 @@ def integration(session: nox.Session) -> None:
     _ensure_engine(session)
     session.run("python", "tools/build_zipapp.py")
     session.run(
-        "pytest", "tests/integration", "-m", "integration", "-p", "no:cacheprovider",
-        *session.posargs, env=_env(),
+        "pytest",
+        "tests/integration",
+        "-m",
+        "integration",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env=_env(),
     )
 
 

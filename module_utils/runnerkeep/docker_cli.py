@@ -47,7 +47,8 @@ def run_docker(
 
 
 def _is_daemon_unreachable(stderr: str) -> bool:
-    return "Cannot connect to the Docker daemon" in stderr or "Is the docker daemon running" in stderr
+    markers = ("Cannot connect to the Docker daemon", "Is the docker daemon running")
+    return any(marker in stderr for marker in markers)
 
 
 def docker_json_lines(args: list[str], timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:

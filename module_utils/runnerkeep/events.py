@@ -11,7 +11,8 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .fsutil import atomic_write
 
@@ -41,17 +42,17 @@ def record_event(state_dir: str, kind: str, **fields: Any) -> None:
 def read_events(state_dir: str, kind: str | None = None) -> Iterator[dict[str, Any]]:
     """Events in the order written; lines that do not parse (a torn write) are skipped."""
     try:
-        handle = open(events_path(state_dir), encoding="utf-8")
+        with open(events_path(state_dir), encoding="utf-8") as handle:
+            lines = handle.readlines()
     except FileNotFoundError:
         return
-    with handle:
-        for line in handle:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if kind is None or event.get("kind") == kind:
-                yield event
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if kind is None or event.get("kind") == kind:
+            yield event
 
 
 def _drop_oldest_half(path: str) -> None:

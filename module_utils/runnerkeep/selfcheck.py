@@ -1,4 +1,4 @@
-"""``runnerkeep self-check``: can this host run runnerkeep? (python, config, directories, Docker)."""
+"""``runnerkeep self-check``: can this host run runnerkeep (python, config, dirs, Docker)?"""
 
 from __future__ import annotations
 

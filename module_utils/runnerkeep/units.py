@@ -42,9 +42,7 @@ def parse_size(text: str | int, what: str = "size") -> int:
     match = _SIZE_RE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
-        raise ConfigError(
-            f"{what}: expected a size such as 10G, 512MiB or 1048576, got {text!r}"
-        )
+        raise ConfigError(f"{what}: expected a size such as 10G, 512MiB or 1048576, got {text!r}")
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 

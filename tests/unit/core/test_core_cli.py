@@ -64,7 +64,11 @@ def test_zipapp_is_reproducible_and_runs(tmp_path):
     assert out.read_bytes() == data
     # Runs from a directory without the source tree, like on a runner host.
     ran = subprocess.run(
-        [sys.executable, str(out), "--version"], capture_output=True, text=True, cwd=tmp_path,
-        env={"PATH": os.environ["PATH"]}, check=True,
+        [sys.executable, str(out), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+        check=True,
     )
     assert ran.stdout.strip() == f"runnerkeep {__version__}"

@@ -36,7 +36,9 @@ def test_env_var_selects_the_file(tmp_path, monkeypatch):
 
 
 def test_fragments_override_key_by_key_in_name_order(tmp_path):
-    path = write(tmp_path / "config.json", {"paths": {"cache_dir": "/a"}, "cache": {"reserve": "1G"}})
+    path = write(
+        tmp_path / "config.json", {"paths": {"cache_dir": "/a"}, "cache": {"reserve": "1G"}}
+    )
     (tmp_path / "config.d").mkdir()
     write(tmp_path / "config.d" / "20-cache.json", {"cache": {"max_size": "5G"}})
     write(tmp_path / "config.d" / "90-local.json", {"cache": {"reserve": "2G"}})
@@ -54,7 +56,7 @@ def test_bad_fragment_is_named(tmp_path):
 
 
 def test_merge_section_rejects_unknown_keys_and_lists_known_ones():
-    with pytest.raises(ConfigError, match="unknown key.*reserv.*known keys: max_size, reserve"):
+    with pytest.raises(ConfigError, match=r"unknown key.*reserv.*known keys: max_size, reserve"):
         merge_section({"cache": {"reserv": 1}}, "cache", {"reserve": 0, "max_size": 0})
 
 

@@ -38,7 +38,8 @@ def test_percent_is_of_total():
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800), (5, 5), ("2", 2)]
+    ("text", "seconds"),
+    [("30s", 30), ("15m", 900), ("12h", 43200), ("7d", 604800), (5, 5), ("2", 2)],
 )
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
