@@ -1,0 +1,15 @@
+"""Disk budget, job peaks, report and watch (monitoring + alerts + emergency cleanup).
+
+Public entry points (the CLI, the Ansible modules, cleanup and cache import these):
+
+- ``report.disk_report(config)``: filesystems, Docker usage by kind, cache usage, largest dirs.
+- ``history.job_start / job_end / read_history``: per-job disk peaks, bounded JSON lines.
+- ``budget.current_budget(config) -> Budget``: cache quota, stage targets, watermarks.
+- ``watch.run_watch(config)``: one watch cycle (metrics, alerts on change, emergency cleanup).
+"""
+
+from __future__ import annotations
+
+from .budget import Budget, current_budget
+
+__all__ = ["Budget", "current_budget"]

@@ -1,0 +1,387 @@
+"""The disk budget: how much a job needs, how large the cache may grow, when to warn and act.
+
+Arithmetic (bytes; inodes the same way with their own reserve, floor and peaks), for the
+filesystem at ``disk.path`` (default: the one holding ``paths.cache_dir``) with capacity C:
+
+- reserve R = ``disk.reserve`` of C (default 5%): space the OS and the runner itself keep.
+- job peak P = the ``disk.peak_percentile`` (p95) of the recorded job peaks (growth during a
+  job), when at least ``disk.min_history_jobs`` jobs are recorded; with a shorter history,
+  the larger of ``disk.job_peak_floor`` and the largest peak seen so far.
+- hysteresis H = ``disk.hysteresis`` of C (default 1%): the watch leaves a state only once free
+  space is H above its watermark, so it does not flap.
+- watermarks (free space below which the state is entered): emergency = R; critical = R + P
+  (the next job may not fit without eating the reserve); warning = R + 2P.
+- stage targets (free space a cleanup stage stops at): pre = R + P + H (clears critical: one
+  job fits), post = R + 2P + H (clears warning: two jobs fit).
+- cache quota = ``disk.cache_share``% (default 50) of what lies above the post target,
+  C - (R + 2P + H); the rest is for Docker images, toolchains and job leftovers.
+
+Any value can be pinned in the ``disk`` config section (inventory variables of the role).
+A disk where the arithmetic leaves nothing (C <= R + 2P + H, or a quota below
+``disk.cache_quota_min``) raises ConfigError: there is never a negative quota.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..fsutil import filesystem_usage
+from ..units import format_size, parse_size_or_percent
+from .history import read_history
+from .settings import as_int, budget_path, disk_settings, expand, paths_of, size, state_dir
+from .sizing import tree_size
+
+LEVELS = ("ok", "warning", "critical", "emergency")
+
+
+@dataclass
+class BudgetInputs:
+    """Everything the arithmetic needs, measured (``measure_inputs``) or given by a test."""
+
+    path: str
+    capacity_bytes: int
+    capacity_inodes: int
+    peaks_bytes: list[int] = field(default_factory=list)
+    peaks_inodes: list[int] = field(default_factory=list)
+    cache_bytes: int = 0
+    free_bytes: int | None = None
+    free_inodes: int | None = None
+    cache_logical_bytes: int | None = None
+
+
+@dataclass
+class Budget:
+    path: str
+    capacity_bytes: int
+    capacity_inodes: int
+    reserve_bytes: int
+    reserve_inodes: int
+    job_peak_bytes: int
+    job_peak_inodes: int
+    job_peak_source: str
+    history_jobs: int
+    hysteresis_bytes: int
+    hysteresis_inodes: int
+    cache_bytes: int
+    cache_quota_bytes: int
+    pre_target_free_bytes: int
+    post_target_free_bytes: int
+    pre_target_free_inodes: int
+    post_target_free_inodes: int
+    warning_free_bytes: int
+    critical_free_bytes: int
+    emergency_free_bytes: int
+    warning_free_inodes: int
+    critical_free_inodes: int
+    emergency_free_inodes: int
+    free_bytes: int | None = None
+    free_inodes: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    explanation: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def watermarks(self) -> dict[str, dict[str, int]]:
+        """{level: {"bytes": free bytes below which, "inodes": free inodes below which}}."""
+        return {
+            level: {
+                "bytes": getattr(self, f"{level}_free_bytes"),
+                "inodes": getattr(self, f"{level}_free_inodes"),
+            }
+            for level in LEVELS[1:]
+        }
+
+    def stage_targets(self, stage: str) -> tuple[int, int]:
+        """(free bytes, free inodes) a cleanup stage should reach; emergency aims at post."""
+        if stage == "pre":
+            return self.pre_target_free_bytes, self.pre_target_free_inodes
+        if stage in ("post", "emergency"):
+            return self.post_target_free_bytes, self.post_target_free_inodes
+        raise ConfigError(f"unknown cleanup stage {stage!r}: expected pre, post or emergency")
+
+    def explain(self) -> str:
+        return "\n".join(self.explanation)
+
+
+def percentile(values: list[int], pct: float) -> int:
+    """Nearest-rank percentile (the value at rank ceil(pct/100 * n)); 0 for no values."""
+    if not values:
+        return 0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def parse_count_or_percent(value: Any, total: int, what: str) -> int:
+    """Inodes: a plain count, or "5%" of ``total``."""
+    raw = str(value).strip()
+    if raw.endswith("%"):
+        return parse_size_or_percent(raw, total, what)
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a count or a percentage, got {value!r}")
+    try:
+        number = int(float(raw))
+    except ValueError:
+        raise ConfigError(
+            f"{what}: expected a count such as 50000 or a percentage such as 5%, got {value!r}"
+        ) from None
+    if number < 0:
+        raise ConfigError(f"{what}: cannot be negative, got {value!r}")
+    return number
+
+
+def _peak(peaks: list[int], floor: int, pct: float, min_jobs: int, fmt) -> tuple[int, str]:
+    n = len(peaks)
+    if n >= min_jobs:
+        value = percentile(peaks, pct)
+        return value, f"p{pct:g} of the last {n} job peaks is {fmt(value)}"
+    seen = max(peaks) if peaks else 0
+    value = max(floor, seen)
+    history = f"only {n} job(s) recorded, fewer than {min_jobs}"
+    if seen > floor:
+        return (
+            value,
+            f"{history}; the largest peak seen ({fmt(seen)}) exceeds the floor {fmt(floor)}",
+        )
+    return value, f"{history}, so the floor {fmt(floor)} applies"
+
+
+def _count(n: int) -> str:
+    return f"{n:,} inodes"
+
+
+def compute_budget(inputs: BudgetInputs, settings: dict[str, Any]) -> Budget:
+    """The arithmetic on fixed inputs; raises ConfigError when the budget cannot be met."""
+    c = inputs.capacity_bytes
+    ci = inputs.capacity_inodes
+    if c <= 0:
+        raise ConfigError(f"disk budget: {inputs.path} reports a capacity of 0 bytes")
+    pct = float(settings["peak_percentile"])
+    if not 0 < pct <= 100:
+        raise ConfigError(f"disk.peak_percentile must be in (0, 100], got {pct:g}")
+    min_jobs = as_int(settings["min_history_jobs"], "disk.min_history_jobs", 1)
+    share = float(settings["cache_share"])
+    if not 0 <= share <= 100:
+        raise ConfigError(f"disk.cache_share must be a percentage 0..100, got {share:g}")
+    fmt = format_size
+    words: list[str] = []
+    overrides: list[str] = []
+
+    r = parse_size_or_percent(settings["reserve"], c, "disk.reserve")
+    h = parse_size_or_percent(settings["hysteresis"], c, "disk.hysteresis")
+    floor = size(settings, "job_peak_floor")
+    p, p_words = _peak(list(inputs.peaks_bytes), floor, pct, min_jobs, fmt)
+    words.append(f"Filesystem {inputs.path}: capacity C = {fmt(c)} ({c:,} bytes).")
+    words.append(f"Reserve R = {settings['reserve']} of C = {fmt(r)}.")
+    words.append(f"Job peak P: {p_words}; P = {fmt(p)}.")
+    words.append(f"Hysteresis H = {settings['hysteresis']} of C = {fmt(h)}.")
+
+    values = {
+        "emergency_free_bytes": r,
+        "critical_free_bytes": r + p,
+        "warning_free_bytes": r + 2 * p,
+        "pre_target_free_bytes": r + p + h,
+        "post_target_free_bytes": r + 2 * p + h,
+    }
+    words.append(
+        f"Watermarks: emergency below R = {fmt(r)} free; critical below R + P = {fmt(r + p)}; "
+        f"warning below R + 2P = {fmt(r + 2 * p)}."
+    )
+    words.append(
+        f"Cleanup targets: pre stage frees up to R + P + H = {fmt(r + p + h)} free (one job fits); "
+        f"post and emergency stages up to R + 2P + H = {fmt(r + 2 * p + h)} free (two jobs fit)."
+    )
+    for key in (
+        "emergency_free",
+        "critical_free",
+        "warning_free",
+        "pre_target_free",
+        "post_target_free",
+    ):
+        if settings[key] is not None:
+            values[key + "_bytes"] = parse_size_or_percent(settings[key], c, f"disk.{key}")
+            overrides.append(key)
+            words.append(
+                f"Override: disk.{key} = {settings[key]} -> {fmt(values[key + '_bytes'])}."
+            )
+
+    room = c - values["post_target_free_bytes"]
+    if room <= 0:
+        raise ConfigError(
+            f"disk budget cannot be met on {inputs.path}: capacity {fmt(c)} is not larger "
+            f"than the post-stage target {fmt(values['post_target_free_bytes'])} (reserve "
+            f"{fmt(r)} + 2 x job peak {fmt(p)} + hysteresis {fmt(h)}); give the runner a larger "
+            "disk or lower "
+            "disk.reserve / disk.job_peak_floor / the overrides"
+        )
+    if settings["cache_quota"] is not None:
+        quota = parse_size_or_percent(settings["cache_quota"], c, "disk.cache_quota")
+        overrides.append("cache_quota")
+        words.append(
+            f"Cache quota pinned by disk.cache_quota = {settings['cache_quota']} -> {fmt(quota)}."
+        )
+        if quota > room:
+            words.append(
+                f"Note: that quota exceeds the {fmt(room)} above the post target; "
+                "a full cache will keep the disk in warning."
+            )
+    else:
+        quota = int(room * share / 100.0)
+        words.append(
+            f"Cache quota = {share:g}% of what lies above the post target, "
+            f"{share:g}% x (C - {fmt(values['post_target_free_bytes'])}) = "
+            f"{share:g}% x {fmt(room)} "
+            f"= {fmt(quota)}."
+        )
+        quota_min = size(settings, "cache_quota_min")
+        if quota < quota_min:
+            raise ConfigError(
+                f"disk budget cannot be met on {inputs.path}: the cache quota would be "
+                f"{fmt(quota)}, below disk.cache_quota_min {fmt(quota_min)} (capacity {fmt(c)}, "
+                f"reserve {fmt(r)}, "
+                f"job peak {fmt(p)}); give the runner a larger disk, lower disk.cache_quota_min, "
+                "or pin disk.cache_quota"
+            )
+    words.append(
+        f"The cache store now holds {fmt(inputs.cache_bytes)}"
+        + (f" ({inputs.cache_bytes * 100.0 / quota:.0f}% of its quota)." if quota else ".")
+    )
+    if inputs.cache_bytes > quota:
+        words.append(
+            f"The cache is {fmt(inputs.cache_bytes - quota)} over quota: "
+            "'runnerkeep cache prune' trims it."
+        )
+
+    # Inodes.
+    if ci > 0:
+        ri = parse_count_or_percent(settings["reserve_inodes"], ci, "disk.reserve_inodes")
+        # Inode hysteresis: the same percentage as for bytes; 1% when bytes use a fixed size.
+        hyst = str(settings["hysteresis"]).strip()
+        hi = parse_count_or_percent(hyst if hyst.endswith("%") else "1%", ci, "disk.hysteresis")
+        floor_i = parse_count_or_percent(
+            settings["job_peak_floor_inodes"], ci, "disk.job_peak_floor_inodes"
+        )
+        pi, pi_words = _peak(list(inputs.peaks_inodes), floor_i, pct, min_jobs, _count)
+        values.update(
+            emergency_free_inodes=ri,
+            critical_free_inodes=ri + pi,
+            warning_free_inodes=ri + 2 * pi,
+            pre_target_free_inodes=ri + pi + hi,
+            post_target_free_inodes=ri + 2 * pi + hi,
+        )
+        words.append(
+            f"Inodes: capacity {ci:,}; reserve {settings['reserve_inodes']} = {ri:,}; job peak: "
+            f"{pi_words}; hysteresis {hi:,}. Watermarks: emergency below {ri:,}, critical below "
+            f"{ri + pi:,}, warning below {ri + 2 * pi:,} free inodes; "
+            f"targets pre {ri + pi + hi:,}, "
+            f"post {ri + 2 * pi + hi:,}."
+        )
+        for key in (
+            "emergency_free",
+            "critical_free",
+            "warning_free",
+            "pre_target_free",
+            "post_target_free",
+        ):
+            okey = key + "_inodes"
+            if settings[okey] is not None:
+                values[okey] = parse_count_or_percent(settings[okey], ci, f"disk.{okey}")
+                overrides.append(okey)
+                words.append(f"Override: disk.{okey} = {settings[okey]} -> {values[okey]:,}.")
+        if values["post_target_free_inodes"] >= ci:
+            raise ConfigError(
+                f"disk budget cannot be met on {inputs.path}: it has {ci:,} inodes, "
+                "not more than the "
+                f"post-stage inode target {values['post_target_free_inodes']:,}; lower "
+                "disk.reserve_inodes / disk.job_peak_floor_inodes"
+            )
+    else:
+        ri = hi = pi = 0
+        for key in ("emergency", "critical", "warning", "pre_target", "post_target"):
+            values[f"{key}_free_inodes"] = 0
+        words.append("Inodes: this filesystem reports no inode limit; no inode watermarks.")
+
+    _check_order(values, c, inputs.path)
+    if inputs.free_bytes is not None:
+        words.append(
+            f"Now: {fmt(inputs.free_bytes)} free"
+            + (f", {inputs.free_inodes:,} inodes free." if inputs.free_inodes is not None else ".")
+        )
+    return Budget(
+        path=inputs.path,
+        capacity_bytes=c,
+        capacity_inodes=ci,
+        reserve_bytes=r,
+        reserve_inodes=ri,
+        job_peak_bytes=p,
+        job_peak_inodes=pi,
+        job_peak_source="percentile" if len(inputs.peaks_bytes) >= min_jobs else "floor",
+        history_jobs=len(inputs.peaks_bytes),
+        hysteresis_bytes=h,
+        hysteresis_inodes=hi,
+        cache_bytes=inputs.cache_bytes,
+        cache_quota_bytes=quota,
+        free_bytes=inputs.free_bytes,
+        free_inodes=inputs.free_inodes,
+        overrides=overrides,
+        explanation=words,
+        **values,
+    )
+
+
+def _check_order(values: dict[str, int], capacity: int, path: str) -> None:
+    for unit in ("bytes", "inodes"):
+        e, cr, w = (values[f"{lv}_free_{unit}"] for lv in ("emergency", "critical", "warning"))
+        if unit == "inodes" and e == cr == w == 0:
+            continue
+        if not e < cr < w:
+            raise ConfigError(
+                f"disk budget on {path}: watermarks must satisfy emergency < critical < warning "
+                f"free {unit}, got {e:,} / {cr:,} / {w:,}; check the disk.*_free overrides"
+            )
+        if values[f"post_target_free_{unit}"] < values[f"pre_target_free_{unit}"]:
+            raise ConfigError(
+                f"disk budget on {path}: the post-stage target must not be below the pre-stage "
+                f"target ({unit}); check disk.pre_target_free / disk.post_target_free"
+            )
+    if values["warning_free_bytes"] >= capacity:
+        raise ConfigError(
+            f"disk budget on {path}: the warning watermark "
+            f"{format_size(values['warning_free_bytes'])} "
+            f"is not below the capacity {format_size(capacity)}"
+        )
+
+
+def measure_inputs(config: dict[str, Any]) -> BudgetInputs:
+    """Capacity and free space now, the recorded job peaks, the cache store's on-disk size."""
+    settings = disk_settings(config)
+    path = expand(budget_path(config))
+    try:
+        usage = filesystem_usage(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"disk budget: cannot read the filesystem of {path}: {exc.strerror}"
+        ) from None
+    max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
+    records = read_history(state_dir(config))[-max_jobs:]
+    cache = tree_size(expand(paths_of(config)["cache_dir"]))
+    return BudgetInputs(
+        path=path,
+        capacity_bytes=usage.total_bytes,
+        capacity_inodes=usage.total_inodes,
+        peaks_bytes=[r["peak_bytes"] for r in records],
+        peaks_inodes=[int(r.get("peak_inodes") or 0) for r in records],
+        cache_bytes=cache.disk_bytes,
+        cache_logical_bytes=cache.logical_bytes,
+        free_bytes=usage.free_bytes,
+        free_inodes=usage.free_inodes,
+    )
+
+
+def current_budget(config: dict[str, Any]) -> Budget:
+    """The budget for this host now: what cleanup, the cache precheck and the watch read."""
+    return compute_budget(measure_inputs(config), disk_settings(config))

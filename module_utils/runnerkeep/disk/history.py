@@ -1,0 +1,305 @@
+"""Job peaks: disk use at job start, the peak during the job, and at its end.
+
+``job_start`` measures the budget filesystem, writes ``<state_dir>/disk-jobs/<job>.json`` and
+spawns a detached sampler (double fork, own session) that re-measures every
+``disk.sample_interval`` and rewrites the job file when a new peak is seen; it stops itself
+after ``disk.sampler_max_lifetime`` or when the job file disappears. ``job_end`` stops the
+sampler (its pid file holds the pid *and* the process start time, so a recycled pid is never
+signalled), takes a last sample and appends one record to ``<state_dir>/disk-history.jsonl``,
+which keeps the newest ``disk.history_max_jobs`` records.
+
+Peaks are growth: ``peak used - used at start`` in bytes and inodes, never negative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from .. import events
+from ..errors import ConfigError
+from ..fsutil import atomic_write, filesystem_usage
+from .settings import as_int, budget_path, disk_settings, expand, seconds, state_dir
+
+HISTORY_FILE = "disk-history.jsonl"
+JOBS_DIR = "disk-jobs"
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+
+def history_path(sdir: str) -> str:
+    return os.path.join(sdir, HISTORY_FILE)
+
+
+def _job_paths(sdir: str, job_id: str) -> tuple[str, str]:
+    if not _JOB_ID_RE.match(job_id or ""):
+        raise ConfigError(
+            f"job id {job_id!r} is not usable: use letters, digits and . _ : @ - (max 128)"
+        )
+    safe = job_id.replace(":", "_").replace("@", "_")
+    base = os.path.join(sdir, JOBS_DIR, safe)
+    return base + ".json", base + ".pid"
+
+
+def sample(path: str) -> dict[str, int]:
+    usage = filesystem_usage(path)
+    return {
+        "used_bytes": usage.total_bytes - usage.free_bytes,
+        "used_inodes": usage.total_inodes - usage.free_inodes,
+        "free_bytes": usage.free_bytes,
+        "free_inodes": usage.free_inodes,
+    }
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    atomic_write(path, (json.dumps(data, sort_keys=True) + "\n").encode())
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): identifies one process life."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(")") + 2 :].split()
+    return rest[19] if len(rest) > 19 else None
+
+
+def _update_peak(job: dict[str, Any], now: dict[str, int]) -> bool:
+    changed = False
+    if now["used_bytes"] > job["peak_used_bytes"]:
+        job["peak_used_bytes"] = now["used_bytes"]
+        job["peak_time"] = time.time()
+        changed = True
+    if now["used_inodes"] > job["peak_used_inodes"]:
+        job["peak_used_inodes"] = now["used_inodes"]
+        changed = True
+    return changed
+
+
+def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dict[str, Any]:
+    """Record the start of a job and (by default) start its background peak sampler."""
+    settings = disk_settings(config)
+    sdir = state_dir(config)
+    job_file, pid_file = _job_paths(sdir, job_id)
+    os.makedirs(os.path.dirname(job_file), exist_ok=True)
+    _stop_sampler(pid_file)
+    path = expand(budget_path(config))
+    now = sample(path)
+    job = {
+        "job_id": job_id,
+        "path": path,
+        "start_time": time.time(),
+        "start_used_bytes": now["used_bytes"],
+        "start_used_inodes": now["used_inodes"],
+        "peak_used_bytes": now["used_bytes"],
+        "peak_used_inodes": now["used_inodes"],
+        "peak_time": time.time(),
+        "samples": 1,
+    }
+    _write_json(job_file, job)
+    interval = seconds(settings, "sample_interval")
+    lifetime = seconds(settings, "sampler_max_lifetime")
+    if interval <= 0:
+        raise ConfigError("disk.sample_interval must be greater than 0")
+    result = {"job": job, "sampler_pid": None}
+    if spawn:
+        result["sampler_pid"] = _spawn_sampler(job_file, pid_file, path, interval, lifetime)
+    return result
+
+
+def _spawn_sampler(
+    job_file: str, pid_file: str, path: str, interval: float, lifetime: float
+) -> int | None:
+    """Double fork: the sampler is re-parented to init and outlives the hook that started it."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:  # the caller: wait for the intermediate child, read the sampler's pid
+        os.close(write_fd)
+        os.waitpid(pid, 0)
+        with os.fdopen(read_fd, "rb") as pipe:
+            data = pipe.read()
+        return int(data) if data.strip() else None
+    # Intermediate child and sampler: never return into the caller's code.
+    status = 0
+    try:
+        os.close(read_fd)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        me = os.getpid()
+        _write_json(pid_file, {"pid": me, "start_time": _proc_start_time(me)})
+        os.write(write_fd, str(me).encode())
+        os.close(write_fd)
+        _sampler_loop(job_file, path, interval, lifetime)
+    except BaseException:
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def _sampler_loop(job_file: str, path: str, interval: float, lifetime: float) -> None:
+    deadline = time.monotonic() + lifetime
+    while time.monotonic() < deadline:
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        job = _read_json(job_file)
+        if job is None:
+            return
+        try:
+            now = sample(path)
+        except OSError:
+            continue
+        job["samples"] = job.get("samples", 1) + 1
+        if _update_peak(job, now):
+            _write_json(job_file, job)
+
+
+def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
+    """Stop the sampler named in ``pid_file`` if it is still that same process."""
+    info = _read_json(pid_file)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pid_file)
+    if not info or not isinstance(info.get("pid"), int):
+        return False
+    pid = info["pid"]
+    if not info.get("start_time") or _proc_start_time(pid) != info["start_time"]:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if _proc_start_time(pid) != info["start_time"]:
+            return True
+        # A zombie (when the sampler is our own child, e.g. in tests) counts as stopped.
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        time.sleep(0.02)
+    return True
+
+
+def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """Stop the sampler, take the last sample and append the job's record to the history."""
+    settings = disk_settings(config)
+    sdir = state_dir(config)
+    job_file, pid_file = _job_paths(sdir, job_id)
+    _stop_sampler(pid_file)
+    job = _read_json(job_file)
+    if job is None:
+        raise ConfigError(
+            f"no running job {job_id!r} in {os.path.dirname(job_file)}: "
+            "call 'runnerkeep disk job-start --job-id ID' when the job starts"
+        )
+    now = sample(job["path"])
+    _update_peak(job, now)
+    end_time = time.time()
+    record = {
+        "job_id": job_id,
+        "path": job["path"],
+        "start_time": job["start_time"],
+        "end_time": end_time,
+        "duration_seconds": round(end_time - job["start_time"], 3),
+        "start_used_bytes": job["start_used_bytes"],
+        "peak_used_bytes": job["peak_used_bytes"],
+        "end_used_bytes": now["used_bytes"],
+        "start_used_inodes": job["start_used_inodes"],
+        "peak_used_inodes": job["peak_used_inodes"],
+        "end_used_inodes": now["used_inodes"],
+        "peak_bytes": max(0, job["peak_used_bytes"] - job["start_used_bytes"]),
+        "peak_inodes": max(0, job["peak_used_inodes"] - job["start_used_inodes"]),
+        "samples": job.get("samples", 1) + 1,
+    }
+    max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
+    append_history(sdir, record, max_jobs)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(job_file)
+    events.record_event(
+        sdir,
+        "job",
+        job_id=job_id,
+        peak_bytes=record["peak_bytes"],
+        peak_inodes=record["peak_inodes"],
+        duration_seconds=record["duration_seconds"],
+    )
+    return record
+
+
+def append_history(sdir: str, record: dict[str, Any], max_jobs: int) -> None:
+    """Append one record; past ``max_jobs`` records keep only the newest (atomic rewrite)."""
+    os.makedirs(sdir, exist_ok=True)
+    path = history_path(sdir)
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+        if len(lines) > max_jobs:
+            atomic_write(path, b"".join(lines[-max_jobs:]))
+
+
+def read_history(sdir: str) -> list[dict[str, Any]]:
+    """Records oldest first; lines that do not parse or lack a peak are skipped."""
+    records = []
+    try:
+        with open(history_path(sdir), encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("peak_bytes"), int):
+            records.append(record)
+    return records
+
+
+def running_jobs(sdir: str) -> list[dict[str, Any]]:
+    directory = os.path.join(sdir, JOBS_DIR)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    jobs = []
+    for name in names:
+        if name.endswith(".json"):
+            job = _read_json(os.path.join(directory, name))
+            if job:
+                jobs.append(job)
+    return jobs
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use 'runnerkeep disk job-start|job-end'")

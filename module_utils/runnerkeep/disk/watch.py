@@ -1,0 +1,582 @@
+"""``runnerkeep disk watch``: one cycle of measuring, metrics, alerts and emergency cleanup.
+
+The watermark state machine (ok < warning < critical < emergency) lives in
+``<state_dir>/disk-watch.json``. A state is entered as soon as free bytes *or* free inodes of
+the budget filesystem drop below its watermark; it is left only when free space is the
+budget's hysteresis above the watermark. Alerts go out on state changes only: syslog/journal
+always, the webhook when ``disk.webhook_url`` is set (timeout, bounded retries, all inside
+``disk.watch_timeout``). Entering emergency runs the cleanup core's emergency stage towards
+the post-stage target (again at most every ``disk.emergency_cleanup_cooldown`` while the
+state stays emergency) and alerts what it freed; the state returns to ok on the next cycle
+that measures enough free space.
+
+Every part fails on its own: no budget, no Docker, an unreadable path, a dead webhook or a
+failing cleanup are reported in the metrics (``runnerkeep_disk_watch_errors``, ``*_up``) and
+the log, and the rest of the cycle still runs and the metrics file is still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from typing import Any, Callable
+
+from ..docker_cli import engine_info
+from ..errors import ConfigError, RunnerkeepError
+from ..fsutil import atomic_write, filesystem_usage
+from ..units import format_size
+from . import alerts
+from .budget import LEVELS, Budget, compute_budget, measure_inputs
+from .metrics import MetricSet, fold_events, write_textfile
+from .report import docker_usage, filesystems, watched_paths
+from .settings import as_int, disk_settings, seconds, state_dir
+
+STATE_FILE = "disk-watch.json"
+LOCK_FILE = "disk-watch.lock"
+
+
+# --- the state machine (pure) -------------------------------------------------------------
+
+
+def level_of(
+    free_bytes: int, free_inodes: int | None, watermarks: dict[str, dict[str, int]]
+) -> int:
+    """Index in LEVELS of the worst watermark that free bytes or free inodes are below."""
+    level = 0
+    for index, name in enumerate(LEVELS[1:], 1):
+        mark = watermarks[name]
+        low_bytes = free_bytes < mark["bytes"]
+        low_inodes = (
+            bool(mark.get("inodes")) and free_inodes is not None and free_inodes < mark["inodes"]
+        )
+        if low_bytes or low_inodes:
+            level = index
+    return level
+
+
+def next_state(
+    previous: str,
+    free_bytes: int,
+    free_inodes: int | None,
+    watermarks: dict[str, dict[str, int]],
+    hysteresis_bytes: int = 0,
+    hysteresis_inodes: int = 0,
+) -> str:
+    """Up at once; down only as far as free space clears the watermarks plus hysteresis."""
+    prev = LEVELS.index(previous) if previous in LEVELS else 0
+    raw = level_of(free_bytes, free_inodes, watermarks)
+    if raw >= prev:
+        return LEVELS[raw]
+    cleared = level_of(
+        free_bytes - hysteresis_bytes,
+        None if free_inodes is None else free_inodes - hysteresis_inodes,
+        watermarks,
+    )
+    return LEVELS[min(prev, cleared)]
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+
+def load_state(sdir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(sdir, STATE_FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return {"state": "ok", "since": None}
+    if not isinstance(data, dict) or data.get("state") not in LEVELS:
+        return {"state": "ok", "since": None}
+    return data
+
+
+def save_state(sdir: str, state: dict[str, Any]) -> None:
+    atomic_write(
+        os.path.join(sdir, STATE_FILE),
+        (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(),
+    )
+
+
+# --- one cycle ------------------------------------------------------------------------------
+
+
+class _Cycle:
+    def __init__(self, config: dict[str, Any], cleanup_func: Callable | None) -> None:
+        self.config = config
+        self.settings = disk_settings(config)
+        self.sdir = state_dir(config)
+        self.started = time.monotonic()
+        self.deadline = self.started + seconds(self.settings, "watch_timeout")
+        self.errors: list[str] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.metrics = MetricSet()
+        self.cleanup_func = cleanup_func
+        self.tag = str(self.settings["syslog_tag"])
+
+    def remaining(self, cap: float) -> float:
+        return max(1.0, min(cap, self.deadline - time.monotonic()))
+
+    # alerts
+    def alert(self, body: dict[str, Any], severity: str, state: dict[str, Any]) -> dict[str, Any]:
+        counts = state.setdefault("alert_counts", {})
+        sent: dict[str, Any] = {"message": body["message"], "event": body["event"]}
+        if self.settings["syslog"]:
+            sent["syslog"] = alerts.syslog(body["message"], severity, self.tag)
+            key = "syslog:sent"
+            counts[key] = counts.get(key, 0) + 1
+        url = self.settings["webhook_url"]
+        if url:
+            result = alerts.post_webhook(
+                url,
+                body,
+                timeout=seconds(self.settings, "webhook_timeout"),
+                retries=as_int(self.settings["webhook_retries"], "disk.webhook_retries"),
+                deadline=self.deadline,
+            )
+            sent["webhook"] = result
+            key = "webhook:sent" if result["ok"] else "webhook:failed"
+            counts[key] = counts.get(key, 0) + 1
+            state["webhook_ok"] = bool(result["ok"])
+            if not result["ok"]:
+                message = (
+                    f"disk watch: webhook {url} failed after {result['attempts']} attempt(s): "
+                    f"{result['error']}"
+                )
+                self.errors.append(message)
+                if self.settings["syslog"]:
+                    alerts.syslog(message, "error", self.tag)
+        self.alerts.append(sent)
+        return sent
+
+    def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "source": "runnerkeep",
+            "event": event,
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "message": message,
+            **fields,
+        }
+
+    def emergency_cleanup(self, budget: Budget) -> dict[str, Any]:
+        target_bytes, target_inodes = budget.stage_targets("emergency")
+        run = self.cleanup_func
+        if run is None:
+            try:
+                from ..cleanup import run_cleanup as run
+            except ImportError as exc:
+                return {
+                    "ok": False,
+                    "error": f"the cleanup core (runnerkeep.cleanup) is not available: {exc}; "
+                    "emergency cleanup skipped",
+                }
+        before = filesystem_usage(budget.path)
+        started = time.monotonic()
+        try:
+            report = run(
+                "emergency",
+                self.config,
+                target_free_bytes=target_bytes,
+                target_free_inodes=target_inodes or None,
+                paths=[budget.path],
+                force=bool(self.settings["emergency_force"]),
+            )
+        except RunnerkeepError as exc:
+            return {"ok": False, "error": f"emergency cleanup failed: {exc}"}
+        except Exception as exc:
+            return {
+                "ok": False,
+                "error": f"emergency cleanup crashed: {exc.__class__.__name__}: {exc}",
+            }
+        duration = time.monotonic() - started
+        # The cleanup's time is its own: the watch's timeout covers the watch's work.
+        self.deadline += duration
+        after = filesystem_usage(budget.path)
+        data = report.as_dict() if hasattr(report, "as_dict") else report
+        return {
+            "ok": True,
+            "freed_bytes": max(0, after.free_bytes - before.free_bytes),
+            "freed_inodes": max(0, after.free_inodes - before.free_inodes),
+            "free_bytes_before": before.free_bytes,
+            "free_bytes_after": after.free_bytes,
+            "target_free_bytes": target_bytes,
+            "target_free_inodes": target_inodes,
+            "duration_seconds": round(duration, 3),
+            "report": data,
+        }
+
+    # the cycle
+    def run(self) -> dict[str, Any]:
+        settings = self.settings
+        state = load_state(self.sdir)
+        previous = state.get("state", "ok")
+        now = time.time()
+        m = self.metrics
+
+        budget = None
+        inputs = None
+        try:
+            inputs = measure_inputs(self.config)
+            budget = compute_budget(inputs, settings)
+        except ConfigError as exc:
+            self.errors.append(f"budget: {exc}")
+
+        # Docker and the filesystems.
+        root = settings["docker_root"]
+        docker: dict[str, Any] = {"checked": bool(settings["watch_docker"])}
+        if settings["watch_docker"]:
+            try:
+                info = engine_info(timeout=self.remaining(10))
+                root = root or info.get("DockerRootDir")
+                kinds = docker_usage(timeout=self.remaining(30))
+                docker.update(up=True, kinds=kinds)
+            except RunnerkeepError as exc:
+                docker.update(up=False, error=str(exc))
+                self.errors.append(f"docker: {exc}")
+            m.add(
+                "runnerkeep_docker_up",
+                1 if docker["up"] else 0,
+                help="1 when the Docker engine answered this watch cycle",
+            )
+            for kind, usage in docker.get("kinds", {}).items():
+                m.add(
+                    "runnerkeep_docker_usage_bytes",
+                    usage["size_bytes"],
+                    {"kind": kind},
+                    help="docker system df size by kind",
+                )
+                m.add(
+                    "runnerkeep_docker_reclaimable_bytes",
+                    usage["reclaimable_bytes"],
+                    {"kind": kind},
+                    help="docker system df reclaimable bytes by kind",
+                )
+        pairs = watched_paths(self.config, root or "/var/lib/docker")
+        fs_list, fs_errors = filesystems(pairs)
+        for fs in fs_list:
+            labels = {"mountpoint": fs["mount_point"]}
+            m.add(
+                "runnerkeep_disk_filesystem_size_bytes",
+                fs["size_bytes"],
+                labels,
+                help="filesystem size",
+            )
+            m.add(
+                "runnerkeep_disk_filesystem_free_bytes",
+                fs["free_bytes"],
+                labels,
+                help="bytes available to unprivileged users",
+            )
+            m.add(
+                "runnerkeep_disk_filesystem_size_inodes",
+                fs["size_inodes"],
+                labels,
+                help="inodes in total",
+            )
+            m.add(
+                "runnerkeep_disk_filesystem_free_inodes",
+                fs["free_inodes"],
+                labels,
+                help="free inodes",
+            )
+        bad = {(e["role"], e["path"]) for e in fs_errors}
+        for role, path in pairs:
+            m.add(
+                "runnerkeep_disk_path_readable",
+                0 if (role, path) in bad else 1,
+                {"role": role, "path": path},
+                help="1 when the filesystem holding the path could be measured",
+            )
+        for err in fs_errors:
+            self.errors.append(f"filesystem of {err['path']} ({err['role']}): {err['error']}")
+
+        # The state machine.
+        new = previous
+        if budget is not None and inputs is not None and inputs.free_bytes is not None:
+            new = next_state(
+                previous,
+                inputs.free_bytes,
+                inputs.free_inodes if budget.capacity_inodes else None,
+                budget.watermarks(),
+                budget.hysteresis_bytes,
+                budget.hysteresis_inodes,
+            )
+        changed = new != previous
+        if changed:
+            state["since"] = now
+            message = (
+                f"disk {previous} -> {new} on {budget.path}: "
+                f"{format_size(inputs.free_bytes)} free ({inputs.free_inodes:,} inodes); "
+                f"warning/critical/emergency below {format_size(budget.warning_free_bytes)}/"
+                f"{format_size(budget.critical_free_bytes)}/{format_size(budget.emergency_free_bytes)}"
+            )
+            self.alert(
+                self.body(
+                    "disk_state_change",
+                    message,
+                    previous=previous,
+                    state=new,
+                    path=budget.path,
+                    free_bytes=inputs.free_bytes,
+                    free_inodes=inputs.free_inodes,
+                    watermarks=budget.watermarks(),
+                ),
+                new,
+                state,
+            )
+        state["state"] = new
+
+        # Emergency cleanup.
+        cleanup = None
+        if new == "emergency" and settings["emergency_cleanup"] and budget is not None:
+            cooldown = seconds(settings, "emergency_cleanup_cooldown")
+            last = state.get("last_emergency_cleanup") or 0
+            if changed or now - last >= cooldown:
+                cleanup = self.emergency_cleanup(budget)
+                state["last_emergency_cleanup"] = time.time()
+                state["emergency_cleanups"] = state.get("emergency_cleanups", 0) + 1
+                state["last_emergency_cleanup_ok"] = cleanup["ok"]
+                if cleanup["ok"]:
+                    state["last_emergency_cleanup_freed_bytes"] = cleanup["freed_bytes"]
+                    message = (
+                        f"disk emergency on {budget.path}: emergency cleanup freed "
+                        f"{format_size(cleanup['freed_bytes'])} "
+                        f"({cleanup['freed_inodes']:,} inodes); "
+                        f"{format_size(cleanup['free_bytes_after'])} free now, target "
+                        f"{format_size(cleanup['target_free_bytes'])}"
+                    )
+                else:
+                    state["last_emergency_cleanup_freed_bytes"] = 0
+                    message = f"disk emergency on {budget.path}: {cleanup['error']}"
+                    self.errors.append(cleanup["error"])
+                summary = {k: v for k, v in cleanup.items() if k != "report"}
+                self.alert(
+                    self.body(
+                        "emergency_cleanup", message, state=new, path=budget.path, cleanup=summary
+                    ),
+                    "emergency" if cleanup["ok"] else "error",
+                    state,
+                )
+
+        # Errors are logged when they appear and when they clear, not every cycle.
+        previous_errors = set(state.get("errors") or [])
+        current = [e for e in self.errors if not e.startswith("disk watch: webhook")]
+        if settings["syslog"]:
+            for err in current:
+                if err not in previous_errors:
+                    alerts.syslog(f"disk watch: {err}", "error", self.tag)
+            if previous_errors and not current:
+                alerts.syslog("disk watch: all checks answer again", "info", self.tag)
+        state["errors"] = current
+
+        counters = fold_events(self.sdir, state.get("counters") or {})
+        state["counters"] = counters
+        state["last_run"] = now
+        self._state_metrics(state, budget, inputs, counters)
+
+        metrics_path = None
+        duration = time.monotonic() - self.started
+        m.add(
+            "runnerkeep_disk_watch_duration_seconds",
+            round(duration, 3),
+            help="time this watch cycle took",
+        )
+        m.add(
+            "runnerkeep_disk_watch_errors",
+            len(self.errors),
+            help="problems met in the last watch cycle (see the log)",
+        )
+        m.add(
+            "runnerkeep_disk_watch_last_run_timestamp_seconds",
+            round(now, 3),
+            help="when the watch last ran",
+        )
+        try:
+            metrics_path = write_textfile(
+                settings["textfile_dir"], settings["metrics_file"], m.render()
+            )
+        except OSError as exc:
+            message = f"cannot write metrics to {settings['textfile_dir']}: {exc.strerror}"
+            self.errors.append(message)
+            if settings["syslog"]:
+                alerts.syslog(f"disk watch: {message}", "error", self.tag)
+        try:
+            os.makedirs(self.sdir, exist_ok=True)
+            save_state(self.sdir, state)
+        except OSError as exc:
+            self.errors.append(f"cannot save watch state in {self.sdir}: {exc.strerror}")
+        return {
+            "previous": previous,
+            "state": new,
+            "changed": changed,
+            "path": budget.path if budget else None,
+            "free_bytes": inputs.free_bytes if inputs else None,
+            "free_inodes": inputs.free_inodes if inputs else None,
+            "watermarks": budget.watermarks() if budget else None,
+            "docker": docker,
+            "filesystems": fs_list,
+            "alerts": self.alerts,
+            "emergency_cleanup": cleanup,
+            "errors": self.errors,
+            "metrics_file": metrics_path,
+            "duration_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+    def _state_metrics(self, state, budget, inputs, counters) -> None:
+        m = self.metrics
+        current = state["state"]
+        for level in LEVELS:
+            m.add(
+                "runnerkeep_disk_state",
+                1 if level == current else 0,
+                {"state": level},
+                help="watermark state of the budget filesystem (1 = current)",
+            )
+        m.add(
+            "runnerkeep_disk_state_level",
+            LEVELS.index(current),
+            help="0 ok, 1 warning, 2 critical, 3 emergency",
+        )
+        if state.get("since"):
+            m.add(
+                "runnerkeep_disk_state_since_timestamp_seconds",
+                round(state["since"], 3),
+                help="when the current state was entered",
+            )
+        m.add(
+            "runnerkeep_disk_budget_up",
+            1 if budget else 0,
+            help="1 when the disk budget could be computed",
+        )
+        if budget is not None:
+            for level, mark in budget.watermarks().items():
+                m.add(
+                    "runnerkeep_disk_watermark_free_bytes",
+                    mark["bytes"],
+                    {"level": level},
+                    help="free bytes below which the level is entered",
+                )
+                m.add(
+                    "runnerkeep_disk_watermark_free_inodes",
+                    mark["inodes"],
+                    {"level": level},
+                    help="free inodes below which the level is entered (0 = none)",
+                )
+            m.add(
+                "runnerkeep_disk_budget_free_bytes",
+                inputs.free_bytes,
+                help="free bytes on the budget filesystem",
+            )
+            m.add(
+                "runnerkeep_disk_budget_free_inodes",
+                inputs.free_inodes,
+                help="free inodes on the budget filesystem",
+            )
+            m.add(
+                "runnerkeep_disk_cache_quota_bytes",
+                budget.cache_quota_bytes,
+                help="image cache quota",
+            )
+            m.add(
+                "runnerkeep_disk_job_peak_budget_bytes",
+                budget.job_peak_bytes,
+                help="job peak P used by the budget (percentile or floor)",
+            )
+        if inputs is not None:
+            m.add(
+                "runnerkeep_disk_cache_size_bytes",
+                inputs.cache_bytes,
+                {"kind": "disk"},
+                help="image cache size (logical and on disk)",
+            )
+            m.add(
+                "runnerkeep_disk_cache_size_bytes",
+                inputs.cache_logical_bytes or 0,
+                {"kind": "logical"},
+            )
+        cache = counters["cache"]
+        for result, name in (
+            ("hit", "hits"),
+            ("miss", "misses"),
+            ("corrupt", "corruptions"),
+            ("saved", "saves"),
+        ):
+            m.add(
+                f"runnerkeep_cache_{name}_total",
+                cache.get(result, 0),
+                kind="counter",
+                help=f"image cache {name} recorded in the event log",
+            )
+        for cleaner, freed in sorted(counters["cleanup_bytes"].items()):
+            m.add(
+                "runnerkeep_cleanup_bytes_freed_total",
+                freed,
+                {"cleaner": cleaner},
+                kind="counter",
+                help="bytes freed by cleanup, per cleaner",
+            )
+        if counters.get("last_job_peak_bytes") is not None:
+            m.add(
+                "runnerkeep_disk_last_job_peak_bytes",
+                counters["last_job_peak_bytes"],
+                help="disk growth during the last finished job",
+            )
+        if counters.get("last_job_peak_inodes") is not None:
+            m.add(
+                "runnerkeep_disk_last_job_peak_inodes",
+                counters["last_job_peak_inodes"],
+                help="inode growth during the last finished job",
+            )
+        for key, count in sorted((state.get("alert_counts") or {}).items()):
+            channel, result = key.split(":", 1)
+            m.add(
+                "runnerkeep_disk_alerts_total",
+                count,
+                {"channel": channel, "result": result},
+                kind="counter",
+                help="alerts sent or failed, per channel",
+            )
+        if self.settings["webhook_url"]:
+            m.add(
+                "runnerkeep_disk_webhook_up",
+                1 if state.get("webhook_ok", True) else 0,
+                help="0 when the last webhook delivery failed",
+            )
+        m.add(
+            "runnerkeep_disk_emergency_cleanups_total",
+            state.get("emergency_cleanups", 0),
+            kind="counter",
+            help="emergency cleanup runs started by the watch",
+        )
+        if "last_emergency_cleanup_freed_bytes" in state:
+            m.add(
+                "runnerkeep_disk_emergency_cleanup_freed_bytes",
+                state["last_emergency_cleanup_freed_bytes"],
+                help="bytes the last emergency cleanup freed",
+            )
+            m.add(
+                "runnerkeep_disk_emergency_cleanup_ok",
+                1 if state.get("last_emergency_cleanup_ok") else 0,
+                help="1 when the last emergency cleanup ran without error",
+            )
+
+
+def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -> dict[str, Any]:
+    """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
+
+    ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests)."""
+    sdir = state_dir(config)
+    os.makedirs(sdir, exist_ok=True)
+    lock = open(os.path.join(sdir, LOCK_FILE), "a")  # noqa: SIM115 - held across the cycle
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {"skipped": True, "reason": "another disk watch cycle is running", "state": None}
+        return _Cycle(config, cleanup_func).run()
+    finally:
+        with contextlib.suppress(OSError):
+            lock.close()
