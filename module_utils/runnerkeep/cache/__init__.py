@@ -1,0 +1,39 @@
+"""The verified Docker image cache (issue 3): save and restore that never poison a build.
+
+Public functions; the CLI (``runnerkeep cache``) and the Ansible module ``image_cache`` are thin
+front doors over these. On-disk format: docs/cache-format.md.
+"""
+
+from __future__ import annotations
+
+from .archive import ArchiveError, familiar_ref
+from .progress import ProgressLine
+from .prune import list_entries, prune_store, remove_key
+from .restore import export_entry, restore_entry
+from .save import SaveFailed, import_archive, make_room, save_entry
+from .settings import CACHE_DEFAULTS, cache_settings, resolve_cache_dir
+from .store import CorruptBlob, CorruptEntry, Store, validate_key
+from .verify import verify_store
+
+__all__ = [
+    "CACHE_DEFAULTS",
+    "ArchiveError",
+    "CorruptBlob",
+    "CorruptEntry",
+    "ProgressLine",
+    "SaveFailed",
+    "Store",
+    "cache_settings",
+    "export_entry",
+    "familiar_ref",
+    "import_archive",
+    "list_entries",
+    "make_room",
+    "prune_store",
+    "remove_key",
+    "resolve_cache_dir",
+    "restore_entry",
+    "save_entry",
+    "validate_key",
+    "verify_store",
+]

@@ -1,0 +1,158 @@
+"""``cache prune``, ``cache list`` and entry removal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+from ..errors import CacheMiss
+from .store import CorruptEntry, Store, entry_blobs, validate_key
+
+
+def _scan(store: Store) -> dict[str, dict[str, Any]]:
+    """key -> {entry or None when unreadable, last_used, blobs}."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in store.list_keys():
+        try:
+            last_used = store.entry_times(key)
+        except FileNotFoundError:
+            continue
+        try:
+            entry, digest = store.read_entry(key)
+            blobs = entry_blobs(entry)
+        except (CorruptEntry, CacheMiss):
+            entry, digest, blobs = None, None, {}
+        out[key] = {"entry": entry, "digest": digest, "last_used": last_used, "blobs": blobs}
+    return out
+
+
+def prune_store(
+    store_dir: str,
+    *,
+    max_size: int | None = None,
+    max_age: float | None = None,
+    quarantine_retention: float | None = None,
+    protect: set[str] | frozenset[str] = frozenset(),
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Evict whole entries, least recently used first, until under ``max_size`` (and any not
+    used for ``max_age``); then delete blobs no entry references. Holds the store lock
+    exclusively, so no save can be between writing its blobs and its entry."""
+    store = Store(store_dir)
+    if not store.exists():
+        return {"evicted": [], "blobs_deleted": 0, "bytes_freed": 0, "dry_run": dry_run}
+    now = time.time()
+    with store.store_lock(exclusive=True):
+        stale = [] if dry_run else store.remove_stale_temps()
+        scan = _scan(store)
+        on_disk = store.list_blobs()
+        size_before = sum(on_disk.values())
+        evicted: list[dict[str, Any]] = []
+        keep = dict(scan)
+        for key, info in sorted(scan.items(), key=lambda kv: kv[1]["last_used"]):
+            if key in protect:
+                continue
+            reason = None
+            if info["entry"] is None:
+                reason = "unreadable entry"
+            elif max_age is not None and now - info["last_used"] > max_age:
+                reason = "older than max_age"
+            if reason:
+                evicted.append({"key": key, "reason": reason})
+                del keep[key]
+        if max_size is not None:
+            for key, _info in sorted(keep.items(), key=lambda kv: kv[1]["last_used"]):
+                if _unique_size(keep, on_disk) <= max_size:
+                    break
+                if key in protect:
+                    continue
+                evicted.append({"key": key, "reason": "over max_size (least recently used)"})
+                del keep[key]
+        referenced: set[str] = set()
+        for info in keep.values():
+            referenced.update(info["blobs"])
+        garbage = sorted(set(on_disk) - referenced)
+        freed = sum(on_disk[d] for d in garbage)
+        if not dry_run:
+            for item in evicted:
+                if scan[item["key"]]["entry"] is None:
+                    store.quarantine("entry", store.entry_path(item["key"]), item["reason"])
+                else:
+                    store.remove_entry(item["key"])
+            for digest in garbage:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(store.blob_path(digest))
+        quarantine_freed = 0
+        if quarantine_retention is not None:
+            quarantine_freed = store.clean_quarantine(quarantine_retention, dry_run=dry_run)
+    return {
+        "evicted": evicted,
+        "blobs_deleted": len(garbage),
+        "bytes_freed": freed,
+        "quarantine_bytes_freed": quarantine_freed,
+        "size_before": size_before,
+        "size_after": size_before - freed,
+        "stale_temps_removed": stale,
+        "dry_run": dry_run,
+    }
+
+
+def _unique_size(keep: dict[str, dict[str, Any]], on_disk: dict[str, int]) -> int:
+    blobs: set[str] = set()
+    for info in keep.values():
+        blobs.update(info["blobs"])
+    return sum(on_disk.get(d, 0) for d in blobs)
+
+
+def list_entries(store_dir: str) -> dict[str, Any]:
+    """Keys, images, logical size, size unique to each entry, created, last used."""
+    store = Store(store_dir)
+    if not store.exists():
+        return {"dir": store.root, "entries": [], "store_bytes": 0, "logical_bytes": 0}
+    with store.store_lock():
+        scan = _scan(store)
+        on_disk = store.list_blobs()
+    users: dict[str, int] = {}
+    for info in scan.values():
+        for digest in info["blobs"]:
+            users[digest] = users.get(digest, 0) + 1
+    rows = []
+    for key, info in sorted(scan.items()):
+        entry = info["entry"]
+        if entry is None:
+            rows.append({"key": key, "ok": False, "last_used": info["last_used"]})
+            continue
+        rows.append(
+            {
+                "key": key,
+                "ok": True,
+                "format": entry.get("archive_format"),
+                "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
+                "logical_bytes": sum(info["blobs"].values()),
+                "unique_bytes": sum(s for d, s in info["blobs"].items() if users[d] == 1),
+                "created": entry.get("created"),
+                "last_used": info["last_used"],
+                "entry_digest": info["digest"],
+            }
+        )
+    return {
+        "dir": store.root,
+        "entries": rows,
+        "store_bytes": sum(on_disk.values()),
+        "logical_bytes": sum(r.get("logical_bytes", 0) for r in rows),
+    }
+
+
+def remove_key(store_dir: str, key: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Drop a key's entry (state: absent); its blobs go at the next prune unless shared."""
+    validate_key(key)
+    store = Store(store_dir)
+    if not store.exists() or not os.path.exists(store.entry_path(key)):
+        return {"key": key, "removed": False}
+    if dry_run:
+        return {"key": key, "removed": True, "dry_run": True}
+    with store.key_lock(key), store.store_lock():
+        removed = store.remove_entry(key)
+    return {"key": key, "removed": removed}

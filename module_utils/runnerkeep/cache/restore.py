@@ -1,0 +1,295 @@
+"""``cache restore`` and ``cache export``: stream an entry out, verifying every byte on the way."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+import time
+from typing import Any, Callable
+
+from ..docker_cli import docker_binary, engine_info, run_docker
+from ..errors import CacheMiss, DockerCommandError, RunnerkeepError
+from ..events import record_event
+from ..fsutil import fsync_dir
+from .archive import write_entry_archive
+from .save import enlarge_pipe
+from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, validate_key
+
+
+def _miss(store: Store, key: str, state_dir, start, reason: str, corrupt: bool, op: str):
+    if state_dir:
+        record_event(
+            state_dir,
+            "cache",
+            op=op,
+            result="corrupt" if corrupt else "miss",
+            key=key,
+            reason=reason,
+            duration=round(time.monotonic() - start, 3),
+        )
+    return CacheMiss(reason)
+
+
+def load_checked_entry(store: Store, key: str) -> tuple[dict[str, Any], str]:
+    """Read the entry and check what can be checked without reading layers: blob presence and
+    sizes, config blobs' sha256 and their diff_ids against the entry. Raises CorruptEntry or
+    CorruptBlob; CacheMiss when there is no entry."""
+    entry, digest = store.read_entry(key)
+    for blob, size in entry_blobs(entry).items():
+        actual = store.blob_size(blob)
+        if actual is None:
+            raise CorruptEntry(f"entry '{key}' needs blob {blob}, which is missing from the store")
+        if actual != size:
+            raise CorruptBlob(blob, f"blob {blob} has {actual} bytes, entry '{key}' says {size}")
+    for image in entry["images"]:
+        cfg = image["config"]["digest"]
+        with open(store.blob_path(cfg), "rb") as handle:
+            data = handle.read()
+        if "sha256:" + hashlib.sha256(data).hexdigest() != cfg:
+            raise CorruptBlob(cfg, f"config blob {cfg} fails its sha256 check (damaged on disk)")
+        try:
+            diff_ids = json.loads(data)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError):
+            raise CorruptBlob(cfg, f"config blob {cfg} has no rootfs.diff_ids") from None
+        if diff_ids != [layer["diff_id"] for layer in image["layers"]]:
+            raise CorruptEntry(f"entry '{key}': layers do not match the diff_ids of config {cfg}")
+    return entry, digest
+
+
+def quarantine_for(store: Store, key: str, exc: Exception) -> list[str]:
+    """Move the rejected entry (and the bad blob, if one was named) aside."""
+    moved = []
+    reason = str(exc)
+    if isinstance(exc, CorruptBlob):
+        target = store.quarantine("blob", store.blob_path(exc.digest), reason)
+        if target:
+            moved.append(target)
+    target = store.quarantine("entry", store.entry_path(key), reason)
+    if target:
+        moved.append(target)
+    return moved
+
+
+def daemon_images(ids: list[str]) -> dict[str, list[str]]:
+    """image ID -> its RepoTags, for the IDs the daemon holds."""
+    proc = run_docker(["image", "inspect", *ids], check=False)
+    if proc.returncode != 0 and "No such" not in proc.stderr:
+        engine_info()  # raises DockerUnavailableError when the engine does not answer
+        raise DockerCommandError(f"'docker image inspect' failed: {proc.stderr.strip()}")
+    try:
+        found = json.loads(proc.stdout or "[]")
+    except ValueError:
+        found = []
+    return {item["Id"]: list(item.get("RepoTags") or []) for item in found}
+
+
+def _ensure_tags(entry: dict[str, Any], present: dict[str, list[str]]) -> list[str]:
+    """True fast path: every saved ID is present; (re)point any missing tag, cheaply."""
+    retagged = []
+    for image in entry["images"]:
+        for tag in image["tags"]:
+            if tag not in present.get(image["id"], []):
+                run_docker(["tag", image["id"], tag])
+                retagged.append(tag)
+    return retagged
+
+
+def restore_entry(
+    store_dir: str,
+    key: str,
+    *,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Make the entry's images present in the daemon. CacheMiss (exit 3) when there is no usable
+    entry; a corrupt entry or blob is quarantined first."""
+    validate_key(key)
+    start = time.monotonic()
+    store = Store(store_dir)
+    if not store.exists():
+        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "restore")
+    with store.store_lock():
+        try:
+            entry, digest = load_checked_entry(store, key)
+        except CacheMiss as exc:
+            raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
+        except (CorruptEntry, CorruptBlob) as exc:
+            if not dry_run:
+                quarantine_for(store, key, exc)
+            raise _miss(
+                store,
+                key,
+                state_dir,
+                start,
+                f"cache entry '{key}' rejected and quarantined: {exc}",
+                True,
+                "restore",
+            ) from None
+        ids = [image["id"] for image in entry["images"]]
+        present = daemon_images(ids)
+        size = sum(entry_blobs(entry).values())
+        result: dict[str, Any] = {
+            "key": key,
+            "entry_digest": digest,
+            "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
+        }
+        if all(i in present for i in ids):
+            retagged = [] if dry_run else _ensure_tags(entry, present)
+            result.update(result="hit", loaded=False, retagged=retagged, bytes_loaded=0)
+        elif dry_run:
+            result.update(result="would_load", loaded=False, bytes_loaded=size)
+            return result
+        else:
+            try:
+                sent = _load(store, entry, progress)
+            except CorruptBlob as exc:
+                quarantine_for(store, key, exc)
+                raise _miss(
+                    store,
+                    key,
+                    state_dir,
+                    start,
+                    f"cache entry '{key}' rejected during load (nothing tagged) and "
+                    f"quarantined: {exc}",
+                    True,
+                    "restore",
+                ) from None
+            present = daemon_images(ids)
+            missing = [i for i in ids if i not in present]
+            if missing:
+                raise DockerCommandError(
+                    f"docker load finished but the daemon lacks {', '.join(missing)}"
+                )
+            _ensure_tags(entry, present)
+            result.update(result="hit", loaded=True, bytes_loaded=sent)
+        if not dry_run:
+            store.touch_entry(key)
+    result["duration"] = round(time.monotonic() - start, 3)
+    if state_dir and not dry_run:
+        record_event(
+            state_dir,
+            "cache",
+            op="restore",
+            result="hit",
+            key=key,
+            loaded=result["loaded"],
+            bytes_loaded=result["bytes_loaded"],
+            duration=result["duration"],
+        )
+    return result
+
+
+def _load(store: Store, entry: dict[str, Any], progress) -> int:
+    with tempfile.TemporaryFile() as outfile:
+        proc = subprocess.Popen(
+            [docker_binary(), "load"],
+            stdin=subprocess.PIPE,
+            stdout=outfile,
+            stderr=subprocess.STDOUT,
+            bufsize=0,
+        )
+        enlarge_pipe(proc.stdin.fileno())
+        try:
+            sent = write_entry_archive(entry, store, proc.stdin.fileno(), progress)
+        except CorruptBlob:
+            # Kill before the archive ends: the daemon sees a cut stream without manifest.json
+            # and tags nothing.
+            proc.kill()
+            proc.wait()
+            raise
+        except BrokenPipeError:
+            proc.wait()
+            raise DockerCommandError(f"docker load stopped early: {_said(outfile)}") from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        rc = proc.wait()
+        if rc != 0:
+            raise DockerCommandError(f"docker load failed (exit {rc}): {_said(outfile)}")
+        return sent
+
+
+def _said(outfile) -> str:
+    outfile.seek(0)
+    return outfile.read().decode("utf-8", "replace").strip()[-2000:]
+
+
+def export_entry(
+    store_dir: str,
+    key: str,
+    output: str,
+    *,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the entry as a plain archive `docker load` accepts; atomically (temp + rename)."""
+    validate_key(key)
+    start = time.monotonic()
+    store = Store(store_dir)
+    if not store.exists():
+        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "export")
+    output = os.path.abspath(output)
+    directory = os.path.dirname(output)
+    with store.store_lock():
+        try:
+            entry, digest = load_checked_entry(store, key)
+        except CacheMiss as exc:
+            raise _miss(store, key, state_dir, start, str(exc), False, "export") from None
+        except (CorruptEntry, CorruptBlob) as exc:
+            quarantine_for(store, key, exc)
+            raise _miss(
+                store,
+                key,
+                state_dir,
+                start,
+                f"cache entry '{key}' rejected and quarantined: {exc}",
+                True,
+                "export",
+            ) from None
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
+        try:
+            try:
+                size = write_entry_archive(entry, store, fd, progress)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, output)
+        except CorruptBlob as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            quarantine_for(store, key, exc)
+            raise _miss(
+                store,
+                key,
+                state_dir,
+                start,
+                f"cache entry '{key}' rejected and quarantined: {exc}",
+                True,
+                "export",
+            ) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(directory)
+        store.touch_entry(key)
+    return {
+        "key": key,
+        "result": "exported",
+        "output": output,
+        "bytes": size,
+        "entry_digest": digest,
+        "duration": round(time.monotonic() - start, 3),
+    }
+
+
+__all__ = ["RunnerkeepError", "export_entry", "restore_entry"]

@@ -1,0 +1,490 @@
+"""``cache save`` and ``cache import``: read an archive once, check everything, then commit."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+import time
+from typing import Any, BinaryIO, Callable
+
+from .. import __version__
+from ..docker_cli import docker_binary, engine_info, inspect_images
+from ..errors import (
+    CacheMiss,
+    DockerCommandError,
+    DockerUnavailableError,
+    FreeSpaceError,
+    RunnerkeepError,
+)
+from ..events import record_event
+from ..fsutil import filesystem_usage, fsync_dir, same_filesystem
+from ..units import format_size
+from .archive import (
+    ArchiveError,
+    NoSpaceWhileWriting,
+    ParsedArchive,
+    analyze,
+    familiar_ref,
+    read_archive_stream,
+)
+from .store import CorruptEntry, Store, entry_blobs, is_no_space, validate_key
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+PIPE_SIZE = 1 << 20
+TAR_OVERHEAD_PER_LAYER = 4096  # headers + padding + json/VERSION members, generously
+_ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{4,64}$")
+
+
+class SaveFailed(RunnerkeepError):
+    """The save did not produce a complete, verified archive: nothing was committed."""
+
+
+def enlarge_pipe(fd: int) -> None:
+    # The default 64 KiB pipe reads erratically; 1 MiB gives a steady stream (ENVIRONMENT.md).
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+
+
+# ---------------------------------------------------------------------------------------
+# free space
+# ---------------------------------------------------------------------------------------
+def space_plan(
+    store: Store, infos: list[dict[str, Any]], reserve: int, engine: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Bytes needed per filesystem: new blobs on the cache fs, the legacy engine's temporary
+    export on the Docker root fs (summed when they are one filesystem), each plus the reserve.
+
+    Image sizes come from ``docker image inspect``; images sharing an unstored base count it
+    twice, so the estimate errs on the safe side."""
+    stored = store.list_blobs()
+    new_bytes = 0
+    export_bytes = 0
+    for info in infos:
+        layers = (info.get("RootFS") or {}).get("Layers") or []
+        size = int(info.get("Size") or 0)
+        reused = sum(stored.get(d, 0) for d in set(layers))
+        new_bytes += max(0, size - reused) + TAR_OVERHEAD_PER_LAYER * (len(layers) + 1)
+        export_bytes += size
+    if _engine_major(engine) >= 25:
+        export_bytes = 0  # engines >= 25 stream the export without a temp copy
+    docker_root = engine.get("DockerRootDir") or "/var/lib/docker"
+    needs = []
+    if export_bytes and same_filesystem(store.root, docker_root):
+        needs.append((store.root, new_bytes + export_bytes, "new blobs + engine's temp export"))
+    else:
+        needs.append((store.root, new_bytes, "new blobs"))
+        if export_bytes:
+            needs.append((docker_root, export_bytes, "engine's temp export (Docker root)"))
+    plan = []
+    for path, need, what in needs:
+        usage = filesystem_usage(path)
+        plan.append(
+            {
+                "path": path,
+                "mount_point": usage.mount_point,
+                "free_bytes": usage.free_bytes,
+                "needed_bytes": need + reserve,
+                "detail": f"{what} {format_size(need)} + reserve {format_size(reserve)}",
+                "ok": usage.free_bytes >= need + reserve,
+            }
+        )
+    return plan
+
+
+def _engine_major(engine: dict[str, Any]) -> int:
+    match = re.match(r"(\d+)", str(engine.get("ServerVersion") or "0"))
+    return int(match.group(1)) if match else 0
+
+
+def _space_message(plan: list[dict[str, Any]]) -> str:
+    parts = [
+        f"{p['path']} (filesystem {p['mount_point']}): {format_size(p['free_bytes'])} free "
+        f"({p['free_bytes']} bytes), {format_size(p['needed_bytes'])} needed "
+        f"({p['needed_bytes']} bytes: {p['detail']})"
+        for p in plan
+        if not p["ok"]
+    ]
+    return "not enough free space to save, nothing was written: " + "; ".join(parts)
+
+
+def make_room(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Run the post-build cleanup stage, when that module is installed."""
+    try:
+        from ..cleanup import run_cleanup  # written by the cleanup work; optional here
+    except ImportError:
+        raise FreeSpaceError(
+            "--make-room is unavailable: the cleanup module (runnerkeep.cleanup) is not installed"
+        ) from None
+    wanted = {"stage": "post", "config": config or {}, "dry_run": False}
+    try:
+        params = inspect.signature(run_cleanup).parameters
+        kwargs = {k: v for k, v in wanted.items() if k in params}
+    except (TypeError, ValueError):
+        kwargs = {"stage": "post"}
+    result = run_cleanup(**kwargs)
+    return result if isinstance(result, dict) else {"result": str(result)}
+
+
+# ---------------------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------------------
+def resolve_images(refs: list[str]) -> tuple[list[dict[str, Any]], set[str], dict[str, str]]:
+    """inspect each ref: its info, the set of image IDs asked for, tag -> ID to be found."""
+    if not refs:
+        raise SaveFailed("name at least one image to save")
+    try:
+        infos = inspect_images(refs)
+    except DockerCommandError as exc:
+        raise SaveFailed(f"cannot save: {exc}") from None
+    ids = set()
+    tags: dict[str, str] = {}
+    for ref, info in zip(refs, infos):
+        ids.add(info["Id"])
+        if "@" in ref:
+            continue
+        bare = ref[len("sha256:") :] if ref.startswith("sha256:") else ref
+        if _ID_RE.match(ref) and info["Id"][len("sha256:") :].startswith(bare):
+            continue  # saved by ID: no tag to expect
+        tags[familiar_ref(ref)] = info["Id"]
+    return infos, ids, tags
+
+
+def check_image_set(parsed: ParsedArchive, ids: set[str], tags: dict[str, str]) -> None:
+    got = {image["id"] for image in parsed.images}
+    if got != ids:
+        missing = sorted(ids - got)
+        extra = sorted(got - ids)
+        raise ArchiveError(
+            "the archive does not hold the images asked for"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unexpected {', '.join(extra)}" if extra else "")
+        )
+    by_id: dict[str, set[str]] = {}
+    for image in parsed.images:
+        by_id.setdefault(image["id"], set()).update(image["tags"])
+    for tag, image_id in tags.items():
+        if tag not in by_id.get(image_id, set()):
+            raise ArchiveError(f"the archive does not tag image {image_id} as {tag}")
+
+
+def _entry_is_current(store: Store, key: str, ids: set[str], tags: dict[str, str]) -> dict | None:
+    try:
+        entry, digest = store.read_entry(key)
+    except (CacheMiss, CorruptEntry):
+        return None
+    images = {image["id"]: set(image["tags"]) for image in entry["images"]}
+    if set(images) != ids or any(tag not in images.get(i, ()) for tag, i in tags.items()):
+        return None
+    for blob, size in entry_blobs(entry).items():
+        if store.blob_size(blob) != size:
+            return None
+    return {"entry": entry, "entry_digest": digest}
+
+
+def commit_parsed(
+    store: Store, key: str, parsed: ParsedArchive, area: str, source: list[str]
+) -> dict[str, Any]:
+    """Move new blobs into place, then write the entry (the commit point)."""
+    written = reused = 0
+    try:
+        for digest, member in parsed.blobs.items():
+            if store.has_blob(digest):
+                reused += member.size
+                if member.temp_path:
+                    os.unlink(member.temp_path)
+                continue
+            if member.temp_path:
+                store.commit_blob_file(member.temp_path, digest)
+            elif member.data is not None:
+                store.write_blob_bytes(member.data, digest, area)
+            else:
+                raise SaveFailed(
+                    f"blob {digest} was stored when the save started and is gone now "
+                    "(quarantined by a concurrent restore?); save again"
+                )
+            written += member.size
+        fsync_dir(store.blob_dir)
+        now = time.time()
+        entry = {
+            "format": 1,
+            "key": key,
+            "archive_format": parsed.format,
+            "created": now,
+            "images": parsed.images,
+            "source": source,
+            "runnerkeep_version": __version__,
+        }
+        digest = store.write_entry(entry)
+    except OSError as exc:
+        if is_no_space(exc):
+            raise SaveFailed(
+                f"no space left in the cache directory {store.root} while committing "
+                f"key '{key}': {exc.strerror}; the previous entry is untouched"
+            ) from None
+        raise
+    return {
+        "entry": entry,
+        "entry_digest": digest,
+        "bytes_written": written,
+        "bytes_reused": reused,
+    }
+
+
+def _reuse_candidates(store: Store, infos: list[dict[str, Any]]) -> dict[int, set[str]]:
+    candidates: dict[int, set[str]] = {}
+    for info in infos:
+        for diff_id in (info.get("RootFS") or {}).get("Layers") or []:
+            size = store.blob_size(diff_id)
+            if size is not None:
+                candidates.setdefault(size, set()).add(diff_id)
+    return candidates
+
+
+def _stream_docker_save(
+    store: Store,
+    refs: list[str],
+    area: str,
+    candidates: dict[int, set[str]],
+    progress: Callable[[int], None] | None,
+    pool: concurrent.futures.Executor,
+) -> ParsedArchive:
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(
+            [docker_binary(), "save", *refs],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errfile,
+            bufsize=0,
+        )
+        enlarge_pipe(proc.stdout.fileno())
+        try:
+            try:
+                stats = read_archive_stream(
+                    proc.stdout, store, area, candidates, progress, hash_pool=pool
+                )
+            except ArchiveError as exc:
+                # A short stream usually means docker failed: say what docker said.
+                rc = _wait_briefly(proc)
+                raise SaveFailed(
+                    f"docker save produced a bad archive: {exc}" + _docker_said(rc, errfile)
+                ) from None
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if rc != 0:
+            raise SaveFailed(f"docker save failed (exit {rc})" + _docker_said(rc, errfile))
+        try:
+            return analyze(stats)
+        except ArchiveError as exc:
+            raise SaveFailed(f"docker save produced a bad archive: {exc}") from None
+
+
+def _wait_briefly(proc: subprocess.Popen) -> int | None:
+    try:
+        return proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _docker_said(rc: int | None, errfile) -> str:
+    errfile.seek(0)
+    text = errfile.read().decode("utf-8", "replace").strip()
+    out = ""
+    if rc not in (None, 0):
+        out += f"; docker exited {rc}"
+    if text:
+        out += f"; docker said: {text[-2000:]}"
+        if "Cannot connect to the Docker daemon" in text:
+            raise DockerUnavailableError(f"the Docker engine does not answer: {text}")
+    return out
+
+
+def save_entry(
+    store_dir: str,
+    key: str,
+    refs: list[str],
+    *,
+    reserve: int = 0,
+    check_space: bool = True,
+    make_room_config: dict[str, Any] | None = None,
+    make_room_first: bool = False,
+    max_size: int | None = None,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Save ``refs`` under ``key``. Nothing is committed unless every check passed."""
+    validate_key(key)
+    start = time.monotonic()
+    store = Store(store_dir)
+    infos, ids, tags = resolve_images(refs)  # also: DockerUnavailableError when no daemon
+    store.ensure()
+    result: dict[str, Any]
+    try:
+        with store.key_lock(key), store.store_lock():
+            store.remove_stale_temps()
+            current = _entry_is_current(store, key, ids, tags)
+            if current:
+                if not dry_run:
+                    store.touch_entry(key)
+                result = {
+                    "result": "unchanged",
+                    "entry_digest": current["entry_digest"],
+                    "bytes_written": 0,
+                    "bytes_reused": sum(entry_blobs(current["entry"]).values()),
+                    "images": _image_summary(current["entry"]),
+                }
+            else:
+                plan = []
+                if check_space:
+                    engine = engine_info()
+                    plan = space_plan(store, infos, reserve, engine)
+                    if not all(p["ok"] for p in plan) and make_room_first:
+                        make_room(make_room_config)
+                        plan = space_plan(store, infos, reserve, engine)
+                    if not all(p["ok"] for p in plan):
+                        raise FreeSpaceError(_space_message(plan))
+                if dry_run:
+                    return {
+                        "result": "would_save",
+                        "key": key,
+                        "space": plan,
+                        "bytes_written": 0,
+                        "bytes_reused": 0,
+                        "images": sorted(ids),
+                    }
+                result = _save_locked(store, key, refs, infos, ids, tags, progress)
+                result["space"] = plan
+    except RunnerkeepError as exc:
+        _event(state_dir, op="save", result="failed", key=key, error=str(exc), start=start)
+        raise
+    result["key"] = key
+    result["duration"] = round(time.monotonic() - start, 3)
+    if max_size is not None and result["result"] == "saved":
+        from .prune import prune_store
+
+        result["prune"] = prune_store(store_dir, max_size=max_size, protect={key})
+    _event(
+        state_dir,
+        op="save",
+        result=result["result"],
+        key=key,
+        bytes_written=result["bytes_written"],
+        bytes_reused=result["bytes_reused"],
+        start=start,
+    )
+    return result
+
+
+def _save_locked(store, key, refs, infos, ids, tags, progress) -> dict[str, Any]:
+    candidates = _reuse_candidates(store, infos)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        for attempt in (1, 2):
+            with store.temp_area() as area:
+                try:
+                    parsed = _stream_docker_save(store, refs, area, candidates, progress, pool)
+                except NoSpaceWhileWriting as exc:
+                    raise SaveFailed(f"{exc}; the previous entry is untouched") from None
+                except OSError as exc:
+                    if is_no_space(exc):
+                        raise SaveFailed(
+                            f"no space left in {store.root}: {exc.strerror}; "
+                            "the previous entry is untouched"
+                        ) from None
+                    raise
+                if parsed.lost_needed and attempt == 1:
+                    # A layer's size matched a stored blob but its content did not: read the
+                    # stream again, writing every layer.
+                    candidates = {}
+                    continue
+                check_image_set(parsed, ids, tags)
+                committed = commit_parsed(store, key, parsed, area, list(refs))
+                break
+    return {
+        "result": "saved",
+        "entry_digest": committed["entry_digest"],
+        "bytes_written": committed["bytes_written"],
+        "bytes_reused": committed["bytes_reused"],
+        "bytes_read": parsed.bytes_read,
+        "format": parsed.format,
+        "images": _image_summary(committed["entry"]),
+    }
+
+
+def import_archive(
+    store_dir: str,
+    key: str,
+    path: str,
+    *,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Verify, then store, an archive file that came from elsewhere. A bad one stores nothing."""
+    validate_key(key)
+    start = time.monotonic()
+    store = Store(store_dir)
+    store.ensure()
+    try:
+        handle: BinaryIO = open(path, "rb", buffering=0)
+    except OSError as exc:
+        raise SaveFailed(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        with handle, store.key_lock(key), store.store_lock():
+            store.remove_stale_temps()
+            with store.temp_area() as area:
+                try:
+                    stats = read_archive_stream(handle, store, area, None, progress)
+                    parsed = analyze(stats)
+                except ArchiveError as exc:
+                    raise SaveFailed(f"{path} was refused, nothing stored: {exc}") from None
+                except NoSpaceWhileWriting as exc:
+                    raise SaveFailed(str(exc)) from None
+                committed = commit_parsed(store, key, parsed, area, [os.path.abspath(path)])
+    except RunnerkeepError as exc:
+        _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
+        raise
+    _event(
+        state_dir,
+        op="import",
+        result="saved",
+        key=key,
+        bytes_written=committed["bytes_written"],
+        bytes_reused=committed["bytes_reused"],
+        start=start,
+    )
+    return {
+        "result": "saved",
+        "key": key,
+        "format": parsed.format,
+        "entry_digest": committed["entry_digest"],
+        "bytes_written": committed["bytes_written"],
+        "bytes_reused": committed["bytes_reused"],
+        "images": _image_summary(committed["entry"]),
+        "duration": round(time.monotonic() - start, 3),
+    }
+
+
+def _image_summary(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": image["id"],
+            "tags": image["tags"],
+            "layers": len(image["layers"]),
+            "size": image["config"]["size"] + sum(layer["size"] for layer in image["layers"]),
+        }
+        for image in entry["images"]
+    ]
+
+
+def _event(state_dir: str | None, start: float, **fields: Any) -> None:
+    if state_dir:
+        record_event(state_dir, "cache", duration=round(time.monotonic() - start, 3), **fields)

@@ -1,0 +1,53 @@
+"""The ``cache`` section of the config file and where the store lives."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import merge_section
+from ..units import parse_duration, parse_size
+
+CACHE_DIR_ENV = "RUNNERKEEP_CACHE_DIR"
+
+CACHE_DEFAULTS: dict[str, Any] = {
+    # Left free on every filesystem a save writes to (cache dir, Docker root).
+    "reserve": "512MiB",
+    # Save and the weekly prune keep the store under this many bytes (None: no quota).
+    "max_size": None,
+    # Entries not used (restored or saved) for this long are pruned (None: keep).
+    "max_age": None,
+    # Quarantined files are kept this long for inspection, then pruned.
+    "quarantine_retention": "7d",
+    # Threads hashing blobs in verify (the machine has 2 cores; hashlib releases the GIL).
+    "verify_workers": 2,
+}
+
+
+def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The merged ``cache`` section with sizes and durations parsed."""
+    section = merge_section(config, "cache", CACHE_DEFAULTS)
+    return {
+        "reserve": parse_size(section["reserve"], "cache.reserve"),
+        "max_size": None
+        if section["max_size"] in (None, "")
+        else parse_size(section["max_size"], "cache.max_size"),
+        "max_age": None
+        if section["max_age"] in (None, "")
+        else parse_duration(section["max_age"], "cache.max_age"),
+        "quarantine_retention": parse_duration(
+            section["quarantine_retention"], "cache.quarantine_retention"
+        ),
+        "verify_workers": max(1, int(section["verify_workers"])),
+    }
+
+
+def resolve_cache_dir(explicit: str | None, config: dict[str, Any]) -> str:
+    """``--dir`` > ``$RUNNERKEEP_CACHE_DIR`` > config ``paths.cache_dir``."""
+    paths = config.get("paths") or {}
+    return (
+        explicit
+        or os.environ.get(CACHE_DIR_ENV)
+        or paths.get("cache_dir")
+        or "/var/cache/runnerkeep/images"
+    )
