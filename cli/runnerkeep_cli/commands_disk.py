@@ -1,16 +1,220 @@
-"""`runnerkeep disk ...` commands."""
+"""`runnerkeep disk ...` commands: report, history, budget, watch, job-start, job-end."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from runnerkeep.config import load_config
+from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from runnerkeep.units import format_size, parse_duration
+
+from runnerkeep_cli.output import CommandResult, table
+
+DESCRIPTION = """\
+Disk budget and monitoring. 'budget' prints the arithmetic (capacity, job peaks, cache,
+reserve -> cache quota, cleanup stage targets, watermarks); 'watch' runs one monitoring cycle
+(metrics textfile, alerts on state changes, emergency cleanup), or keeps running with --loop
+on hosts without systemd. Job hooks call 'job-start' and 'job-end' to record disk peaks.
+"""
 
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     parser = groups.add_parser(
         "disk",
-        help="disk commands",
+        help="disk report, job peaks, budget and watch",
+        description=DESCRIPTION,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.required = True
+
+    def add(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    cmd = add(
+        "report",
+        "filesystems (size, free bytes/inodes), Docker usage by kind, cache size, largest dirs",
+        report,
+    )
+    cmd.add_argument("--no-docker", action="store_true", help="skip 'docker system df'")
+    cmd.add_argument("--no-largest", action="store_true", help="skip the largest-dirs walk")
+
+    cmd = add("history", "recorded job peaks (newest last) and jobs still running", history)
+    cmd.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N jobs")
+
+    add("budget", "the disk budget with its arithmetic in words", budget)
+
+    cmd = add(
+        "watch",
+        "one watch cycle: metrics, alerts on state change, emergency cleanup",
+        watch,
+    )
+    cmd.add_argument("--loop", action="store_true", help="repeat every --interval until stopped")
+    cmd.add_argument(
+        "--interval", default="60s", metavar="DURATION", help="time between cycles with --loop"
+    )
+    cmd.add_argument(
+        "--count", type=int, default=None, metavar="N", help="with --loop: stop after N cycles"
+    )
+    cmd.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit {EXIT_CHECK_FAILED} when the state is not ok (default: 0 after a cycle)",
+    )
+
+    cmd = add("job-start", "record a job's start and start its background peak sampler", job_start)
+    cmd.add_argument("--job-id", required=True, metavar="ID")
+    cmd.add_argument(
+        "--no-sampler", action="store_true", help="record the start only (no background sampler)"
+    )
+
+    cmd = add("job-end", "stop the job's sampler and record start/peak/end", job_end)
+    cmd.add_argument("--job-id", required=True, metavar="ID")
+
+
+def report(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.report import disk_report, render_report
+
+    data = disk_report(
+        load_config(args.config),
+        include_docker=not args.no_docker,
+        include_largest=not args.no_largest,
+    )
+    return CommandResult(data, render_report(data), EXIT_OK)
+
+
+def history(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.history import read_history, running_jobs
+    from runnerkeep.disk.settings import state_dir
+
+    config = load_config(args.config)
+    sdir = state_dir(config)
+    records = read_history(sdir)
+    shown = records[-args.limit :] if args.limit > 0 else records
+    running = running_jobs(sdir)
+    rows = [
+        [
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start_time"])),
+            r["job_id"],
+            f"{r['duration_seconds']:.0f}s",
+            format_size(r["peak_bytes"]),
+            f"{r.get('peak_inodes', 0):,}",
+            format_size(r["end_used_bytes"] - r["start_used_bytes"]),
+        ]
+        for r in shown
+    ]
+    text = f"{len(records)} job(s) recorded in {sdir}"
+    if rows:
+        text += "\n" + table(rows, ["start", "job", "took", "peak", "peak inodes", "left at end"])
+    for job in running:
+        text += f"\nrunning: {job['job_id']} since {time.ctime(job['start_time'])}"
+    data = {"state_dir": sdir, "count": len(records), "jobs": shown, "running": running}
+    return CommandResult(data, text, EXIT_OK)
+
+
+def budget(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.budget import current_budget
+
+    result = current_budget(load_config(args.config))
+    rows = [
+        ["cache quota", format_size(result.cache_quota_bytes), ""],
+        [
+            "pre-stage target",
+            format_size(result.pre_target_free_bytes),
+            f"{result.pre_target_free_inodes:,}",
+        ],
+        [
+            "post-stage target",
+            format_size(result.post_target_free_bytes),
+            f"{result.post_target_free_inodes:,}",
+        ],
+    ]
+    for level, mark in result.watermarks().items():
+        rows.append([f"{level} below", format_size(mark["bytes"]), f"{mark['inodes']:,}"])
+    text = result.explain() + "\n\n" + table(rows, ["", "free bytes", "free inodes"])
+    return CommandResult(result.as_dict(), text, EXIT_OK)
+
+
+def _watch_text(result: dict) -> str:
+    if result.get("skipped"):
+        return f"skipped: {result['reason']}"
+    line = f"disk state: {result['state']}"
+    if result["changed"]:
+        line += f" (was {result['previous']})"
+    if result.get("free_bytes") is not None:
+        line += f"; {format_size(result['free_bytes'])} free on {result['path']}"
+    lines = [line]
+    for alert in result["alerts"]:
+        hook = alert.get("webhook")
+        status = "" if hook is None else (" [webhook ok]" if hook["ok"] else " [webhook FAILED]")
+        lines.append(f"alert: {alert['message']}{status}")
+    if result["metrics_file"]:
+        lines.append(f"metrics: {result['metrics_file']}")
+    lines += [f"error: {e}" for e in result["errors"]]
+    return "\n".join(lines)
+
+
+def watch(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.watch import run_watch
+
+    if not args.loop:
+        result = run_watch(load_config(args.config))
+        code = EXIT_CHECK_FAILED if args.check and result.get("state") not in ("ok", None) else 0
+        return CommandResult(result, _watch_text(result), code)
+    interval = parse_duration(args.interval, "--interval")
+    if interval <= 0:
+        raise ConfigError("--interval must be greater than 0")
+    cycles = 0
+    result: dict = {}
+    while args.count is None or cycles < args.count:
+        started = time.monotonic()
+        try:
+            # Re-read the config every cycle: a role may have changed it.
+            result = run_watch(load_config(args.config))
+            text = _watch_text(result)
+        except ConfigError as exc:
+            result = {"error": str(exc)}
+            text = f"error: {exc}"
+        cycles += 1
+        if not args.json:
+            print(time.strftime("%Y-%m-%dT%H:%M:%S ") + text.replace("\n", "\n  "), flush=True)
+        if args.count is not None and cycles >= args.count:
+            break
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    sys.stdout.flush()
+    return CommandResult({"cycles": cycles, "last": result}, "", EXIT_OK)
+
+
+def job_start(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.history import job_start as start
+
+    result = start(load_config(args.config), args.job_id, spawn=not args.no_sampler)
+    job = result["job"]
+    text = f"job {args.job_id}: {format_size(job['start_used_bytes'])} used on {job['path']}"
+    if result["sampler_pid"]:
+        text += f"; peak sampler pid {result['sampler_pid']}"
+    return CommandResult(result, text, EXIT_OK)
+
+
+def job_end(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.history import job_end as end
+
+    record = end(load_config(args.config), args.job_id)
+    text = (
+        f"job {args.job_id}: peak +{format_size(record['peak_bytes'])} "
+        f"(+{record['peak_inodes']:,} inodes) over {record['duration_seconds']:.0f}s; "
+        f"{format_size(record['end_used_bytes'] - record['start_used_bytes'])} left at the end"
+    )
+    return CommandResult(record, text, EXIT_OK)

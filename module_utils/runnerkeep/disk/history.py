@@ -79,6 +79,8 @@ def _proc_start_time(pid: int) -> str | None:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(")") + 2 :].split()
+    if not rest or rest[0] in ("Z", "X"):  # a zombie has ended: it is not "that process" any more
+        return None
     return rest[19] if len(rest) > 19 else None
 
 
