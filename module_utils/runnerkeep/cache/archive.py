@@ -194,9 +194,8 @@ def read_archive_stream(
             if header == b"\0" * BLOCK:
                 break  # end-of-archive marker; the rest (second zero block, padding) drained
             if _octal(header[148:156]) != _header_checksum(header):
-                raise ArchiveError(
-                    f"bad tar header checksum at byte {reader.total - (reader.end - reader.pos) - BLOCK}"
-                )
+                where = reader.total - (reader.end - reader.pos) - BLOCK
+                raise ArchiveError(f"bad tar header checksum at byte {where}")
             typeflag = header[156:157]
             size = _octal(header[124:136])
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -558,7 +557,8 @@ def _oci_image(manifest, desc, member, parents, ann, blob, tags_by_config) -> di
         media = ldesc.get("mediaType", "")
         if media in UNCOMPRESSED_LAYER_TYPES and layer.digest != diff_id:
             raise ArchiveError(
-                f"layer {i} of image {image_id} has sha256 {layer.digest}, the config says {diff_id}"
+                f"layer {i} of image {image_id} has sha256 {layer.digest}, "
+                f"the config says {diff_id}"
             )
         layers.append(
             {"digest": layer.digest, "size": layer.size, "diff_id": diff_id, "media_type": media}

@@ -434,7 +434,7 @@ def import_archive(
     store = Store(store_dir)
     store.ensure()
     try:
-        handle: BinaryIO = open(path, "rb", buffering=0)
+        handle: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise SaveFailed(f"cannot read {path}: {exc.strerror}") from None
     try:

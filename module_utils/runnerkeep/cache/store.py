@@ -123,9 +123,7 @@ class Store:
         out: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError), os.scandir(self.blob_dir) as it:
             for item in it:
-                if re.match(r"^[0-9a-f]{64}$", item.name) and item.is_file(
-                    follow_symlinks=False
-                ):
+                if re.match(r"^[0-9a-f]{64}$", item.name) and item.is_file(follow_symlinks=False):
                     out["sha256:" + item.name] = item.stat(follow_symlinks=False).st_size
         return out
 
@@ -216,11 +214,12 @@ class Store:
                 if _older_than(path, 60):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
-            elif os.path.isdir(path) and not os.path.exists(path + ".lock"):
+            elif (
+                os.path.isdir(path) and not os.path.exists(path + ".lock") and _older_than(path, 60)
+            ):
                 # A directory whose lock file is gone: its owner was killed mid-cleanup.
-                if _older_than(path, 60):
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(name)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.entry_dir):
                 path = os.path.join(self.entry_dir, name)
@@ -271,7 +270,7 @@ class Store:
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def read_entry(self, key: str) -> tuple[dict[str, Any], str]:
-        """The checked entry and the sha256 of its file; CacheMiss if absent, CorruptEntry if bad."""
+        """The checked entry and its file's sha256; CacheMiss if absent, CorruptEntry if bad."""
         path = self.entry_path(key)
         try:
             with open(path, "rb") as handle:

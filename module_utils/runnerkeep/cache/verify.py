@@ -1,4 +1,4 @@
-"""``cache verify``: re-read every blob (like ``restic check --read-data``) and check every entry."""
+"""``cache verify``: re-read every blob (like ``restic check --read-data``), check every entry."""
 
 from __future__ import annotations
 
