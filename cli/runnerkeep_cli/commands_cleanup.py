@@ -1,16 +1,329 @@
-"""`runnerkeep cleanup ...` commands."""
+"""`runnerkeep cleanup ...` commands.
+
+    runnerkeep cleanup --stage post [--target-free 20%] [--dry-run] [--json]   (the short form)
+    runnerkeep cleanup run --stage pre|post|emergency [options]               (the same, explicit)
+    runnerkeep cleanup job-start [--job-id ID] [--pid PID] [--no-pre]         (runner hook)
+    runnerkeep cleanup job-end [--job-id ID] [--no-post]                      (runner hook)
+    runnerkeep cleanup status                                                  (job locks)
+    runnerkeep cleanup list-cleaners
+
+``cleanup`` itself takes the run options and runs a stage when no subcommand is given, so the
+issue's literal ``runnerkeep cleanup --stage post`` works; ``run`` exists for scripts that want
+the explicit verb. On the ``run`` subparser the options default to SUPPRESS so values given
+before the subcommand are not overwritten by the subparser's defaults.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+
+from runnerkeep.cleanup import (
+    active_jobs,
+    job_end,
+    job_start,
+    list_cleaners,
+    run_cleanup,
+    state_dir_of,
+    wait_for_jobs,
+)
+from runnerkeep.cleanup.catalog import STAGES, TOOLCHAINS
+from runnerkeep.config import load_config
+from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
+from runnerkeep.units import parse_duration
+
+from runnerkeep_cli.output import CommandResult, table
+
+JOB_ID_ENV = ("RUNNERKEEP_JOB_ID", "CI_JOB_ID", "GITHUB_RUN_ID")
+
+RUN_EPILOG = """\
+stages (each runs its cleaners cheapest-first and stops once the targets are met):
+  pre        cheap and safe: temp, job leftovers, stopped containers, dangling images
+  post       deep: also logs, package caches, build cache, least-recently-used images
+  emergency  every enabled cleaner until the target is met
+
+targets are per filesystem: --target-free 20G or 15%, --target-inodes 100000 or 10%;
+defaults come from cleanup.targets.<stage> in the config file. --all ignores targets.
+"""
+
+
+def _add_run_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    def dflt(value):
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--stage", choices=STAGES, default=dflt(None), help="the stage to run (required)"
+    )
+    parser.add_argument(
+        "--target-free",
+        metavar="SIZE|PCT",
+        default=dflt(None),
+        help="free bytes wanted on each filesystem concerned (e.g. 20G, 15%%)",
+    )
+    parser.add_argument(
+        "--target-inodes",
+        metavar="N|PCT",
+        default=dflt(None),
+        help="free inodes wanted on each filesystem concerned (e.g. 200000, 10%%)",
+    )
+    parser.add_argument(
+        "--path",
+        dest="paths",
+        action="append",
+        metavar="MOUNT",
+        default=dflt(None),
+        help="only the filesystem holding MOUNT (repeatable); default: all the stage touches",
+    )
+    parser.add_argument(
+        "--cleaner",
+        dest="only",
+        action="append",
+        metavar="NAME",
+        default=dflt(None),
+        help="run only this cleaner (repeatable; see list-cleaners)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=dflt(False),
+        help="list exactly what would be removed, remove nothing",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        default=dflt(False),
+        help="run post/emergency even while a CI job holds the runner lock",
+    )
+    parser.add_argument(
+        "--all",
+        dest="run_all",
+        action="store_true",
+        default=dflt(False),
+        help="run every cleaner of the stage fully, ignoring targets",
+    )
+    parser.add_argument(
+        "--wait-lock",
+        metavar="DURATION",
+        default=dflt(None),
+        help="wait up to DURATION (e.g. 6h) for running jobs to end before starting",
+    )
+    parser.add_argument(
+        "--show-items",
+        type=int,
+        metavar="N",
+        default=dflt(20),
+        help="dry run: list up to N items in the text report (default 20; --json lists all)",
+    )
 
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     parser = groups.add_parser(
         "cleanup",
-        help="cleanup commands",
+        parents=[common],
+        help="staged disk cleanup (pre/post/emergency), job lock hooks",
+        description="Run a cleanup stage (runnerkeep cleanup --stage post), or a subcommand.",
+        epilog=RUN_EPILOG + "\n" + epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(parser, suppress=False)
+    parser.set_defaults(handler=cleanup_run)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub.required = False
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a stage (same as the options on 'cleanup' itself)",
+        epilog=RUN_EPILOG + "\n" + epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_options(run, suppress=True)
+    run.set_defaults(handler=cleanup_run)
+
+    start = sub.add_parser(
+        "job-start",
+        parents=[common],
+        help="runner hook at job start: take the job lock, then run the pre stage",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    sub.required = True
+    _add_job_options(start)
+    start.add_argument(
+        "--pid",
+        type=int,
+        help="a process that lives as long as the job (hooks pass $PPID); default: our parent",
+    )
+    start.add_argument("--no-pre", action="store_true", help="take the lock only")
+    start.set_defaults(handler=cleanup_job_start)
+
+    end = sub.add_parser(
+        "job-end",
+        parents=[common],
+        help="runner hook at job end: release the job lock, then run the post stage",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_job_options(end)
+    end.add_argument("--no-post", action="store_true", help="release the lock only")
+    end.set_defaults(handler=cleanup_job_end)
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show the job locks (exit 7 when a job holds the lock)",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.set_defaults(handler=cleanup_status)
+
+    lister = sub.add_parser(
+        "list-cleaners",
+        parents=[common],
+        help="list the cleaners with their effective settings, in cost order",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lister.set_defaults(handler=cleanup_list)
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--job-id",
+        help="job identifier (default: $RUNNERKEEP_JOB_ID, $CI_JOB_ID or $GITHUB_RUN_ID)",
+    )
+    parser.add_argument("--target-free", metavar="SIZE|PCT", help="target for the stage run")
+    parser.add_argument("--target-inodes", metavar="N|PCT", help="inode target for the stage")
+
+
+def _job_id(args: argparse.Namespace) -> str:
+    if args.job_id:
+        return args.job_id
+    for name in JOB_ID_ENV:
+        if os.environ.get(name):
+            value = os.environ[name]
+            if name == "GITHUB_RUN_ID" and os.environ.get("GITHUB_JOB"):
+                value += "-" + os.environ["GITHUB_JOB"]
+            return value
+    raise ConfigError("no job id: pass --job-id or set RUNNERKEEP_JOB_ID (or CI_JOB_ID)")
+
+
+def _run(args: argparse.Namespace, config: dict, stage: str, **extra) -> CommandResult:
+    report = run_cleanup(
+        stage,
+        config,
+        target_free_bytes=_int_or_str(getattr(args, "target_free", None)),
+        target_free_inodes=_int_or_str(getattr(args, "target_inodes", None)),
+        paths=getattr(args, "paths", None),
+        dry_run=getattr(args, "dry_run", False),
+        force=getattr(args, "force", False),
+        run_all=getattr(args, "run_all", False),
+        only=getattr(args, "only", None),
+        **extra,
+    )
+    text = report.text(show_items=getattr(args, "show_items", 20))
+    return CommandResult(report.as_dict(), text, EXIT_OK)
+
+
+def _int_or_str(value):
+    if value is None:
+        return None
+    return int(value) if str(value).isdigit() else value
+
+
+def cleanup_run(args: argparse.Namespace) -> CommandResult:
+    stage = getattr(args, "stage", None)
+    if not stage:
+        raise ConfigError(
+            "cleanup needs --stage pre|post|emergency (or a subcommand: run, job-start, "
+            "job-end, status, list-cleaners)"
+        )
+    config = load_config(args.config)
+    wait = getattr(args, "wait_lock", None)
+    if wait and not getattr(args, "force", False) and not getattr(args, "dry_run", False):
+        state_dir = state_dir_of(config)
+        if not wait_for_jobs(state_dir, parse_duration(wait, "--wait-lock")):
+            live, _ = active_jobs(state_dir)
+            jobs = ", ".join(str(r.get("job_id")) for r in live)
+            raise LockHeldError(f"CI job(s) {jobs} still hold the runner lock after {wait}")
+    return _run(args, config, stage)
+
+
+def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
+    config = load_config(args.config)
+    job_id = _job_id(args)
+    record = job_start(state_dir_of(config), job_id, args.pid)
+    data = {"job_id": job_id, "lock": record}
+    text = f"job {job_id} holds the runner lock (pid {record['pid']})"
+    if args.no_pre:
+        return CommandResult(data, text, EXIT_OK)
+    result = _run(args, config, "pre")
+    result.data = {**data, "report": result.data}
+    result.text = text + "\n" + result.text
+    return result
+
+
+def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
+    config = load_config(args.config)
+    job_id = _job_id(args)
+    record = job_end(state_dir_of(config), job_id)
+    data = {"job_id": job_id, "released": record is not None}
+    text = (
+        f"job {job_id} released the runner lock"
+        if record
+        else f"job {job_id} held no lock (nothing to release)"
+    )
+    if args.no_post:
+        return CommandResult(data, text, EXIT_OK)
+    live, _ = active_jobs(state_dir_of(config))
+    if live:
+        data["post"] = "skipped: other jobs hold the lock"
+        text += f"\npost stage skipped: {len(live)} other job(s) still running"
+        return CommandResult(data, text, EXIT_OK)
+    result = _run(args, config, "post")
+    result.data = {**data, "report": result.data}
+    result.text = text + "\n" + result.text
+    return result
+
+
+def cleanup_status(args: argparse.Namespace) -> CommandResult:
+    config = load_config(args.config)
+    live, stale = active_jobs(state_dir_of(config))
+    now = time.time()
+    rows = [
+        [str(r.get("job_id")), str(r.get("pid")), f"{now - float(r.get('started', now)):.0f}s"]
+        for r in live
+    ]
+    text = table(rows, ["job", "pid", "running for"]) if rows else "no job holds the lock"
+    for r in stale:
+        text += f"\nremoved stale lock of job {r.get('job_id')}: {r.get('stale')}"
+    data = {"busy": bool(live), "jobs": live, "stale_removed": stale}
+    return CommandResult(data, text, EXIT_LOCKED if live else EXIT_OK)
+
+
+def cleanup_list(args: argparse.Namespace) -> CommandResult:
+    config = load_config(args.config)
+    cleaners = list_cleaners(config)
+    rows = []
+    for c in cleaners:
+        where = c.get("roots") or []
+        if c["kind"] == "toolchains":
+            where = c.get("items") or ["(none switched on)"]
+        elif c["kind"].startswith("docker"):
+            where = ["docker engine"]
+        rows.append(
+            [
+                c["name"],
+                c["kind"],
+                ",".join(c.get("stages") or []),
+                str(c.get("cost")),
+                "yes" if c.get("enabled") else "no",
+                str(c.get("min_age", c.get("max_size", ""))),
+                " ".join(where)[:60],
+            ]
+        )
+    text = table(rows, ["cleaner", "kind", "stages", "cost", "enabled", "age/size", "where"])
+    text += "\n\ntoolchain catalog (cleanup.cleaners.toolchains.items): " + ", ".join(
+        f"{name} ({entry['size_hint']})" for name, entry in sorted(TOOLCHAINS.items())
+    )
+    return CommandResult({"cleaners": cleaners, "toolchains": TOOLCHAINS}, text, EXIT_OK)

@@ -1,0 +1,35 @@
+"""Staged disk cleanup: pre-build, post-build and emergency stages with per-filesystem targets.
+
+Public API::
+
+    from runnerkeep.cleanup import run_cleanup, CleanupReport
+    report = run_cleanup("post", config, target_free_bytes="20%", dry_run=True)
+    report.as_dict()
+
+plus the CI job lock (``job_start``, ``job_end``, ``job_lock``, ``active_jobs``) and
+``list_cleaners``. See ``stages.py`` for the engine, ``walk.py`` for the safe walker,
+``catalog.py`` for the built-in cleaners and ``docker_cleaners.py`` for Docker.
+"""
+
+from __future__ import annotations
+
+from .docker_cleaners import record_image_use
+from .lock import active_jobs, check_job_lock, job_end, job_lock, job_start, wait_for_jobs
+from .report import CleanerReport, CleanupReport
+from .stages import cleanup_section, list_cleaners, run_cleanup, state_dir_of
+
+__all__ = [
+    "CleanerReport",
+    "CleanupReport",
+    "active_jobs",
+    "check_job_lock",
+    "cleanup_section",
+    "job_end",
+    "job_lock",
+    "job_start",
+    "list_cleaners",
+    "record_image_use",
+    "run_cleanup",
+    "state_dir_of",
+    "wait_for_jobs",
+]
