@@ -29,8 +29,8 @@ from ..errors import CacheMiss, ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, fsync_dir
 
 ENTRY_FORMAT = 1
-KEY_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # atomic_write's temp files in entries/ older than this belong to a dead process: an entry
 # write takes milliseconds.
 STALE_ENTRY_TEMP_SECONDS = 600
@@ -50,7 +50,7 @@ class CorruptBlob(RunnerkeepError):
 
 def validate_key(key: str) -> str:
     """Keys name files, so anything but letters, digits, '.', '_', '-' is refused up front."""
-    if not isinstance(key, str) or not KEY_RE.match(key) or key in (".", ".."):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key) or key in (".", ".."):
         raise ConfigError(
             f"invalid cache key {key!r}: use 1-128 letters, digits, '.', '_' or '-' "
             "(no '/', no spaces, not '.' or '..')"
@@ -103,7 +103,7 @@ class Store:
         return os.path.isdir(self.entry_dir) and os.path.isdir(self.blob_dir)
 
     def blob_path(self, digest: str) -> str:
-        if not DIGEST_RE.match(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise CorruptEntry(f"invalid blob digest {digest!r}")
         return os.path.join(self.blob_dir, digest[len("sha256:") :])
 
@@ -123,7 +123,7 @@ class Store:
         out: dict[str, int] = {}
         with contextlib.suppress(FileNotFoundError), os.scandir(self.blob_dir) as it:
             for item in it:
-                if re.match(r"^[0-9a-f]{64}$", item.name) and item.is_file(follow_symlinks=False):
+                if re.fullmatch(r"[0-9a-f]{64}", item.name) and item.is_file(follow_symlinks=False):
                     out["sha256:" + item.name] = item.stat(follow_symlinks=False).st_size
         return out
 
@@ -131,7 +131,7 @@ class Store:
         keys = []
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.entry_dir):
-                if name.endswith(".json") and KEY_RE.match(name[:-5]):
+                if name.endswith(".json") and KEY_RE.fullmatch(name[:-5]):
                     keys.append(name[:-5])
         return sorted(keys)
 
@@ -361,7 +361,7 @@ def check_entry(data: bytes, key: str) -> dict[str, Any]:
         if not entry["images"]:
             raise ValueError("no images")
         for digest, size in blobs.items():
-            if not DIGEST_RE.match(digest) or not isinstance(size, int) or size < 0:
+            if not DIGEST_RE.fullmatch(digest) or not isinstance(size, int) or size < 0:
                 raise ValueError(f"bad blob reference {digest!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptEntry(f"entry for key '{key}' is malformed: {exc}") from None
