@@ -1,0 +1,101 @@
+"""Job peaks: bounded history, job-start/job-end records, the detached sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from runnerkeep import events
+from runnerkeep.disk import history
+from runnerkeep.errors import ConfigError
+
+
+def test_history_is_bounded(tmp_path):
+    sdir = str(tmp_path)
+    for i in range(25):
+        history.append_history(sdir, {"job_id": f"j{i}", "peak_bytes": i}, max_jobs=10)
+    records = history.read_history(sdir)
+    assert [r["job_id"] for r in records] == [f"j{i}" for i in range(15, 25)]
+    with open(history.history_path(sdir)) as handle:
+        assert len(handle.readlines()) == 10
+
+
+def test_torn_lines_are_skipped(tmp_path):
+    sdir = str(tmp_path)
+    history.append_history(sdir, {"job_id": "a", "peak_bytes": 1}, max_jobs=10)
+    with open(history.history_path(sdir), "a") as handle:
+        handle.write('{"job_id": "b", "peak_by\n')
+    history.append_history(sdir, {"job_id": "c", "peak_bytes": 3}, max_jobs=10)
+    assert [r["job_id"] for r in history.read_history(sdir)] == ["a", "c"]
+
+
+def test_job_start_and_end_without_sampler(make_config, tmp_path):
+    config = make_config(history_max_jobs=3)
+    result = history.job_start(config, "build-1", spawn=False)
+    assert result["sampler_pid"] is None
+    big = tmp_path / "cache" / "big"
+    big.parent.mkdir(exist_ok=True)
+    big.write_bytes(os.urandom(2 * 1024 * 1024))
+    record = history.job_end(config, "build-1")
+    assert record["job_id"] == "build-1"
+    assert record["peak_bytes"] >= 0
+    assert record["end_used_bytes"] == record["peak_used_bytes"] or record["peak_bytes"] >= 0
+    assert history.read_history(config["paths"]["state_dir"])[-1]["job_id"] == "build-1"
+    assert not history.running_jobs(config["paths"]["state_dir"])
+    job_events = list(events.read_events(config["paths"]["state_dir"], "job"))
+    assert job_events[-1]["job_id"] == "build-1"
+
+
+def test_sampler_records_a_peak_between_start_and_end(make_config, tmp_path):
+    config = make_config(sample_interval="0.05s", sampler_max_lifetime="30s")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    result = history.job_start(config, "job-2")
+    pid = result["sampler_pid"]
+    try:
+        assert pid and os.path.exists(f"/proc/{pid}")
+        blob = cache / "peak.bin"
+        blob.write_bytes(b"\0" * (8 * 1024 * 1024))
+        os.fsync(os.open(blob, os.O_RDONLY))
+        job_file = os.path.join(config["paths"]["state_dir"], "disk-jobs", "job-2.json")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with open(job_file) as handle:
+                job = json.load(handle)
+            if job["peak_used_bytes"] - job["start_used_bytes"] >= 4 * 1024 * 1024:
+                break
+            time.sleep(0.05)
+        blob.unlink()
+        record = history.job_end(config, "job-2")
+    finally:
+        history._stop_sampler(os.path.join(config["paths"]["state_dir"], "disk-jobs", "job-2.pid"))
+    # The 8 MiB were gone at the end; the sampler saw them (the fs is shared, so allow noise).
+    assert record["peak_bytes"] >= 4 * 1024 * 1024
+    assert record["samples"] >= 2
+    assert history._proc_start_time(pid) is None  # the sampler is gone
+
+
+def test_sampler_ends_itself_after_its_lifetime(make_config):
+    config = make_config(sample_interval="0.05s", sampler_max_lifetime="0.3s")
+    pid = history.job_start(config, "short")["sampler_pid"]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and history._proc_start_time(pid) is not None:
+        time.sleep(0.05)
+    assert history._proc_start_time(pid) is None
+    history.job_end(config, "short")
+
+
+def test_stale_pid_file_never_signals_another_process(tmp_path):
+    pid_file = tmp_path / "x.pid"
+    pid_file.write_text(json.dumps({"pid": os.getpid(), "start_time": "1"}))
+    assert history._stop_sampler(str(pid_file)) is False  # start time differs: not signalled
+
+
+def test_bad_job_ids_and_unknown_jobs(make_config):
+    config = make_config()
+    with pytest.raises(ConfigError, match="job id"):
+        history.job_start(config, "../../etc/passwd", spawn=False)
+    with pytest.raises(ConfigError, match="no running job"):
+        history.job_end(config, "never-started")

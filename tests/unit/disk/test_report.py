@@ -1,0 +1,77 @@
+"""The disk report parts: sizing, largest dirs, Docker sizes, filesystems, degraded Docker."""
+
+from __future__ import annotations
+
+import os
+
+from runnerkeep.disk.report import disk_report, filesystems, parse_docker_size, render_report
+from runnerkeep.disk.sizing import largest_dirs, tree_size
+
+
+def test_parse_docker_size():
+    assert parse_docker_size("0B") == 0
+    assert parse_docker_size("200kB") == 200_000
+    assert parse_docker_size("1.35GB") == 1_350_000_000
+    assert parse_docker_size("12.5MB (43%)") == 12_500_000
+    assert parse_docker_size("") == 0
+
+
+def test_tree_size_counts_hardlinks_once_and_skips_symlink_targets(tmp_path):
+    root = tmp_path / "r"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "f").write_bytes(b"x" * 10_000)
+    os.link(root / "a" / "f", root / "a" / "g")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"y" * 50_000)
+    os.symlink(outside, root / "link")
+    size = tree_size(str(root))
+    assert size.exists
+    assert size.files == 2  # f (once) and the symlink itself
+    assert 10_000 <= size.logical_bytes < 20_000
+    assert size.disk_bytes >= 8192
+
+
+def test_tree_size_of_missing_dir(tmp_path):
+    size = tree_size(str(tmp_path / "nope"))
+    assert not size.exists and size.disk_bytes == 0
+
+
+def test_largest_dirs_rolls_up_to_depth(tmp_path):
+    root = tmp_path / "work"
+    (root / "big" / "deep" / "deeper").mkdir(parents=True)
+    (root / "big" / "deep" / "deeper" / "f").write_bytes(os.urandom(300_000))
+    (root / "small").mkdir()
+    (root / "small" / "f").write_bytes(os.urandom(10_000))
+    dirs, total = largest_dirs(str(root), depth=2, limit=10)
+    paths = [d["path"] for d in dirs]
+    assert paths[0] == str(root / "big")
+    assert str(root / "big" / "deep") in paths
+    assert str(root / "big" / "deep" / "deeper") not in paths  # below the depth: rolled up
+    sizes = {d["path"]: d["disk_bytes"] for d in dirs}
+    assert sizes[str(root / "big" / "deep")] >= 300_000
+    assert sizes[str(root / "big")] >= sizes[str(root / "big" / "deep")]
+    assert sizes[str(root / "small")] >= 10_000
+    assert total.disk_bytes >= 310_000
+
+
+def test_filesystems_group_by_mount_point(tmp_path):
+    fs, errors = filesystems([("a", str(tmp_path)), ("b", str(tmp_path / "missing/child"))])
+    assert not errors
+    assert len(fs) == 1 and fs[0]["roles"] == ["a", "b"]
+    assert fs[0]["free_bytes"] <= fs[0]["size_bytes"]
+
+
+def test_report_without_docker(make_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    config = make_config(report_roots=[str(tmp_path)], largest_dirs=3)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "blob").write_bytes(b"z" * 5000)
+    report = disk_report(config)
+    assert report["docker"]["available"] is False
+    assert "docker CLI is not installed" in report["docker"]["error"]
+    assert report["cache"]["logical_bytes"] == 5000
+    assert report["largest_dirs"][0]["root"] == str(tmp_path)
+    roles = {r for fs in report["filesystems"] for r in fs["roles"]}
+    assert {"docker_root", "cache_dir", "tmp"} <= roles
+    text = render_report(report)
+    assert "Docker usage: unavailable" in text and "Image cache" in text
