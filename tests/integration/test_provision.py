@@ -1,0 +1,106 @@
+"""provision.yml against containerized runner hosts, checked with pytest-testinfra."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """Parse ansible-playbook's PLAY RECAP into {host: {ok: n, changed: n, ...}}."""
+    hosts = {}
+    section = output.split("PLAY RECAP", 1)[1]
+    for line in section.splitlines():
+        match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if match:
+            hosts[match.group(1)] = {
+                k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))
+            }
+    return hosts
+
+
+@pytest.fixture(params=["paramiko", "docker"])
+def hosts(request, provisioned_fleet):
+    return [h.testinfra_host(backend=request.param) for h in provisioned_fleet.hosts]
+
+
+def test_docker_engine_active_and_answering(hosts):
+    for host in hosts:
+        assert host.service("docker").is_running
+        assert host.service("docker").is_enabled
+        info = host.run("docker info --format '{{.ServerVersion}}'")
+        assert info.rc == 0 and info.stdout.strip(), info.stderr
+
+
+def test_sshd_active(hosts):
+    for host in hosts:
+        assert host.service("ssh").is_running
+
+
+def test_runnerkeep_installed_on_path(hosts):
+    for host in hosts:
+        version = host.run("runnerkeep --version")
+        assert version.rc == 0, version.stderr
+        assert re.match(r"runnerkeep \d+\.\d+\.\d+", version.stdout)
+        check = host.run("runnerkeep self-check")
+        assert check.rc == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "mode"),
+    [
+        ("/var/cache/runnerkeep/images", 0o2775),
+        ("/var/lib/runnerkeep", 0o2775),
+        ("/var/log/runnerkeep", 0o750),
+        ("/etc/runnerkeep", 0o755),
+    ],
+)
+def test_directories_owner_and_mode(hosts, path, mode):
+    for host in hosts:
+        directory = host.file(path)
+        assert directory.is_directory
+        assert directory.user == "root"
+        assert directory.mode == mode, f"{path}: {oct(directory.mode)}"
+
+
+def test_config_file(hosts):
+    for host in hosts:
+        config = host.file("/etc/runnerkeep/config.json")
+        assert config.is_file and config.user == "root" and config.mode == 0o644
+        assert '"cache_dir": "/var/cache/runnerkeep/images"' in config.content_string
+
+
+def test_second_run_changes_nothing(provisioned_fleet):
+    first = recap(provisioned_fleet.first_provision.stdout)
+    assert all(first[h.name]["failed"] == 0 for h in provisioned_fleet.hosts)
+    second = provisioned_fleet.run_playbook("playbooks/provision.yml")
+    assert second.returncode == 0, second.stdout
+    counts = recap(second.stdout)
+    for host in provisioned_fleet.hosts:
+        assert counts[host.name]["changed"] == 0, f"{host.name} changed on the second run"
+        assert counts[host.name]["failed"] == 0
+
+
+def test_unreachable_host_fails_alone(provisioned_fleet, tmp_path):
+    """A dead host in the inventory fails with a clear message; the others still finish."""
+    # A second inventory adds the dead host to the same group; ansible merges both inventories.
+    inventory = tmp_path / "dead.yml"
+    inventory.write_text(
+        "runners:\n"
+        "  hosts:\n"
+        "    dead-runner:\n"
+        "      ansible_host: 127.0.0.1\n"
+        "      ansible_port: 1\n"
+        "      ansible_user: root\n"
+        "      ansible_connection: ssh\n"
+    )
+    result = provisioned_fleet.run_playbook("playbooks/provision.yml", "-i", str(inventory))
+    assert result.returncode != 0
+    counts = recap(result.stdout)
+    assert counts["dead-runner"]["unreachable"] == 1
+    assert "Connection refused" in result.stdout or "connect to host" in result.stdout
+    for host in provisioned_fleet.hosts:
+        assert counts[host.name]["failed"] == 0 and counts[host.name]["unreachable"] == 0
