@@ -108,7 +108,7 @@ class Cleaner:
         return {"name": self.name, "kind": self.kind, **self.settings}
 
 
-def _check_pattern(pattern: str, where: str) -> list[str]:
+def check_pattern(pattern: str, where: str) -> list[str]:
     comps = pattern.split("/")
     if pattern.startswith("/") or any(c in ("", ".", "..") for c in comps):
         raise ConfigError(
@@ -166,7 +166,7 @@ class FilesCleaner(Cleaner):
         files_only = bool(self.settings.get("files_only"))
         cross = bool(self.ctx.section.get("cross_filesystems"))
         for root, patterns in self._roots():
-            comp_lists = [_check_pattern(p, where) for p in patterns]
+            comp_lists = [check_pattern(p, where) for p in patterns]
             try:
                 root_fd = walk.open_root(root)
             except OSError as exc:

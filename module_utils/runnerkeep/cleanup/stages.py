@@ -27,7 +27,7 @@ from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of
 from ..units import parse_duration, parse_size_or_percent
 from . import docker_cleaners
 from .catalog import CLEANER_KEYS, SECTION_DEFAULTS, STAGES, builtin_cleaners
-from .cleaners import KINDS, Cleaner, RunContext
+from .cleaners import KINDS, Cleaner, RunContext, check_pattern
 from .lock import BLOCKED_STAGES, active_jobs, check_job_lock, run_lock
 from .report import CleanerReport, CleanupReport
 from .safety import home_dirs, protected_inodes
@@ -93,6 +93,8 @@ def cleaner_settings(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for key in ("roots", "patterns", "exclude", "stages", "items", "keep"):
             if key in settings and not isinstance(settings[key], list):
                 raise ConfigError(f"cleanup.cleaners.{name}.{key} must be a list")
+        for pattern in settings.get("patterns") or []:
+            check_pattern(pattern, f"cleanup.cleaners.{name}.patterns")
     return defs
 
 
@@ -202,6 +204,8 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
             continue
         try:
             cleaner_fs[cleaner.name] = cleaner.filesystems()
+        except ConfigError:
+            raise
         except RunnerkeepError as exc:
             cleaner_fs[cleaner.name] = exc  # reported below
     if paths:
@@ -288,6 +292,8 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
         t0 = time.monotonic()
         try:
             items = cleaner.plan()
+        except ConfigError:
+            raise
         except RunnerkeepError as exc:
             cr.status = "error"
             cr.errors.append({"path": "", "error": str(exc)})
