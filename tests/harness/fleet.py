@@ -369,7 +369,8 @@ class Fleet:
         own = workdir is None or not Path(workdir).exists()
         wd = Path(workdir) if workdir else FLEET_DIR / fleet_id
         wd.mkdir(parents=True, exist_ok=True)
-        wd.chmod(0o700)
+        if own:
+            wd.chmod(0o700)  # holds the private key
         fleet = cls(name, fleet_id, wd.resolve(), image, own_workdir=own, keep=keep)
         (wd / "owner").write_text(_owner_token() + "\n")
         with _LIVE_LOCK:
