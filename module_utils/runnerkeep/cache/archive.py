@@ -143,7 +143,10 @@ def _octal(field_bytes: bytes) -> int:
             value = (value << 8) | b
         return value
     text = field_bytes.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise ArchiveError(f"not a tar archive (bad numeric header field {text[:12]!r})") from None
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
