@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# Copyright: runnerkeep contributors
+# Apache-2.0 (see LICENSE)
+
+DOCUMENTATION = r"""
+---
+module: disk_budget
+short_description: Disk budget of a CI runner host (cache quota, cleanup targets, watermarks)
+description:
+  - Computes the disk budget of the host from the capacity of the budget filesystem, the
+    recorded job peaks (a high percentile, with a floor while the history is short), the image
+    cache size and a reserve. Returns the image-cache quota, the free-space targets of the
+    pre and post cleanup stages, and the warning, critical and emergency watermarks in bytes
+    and inodes, with the arithmetic in words.
+  - Roles set cache quotas and cleanup thresholds from the result instead of hard-coded numbers.
+  - The same computation as C(runnerkeep disk budget --json) on the host; read-only.
+  - Fails with a clear message when the disk is too small for the budget (never a negative quota).
+version_added: "0.1.0"
+author:
+  - runnerkeep contributors
+options:
+  config_file:
+    description:
+      - The runnerkeep config file (JSON); fragments in C(config.d/) beside it are merged.
+      - Defaults to C($RUNNERKEEP_CONFIG) or C(/etc/runnerkeep/config.json).
+    type: path
+  disk:
+    description:
+      - Settings merged over the C(disk) section of the config file for this call only, for
+        example inventory overrides such as C(reserve), C(job_peak_floor), C(cache_quota),
+        C(warning_free) or C(path).
+    type: dict
+    default: {}
+notes:
+  - Supports check mode (the module never changes anything).
+requirements:
+  - python >= 3.9 on the managed host
+"""
+
+EXAMPLES = r"""
+- name: Compute the disk budget
+  disk_budget:
+  register: budget
+
+- name: Print the arithmetic
+  ansible.builtin.debug:
+    msg: "{{ budget.explanation }}"
+
+- name: Budget with an inventory override of the reserve
+  disk_budget:
+    disk:
+      reserve: 8%
+      job_peak_floor: 20GiB
+  register: budget
+"""
+
+RETURN = r"""
+budget:
+  description: The whole budget (every field below, and more).
+  returned: success
+  type: dict
+cache_quota_bytes:
+  description: Image cache quota.
+  returned: success
+  type: int
+  sample: 116422573548
+pre_target_free_bytes:
+  description: Free bytes the pre-build cleanup stage stops at.
+  returned: success
+  type: int
+post_target_free_bytes:
+  description: Free bytes the post-build (and emergency) cleanup stage stops at.
+  returned: success
+  type: int
+pre_target_free_inodes:
+  description: Free inodes the pre-build stage stops at (0 when the filesystem has no limit).
+  returned: success
+  type: int
+post_target_free_inodes:
+  description: Free inodes the post-build stage stops at.
+  returned: success
+  type: int
+watermarks:
+  description: Per level (warning, critical, emergency), the free C(bytes) and C(inodes) below
+    which the watch enters it.
+  returned: success
+  type: dict
+  sample: {"warning": {"bytes": 35002495180, "inodes": 1038860}}
+explanation:
+  description: The arithmetic in words, one line per step.
+  returned: success
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.runnerkeep.config import load_config
+    from ansible.module_utils.runnerkeep.disk.budget import current_budget
+    from ansible.module_utils.runnerkeep.errors import RunnerkeepError
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by fail_json below
+    IMPORT_ERROR = str(exc)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            config_file=dict(type="path"),
+            disk=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
+    try:
+        config = load_config(module.params["config_file"])
+        if module.params["disk"]:
+            config["disk"] = dict(config.get("disk") or {}, **module.params["disk"])
+        budget = current_budget(config)
+    except RunnerkeepError as exc:
+        module.fail_json(msg=str(exc), exit_code=exc.exit_code)
+    except OSError as exc:
+        module.fail_json(msg=f"disk budget failed: {exc.strerror or exc} ({exc.filename})")
+    data = budget.as_dict()
+    module.exit_json(
+        changed=False,
+        budget=data,
+        cache_quota_bytes=budget.cache_quota_bytes,
+        pre_target_free_bytes=budget.pre_target_free_bytes,
+        post_target_free_bytes=budget.post_target_free_bytes,
+        pre_target_free_inodes=budget.pre_target_free_inodes,
+        post_target_free_inodes=budget.post_target_free_inodes,
+        watermarks=budget.watermarks(),
+        explanation=budget.explanation,
+    )
+
+
+if __name__ == "__main__":
+    main()
