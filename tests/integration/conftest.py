@@ -5,9 +5,10 @@ Fixtures come from ``harness.pytest_plugin`` (tests/harness/pytest_plugin.py):
 ``make_fleet`` (per-test factory, always torn down). Every test collected under
 this directory gets the ``integration`` marker.
 
-More fixtures (e.g. ``provisioned_fleet``) go in ``fleet_fixtures.py`` next to this
-file: it is loaded as a pytest plugin automatically, so its fixtures and hooks are
-visible to every test here. Write it against ``harness.fleet.Fleet`` and the
+More fixtures (e.g. ``provisioned_fleet``) go in ``*_fixtures.py`` files next to this
+file (``fleet_fixtures.py``, ``cache_fixtures.py``, ...): each is loaded as a pytest
+plugin automatically, so its fixtures and hooks are visible to every test here.
+Write them against ``harness.fleet.Fleet`` and the
 fixtures above, e.g.::
 
     @pytest.fixture(scope="session")
@@ -33,14 +34,12 @@ from harness.pytest_plugin import (  # noqa: F401  (fixtures and hooks for this 
 )
 
 _HERE = Path(__file__).resolve().parent
-_EXTRA_PLUGINS = ("fleet_fixtures",)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name in _EXTRA_PLUGINS:
-        path = _HERE / f"{name}.py"
-        modname = f"runnerkeep_integration_{name}"
-        if not path.is_file() or config.pluginmanager.has_plugin(modname):
+    for path in sorted(_HERE.glob("*_fixtures.py")):
+        modname = f"runnerkeep_integration_{path.stem}"
+        if config.pluginmanager.has_plugin(modname):
             continue
         spec = importlib.util.spec_from_file_location(modname, path)
         assert spec is not None and spec.loader is not None
