@@ -602,10 +602,11 @@ class Fleet:
         check: bool = False,
         timeout: float = 1800,
         env: dict[str, str] | None = None,
+        quiet: bool = False,
     ) -> subprocess.CompletedProcess:
         """Run ``ansible-playbook -i <inventory> playbook`` from the repo root.
 
-        Output is captured (``.stdout``/``.stderr`` of the result), echoed to our
+        Output is captured (``.stdout``/``.stderr`` of the result), echoed to our (unless ``quiet``)
         stdout/stderr (pytest shows it for failing tests) and saved in the workdir.
         The return code is not checked: assert on ``result.returncode``.
         """
@@ -648,9 +649,10 @@ class Fleet:
             Path(self.workdir / f"ansible-{self._playbook_runs}.log").write_text(
                 header + proc.stdout + "\n--- stderr ---\n" + proc.stderr
             )
-        sys.stdout.write(header + proc.stdout)
-        if proc.stderr:
-            sys.stderr.write(proc.stderr)
+        if not quiet:
+            sys.stdout.write(header + proc.stdout)
+            if proc.stderr:
+                sys.stderr.write(proc.stderr)
         return proc
 
     # -- stop ----------------------------------------------------------------

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""The main job (`nox -s demo`): a 3-runner containerized fleet, provisioned and exercised.
+
+1. start 3 runner containers (systemd + Docker + sshd, size-limited disks) and provision them;
+2. runner 1, the verified cache: save, a fast restore, a corrupted entry rejected as a miss,
+   a re-save, and a full restore into an empty daemon;
+3. runner 2, staged cleanup: seed junk, dry run, then a post stage that stops at its target;
+4. runner 3, disk budget with its arithmetic and one watch cycle's metrics;
+5. a summary per host (disk report), then the fleet is torn down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from harness.engine import ensure_engine  # noqa: E402
+from harness.fleet import Fleet, RunnerHost  # noqa: E402
+from harness.image import ensure_runner_image  # noqa: E402
+
+# Two images that share a base: base (2 layers) and app = base + 1 layer, built offline in the
+# runner's own engine (FROM scratch, random files), so no registry is needed.
+BUILD_IMAGES = r"""
+set -e
+rm -rf /tmp/demo-build && mkdir -p /tmp/demo-build/base /tmp/demo-build/app
+cd /tmp/demo-build/base
+head -c 24M /dev/urandom > tools.bin
+head -c 8M /dev/urandom > libs.bin
+printf 'FROM scratch\nCOPY tools.bin /opt/tools.bin\nCOPY libs.bin /opt/libs.bin\n' > Dockerfile
+docker build -q -t demo/base:1 . >/dev/null
+cd /tmp/demo-build/app
+head -c 12M /dev/urandom > app.bin
+printf 'FROM demo/base:1\nCOPY app.bin /srv/app.bin\n' > Dockerfile
+docker build -q -t demo/app:1 . >/dev/null
+rm -rf /tmp/demo-build
+"""
+
+# Junk a runner accumulates: old temp files, job leftovers, rotated logs, a dangling image.
+SEED_JUNK = r"""
+set -e
+mkdir -p /tmp/old-job-1 /tmp/old-job-2 /var/log/demo
+head -c 40M /dev/zero > /tmp/old-job-1/artifact.tar
+head -c 30M /dev/zero > /tmp/old-job-2/coverage.dat
+for i in $(seq 1 200); do echo junk > /tmp/old-job-2/f$i; done
+head -c 10M /dev/zero > /var/log/demo/app.log.1
+head -c 10M /dev/zero > /var/log/demo/app.log.2.gz
+touch -d '10 days ago' /tmp/old-job-1 /tmp/old-job-1/* /tmp/old-job-2 /tmp/old-job-2/* \
+    /var/log/demo/app.log.1 /var/log/demo/app.log.2.gz
+head -c 5M /dev/zero > /tmp/fresh-file-of-a-running-job
+"""
+
+
+def heading(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def rk(host: RunnerHost, args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the runnerkeep CLI on a host (the same command a CI job or timer runs)."""
+    proc = host.exec(f"runnerkeep {args}", check=False, timeout=600)
+    if check and proc.returncode != 0:
+        raise SystemExit(
+            f"demo: 'runnerkeep {args}' failed on {host.name} (exit {proc.returncode}):\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def rk_json(host: RunnerHost, args: str, check: bool = True) -> tuple[int, dict]:
+    proc = rk(host, f"{args} --json", check=check)
+    return proc.returncode, json.loads(proc.stdout or "{}")
+
+
+def timed(host: RunnerHost, args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = rk(host, args, check=False)
+    return proc, time.monotonic() - started
+
+
+def provision(fleet: Fleet) -> None:
+    heading("provision.yml on 3 runners")
+    started = time.monotonic()
+    result = fleet.run_playbook("playbooks/provision.yml", quiet=True)
+    if result.returncode != 0:
+        raise SystemExit(f"demo: provision.yml failed:\n{result.stdout}\n{result.stderr}")
+    recap = result.stdout.split("PLAY RECAP", 1)[1].strip().splitlines()[1:]
+    for line in recap:
+        print("  " + re.sub(r"\s+", " ", line.strip()))
+    print(f"  provisioned in {time.monotonic() - started:.0f}s")
+
+
+def first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def demo_cache(host: RunnerHost) -> list[str]:
+    heading(f"{host.name}: verified image cache")
+    host.exec(BUILD_IMAGES, timeout=300)
+    key = "demo-build"
+
+    proc, took = timed(host, f"cache save --key {key} demo/base:1 demo/app:1")
+    print(f"  save: exit {proc.returncode} in {took:.1f}s: {first_line(proc.stdout + proc.stderr)}")
+
+    proc, took = timed(host, f"cache restore --key {key}")
+    print(f"  restore with the images already in the daemon: exit {proc.returncode} in {took:.2f}s")
+    fast_restore = took
+
+    # Corrupt the largest blob in the store: a flipped byte, as a bad disk or a cut copy would.
+    blob = host.exec(
+        "find /var/cache/runnerkeep/images -type f -path '*blobs*' -printf '%s %p\\n' "
+        "| sort -n | tail -1 | cut -d' ' -f2"
+    ).stdout.strip()
+    host.exec(
+        f"python3 -c \"f=open('{blob}','r+b'); f.seek(1000); b=f.read(1); f.seek(1000); "
+        f'f.write(bytes([b[0]^1])); f.close()"'
+    )
+    host.exec("docker rmi -f demo/app:1 demo/base:1 >/dev/null")
+    proc, took = timed(host, f"cache restore --key {key}")
+    verdict = "a miss, the job would rebuild" if proc.returncode == 3 else "UNEXPECTED"
+    print(
+        f"  restore after flipping one byte of {os.path.basename(blob)[:19]}...: "
+        f"exit {proc.returncode} ({verdict})"
+    )
+    print(f"    {first_line(proc.stderr or proc.stdout)}")
+    quarantined = host.exec(
+        "find /var/cache/runnerkeep/images -path '*quarantine*' -type f | wc -l"
+    ).stdout.strip()
+    print(f"    files in quarantine: {quarantined}")
+
+    # The job rebuilds and saves again; the next job restores into an empty daemon.
+    host.exec(BUILD_IMAGES, timeout=300)
+    proc, took = timed(host, f"cache save --key {key} demo/base:1 demo/app:1")
+    print(f"  re-save after rebuild: exit {proc.returncode} in {took:.1f}s")
+    host.exec("docker rmi -f demo/app:1 demo/base:1 >/dev/null")
+    proc, took = timed(host, f"cache restore --key {key}")
+    loaded = host.exec("docker image ls --format '{{.Repository}}:{{.Tag}}' | grep demo/ | sort")
+    print(
+        f"  restore into an empty daemon: exit {proc.returncode} in {took:.1f}s, "
+        f"images: {', '.join(loaded.stdout.split())}"
+    )
+    proc = rk(host, "cache verify", check=False)
+    print(f"  verify: exit {proc.returncode}: {first_line(proc.stdout + proc.stderr)}")
+    listing = rk(host, "cache list").stdout
+    print("  " + listing.strip().replace("\n", "\n  "))
+    return [f"cache: fast restore {fast_restore:.2f}s, corrupt entry -> miss (exit 3)"]
+
+
+def demo_cleanup(host: RunnerHost) -> list[str]:
+    heading(f"{host.name}: staged cleanup")
+    host.exec(SEED_JUNK)
+    free = int(host.exec("df -B1 --output=avail /tmp | tail -1").stdout)
+    target = free + 50 * 1024 * 1024  # ask for 50 MiB more than is free now
+    code, dry = rk_json(host, f"cleanup --stage post --target-free {target} --path /tmp --dry-run")
+    print(
+        f"  dry run (target: {target // 2**20} MiB free on /tmp): exit {code}, "
+        f"would free {dry.get('bytes_freed', 0) // 2**20} MiB"
+    )
+    proc = rk(host, f"cleanup --stage post --target-free {target} --path /tmp", check=False)
+    print("  " + proc.stdout.strip().replace("\n", "\n  "))
+    fresh = host.exec("test -e /tmp/fresh-file-of-a-running-job", check=False).returncode == 0
+    print(f"  recent file of a running job kept: {fresh}")
+    return [f"cleanup: post stage exit {proc.returncode}"]
+
+
+def demo_disk(host: RunnerHost) -> list[str]:
+    heading(f"{host.name}: disk budget and one watch cycle")
+    print("  " + rk(host, "disk budget").stdout.strip().replace("\n", "\n  "))
+    rk(host, "disk watch")
+    metrics = host.exec(
+        "cat /var/lib/prometheus/node-exporter/runnerkeep.prom 2>/dev/null "
+        "|| find / -name 'runnerkeep*.prom' -exec cat {} + 2>/dev/null"
+    ).stdout
+    shown = [line for line in metrics.splitlines() if line and not line.startswith("#")]
+    print("  metrics (first 15 samples):")
+    for line in shown[:15]:
+        print("    " + line)
+    return [f"watch: {len(shown)} metric samples written"]
+
+
+def host_summary(host: RunnerHost) -> str:
+    code, report = rk_json(host, "disk report --no-largest", check=False)
+    if code != 0:
+        return f"{host.name}: disk report failed (exit {code})"
+    lines = [f"{host.name}:"]
+    for fs in report.get("filesystems", []):
+        lines.append(
+            f"  {fs.get('mount_point', '?'):<28} free {fs.get('free_bytes', 0) / 2**20:8.0f} MiB"
+            f" of {fs.get('total_bytes', 0) / 2**20:6.0f} MiB, "
+            f"free inodes {fs.get('free_inodes', 0)}  ({', '.join(fs.get('roles', []))})"
+        )
+    docker = report.get("docker") or {}
+    for kind in docker.get("usage", []):
+        lines.append(
+            f"  docker {kind.get('type', '?'):<14} {kind.get('size_bytes', 0) / 2**20:7.1f} MiB"
+            f" (reclaimable {kind.get('reclaimable_bytes', 0) / 2**20:.1f} MiB)"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ensure_engine()
+    ensure_runner_image()
+    started = time.monotonic()
+    heading("starting a 3-runner fleet")
+    with Fleet.start(3, name="demo", docker_disk="2g", cache_disk="1g") as fleet:
+        print(f"  {', '.join(h.name for h in fleet.hosts)} up in {time.monotonic() - started:.0f}s")
+        provision(fleet)
+        notes = {}
+        notes[fleet.hosts[0].name] = demo_cache(fleet.hosts[0])
+        notes[fleet.hosts[1].name] = demo_cleanup(fleet.hosts[1])
+        notes[fleet.hosts[2].name] = demo_disk(fleet.hosts[2])
+        heading("fleet summary")
+        for host in fleet.hosts:
+            print(host_summary(host))
+            for note in notes.get(host.name, []):
+                print(f"  {note}")
+    print(f"\nfleet torn down; demo took {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
