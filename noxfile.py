@@ -90,6 +90,15 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def validate(session: nox.Session) -> None:
+    """Pre-merge check of a runner image: `nox -s validate -- IMAGE [--profile FILE]`."""
+    session.install(*HARNESS_DEPS, "pytest-testinfra")
+    _ensure_engine(session)
+    session.run("python", "tools/build_zipapp.py")
+    session.run("python", "tests/validate/run_validation.py", *session.posargs, env=_env())
+
+
+@nox.session
 def cleanup_leftovers(session: nox.Session) -> None:
     """Remove containers and volumes left by interrupted test runs (label io.runnerkeep.harness)."""
     session.install(*HARNESS_DEPS)
