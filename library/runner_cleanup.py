@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# Copyright: runnerkeep contributors
+# Apache-2.0 (see LICENSE)
+
+DOCUMENTATION = r"""
+---
+module: runner_cleanup
+short_description: Run a runnerkeep disk cleanup stage (pre, post or emergency) on a CI runner
+description:
+  - Runs one cleanup stage on the host, the same engine as C(runnerkeep cleanup --stage STAGE):
+    the stage's cleaners run cheapest-first and stop as soon as the free-space targets (bytes
+    and inodes, per filesystem) are met.
+  - Check mode is a dry run that lists exactly what would be removed; C(--diff) shows removed
+    paths (capped at I(diff_max_items), with a count of the rest).
+  - The post and emergency stages do not run while a CI job holds the runner lock unless
+    I(force=true); with I(when_busy=skip) a busy runner is reported (C(busy=true)) instead of
+    failing.
+  - Never follows symlinks out of a cleaner's roots, never removes the roots themselves,
+    refuses C(/), home directories and unlisted mount points, never touches swap, the image
+    cache store or the runner's own binaries.
+version_added: "0.1.0"
+author:
+  - runnerkeep contributors
+options:
+  stage:
+    description: The stage to run.
+    type: str
+    required: true
+    choices: [pre, post, emergency]
+  target_free:
+    description:
+      - Free bytes wanted on each filesystem concerned, a size (C(20G), C(512MiB)) or a
+        percentage (C(15%)). Default from C(cleanup.targets.<stage>) in the config file.
+    type: str
+  target_inodes:
+    description: Free inodes wanted, a count or a percentage. Default from the config file.
+    type: str
+  paths:
+    description: Limit the run to the filesystems holding these paths.
+    type: list
+    elements: path
+  cleaners:
+    description: Run only these cleaners (names as in C(runnerkeep cleanup list-cleaners)).
+    type: list
+    elements: str
+  run_all:
+    description: Run every cleaner of the stage fully, ignoring the targets.
+    type: bool
+    default: false
+  force:
+    description: Run post/emergency even while a CI job holds the runner lock.
+    type: bool
+    default: false
+  when_busy:
+    description:
+      - What to do when a CI job holds the runner lock and I(force) is false.
+      - C(fail) fails the task; C(skip) returns C(busy=true), C(skipped=true), C(changed=false).
+    type: str
+    default: fail
+    choices: [fail, skip]
+  config_file:
+    description:
+      - The runnerkeep config file (JSON). Defaults to C($RUNNERKEEP_CONFIG) or
+        C(/etc/runnerkeep/config.json).
+    type: path
+  diff_max_items:
+    description: At most this many removed paths in the diff and in C(removed).
+    type: int
+    default: 200
+notes:
+  - Supports check mode (dry run) and diff mode.
+requirements:
+  - python >= 3.9 on the managed host; the docker CLI for the Docker cleaners
+"""
+
+EXAMPLES = r"""
+- name: Deep clean after hours, skipping runners that are running a job
+  runner_cleanup:
+    stage: post
+    when_busy: skip
+  register: cleanup
+
+- name: What would an emergency clean to 30% free remove?
+  runner_cleanup:
+    stage: emergency
+    target_free: 30%
+  check_mode: true
+  diff: true
+
+- name: Only old temp files and stopped containers, whatever the targets
+  runner_cleanup:
+    stage: pre
+    cleaners: [tmp, docker-containers]
+    run_all: true
+"""
+
+RETURN = r"""
+bytes_freed:
+  description: Bytes freed (check mode, would be freed) by all cleaners.
+  returned: success
+  type: int
+  sample: 3221225472
+inodes_freed:
+  description: Inodes freed (or would be) by all cleaners.
+  returned: success
+  type: int
+items_removed:
+  description: Number of items (paths, containers, images...) removed (or would be).
+  returned: success
+  type: int
+target_met:
+  description: Whether every filesystem concerned now meets the free bytes and inode targets.
+  returned: success
+  type: bool
+cleaners:
+  description: Per cleaner figures, in the order they ran.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "tmp", "status": "stopped: target met", "bytes_freed": 1048576,
+            "inodes_freed": 12, "items_removed": 3, "duration": 0.02, "errors": 0}]
+removed:
+  description: Paths and objects removed (or that would be), capped at diff_max_items.
+  returned: success
+  type: list
+  elements: str
+removed_total:
+  description: How many items were removed in all (C(removed) may be capped).
+  returned: success
+  type: int
+busy:
+  description: True when a CI job holds the runner lock and the stage did not run.
+  returned: always
+  type: bool
+report:
+  description: The full report (as C(runnerkeep cleanup --json)).
+  returned: success
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+try:
+    from ansible.module_utils.runnerkeep.cleanup import run_cleanup
+    from ansible.module_utils.runnerkeep.config import load_config
+    from ansible.module_utils.runnerkeep.errors import LockHeldError, RunnerkeepError
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by fail_json below
+    IMPORT_ERROR = str(exc)
+
+
+def _target(value):
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    return int(text) if text.isdigit() else text
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            stage=dict(type="str", required=True, choices=["pre", "post", "emergency"]),
+            target_free=dict(type="str"),
+            target_inodes=dict(type="str"),
+            paths=dict(type="list", elements="path"),
+            cleaners=dict(type="list", elements="str"),
+            run_all=dict(type="bool", default=False),
+            force=dict(type="bool", default=False),
+            when_busy=dict(type="str", default="fail", choices=["fail", "skip"]),
+            config_file=dict(type="path"),
+            diff_max_items=dict(type="int", default=200),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}", busy=False)
+    params = module.params
+    try:
+        config = load_config(params["config_file"])
+        report = run_cleanup(
+            params["stage"],
+            config,
+            target_free_bytes=_target(params["target_free"]),
+            target_free_inodes=_target(params["target_inodes"]),
+            paths=params["paths"] or None,
+            dry_run=module.check_mode,
+            force=params["force"],
+            run_all=params["run_all"],
+            only=params["cleaners"] or None,
+        )
+    except LockHeldError as exc:
+        if params["when_busy"] == "skip":
+            module.exit_json(changed=False, skipped=True, busy=True, msg=str(exc))
+        module.fail_json(msg=str(exc), busy=True, exit_code=exc.exit_code)
+    except RunnerkeepError as exc:
+        module.fail_json(msg=str(exc), busy=False, exit_code=exc.exit_code)
+    except OSError as exc:
+        module.fail_json(msg=f"cleanup failed: {exc.strerror or exc} ({exc.filename})", busy=False)
+
+    data = report.as_dict()
+    cap = max(params["diff_max_items"], 0)
+    removed_all = report.removed_paths()
+    removed = removed_all[:cap]
+    total = report.items_removed
+    result = dict(
+        changed=total > 0,
+        busy=False,
+        bytes_freed=report.bytes_freed,
+        inodes_freed=report.inodes_freed,
+        items_removed=total,
+        target_met=report.target_met,
+        cleaners=[
+            {
+                "name": c["name"],
+                "status": c["status"],
+                "bytes_freed": c["bytes_freed"],
+                "inodes_freed": c["inodes_freed"],
+                "items_removed": c["items_removed"],
+                "duration": c["duration"],
+                "errors": len(c["errors"]),
+            }
+            for c in data["cleaners"]
+        ],
+        removed=removed,
+        removed_total=total,
+        report=data,
+    )
+    if module._diff:
+        lines = [f"removed: {p}" for p in removed]
+        if total > len(removed):
+            lines.append(f"... and {total - len(removed)} more")
+        result["diff"] = {
+            "before": "",
+            "after": "\n".join(lines) + ("\n" if lines else ""),
+            "before_header": f"{params['stage']} stage: present",
+            "after_header": f"{params['stage']} stage: removed {total} items",
+        }
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
