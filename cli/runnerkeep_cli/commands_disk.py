@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -188,13 +189,18 @@ def watch(args: argparse.Namespace) -> CommandResult:
             result = {"error": str(exc)}
             text = f"error: {exc}"
         cycles += 1
-        if not args.json:
+        if args.json:
+            # One JSON object per line and cycle, so a supervisor's log stays machine-readable.
+            print(json.dumps(result, sort_keys=True, default=str), flush=True)
+        else:
             print(time.strftime("%Y-%m-%dT%H:%M:%S ") + text.replace("\n", "\n  "), flush=True)
         if args.count is not None and cycles >= args.count:
             break
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
     sys.stdout.flush()
-    return CommandResult({"cycles": cycles, "last": result}, "", EXIT_OK)
+    if args.json:
+        return CommandResult({"cycles": cycles, "last_state": result.get("state")}, "", EXIT_OK)
+    return CommandResult({}, f"{cycles} watch cycle(s) run", EXIT_OK)
 
 
 def job_start(args: argparse.Namespace) -> CommandResult:

@@ -150,6 +150,10 @@ def _spawn_sampler(
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         os.close(devnull)
+        # Drop every other inherited descriptor: a runner waiting for its hook's pipes to close
+        # must not wait for the sampler too.
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, _max_fd())
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -162,6 +166,13 @@ def _spawn_sampler(
         status = 1
     finally:
         os._exit(status)
+
+
+def _max_fd() -> int:
+    try:
+        return min(os.sysconf("SC_OPEN_MAX"), 65536)
+    except (ValueError, OSError):
+        return 1024
 
 
 def _sampler_loop(job_file: str, path: str, interval: float, lifetime: float) -> None:
