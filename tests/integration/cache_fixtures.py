@@ -141,7 +141,10 @@ def cache_images(tmp_path_factory):
     try:
         with open(tarball, "rb") as handle:
             subprocess.run(
-                ["docker", "import", "-", tags["base"]], stdin=handle, check=True, capture_output=True
+                ["docker", "import", "-", tags["base"]],
+                stdin=handle,
+                check=True,
+                capture_output=True,
             )
         created.append(tags["base"])
         ids = {"base": image_id(tags["base"])}
@@ -156,13 +159,6 @@ def cache_images(tmp_path_factory):
         ids_now = [image_id(t) for t in created]
         rmi(*created)
         rmi(*[i for i in ids_now if i])
-
-
-def ensure_present(cache_images, cli: Cli, store_dir: str, key: str) -> None:
-    """Make sure images A and B exist again (a test may have removed one)."""
-    for name in ("a", "b"):
-        if image_id(cache_images["ids"][name]) is None:
-            raise AssertionError(f"image {name} vanished and no restore brought it back")
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from cache_fixtures)
 """Failed saves never commit; damaged stores give a miss (exit 3), never a broken load."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from cache_fixtures import (  # noqa: F401  (fixtures)
@@ -57,7 +59,7 @@ def test_enospc_at_each_phase(cache_images, cli, small_tmpfs, b_entry, phase):
     proc = cli("cache", "save", "--dir", store, "--key", "k", tags["a"])
     assert proc.returncode == 0, proc.stderr
     old = entry_of(store, "k")
-    old_bytes = open(os.path.join(store, "entries", "k.json"), "rb").read()
+    old_bytes = Path(os.path.join(store, "entries", "k.json")).read_bytes()
     needed = new_blob_bytes(old, b_entry)
     big = sorted(s for s in needed if s > MiB)
     assert len(big) >= 2
@@ -77,7 +79,7 @@ def test_enospc_at_each_phase(cache_images, cli, small_tmpfs, b_entry, phase):
     # no temp left, old entry intact (byte for byte), store verifies, old images restorable
     assert tmp_leftovers(store) == []
     assert [n for n in os.listdir(os.path.join(store, "entries")) if n != "k.json"] == []
-    assert open(os.path.join(store, "entries", "k.json"), "rb").read() == old_bytes
+    assert Path(os.path.join(store, "entries", "k.json")).read_bytes() == old_bytes
     os.unlink(os.path.join(store, "filler"))
     code, report = cli.json("cache", "verify", "--dir", store)
     assert code == 0 and report["ok"], report
@@ -100,9 +102,13 @@ def test_free_space_precheck_refuses_and_writes_nothing(cache_images, cli, small
     cli.write_config({"reserve": "1TiB"})
     proc = cli("cache", "save", "--dir", big, "--key", "k", cache_images["tags"]["a"])
     assert proc.returncode == 4 and "reserve" in proc.stderr
-    proc = cli("cache", "save", "--dir", big, "--key", "k", "--reserve", "0", cache_images["tags"]["a"])
+    proc = cli(
+        "cache", "save", "--dir", big, "--key", "k", "--reserve", "0", cache_images["tags"]["a"]
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = cli("cache", "save", "--dir", store, "--key", "k", "--make-room", cache_images["tags"]["a"])
+    proc = cli(
+        "cache", "save", "--dir", store, "--key", "k", "--make-room", cache_images["tags"]["a"]
+    )
     assert proc.returncode == 4
 
 
@@ -119,8 +125,11 @@ exec "{real}" "$@"
 
 def test_stream_cut_short_with_exit_0_fails(cache_images, cli, tmp_path):
     store = str(tmp_path / "store")
-    assert cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["a"]).returncode == 0
-    before = open(os.path.join(store, "entries", "k.json"), "rb").read()
+    assert (
+        cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["a"]).returncode
+        == 0
+    )
+    before = Path(os.path.join(store, "entries", "k.json")).read_bytes()
     fake_dir = tmp_path / "fakebin"
     fake_dir.mkdir()
     real = shutil.which("docker")
@@ -129,10 +138,12 @@ def test_stream_cut_short_with_exit_0_fails(cache_images, cli, tmp_path):
         fake.write_text(FAKE_DOCKER.format(real=real, limit=limit))
         fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
         env = {"PATH": f"{fake_dir}{os.pathsep}{os.environ['PATH']}"}
-        proc = cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["b"], env=env)
+        proc = cli(
+            "cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["b"], env=env
+        )
         assert proc.returncode == 1, proc.stderr
         assert "ended early" in proc.stderr
-        assert open(os.path.join(store, "entries", "k.json"), "rb").read() == before
+        assert Path(os.path.join(store, "entries", "k.json")).read_bytes() == before
         assert tmp_leftovers(store) == []
 
 
@@ -212,7 +223,7 @@ def test_corruption_is_a_miss_quarantined_and_reported(cache_images, cli, tmp_pa
         assert not os.path.exists(os.path.join(store, "entries", "ka.json"))
         names = os.listdir(os.path.join(store, "quarantine"))
         assert "log.jsonl" in names and any("-entry-" in n for n in names)
-        assert "corrupt" in open(os.path.join(cli.state_dir, "events.jsonl")).read()
+        assert "corrupt" in Path(os.path.join(cli.state_dir, "events.jsonl")).read_text()
         assert tmp_leftovers(store) == []
     finally:
         assert cli("cache", "restore", "--dir", backup, "--key", "ka").returncode == 0

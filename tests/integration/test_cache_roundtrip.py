@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from cache_fixtures)
 """Cache round trips on the real engine: save, restore into a daemon without the images, run."""
 
 from __future__ import annotations
@@ -5,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cache_fixtures import (  # noqa: F401  (fixtures)
@@ -33,9 +35,7 @@ def test_round_trip_shared_base_restore_and_run(cache_images, cli, tmp_path):
     code, b = cli.json("cache", "save", "--dir", store, "--key", "kb", tags["b"])
     assert code == 0, b
     # the shared base was stored once: B reuses it
-    base_size = sum(
-        layer["size"] for layer in entry_of(store, "ka")["images"][0]["layers"][:1]
-    )
+    base_size = sum(layer["size"] for layer in entry_of(store, "ka")["images"][0]["layers"][:1])
     assert b["bytes_reused"] >= base_size > 0
     # bytes on disk within 1% of the unique blobs' size
     unique = {}
@@ -94,7 +94,7 @@ def test_round_trip_shared_base_restore_and_run(cache_images, cli, tmp_path):
     code, again = cli.json("cache", "save", "--dir", store, "--key", "ka", tags["a"])
     assert code == 0 and again["result"] == "unchanged"
     # metrics were recorded
-    events = open(os.path.join(cli.state_dir, "events.jsonl")).read()
+    events = Path(os.path.join(cli.state_dir, "events.jsonl")).read_text()
     assert '"op": "save"' in events and '"op": "restore"' in events
 
 
@@ -163,7 +163,10 @@ def test_daemon_stopped_is_exit_5(cli, tmp_path, cache_images):
     proc = cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["a"], env=env)
     assert proc.returncode == 5, proc.stderr
     assert "does not answer" in proc.stderr
-    assert cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["a"]).returncode == 0
+    assert (
+        cli("cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["a"]).returncode
+        == 0
+    )
     proc = cli("cache", "restore", "--dir", store, "--key", "k", env=env)
     assert proc.returncode == 5, proc.stderr
 

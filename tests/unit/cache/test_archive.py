@@ -120,7 +120,7 @@ def test_missing_member_is_refused(store):
 
 
 def test_no_manifest_is_refused(store):
-    with pytest.raises(ArchiveError, match="neither manifest.json nor index.json"):
+    with pytest.raises(ArchiveError, match=r"neither manifest\.json nor index\.json"):
         parse(store, write_tar([("x", b"hello")]))
 
 

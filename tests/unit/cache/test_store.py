@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 from cachetest_helpers import legacy_archive, oci_archive, random_layer, sha
@@ -123,7 +124,7 @@ def test_truncated_archive_refused_previous_entry_kept(tmp_path, store_dir):
     data = legacy_archive([(["a:2"], [BASE, TOP_A])])
     with pytest.raises(SaveFailed):
         put(tmp_path, store_dir, "k", data[: len(data) // 2])
-    entry, digest = Store(store_dir).read_entry("k")
+    _entry, digest = Store(store_dir).read_entry("k")
     assert digest == good["entry_digest"]
     assert verify_store(store_dir)["ok"]
 
@@ -145,7 +146,7 @@ def _flip(path, offset):
 
 
 def _entry(store, key):
-    return json.loads(open(store.entry_path(key), "rb").read())
+    return json.loads(Path(store.entry_path(key)).read_bytes())
 
 
 def corrupt_layer(store):
@@ -177,7 +178,7 @@ def missing_blob(store):
 
 
 def swapped_entry(store):
-    data = open(store.entry_path("b"), "rb").read()
+    data = Path(store.entry_path("b")).read_bytes()
     with open(store.entry_path("a"), "wb") as handle:
         handle.write(data)
     return None
