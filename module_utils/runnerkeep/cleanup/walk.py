@@ -25,6 +25,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable
 
 OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -159,7 +160,17 @@ def size_tree(path: str, opts: WalkOptions | None = None) -> TreeStats:
 
 
 def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
-    """Walk the directory open on ``fd`` (consumed: closed on return)."""
+    """Walk the directory open on ``fd`` (consumed: closed on return).
+
+    The per-entry loop is the hot path (one ``fstatat`` per entry is the floor); regular
+    files and symlinks take a short inline path, everything else goes through the checks.
+    """
+    protected = opts.protected
+    prot_inos = {ino for _dev, ino in protected}
+    seen = opts.seen
+    one_fs, dev = opts.one_filesystem, opts.dev
+    blocks = inodes = 0
+    newest = stats.newest_mtime
     stack: list = []
     try:
         try:
@@ -176,16 +187,26 @@ def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
                 os.close(dfd)
                 stack.pop()
                 continue
-            epath = dpath + "/" + entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
-                stats.errors.append((epath, _err(exc)))
+                stats.errors.append((dpath + "/" + entry.name, _err(exc)))
                 continue
-            if _should_skip(st, epath, opts, stats):
+            mode = st.st_mode
+            if st.st_ino in prot_inos and (st.st_dev, st.st_ino) in protected:
+                stats.kept.append((dpath + "/" + entry.name, "protected"))
                 continue
-            stats.add_stat(st, opts)
-            if stat.S_ISDIR(st.st_mode):
+            if S_ISREG(mode) or S_ISLNK(mode):
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+            elif S_ISDIR(mode):
+                epath = dpath + "/" + entry.name
+                if one_fs and st.st_dev != dev:
+                    stats.kept.append((epath, "other filesystem (mount point)"))
+                    continue
                 try:
                     cfd = os.open(entry.name, OPEN_DIR_FLAGS, dir_fd=dfd)
                 except OSError as exc:
@@ -198,9 +219,19 @@ def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
                     os.close(cfd)
                     continue
                 stack.append((cfd, epath, iter(centries)))
+            else:
+                stats.kept.append((dpath + "/" + entry.name, "special file"))
+                continue
+            blocks += st.st_blocks
+            inodes += 1
+            if st.st_mtime > newest:
+                newest = st.st_mtime
     finally:
         for dfd, _p, _i in stack:
             os.close(dfd)
+        stats.bytes += blocks * 512
+        stats.inodes += inodes
+        stats.newest_mtime = newest
 
 
 def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeStats:
@@ -248,8 +279,17 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
 
 
 def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> bool:
-    """Empty the directory open on ``fd`` (consumed). True when it is now empty."""
-    # Frames: [fd, path, entries-iterator, complete-so-far, (name, stat) in parent]
+    """Empty the directory open on ``fd`` (consumed). True when it is now empty.
+
+    Frames are ``[fd, path, entries, complete, (name, stat) in parent]``; a directory is
+    removed when its frame ends complete (nothing kept or failed inside it).
+    """
+    protected = opts.protected
+    prot_inos = {ino for _dev, ino in protected}
+    seen = opts.seen
+    one_fs, dev = opts.one_filesystem, opts.dev
+    unlink = os.unlink
+    blocks = inodes = 0
     try:
         entries = _list(fd, path)
     except OSError as exc:
@@ -260,8 +300,8 @@ def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> boo
     try:
         while stack:
             frame = stack[-1]
-            dfd, dpath, it = frame[0], frame[1], frame[2]
-            entry = next(it, None)
+            dfd = frame[0]
+            entry = next(frame[2], None)
             if entry is None:
                 os.close(dfd)
                 stack.pop()
@@ -272,30 +312,57 @@ def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> boo
                 if frame[3]:
                     try:
                         os.rmdir(name, dir_fd=parent[0])
-                        stats.add_stat(st, opts)
+                        blocks += st.st_blocks
+                        inodes += 1
                     except OSError as exc:
                         if exc.errno != errno.ENOENT:
-                            stats.errors.append((dpath, _err(exc)))
+                            stats.errors.append((frame[1], _err(exc)))
                             parent[3] = False
                 else:
                     parent[3] = False
                 continue
-            epath = dpath + "/" + entry.name
+            name = entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                stats.errors.append((epath, "vanished before it could be removed"))
+                stats.errors.append((frame[1] + "/" + name, "vanished before it could be removed"))
                 continue
             except OSError as exc:
-                stats.errors.append((epath, _err(exc)))
+                stats.errors.append((frame[1] + "/" + name, _err(exc)))
                 frame[3] = False
                 continue
-            if _should_skip(st, epath, opts, stats):
+            mode = st.st_mode
+            if st.st_ino in prot_inos and (st.st_dev, st.st_ino) in protected:
+                stats.kept.append((frame[1] + "/" + name, "protected"))
                 frame[3] = False
                 continue
-            if stat.S_ISDIR(st.st_mode):
+            if S_ISREG(mode) or S_ISLNK(mode):
                 try:
-                    cfd = os.open(entry.name, OPEN_DIR_FLAGS, dir_fd=dfd)
+                    unlink(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    stats.errors.append(
+                        (frame[1] + "/" + name, "vanished before it could be removed")
+                    )
+                    continue
+                except OSError as exc:
+                    stats.errors.append((frame[1] + "/" + name, _err(exc)))
+                    frame[3] = False
+                    continue
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                blocks += st.st_blocks
+                inodes += 1
+            elif S_ISDIR(mode):
+                epath = frame[1] + "/" + name
+                if one_fs and st.st_dev != dev:
+                    stats.kept.append((epath, "other filesystem (mount point)"))
+                    frame[3] = False
+                    continue
+                try:
+                    cfd = os.open(name, OPEN_DIR_FLAGS, dir_fd=dfd)
                 except OSError as exc:
                     stats.errors.append((epath, _err(exc)))
                     frame[3] = False
@@ -307,19 +374,13 @@ def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> boo
                     stats.errors.append((epath, _err(exc)))
                     frame[3] = False
                     continue
-                stack.append([cfd, epath, iter(centries), True, (entry.name, st)])
-                continue
-            try:
-                os.unlink(entry.name, dir_fd=dfd)
-            except FileNotFoundError:
-                stats.errors.append((epath, "vanished before it could be removed"))
-                continue
-            except OSError as exc:
-                stats.errors.append((epath, _err(exc)))
+                stack.append([cfd, epath, iter(centries), True, (name, st)])
+            else:
+                stats.kept.append((frame[1] + "/" + name, "special file"))
                 frame[3] = False
-                continue
-            stats.add_stat(st, opts)
     finally:
         for frame in stack:
             os.close(frame[0])
+        stats.bytes += blocks * 512
+        stats.inodes += inodes
     return False
