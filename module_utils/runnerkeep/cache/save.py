@@ -326,7 +326,14 @@ def save_entry(
     validate_key(key)
     start = time.monotonic()
     store = Store(store_dir)
-    infos, ids, tags = resolve_images(refs)  # also: DockerUnavailableError when no daemon
+    # `docker info` (for the space check) runs beside `docker image inspect`: each is a CLI
+    # round trip of ~0.1 s, and a save of stored blobs should cost no more than docker save.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        engine_future = pool.submit(engine_info) if check_space else None
+        try:
+            infos, ids, tags = resolve_images(refs)  # DockerUnavailableError when no daemon
+        finally:
+            engine = _engine_result(engine_future)
     store.ensure()
     result: dict[str, Any]
     try:
@@ -346,7 +353,8 @@ def save_entry(
             else:
                 plan = []
                 if check_space:
-                    engine = engine_info()
+                    if isinstance(engine, BaseException):
+                        raise engine
                     plan = space_plan(store, infos, reserve, engine)
                     if not all(p["ok"] for p in plan) and make_room_first:
                         make_room(make_room_config)
@@ -383,6 +391,16 @@ def save_entry(
         start=start,
     )
     return result
+
+
+def _engine_result(future: concurrent.futures.Future | None) -> Any:
+    """The engine info, or the exception it raised (re-raised only if a space check needs it)."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except RunnerkeepError as exc:
+        return exc
 
 
 def _save_locked(store, key, refs, infos, ids, tags, progress) -> dict[str, Any]:
