@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from ..config import DEFAULT_PATHS, merge_section
-from ..errors import ConfigError, RunnerkeepError
+from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of
 from ..units import parse_duration, parse_size_or_percent
@@ -271,7 +271,13 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
         fss = cleaner_fs.get(cleaner.name)
         if isinstance(fss, Exception):
             cr.status = "unavailable"
-            cr.errors.append({"path": "", "error": str(fss)})
+            if isinstance(fss, DockerUnavailableError):
+                # No engine on this host is a fact, not an error of the run: noted once.
+                note = f"Docker cleaners skipped: {fss}"
+                if note not in report.notes:
+                    report.notes.append(note)
+            else:
+                cr.errors.append({"path": "", "error": str(fss)})
             continue
         relevant = {f for f in fss if f in requested}
         if not relevant:

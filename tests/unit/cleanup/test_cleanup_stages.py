@@ -339,3 +339,17 @@ def test_report_text_table(tmp_path, make_config):
     assert isinstance(report, CleanupReport)
     assert "cheap" in text and "stopped: target met" in text and "TOTAL" in text
     assert "target met" in text.splitlines()[-1]
+
+
+def test_host_without_docker_notes_it_once(tmp_path, make_config, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    report = run_cleanup(
+        "post",
+        make_config({}),
+        run_all=True,
+        dry_run=True,
+        only=["docker-containers", "docker-images"],
+    )
+    assert {c.status for c in report.cleaners} == {"unavailable"}
+    assert report.as_dict()["errors"] == []
+    assert len([n for n in report.notes if "Docker cleaners skipped" in n]) == 1
