@@ -24,10 +24,13 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -95,7 +98,7 @@ class ValidationFleet(Fleet):
 # ------------------------------------------------------------------- provision output
 
 _TASK_RE = re.compile(r"^TASK \[(?P<task>.*?)\] \**\s*$")
-_FAIL_RE = re.compile(
+_FAIL_RE = re.compile(  # "fatal: [h]: FAILED! => {json}" or "... => " + a YAML block
     r"^(?:fatal|failed): \[(?P<host>[^\]]+)\](?: => \(item=.*?\))?: "
     r"(?P<kind>FAILED|UNREACHABLE)! => (?P<body>.*)$"
 )
@@ -106,11 +109,36 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_NOISE = ("Warning: Permanently added", "Shared connection to")
+
+
+def _result_message(data: Any, raw: str) -> str:
+    """The useful words of a failed task's result: msg, plus stderr/stdout when msg is vague."""
+    if not isinstance(data, dict):
+        return raw
+    msg = str(data.get("msg") or "").strip()
+    detail = ""
+    for key in ("stderr", "stdout"):
+        lines = [ln for ln in str(data.get(key) or "").splitlines() if not ln.startswith(_NOISE)]
+        text = " ".join(ln.strip() for ln in lines if ln.strip())
+        if text:
+            detail = text
+            break
+    if detail and detail not in msg:
+        msg = f"{msg}: {detail}" if msg else detail
+    return msg or raw
+
+
 def parse_failures(output: str) -> list[dict[str, str]]:
-    """(task, host, msg) of each failed task in ansible-playbook's default output."""
+    """(task, host, msg) of each failed task in ansible-playbook's default output.
+
+    The result after ``=> `` is JSON on the same line, or (callback_result_format = yaml, as in
+    ansible.cfg) a YAML block indented on the following lines.
+    """
     failures = []
     task = "?"
-    for line in output.splitlines():
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
         m = _TASK_RE.match(line)
         if m:
             task = m.group("task").split(" : ", 1)[-1]
@@ -118,16 +146,18 @@ def parse_failures(output: str) -> list[dict[str, str]]:
         m = _FAIL_RE.match(line)
         if not m:
             continue
-        body = m.group("body")
-        msg = body
-        with contextlib.suppress(ValueError):
-            data = json.loads(body)
-            msg = data.get("msg") or ""
-            detail = data.get("stderr") or data.get("stdout") or ""
-            if not msg or msg.startswith("non-zero return code"):
-                msg = f"{msg} {detail}".strip() if detail else msg or body
-            elif detail and detail not in msg:
-                msg = f"{msg}: {detail}"
+        body = m.group("body").strip()
+        if not body:
+            block = []
+            for nxt in lines[i + 1 :]:
+                if nxt and not nxt[0].isspace():
+                    break
+                block.append(nxt)
+            body = textwrap.dedent("\n".join(block))
+        data: Any = None
+        with contextlib.suppress(ValueError, yaml.YAMLError):
+            data = json.loads(body) if body.startswith("{") else yaml.safe_load(body)
+        msg = _result_message(data, body)
         failures.append({"task": task, "host": m.group("host"), "msg": _short(msg)})
     return failures
 

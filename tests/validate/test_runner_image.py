@@ -215,7 +215,8 @@ def test_disk_budget(host: Any, profile: dict[str, Any]) -> None:
         expect(False, "disk budget", f"a runnerkeep budget for {where}", "no `runnerkeep` command")
     res = host.run(f"{CLI} disk budget --json")
     if res.rc != 0:
-        msg = " ".join((res.stderr or res.stdout).split()).removeprefix("error: ")
+        msg = " ".join((res.stderr or res.stdout).split())
+        msg = re.sub(r"^(runnerkeep: )?error: ", "", msg)
         expect(False, "disk budget", f"the filesystem ({where}) to fit the disk budget", msg)
     budget = json.loads(res.stdout)
     need = budget["post_target_free_bytes"] + budget["cache_quota_bytes"]
