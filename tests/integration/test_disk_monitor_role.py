@@ -85,6 +85,10 @@ def test_role_installs_the_timer_and_the_watch_walks_the_watermarks(make_fleet, 
     result = fleet.run_playbook("playbooks/provision.yml")
     assert result.returncode == 0, result.stdout[-3000:]
     playbook = _playbook(tmp_path)
+    # Check mode first: nothing installed yet, and the run still succeeds without changes.
+    checked = fleet.run_playbook(playbook, check=True, quiet=True)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    assert host.exec("test -e /etc/systemd/system/runnerkeep-watch.timer", check=False).returncode
     result = fleet.run_playbook(playbook)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Reserve R = 10% of C = 6.4 MiB" in result.stdout  # the budget arithmetic is shown
