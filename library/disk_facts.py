@@ -34,6 +34,11 @@ options:
       - Ask the Docker engine for its usage by kind (C(docker system df)).
     type: bool
     default: true
+  docker_details:
+    description:
+      - Also list the largest images, containers and volumes (C(docker system df -v)).
+    type: bool
+    default: false
   include_largest:
     description:
       - Walk the report roots for the largest directories.
@@ -92,7 +97,8 @@ ansible_facts:
           returned: always
         docker:
           description: C(available), and C(kinds) (images, containers, volumes, build_cache with
-            total_count, active, size_bytes, reclaimable_bytes) or C(error).
+            total_count, active, size_bytes, reclaimable_bytes) or C(error); with docker_details
+            also C(details) (largest_images, largest_containers, largest_volumes).
           type: dict
           returned: when include_docker
         cache:
@@ -130,6 +136,7 @@ def main():
             disk=dict(type="dict", default={}),
             include_docker=dict(type="bool", default=True),
             include_largest=dict(type="bool", default=True),
+            docker_details=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -143,6 +150,7 @@ def main():
             config,
             include_docker=module.params["include_docker"],
             include_largest=module.params["include_largest"],
+            docker_verbose=module.params["docker_details"],
         )
     except RunnerkeepError as exc:
         module.fail_json(msg=str(exc), exit_code=exc.exit_code)

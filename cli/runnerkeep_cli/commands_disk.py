@@ -51,6 +51,11 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     )
     cmd.add_argument("--no-docker", action="store_true", help="skip 'docker system df'")
     cmd.add_argument("--no-largest", action="store_true", help="skip the largest-dirs walk")
+    cmd.add_argument(
+        "--docker-details",
+        action="store_true",
+        help="also list the largest images, containers and volumes ('docker system df -v')",
+    )
 
     cmd = add("history", "recorded job peaks (newest last) and jobs still running", history)
     cmd.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N jobs")
@@ -92,6 +97,7 @@ def report(args: argparse.Namespace) -> CommandResult:
         load_config(args.config),
         include_docker=not args.no_docker,
         include_largest=not args.no_largest,
+        docker_verbose=args.docker_details,
     )
     return CommandResult(data, render_report(data), EXIT_OK)
 

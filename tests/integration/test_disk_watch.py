@@ -296,7 +296,7 @@ def test_report_and_budget_text_on_the_small_disk(tmp_path, small_disk):
     config = _config(tmp_path, small_disk, _dead_url())
     (small_disk / "junk" / "a").mkdir()
     (small_disk / "junk" / "a" / "f").write_bytes(b"\x02" * (3 * MiB))
-    report = _cli(config, "disk", "report", "--json")
+    report = _cli(config, "disk", "report", "--json", "--docker-details")
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     mounts = {fs["mount_point"]: fs for fs in data["filesystems"]}
@@ -305,6 +305,7 @@ def test_report_and_budget_text_on_the_small_disk(tmp_path, small_disk):
     assert "budget" in mounts[str(small_disk)]["roles"]
     assert data["docker"]["available"] is True
     assert set(data["docker"]["kinds"]) >= {"images", "containers", "volumes", "build_cache"}
+    assert "largest_images" in data["docker"]["details"]
     top = data["largest_dirs"][0]["dirs"][0]
     assert top["path"] == str(small_disk / "junk") and top["disk_bytes"] >= 3 * MiB
     text = _cli(config, "disk", "budget")

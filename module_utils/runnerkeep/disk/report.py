@@ -8,12 +8,13 @@ Each part fails on its own: a missing engine or unreadable path is reported, the
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
 from typing import Any
 
-from ..docker_cli import docker_json_lines, engine_info
+from ..docker_cli import docker_json_lines, engine_info, run_docker
 from ..errors import RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..units import format_size
@@ -119,6 +120,50 @@ def docker_usage(timeout: float = 60.0) -> dict[str, Any]:
     return kinds
 
 
+def docker_details(limit: int = 10, timeout: float = 120.0) -> dict[str, Any]:
+    """``docker system df -v``: the largest images (unique bytes), containers and volumes."""
+    out = run_docker(["system", "df", "-v", "--format", "{{json .}}"], timeout=timeout).stdout
+    data = json.loads(out or "{}")
+    images = [
+        {
+            "image": f"{i.get('Repository')}:{i.get('Tag')}",
+            "id": str(i.get("ID", ""))[:19],
+            "size_bytes": parse_docker_size(i.get("Size", "")),
+            "unique_bytes": parse_docker_size(i.get("UniqueSize", "")),
+            "shared_bytes": parse_docker_size(i.get("SharedSize", "")),
+            "containers": as_int(i.get("Containers") or 0, "Containers"),
+        }
+        for i in data.get("Images") or []
+    ]
+    containers = [
+        {
+            "name": c.get("Names"),
+            "image": c.get("Image"),
+            "state": c.get("State"),
+            "size_bytes": parse_docker_size(c.get("Size", "")),
+        }
+        for c in data.get("Containers") or []
+    ]
+    volumes = [
+        {
+            "name": v.get("Name"),
+            "links": as_int(v.get("Links") or 0, "Links"),
+            "size_bytes": parse_docker_size(v.get("Size", "")),
+        }
+        for v in data.get("Volumes") or []
+    ]
+
+    def top(items: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+        return sorted(items, key=lambda item: -item[key])[:limit]
+
+    return {
+        "largest_images": top(images, "unique_bytes"),
+        "largest_containers": top(containers, "size_bytes"),
+        "largest_volumes": top(volumes, "size_bytes"),
+        "build_cache_entries": len(data.get("BuildCache") or []),
+    }
+
+
 def cache_usage(cache_dir: str) -> dict[str, Any]:
     size = tree_size(cache_dir)
     return {
@@ -132,7 +177,11 @@ def cache_usage(cache_dir: str) -> dict[str, Any]:
 
 
 def disk_report(
-    config: dict[str, Any], *, include_docker: bool = True, include_largest: bool = True
+    config: dict[str, Any],
+    *,
+    include_docker: bool = True,
+    include_largest: bool = True,
+    docker_verbose: bool = False,
 ) -> dict[str, Any]:
     """The whole report as a JSON-able dict; never raises for one failing part."""
     started = time.monotonic()
@@ -156,6 +205,9 @@ def disk_report(
         else:
             try:
                 report["docker"] = {"available": True, "kinds": docker_usage()}
+                if docker_verbose:
+                    limit = as_int(settings["largest_dirs"], "disk.largest_dirs", 1)
+                    report["docker"]["details"] = docker_details(limit)
             except RunnerkeepError as exc:
                 report["docker"] = {"available": False, "error": str(exc)}
                 if not root_error:
@@ -222,6 +274,18 @@ def render_report(report: dict[str, Any]) -> str:
                 for kind, v in docker["kinds"].items()
             ]
             lines.append(table(rows, ["kind", "count", "active", "size", "reclaimable"]))
+            details = docker.get("details")
+            if details and details["largest_images"]:
+                lines.append("Largest images (unique bytes):")
+                for image in details["largest_images"]:
+                    used = f", used by {image['containers']}" if image["containers"] else ""
+                    lines.append(
+                        f"  {format_size(image['unique_bytes']):>10}  {image['image']}{used}"
+                    )
+            if details and details["largest_volumes"]:
+                lines.append("Largest volumes:")
+                for volume in details["largest_volumes"]:
+                    lines.append(f"  {format_size(volume['size_bytes']):>10}  {volume['name']}")
         else:
             lines.append(f"Docker usage: unavailable ({docker.get('error')})")
     cache = report["cache"]

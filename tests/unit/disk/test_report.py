@@ -75,3 +75,36 @@ def test_report_without_docker(make_config, monkeypatch, tmp_path):
     assert {"docker_root", "cache_dir", "tmp"} <= roles
     text = render_report(report)
     assert "Docker usage: unavailable" in text and "Image cache" in text
+
+
+def test_docker_details_from_df_verbose(monkeypatch):
+    import json
+    import subprocess
+
+    from runnerkeep.disk import report
+
+    sample = {
+        "Images": [
+            {"Repository": "a", "Tag": "1", "ID": "sha256:aaa", "Size": "1.5GB",
+             "UniqueSize": "1GB", "SharedSize": "500MB", "Containers": "2"},
+            {"Repository": "b", "Tag": "2", "ID": "sha256:bbb", "Size": "3GB",
+             "UniqueSize": "3GB", "SharedSize": "0B", "Containers": "0"},
+        ],
+        "Containers": [{"Names": "c1", "Image": "a:1", "State": "exited", "Size": "12MB"}],
+        "Volumes": [{"Name": "v", "Links": "0", "Size": "2.5GB"}],
+        "BuildCache": [{}, {}],
+    }  # fmt: skip
+
+    def fake_run(args, timeout=0, check=True):
+        assert args[:3] == ["system", "df", "-v"]
+        return subprocess.CompletedProcess(args, 0, json.dumps(sample), "")
+
+    monkeypatch.setattr(report, "run_docker", fake_run)
+    details = report.docker_details(limit=1)
+    assert details["largest_images"] == [
+        {"image": "b:2", "id": "sha256:bbb", "size_bytes": 3 * 10**9, "unique_bytes": 3 * 10**9,
+         "shared_bytes": 0, "containers": 0}
+    ]  # fmt: skip
+    assert details["largest_containers"][0]["size_bytes"] == 12 * 10**6
+    assert details["largest_volumes"][0]["name"] == "v"
+    assert details["build_cache_entries"] == 2
