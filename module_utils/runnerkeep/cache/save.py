@@ -5,7 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
+import hashlib
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -350,6 +352,8 @@ def save_entry(
                     "bytes_reused": sum(entry_blobs(current["entry"]).values()),
                     "images": _image_summary(current["entry"]),
                 }
+            elif not dry_run and (stored := _save_from_store(store, key, refs, infos, tags)):
+                result = stored
             else:
                 plan = []
                 if check_space:
@@ -391,6 +395,90 @@ def save_entry(
         start=start,
     )
     return result
+
+
+def _save_from_store(
+    store: Store, key: str, refs: list[str], infos: list[dict[str, Any]], tags: dict[str, str]
+) -> dict[str, Any] | None:
+    """Commit an entry without `docker save` when every blob of the images is already stored.
+
+    An image ID is the sha256 of its config, the config lists the layers' diff_ids, and a stored
+    uncompressed layer is named by its diff_id: the ID pins every byte. The stored blobs are
+    re-hashed (about 0.3 s per GiB on two threads, against ~7 s for `docker save` of a GiB), so
+    a blob damaged on disk is never written into a new entry: it is quarantined and the caller
+    falls back to a full save, which stores it again."""
+    from .verify import hash_file
+
+    images = []
+    layer_blobs: dict[str, int] = {}
+    seen = set()
+    for info in infos:
+        image_id = info["Id"]
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        try:
+            with open(store.blob_path(image_id), "rb") as handle:
+                config = handle.read()
+        except (FileNotFoundError, CorruptEntry):
+            return None
+        if "sha256:" + hashlib.sha256(config).hexdigest() != image_id:
+            return None  # not an ID that is a config digest (e.g. containerd image store)
+        try:
+            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if diff_ids != (info.get("RootFS") or {}).get("Layers"):
+            return None
+        layers = []
+        for diff_id in diff_ids:
+            size = store.blob_size(diff_id)
+            if size is None:
+                return None
+            layer_blobs[diff_id] = size
+            layers.append(
+                {
+                    "digest": diff_id,
+                    "size": size,
+                    "diff_id": diff_id,
+                    "media_type": "application/vnd.docker.image.rootfs.diff.tar",
+                }
+            )
+        images.append(
+            {
+                "id": image_id,
+                "tags": sorted(t for t, i in tags.items() if i == image_id),
+                "config": {"digest": image_id, "size": len(config)},
+                "layers": layers,
+                "manifests": [],
+            }
+        )
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {pool.submit(hash_file, store.blob_path(d)): d for d in layer_blobs}
+        bad = [d for fut, d in futures.items() if fut.result()[0] != d]
+    for digest in bad:
+        store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
+    if bad:
+        return None
+    entry = {
+        "format": 1,
+        "key": key,
+        "archive_format": "docker-archive",
+        "created": time.time(),
+        "images": images,
+        "source": list(refs),
+        "runnerkeep_version": __version__,
+    }
+    digest = store.write_entry(entry)
+    return {
+        "result": "saved",
+        "from_store": True,
+        "entry_digest": digest,
+        "bytes_written": 0,
+        "bytes_reused": sum(layer_blobs.values()) + sum(i["config"]["size"] for i in images),
+        "format": "docker-archive",
+        "images": _image_summary(entry),
+    }
 
 
 def _engine_result(future: concurrent.futures.Future | None) -> Any:

@@ -351,3 +351,29 @@ def test_space_plan_counts_stored_layers_as_free(tmp_path, store_dir):
     engine = {"ServerVersion": "26.0.0", "DockerRootDir": "/"}
     plan = space_plan(store, infos, 0, engine)
     assert plan[0]["needed_bytes"] < 10_000
+
+
+# -- save when every blob is already stored (no docker save needed) ------------------------------
+def test_save_from_store_writes_only_the_entry(tmp_path, store_dir):
+    from runnerkeep.cache.save import _save_from_store
+
+    put(tmp_path, store_dir, "a", legacy_archive([(["a:1"], [BASE, TOP_A])]))
+    store = Store(store_dir)
+    entry = _entry(store, "a")
+    image = entry["images"][0]
+    infos = [{"Id": image["id"], "RootFS": {"Layers": [x["diff_id"] for x in image["layers"]]}}]
+    before = store.list_blobs()
+    result = _save_from_store(store, "copy", ["a:1"], infos, {"a:1": image["id"]})
+    assert result["from_store"] and result["bytes_written"] == 0
+    assert store.list_blobs() == before
+    copy = _entry(store, "copy")
+    assert copy["images"][0]["layers"] == image["layers"]
+    assert copy["images"][0]["tags"] == ["a:1"]
+    assert verify_store(store_dir)["ok"]
+    # a damaged stored layer is never put into a new entry: quarantined, fall back to docker save
+    corrupt_layer(store)
+    assert _save_from_store(store, "copy2", ["a:1"], infos, {"a:1": image["id"]}) is None
+    assert not store.has_blob(sha(TOP_A))
+    # an image whose layers are not all stored also falls back
+    infos[0]["RootFS"]["Layers"].append(sha(MID))
+    assert _save_from_store(store, "copy3", ["a:1"], infos, {}) is None
