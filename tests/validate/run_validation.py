@@ -176,6 +176,11 @@ def write_junit_single(path: Path, name: str, message: str) -> None:
     )
 
 
+def _display(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if REPO_ROOT in p.parents else str(p)
+
+
 def markdown_summary(image: str, profile: dict[str, Any], results: list[dict[str, Any]]) -> str:
     failed = [r for r in results if r["outcome"] == "failed"]
     passed = [r for r in results if r["outcome"] == "passed"]
@@ -185,7 +190,7 @@ def markdown_summary(image: str, profile: dict[str, Any], results: list[dict[str
     lines = [
         f"## {icon} Runner image validation {verdict}: `{image}`",
         "",
-        f"Profile **{profile['name']}** (`{os.path.relpath(profile['file'], REPO_ROOT)}`): "
+        f"Profile **{profile['name']}** (`{_display(profile['file'])}`): "
         f"{len(passed)} passed, {len(failed)} failed, {len(skipped)} skipped.",
         "",
     ]
