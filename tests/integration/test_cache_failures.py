@@ -106,10 +106,8 @@ def test_free_space_precheck_refuses_and_writes_nothing(cache_images, cli, small
         "cache", "save", "--dir", big, "--key", "k", "--reserve", "0", cache_images["tags"]["a"]
     )
     assert proc.returncode == 0, proc.stderr
-    proc = cli(
-        "cache", "save", "--dir", store, "--key", "k", "--make-room", cache_images["tags"]["a"]
-    )
-    assert proc.returncode == 4
+    # --make-room runs the real cleanup stage: covered by a unit test with a fake cleanup, so
+    # this shared machine's Docker data is never touched by a test.
 
 
 FAKE_DOCKER = """#!/bin/sh

@@ -115,22 +115,37 @@ def _space_message(plan: list[dict[str, Any]]) -> str:
     return "not enough free space to save, nothing was written: " + "; ".join(parts)
 
 
-def make_room(config: dict[str, Any] | None) -> dict[str, Any]:
-    """Run the post-build cleanup stage, when that module is installed."""
+def make_room(config: dict[str, Any] | None, plan: list[dict[str, Any]] | None = None) -> list:
+    """Run the post-build cleanup stage (when that module is installed) on each filesystem that
+    is short, asking it to free up to the bytes the save needs there."""
     try:
-        from ..cleanup import run_cleanup  # written by the cleanup work; optional here
+        from ..cleanup import run_cleanup  # the cleanup work; optional here
     except ImportError:
         raise FreeSpaceError(
             "--make-room is unavailable: the cleanup module (runnerkeep.cleanup) is not installed"
         ) from None
-    wanted = {"stage": "post", "config": config or {}, "dry_run": False}
     try:
-        params = inspect.signature(run_cleanup).parameters
-        kwargs = {k: v for k, v in wanted.items() if k in params}
+        params = set(inspect.signature(run_cleanup).parameters)
     except (TypeError, ValueError):
-        kwargs = {"stage": "post"}
-    result = run_cleanup(**kwargs)
-    return result if isinstance(result, dict) else {"result": str(result)}
+        params = {"stage", "config"}
+    reports = []
+    for need in [p for p in plan or [{}] if not p.get("ok")]:
+        wanted = {
+            "stage": "post",
+            "config": config or {},
+            "dry_run": False,
+            "target_free_bytes": need.get("needed_bytes"),
+            "paths": [need["path"]] if need.get("path") else None,
+        }
+        kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
+        try:
+            reports.append(run_cleanup(**kwargs))
+        except RunnerkeepError as exc:
+            raise FreeSpaceError(
+                (_space_message(plan) if plan else "not enough free space")
+                + f"; --make-room could not clean up: {exc}"
+            ) from None
+    return reports
 
 
 # ---------------------------------------------------------------------------------------
@@ -361,7 +376,7 @@ def save_entry(
                         raise engine
                     plan = space_plan(store, infos, reserve, engine)
                     if not all(p["ok"] for p in plan) and make_room_first:
-                        make_room(make_room_config)
+                        make_room(make_room_config, plan)
                         plan = space_plan(store, infos, reserve, engine)
                     if not all(p["ok"] for p in plan):
                         raise FreeSpaceError(_space_message(plan))

@@ -377,3 +377,45 @@ def test_save_from_store_writes_only_the_entry(tmp_path, store_dir):
     # an image whose layers are not all stored also falls back
     infos[0]["RootFS"]["Layers"].append(sha(MID))
     assert _save_from_store(store, "copy3", ["a:1"], infos, {}) is None
+
+
+def test_make_room_runs_post_cleanup_on_short_filesystems(monkeypatch):
+    import runnerkeep.cleanup as cleanup
+    from runnerkeep.cache.save import make_room
+
+    calls = []
+
+    def fake_run_cleanup(stage, config, *, target_free_bytes=None, paths=None, dry_run=False):
+        calls.append((stage, target_free_bytes, paths, dry_run))
+        return {"freed": 0}
+
+    monkeypatch.setattr(cleanup, "run_cleanup", fake_run_cleanup)
+    plan = [
+        {
+            "path": "/cache",
+            "ok": False,
+            "needed_bytes": 10,
+            "free_bytes": 1,
+            "mount_point": "/",
+            "detail": "x",
+        },
+        {
+            "path": "/docker",
+            "ok": True,
+            "needed_bytes": 5,
+            "free_bytes": 9,
+            "mount_point": "/",
+            "detail": "y",
+        },
+    ]
+    make_room({}, plan)
+    assert calls == [("post", 10, ["/cache"], False)]
+
+
+def test_make_room_unavailable_without_cleanup_module(monkeypatch):
+    from runnerkeep.cache.save import make_room
+    from runnerkeep.errors import FreeSpaceError
+
+    monkeypatch.setitem(sys.modules, "runnerkeep.cleanup", None)
+    with pytest.raises(FreeSpaceError, match="unavailable"):
+        make_room({}, [{"ok": False, "path": "/x", "needed_bytes": 1}])
