@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "validate"))
 
 RUNNER = REPO_ROOT / "tests" / "validate" / "run_validation.py"
 BROKEN_DIR = REPO_ROOT / "images" / "broken"
-BROKEN = ("no-docker", "no-python", "no-toolchain")
+BROKEN = ("no-docker", "no-python", "no-toolchain", "no-init")
+BOOTS = ("no-docker", "no-python", "no-toolchain")  # no-init never boots: checked on its own
 BROKEN_REPO = "runnerkeep/validate-broken"
 TIMEOUT = 900
 
@@ -128,7 +129,7 @@ def validations(
     jobs = {
         "own": (runner_image, ()),
         "tiny-disk": (runner_image, ("--profile", str(tiny))),
-        **{name: (tag, ()) for name, tag in broken_images.items()},
+        **{name: (broken_images[name], ()) for name in BOOTS},
     }
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = {
@@ -219,6 +220,17 @@ def test_disk_too_small_for_budget_fails(validations: dict[str, Outcome]) -> Non
         "the disk budget, found disk budget cannot be met"
     ), budget[0]
     assert "test_disk_budget" in _junit_failures(res.out)
+
+
+def test_image_without_systemd_fails_to_boot(broken_images: dict[str, str], tmp_path: Path) -> None:
+    res = _run(broken_images["no-init"], tmp_path / "out")
+    assert res.rc == 1, res.show()
+    assert res.fails == [
+        f"FAIL boot: expected {broken_images['no-init']} to boot as a runner container with "
+        'systemd as PID 1 (e.g. CMD ["/lib/systemd/systemd"]), found ENTRYPOINT null '
+        'CMD ["/bin/sh"]'
+    ], res.show()
+    assert list(_junit_failures(res.out)) == ["boot"]
 
 
 def test_bad_profile_is_a_usage_error(tmp_path: Path) -> None:

@@ -226,6 +226,37 @@ def finish(
 # -------------------------------------------------------------------------- main
 
 
+def check_init(image: str) -> str:
+    """'' if the image starts an init (systemd) as PID 1, else what it starts instead."""
+    proc = docker(
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Entrypoint}} {{json .Config.Cmd}}",
+        image,
+        check=False,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        return f"found it cannot be inspected: {proc.stderr.strip()}"
+    entrypoint, cmd = (json.loads(part) or [] for part in proc.stdout.split(" ", 1))
+    argv = [*entrypoint, *cmd]
+    if any("systemd" in arg or arg.endswith("init") for arg in argv):
+        return ""
+    return f"found ENTRYPOINT {json.dumps(entrypoint or None)} CMD {json.dumps(cmd or None)}"
+
+
+def boot_failed(out: Path, image: str, profile: dict[str, Any], found: str, took: float) -> int:
+    message = _short(
+        f"boot: expected {image} to boot as a runner container with systemd as PID 1 "
+        f'(e.g. CMD ["/lib/systemd/systemd"]), {found}',
+        2000,
+    )
+    write_junit_single(out / "junit.xml", "boot", message)
+    result = {"id": "boot", "title": "the image boots", "outcome": "failed", "message": message}
+    return finish(out, image, profile, [result], took)
+
+
 def resolve_image(image: str) -> str:
     if image == OWN_IMAGE:
         from harness.image import ensure_runner_image
@@ -265,7 +296,8 @@ def run_suite(
         *extra,
     ]
     log("$ " + " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False, timeout=1800)
+    # pytest's report goes to stderr: stdout carries only the FAIL lines and the verdict.
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=sys.stderr, check=False, timeout=1800)
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     with contextlib.suppress(OSError):
         results_file.unlink()
@@ -307,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"validating {image} with profile {profile['name']} ({profile['file']})")
 
     docker_disk, cache_disk, extra_tmpfs = harness_mounts(profile)
+    init_problem = check_init(image)  # a hint for when the boot fails
     try:
         fleet = ValidationFleet.start(
             1,
@@ -319,11 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep,
         )
     except (FleetError, DockerError) as exc:
-        message = f"boot: expected {image} to boot as a runner container, found: {exc}"
-        write_junit_single(out / "junit.xml", "boot", _short(message, 2000))
-        result = {"id": "boot", "title": "the image boots", "outcome": "failed"}
-        result["message"] = _short(message, 2000)
-        return finish(out, image, profile, [result], time.monotonic() - t0)
+        found = init_problem or f"found: {exc}"
+        return boot_failed(out, image, profile, found, time.monotonic() - t0)
 
     try:
         host = fleet.hosts[0]
