@@ -145,6 +145,8 @@ def restore_entry(
             result.update(result="would_load", loaded=False, bytes_loaded=size)
             return result
         else:
+            if progress is not None and getattr(progress, "total", 0) is None:
+                progress.total = size  # for the ETA
             try:
                 sent = _load(store, entry, progress)
             except CorruptBlob as exc:

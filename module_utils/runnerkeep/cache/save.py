@@ -389,6 +389,8 @@ def save_entry(
                         "bytes_reused": 0,
                         "images": sorted(ids),
                     }
+                if progress is not None and getattr(progress, "total", 0) is None:
+                    progress.total = sum(int(i.get("Size") or 0) for i in infos)  # for the ETA
                 result = _save_locked(store, key, refs, infos, ids, tags, progress)
                 result["space"] = plan
     except RunnerkeepError as exc:
