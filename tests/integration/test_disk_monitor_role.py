@@ -61,7 +61,29 @@ def _playbook(tmp_path) -> str:
                     },
                 }
             ],
-        }
+        },
+        {
+            "name": "Disk facts",
+            "hosts": "runners",
+            "become": True,
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Gather the disk report",
+                    "disk_facts": {"docker_details": True, "disk": {"extra_paths": ["/srv/small"]}},
+                },
+                {
+                    "name": "The small disk and the inner engine are in the facts",
+                    "ansible.builtin.assert": {
+                        "that": [
+                            "'/srv/small' in (ansible_facts.runnerkeep_disk.filesystems"
+                            " | map(attribute='mount_point'))",
+                            "ansible_facts.runnerkeep_disk.docker.available",
+                        ]
+                    },
+                },
+            ],
+        },
     ]
     path = tmp_path / "disk_monitor.yml"
     path.write_text(json.dumps(play))  # JSON is YAML
