@@ -103,6 +103,8 @@ def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dic
     job_file, pid_file = _job_paths(sdir, job_id)
     os.makedirs(os.path.dirname(job_file), exist_ok=True)
     _stop_sampler(pid_file)
+    lifetime = seconds(settings, "sampler_max_lifetime")
+    reap_stale_jobs(sdir, 2 * lifetime)
     path = expand(budget_path(config))
     now = sample(path)
     job = {
@@ -118,7 +120,6 @@ def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dic
     }
     _write_json(job_file, job)
     interval = seconds(settings, "sample_interval")
-    lifetime = seconds(settings, "sampler_max_lifetime")
     if interval <= 0:
         raise ConfigError("disk.sample_interval must be greater than 0")
     result = {"job": job, "sampler_pid": None}
@@ -297,6 +298,21 @@ def read_history(sdir: str) -> list[dict[str, Any]]:
         if isinstance(record, dict) and isinstance(record.get("peak_bytes"), int):
             records.append(record)
     return records
+
+
+def reap_stale_jobs(sdir: str, max_age: float) -> list[str]:
+    """Forget jobs whose end was never recorded (a crashed runner) after ``max_age`` seconds."""
+    reaped = []
+    cutoff = time.time() - max_age
+    for job in running_jobs(sdir):
+        start = job.get("start_time")
+        if isinstance(start, (int, float)) and start < cutoff:
+            job_file, pid_file = _job_paths(sdir, str(job.get("job_id")))
+            _stop_sampler(pid_file)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(job_file)
+            reaped.append(str(job.get("job_id")))
+    return reaped
 
 
 def running_jobs(sdir: str) -> list[dict[str, Any]]:

@@ -99,3 +99,17 @@ def test_bad_job_ids_and_unknown_jobs(make_config):
         history.job_start(config, "../../etc/passwd", spawn=False)
     with pytest.raises(ConfigError, match="no running job"):
         history.job_end(config, "never-started")
+
+
+def test_jobs_never_ended_are_forgotten_after_twice_the_sampler_lifetime(make_config):
+    config = make_config(sampler_max_lifetime="1h")
+    sdir = config["paths"]["state_dir"]
+    history.job_start(config, "crashed", spawn=False)
+    job_file = os.path.join(sdir, "disk-jobs", "crashed.json")
+    with open(job_file) as handle:
+        job = json.load(handle)
+    job["start_time"] -= 3 * 3600
+    with open(job_file, "w") as handle:
+        json.dump(job, handle)
+    history.job_start(config, "fresh", spawn=False)
+    assert [j["job_id"] for j in history.running_jobs(sdir)] == ["fresh"]
