@@ -48,31 +48,39 @@ def test_job_start_and_end_without_sampler(make_config, tmp_path):
     assert job_events[-1]["job_id"] == "build-1"
 
 
-def test_sampler_records_a_peak_between_start_and_end(make_config, tmp_path):
-    config = make_config(sample_interval="0.05s", sampler_max_lifetime="30s")
-    cache = tmp_path / "cache"
-    cache.mkdir()
+def test_sampler_records_a_peak_between_start_and_end(make_config, tmp_path, monkeypatch):
+    # The measurement reads a number from a file: deterministic on a shared, busy filesystem.
+    # The forked sampler inherits the patched function.
+    used = tmp_path / "used"
+    used.write_text("1000")
+
+    def fake_sample(path):
+        value = int(used.read_text() or 0)
+        return {"used_bytes": value, "used_inodes": value // 100, "free_bytes": 0, "free_inodes": 0}
+
+    monkeypatch.setattr(history, "sample", fake_sample)
+    config = make_config(sample_interval="0.02s", sampler_max_lifetime="30s")
     result = history.job_start(config, "job-2")
     pid = result["sampler_pid"]
+    job_file = os.path.join(config["paths"]["state_dir"], "disk-jobs", "job-2.json")
     try:
-        assert pid and os.path.exists(f"/proc/{pid}")
-        blob = cache / "peak.bin"
-        blob.write_bytes(b"\0" * (8 * 1024 * 1024))
-        os.fsync(os.open(blob, os.O_RDONLY))
-        job_file = os.path.join(config["paths"]["state_dir"], "disk-jobs", "job-2.json")
+        assert pid and history._proc_start_time(pid) is not None
+        used.write_text("9000")
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             with open(job_file) as handle:
-                job = json.load(handle)
-            if job["peak_used_bytes"] - job["start_used_bytes"] >= 4 * 1024 * 1024:
-                break
-            time.sleep(0.05)
-        blob.unlink()
+                if json.load(handle)["peak_used_bytes"] == 9000:
+                    break
+            time.sleep(0.02)
+        used.write_text("2000")
         record = history.job_end(config, "job-2")
     finally:
-        history._stop_sampler(os.path.join(config["paths"]["state_dir"], "disk-jobs", "job-2.pid"))
-    # The 8 MiB were gone at the end; the sampler saw them (the fs is shared, so allow noise).
-    assert record["peak_bytes"] >= 4 * 1024 * 1024
+        history._stop_sampler(job_file[: -len(".json")] + ".pid")
+    assert record["start_used_bytes"] == 1000
+    assert record["peak_used_bytes"] == 9000
+    assert record["end_used_bytes"] == 2000
+    assert record["peak_bytes"] == 8000
+    assert record["peak_inodes"] == 80
     assert record["samples"] >= 2
     assert history._proc_start_time(pid) is None  # the sampler is gone
 
