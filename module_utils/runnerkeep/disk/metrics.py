@@ -141,7 +141,12 @@ def fold_events(state_dir: str, counters: dict[str, Any]) -> dict[str, Any]:
         "last_job_peak_inodes": counters.get("last_job_peak_inodes"),
     }
     newest = totals["events_time"]
-    for event in events.read_events(state_dir):
+    try:
+        new_events = list(events.read_events(state_dir))
+    except OSError as exc:
+        totals["error"] = f"cannot read the event log in {state_dir}: {exc.strerror}"
+        return totals
+    for event in new_events:
         when = event.get("time")
         if not isinstance(when, (int, float)) or when <= totals["events_time"]:
             continue

@@ -173,7 +173,10 @@ class _Cycle:
                     "error": f"the cleanup core (runnerkeep.cleanup) is not available: {exc}; "
                     "emergency cleanup skipped",
                 }
-        before = filesystem_usage(budget.path)
+        try:
+            before = filesystem_usage(budget.path)
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot measure {budget.path}: {exc.strerror}"}
         started = time.monotonic()
         try:
             report = run(
@@ -194,7 +197,10 @@ class _Cycle:
         duration = time.monotonic() - started
         # The cleanup's time is its own: the watch's timeout covers the watch's work.
         self.deadline += duration
-        after = filesystem_usage(budget.path)
+        try:
+            after = filesystem_usage(budget.path)
+        except OSError:
+            after = before  # freed bytes unknown: report 0 rather than fail the cycle
         data = report.as_dict() if hasattr(report, "as_dict") else report
         return {
             "ok": True,
@@ -233,7 +239,7 @@ class _Cycle:
                 root = root or info.get("DockerRootDir")
                 kinds = docker_usage(timeout=self.remaining(30))
                 docker.update(up=True, kinds=kinds)
-            except RunnerkeepError as exc:
+            except (RunnerkeepError, ValueError, OSError) as exc:
                 docker.update(up=False, error=str(exc))
                 self.errors.append(f"docker: {exc}")
             m.add(
@@ -373,6 +379,9 @@ class _Cycle:
         state["errors"] = current
 
         counters = fold_events(self.sdir, state.get("counters") or {})
+        events_error = counters.pop("error", None)
+        if events_error:
+            self.errors.append(events_error)
         state["counters"] = counters
         state["last_run"] = now
         self._state_metrics(state, budget, inputs, counters)
