@@ -8,7 +8,7 @@ import sys
 import time
 
 from runnerkeep.config import load_config
-from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError
+from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.units import format_size, parse_duration
 
 from runnerkeep_cli.output import CommandResult, table
@@ -191,7 +191,8 @@ def watch(args: argparse.Namespace) -> CommandResult:
             # Re-read the config every cycle: a role may have changed it.
             result = run_watch(load_config(args.config))
             text = _watch_text(result)
-        except ConfigError as exc:
+        except (RunnerkeepError, OSError) as exc:
+            # A bad config or a failed cycle is reported; the loop keeps watching.
             result = {"error": str(exc)}
             text = f"error: {exc}"
         cycles += 1
