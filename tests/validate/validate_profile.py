@@ -151,9 +151,12 @@ def _normalise_units(items: Any, what: str, key: str) -> list[Any]:
         if item == "auto":
             out.append("auto")
         elif isinstance(item, str):
-            out.append({key: item, "role": None})
+            out.append({key: item, "role": None, **({"executable": True} if key == "path" else {})})
         elif isinstance(item, dict) and item.get(key):
-            out.append({key: str(item[key]), "role": item.get("role")})
+            entry = {key: str(item[key]), "role": item.get("role")}
+            if key == "path":
+                entry["executable"] = bool(item.get("executable", True))
+            out.append(entry)
         else:
             raise ProfileError(
                 f"{what}[{i}]: expected 'auto', a {key} or {{{key}: ..., role: ...}}"
@@ -252,51 +255,139 @@ def provision_roles(playbook: str | Path = PROVISION) -> list[str]:
     return roles
 
 
-def _role_timers(role: str) -> list[str]:
-    """Timer units a role installs: ``runnerkeep-*.timer`` named in its tasks or templates."""
-    base = REPO_ROOT / "roles" / role
-    found: list[str] = []
-    for sub in ("tasks", "templates", "files"):
-        for path in sorted((base / sub).rglob("*")) if (base / sub).is_dir() else []:
-            names = [path.name.removesuffix(".j2")]
-            if path.is_file() and path.suffix in (".yml", ".yaml"):
-                names += _TIMER_RE.findall(path.read_text(errors="replace"))
-            for name in names:
-                if _TIMER_RE.fullmatch(name) and "{{" not in name and name not in found:
-                    found.append(name)
-    return found
+_VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_TEMPLATE_MODULES = ("template", "copy")
 
 
-def _role_hooks(role: str) -> list[str]:
-    """Hook files a role installs: absolute paths in its defaults under a ``*hook*`` variable."""
+def _role_vars(role: str, extra_vars: dict[str, Any] | None) -> dict[str, Any]:
     defaults = REPO_ROOT / "roles" / role / "defaults" / "main.yml"
-    if not defaults.is_file():
-        return []
-    data = yaml.safe_load(defaults.read_text()) or {}
+    data = yaml.safe_load(defaults.read_text()) if defaults.is_file() else None
+    merged = dict(data or {})
+    merged.update(extra_vars or {})
+    return merged
+
+
+def _role_tasks(role: str) -> list[dict[str, Any]]:
+    """Every task of a role's tasks/*.yml, blocks flattened."""
+    out: list[dict[str, Any]] = []
+
+    def walk(tasks: Any) -> None:
+        for task in tasks or []:
+            if isinstance(task, dict):
+                out.append(task)
+                for key in ("block", "rescue", "always"):
+                    walk(task.get(key))
+
+    tasks_dir = REPO_ROOT / "roles" / role / "tasks"
+    for path in sorted(tasks_dir.rglob("*.yml")) if tasks_dir.is_dir() else []:
+        walk(yaml.safe_load(path.read_text(errors="replace")))
+    return out
+
+
+def _module(task: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    for name in names:
+        for key in (name, f"ansible.builtin.{name}"):
+            if isinstance(task.get(key), dict):
+                return task[key]
+    return None
+
+
+def _render(text: Any, variables: dict[str, Any]) -> str | None:
+    """Substitute plain ``{{ var }}`` references; None if anything else is templated."""
+    text = str(text)
+    for _ in range(5):  # defaults may refer to other defaults
+        rendered = _VAR_RE.sub(
+            lambda m: str(variables[m.group(1)]) if m.group(1) in variables else m.group(0), text
+        )
+        if rendered == text:
+            break
+        text = rendered
+    return None if "{{" in text else text
+
+
+def _when_holds(task: dict[str, Any], variables: dict[str, Any]) -> bool:
+    """False only for a ``when`` that a role default (or extra var) turns off.
+
+    Terms the defaults cannot decide (facts, registered results) are taken as true: the
+    host is a systemd Linux runner, which is what the validation boots.
+    """
+    when = task.get("when", [])
+    for term in when if isinstance(when, list) else [when]:
+        term = str(term).strip()
+        negate = term.startswith("not ")
+        name = term[4:].strip() if negate else term
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name in variables:
+            value = variables[name]
+            if isinstance(value, str):
+                value = value.strip().lower() in ("true", "yes", "1", "on")
+            if bool(value) == negate:
+                return False
+    return True
+
+
+def _loop_items(task: dict[str, Any], variables: dict[str, Any]) -> list[Any]:
+    loop = task.get("loop", task.get("with_items"))
+    if loop is None:
+        return [None]
+    if isinstance(loop, str):
+        rendered = _VAR_RE.fullmatch(loop.strip())
+        loop = variables.get(rendered.group(1)) if rendered else None
+    return list(loop) if isinstance(loop, list) else []
+
+
+def _role_timers(role: str, extra_vars: dict[str, Any] | None = None) -> list[str]:
+    """``runnerkeep-*.timer`` units the role enables (systemd_service enabled: true)."""
+    variables = _role_vars(role, extra_vars)
     found: list[str] = []
-
-    def take(value: Any) -> None:
-        if isinstance(value, str) and value.startswith("/") and "{{" not in value:
-            found.append(value)
-        elif isinstance(value, list):
-            for v in value:
-                take(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                take(v)
-
-    for key, value in data.items():
-        if "hook" in key and not key.endswith(("_dir", "_url", "_timeout", "_retries")):
-            take(value)
+    for task in _role_tasks(role):
+        args = _module(task, ("systemd_service", "systemd", "service"))
+        if not args or args.get("enabled") is not True or not _when_holds(task, variables):
+            continue
+        for item in _loop_items(task, variables):
+            name = _render(args.get("name", ""), {**variables, "item": item})
+            if name and _TIMER_RE.fullmatch(name) and name not in found:
+                found.append(name)
     return found
 
 
-def _expand(items: list[Any], key: str, finder: Any, roles: list[str]) -> list[dict[str, Any]]:
+def _role_hooks(role: str, extra_vars: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Hook files the role writes: template/copy tasks with ``hook`` in their dest.
+
+    ``executable`` is whether the task's mode has an x bit (runner hook scripts) or not
+    (snippets that a runner's config sources).
+    """
+    variables = _role_vars(role, extra_vars)
+    found: list[dict[str, Any]] = []
+    for task in _role_tasks(role):
+        args = _module(task, _TEMPLATE_MODULES)
+        if not args or "hook" not in str(args.get("dest", "")).lower():
+            continue
+        if not _when_holds(task, variables):
+            continue
+        mode = _render(args.get("mode", "0644"), variables) or "0644"
+        try:
+            executable = bool(int(str(mode), 8) & 0o111)
+        except ValueError:
+            executable = "x" in str(mode)
+        for item in _loop_items(task, variables):
+            dest = _render(args["dest"], {**variables, "item": item})
+            if dest and dest.startswith("/") and all(h["path"] != dest for h in found):
+                found.append({"path": dest, "executable": executable})
+    return found
+
+
+def _expand(
+    items: list[Any], key: str, finder: Any, roles: list[str], extra_vars: dict[str, Any]
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for item in items:
         if item == "auto":
-            entries = [{key: name, "role": role} for role in roles for name in finder(role)]
+            entries = []
+            for role in roles:
+                for found in finder(role, extra_vars):
+                    entry = found if isinstance(found, dict) else {key: found}
+                    entries.append({**entry, "role": role})
         elif item["role"] and item["role"] not in roles:
             continue  # the role is not part of provision.yml (yet): nothing to check
         else:
@@ -309,10 +400,14 @@ def _expand(items: list[Any], key: str, finder: Any, roles: list[str]) -> list[d
 
 
 def expected_timers(profile: dict[str, Any]) -> list[dict[str, Any]]:
-    roles = provision_roles(profile["provision"]["playbook"])
-    return _expand(profile["runnerkeep"]["timers"], "name", _role_timers, roles)
+    """Timers to check: the profile's list with ``auto`` expanded from provision's roles."""
+    prov = profile["provision"]
+    roles = provision_roles(prov["playbook"])
+    return _expand(profile["runnerkeep"]["timers"], "name", _role_timers, roles, prov["extra_vars"])
 
 
 def expected_hooks(profile: dict[str, Any]) -> list[dict[str, Any]]:
-    roles = provision_roles(profile["provision"]["playbook"])
-    return _expand(profile["runnerkeep"]["hooks"], "path", _role_hooks, roles)
+    """Hook files to check: the profile's list with ``auto`` expanded from provision's roles."""
+    prov = profile["provision"]
+    roles = provision_roles(prov["playbook"])
+    return _expand(profile["runnerkeep"]["hooks"], "path", _role_hooks, roles, prov["extra_vars"])
