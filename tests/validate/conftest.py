@@ -96,6 +96,16 @@ def target(request: pytest.FixtureRequest) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+@pytest.fixture
+def note(request: pytest.FixtureRequest) -> Any:
+    """``note("docker 20.10.24 on vfs")``: what a passing check found (for the summary)."""
+
+    def record(text: str) -> None:
+        request.node._rk_detail = " ".join(str(text).split())
+
+    return record
+
+
 @pytest.fixture(scope="session")
 def runner(target: dict[str, Any]) -> Any:
     """The harness RunnerHost (docker exec and plain ssh to the container)."""
@@ -129,6 +139,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
                 message = getattr(exc, "msg", str(exc))
             else:
                 message = f"{item.name}: the check could not run: {type(exc).__name__}: {exc}"
+        if report.passed:
+            message = getattr(item, "_rk_detail", "")
         _RESULTS.append(
             {
                 "id": item.nodeid.split("::", 1)[-1],

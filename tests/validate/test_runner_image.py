@@ -108,13 +108,15 @@ def test_sshd_reachable(runner: Any, target: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- docker
 
 
-def test_docker_engine(host: Any) -> None:
+def test_docker_engine(host: Any, note: Any) -> None:
     """the Docker engine answers"""
     if not _have(host, "docker"):
         expect(False, "docker engine", "a docker CLI and engine", "no `docker` command on PATH")
     res = host.run("docker info --format '{{.ServerVersion}} {{.Driver}}'")
     ok = res.rc == 0 and "<no value>" not in res.stdout and res.stdout.strip()
     expect(bool(ok), "docker engine", "`docker info` to answer", _out(res))
+    version, _, driver = res.stdout.strip().partition(" ")
+    note(f"engine {version}, storage driver {driver}")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +166,7 @@ def test_docker_save_load(host: Any, profile: dict[str, Any], tiny_image: str) -
 # ----------------------------------------------------------------------- runnerkeep
 
 
-def test_self_check(host: Any, profile: dict[str, Any]) -> None:
+def test_self_check(host: Any, profile: dict[str, Any], note: Any) -> None:
     """the runnerkeep CLI self-check passes"""
     if not profile["runnerkeep"]["self_check"]:
         pytest.skip("runnerkeep.self_check is off in the profile")
@@ -177,6 +179,7 @@ def test_self_check(host: Any, profile: dict[str, Any]) -> None:
     except (ValueError, KeyError, TypeError):
         bad = [_out(res)]
     expect(res.rc == 0 and not bad, "self-check", "all checks to pass", "; ".join(bad))
+    note(f"runnerkeep {report.get('version')}: {len(report['checks'])} checks passed")
 
 
 def _df(host: Any, path: str) -> tuple[int, str, str] | None:
@@ -188,7 +191,7 @@ def _df(host: Any, path: str) -> tuple[int, str, str] | None:
     return int(size), mount, fstype
 
 
-def test_disk(host: Any, disk: dict[str, Any]) -> None:
+def test_disk(host: Any, disk: dict[str, Any], note: Any) -> None:
     """a filesystem the profile names exists and is large enough"""
     path = disk["path"]
     check = f"disk {path}"
@@ -204,9 +207,10 @@ def test_disk(host: Any, disk: dict[str, Any]) -> None:
         f"at least {format_size(disk['min_bytes'])} ({disk['min_size']})",
         f"{format_size(size)} ({fstype} at {mount})",
     )
+    note(f"{format_size(size)} {fstype} at {mount} (min {format_size(disk['min_bytes'])})")
 
 
-def test_disk_budget(host: Any, profile: dict[str, Any]) -> None:
+def test_disk_budget(host: Any, profile: dict[str, Any], note: Any) -> None:
     """the disk budget fits on the cache filesystem"""
     if not profile["budget"]["enabled"]:
         pytest.skip("budget.enabled is off in the profile")
@@ -228,12 +232,17 @@ def test_disk_budget(host: Any, profile: dict[str, Any]) -> None:
         f"capacity >= post-stage target + cache quota = {format_size(need)}",
         f"{format_size(budget['capacity_bytes'])} on {budget['path']}",
     )
+    note(
+        f"capacity {format_size(budget['capacity_bytes'])}; post-stage target "
+        f"{format_size(budget['post_target_free_bytes'])}; cache quota "
+        f"{format_size(budget['cache_quota_bytes'])}"
+    )
 
 
 # ------------------------------------------------------------------------ toolchains
 
 
-def test_toolchain_required(host: Any, required_tool: dict[str, Any]) -> None:
+def test_toolchain_required(host: Any, required_tool: dict[str, Any], note: Any) -> None:
     """a required toolchain is present with a matching version"""
     cmd, pattern = required_tool["command"], required_tool["version"]
     check = f"toolchain {cmd}"
@@ -242,7 +251,9 @@ def test_toolchain_required(host: Any, required_tool: dict[str, Any]) -> None:
         if pattern
         else f"`{cmd}` on PATH"
     )
-    expect(bool(_have(host, cmd)), check, want, "command not found")
+    where = _have(host, cmd)
+    expect(bool(where), check, want, "command not found")
+    note(where)
     if not pattern:
         return  # presence is all the profile asks
     res = _sh(host, required_tool["version_command"] + " 2>&1")
@@ -250,6 +261,7 @@ def test_toolchain_required(host: Any, required_tool: dict[str, Any]) -> None:
     first = version.splitlines()[0] if version else f"no output (exit {res.rc})"
     expect(res.rc == 0, check, want, f"exit {res.rc}: {first}")
     expect(bool(re.search(pattern, version, re.MULTILINE)), check, want, repr(first))
+    note(f"{where}: {first}")
 
 
 def test_toolchain_forbidden(host: Any, forbidden_tool: dict[str, Any]) -> None:
