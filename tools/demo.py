@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 from harness.engine import ensure_engine  # noqa: E402
 from harness.fleet import Fleet, RunnerHost  # noqa: E402
 from harness.image import ensure_runner_image  # noqa: E402
+from harness.provision import provision as run_provision  # noqa: E402
 
 # Two images that share a base: base (2 layers) and app = base + 1 layer, built offline in the
 # runner's own engine (FROM scratch, random files), so no registry is needed.
@@ -86,7 +87,7 @@ def timed(host: RunnerHost, args: str) -> tuple[subprocess.CompletedProcess, flo
 def provision(fleet: Fleet) -> None:
     heading("provision.yml on 3 runners")
     started = time.monotonic()
-    result = fleet.run_playbook("playbooks/provision.yml", quiet=True)
+    result = run_provision(fleet, quiet=True)
     if result.returncode != 0:
         raise SystemExit(f"demo: provision.yml failed:\n{result.stdout}\n{result.stderr}")
     recap = result.stdout.split("PLAY RECAP", 1)[1].strip().splitlines()[1:]
@@ -209,7 +210,9 @@ def main() -> int:
     ensure_runner_image()
     started = time.monotonic()
     heading("starting a 3-runner fleet")
-    with Fleet.start(3, name="demo", docker_disk="2g", cache_disk="1g") as fleet:
+    with Fleet.start(
+        3, name="demo", docker_disk="2g", cache_disk="1g", extra_tmpfs={"/tmp": "512m"}
+    ) as fleet:
         print(f"  {', '.join(h.name for h in fleet.hosts)} up in {time.monotonic() - started:.0f}s")
         provision(fleet)
         notes = {}

@@ -6,14 +6,19 @@ Loaded by tests/integration/conftest.py as a plugin.
 from __future__ import annotations
 
 import pytest
-
-PROVISION = "playbooks/provision.yml"
+from harness.provision import provision
 
 
 @pytest.fixture(scope="session")
 def provisioned_fleet(fleet):
     """The session fleet after one provision.yml run; the run's output is kept for assertions."""
-    result = fleet.run_playbook(PROVISION)
+    result = provision(fleet)
     assert result.returncode == 0, f"provision.yml failed:\n{result.stdout}\n{result.stderr}"
     fleet.first_provision = result
     return fleet
+
+
+@pytest.fixture(scope="session")
+def run_provision():
+    """provision.yml with the fleet's variables, for tests that run it again."""
+    return provision
