@@ -140,40 +140,51 @@ def main() -> int:
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs} ...", file=sys.stderr)
             store = os.path.join(work, f"store{run}")
-            t_save_o.append(timed(lambda: sh("docker", "save", "-o", archive, big)))
-            t_save.append(
-                timed(
-                    lambda store=store: rk(
-                        config, "cache", "save", "--dir", store, "--key", "k", big
-                    )
-                )
+            # ABBA: odd runs time runnerkeep first, so drift on this shared machine hits both.
+            ours_first = run % 2 == 1
+
+            def pair(theirs, ours, t_theirs, t_ours, first=ours_first):
+                for fn, out in (
+                    [(ours, t_ours), (theirs, t_theirs)]
+                    if first
+                    else [(theirs, t_theirs), (ours, t_ours)]
+                ):
+                    out.append(timed(fn))
+
+            pair(
+                lambda: sh("docker", "save", "-o", archive, big),
+                lambda store=store: rk(config, "cache", "save", "--dir", store, "--key", "k", big),
+                t_save_o,
+                t_save,
             )
             with open(os.devnull, "wb") as null:
-                t_null.append(
-                    timed(
-                        lambda null=null: subprocess.run(
-                            ["docker", "save", big], stdout=null, check=True
-                        )
-                    )
-                )
-            t_reuse.append(
-                timed(
+                pair(
+                    lambda null=null: subprocess.run(
+                        ["docker", "save", big], stdout=null, check=True
+                    ),
                     lambda store=store, run=run: rk(
                         config, "cache", "save", "--dir", store, "--key", f"again{run}", big
+                    ),
+                    t_null,
+                    t_reuse,
+                )
+
+            # the rmi is outside the timed part: time only the load / restore
+            for which in ["ours", "theirs"] if ours_first else ["theirs", "ours"]:
+                sh("docker", "rmi", big)
+                assert subprocess.run(
+                    ["docker", "image", "inspect", big], capture_output=True
+                ).returncode
+                if which == "theirs":
+                    t_load.append(timed(lambda: sh("docker", "load", "-i", archive)))
+                else:
+                    t_restore.append(
+                        timed(
+                            lambda store=store: rk(
+                                config, "cache", "restore", "--dir", store, "--key", "k"
+                            )
+                        )
                     )
-                )
-            )
-            sh("docker", "rmi", big)
-            assert subprocess.run(
-                ["docker", "image", "inspect", big], capture_output=True
-            ).returncode
-            t_load.append(timed(lambda: sh("docker", "load", "-i", archive)))
-            sh("docker", "rmi", big)
-            t_restore.append(
-                timed(
-                    lambda store=store: rk(config, "cache", "restore", "--dir", store, "--key", "k")
-                )
-            )
             if run < args.runs - 1:
                 shutil.rmtree(store)
         store = os.path.join(work, f"store{args.runs - 1}")
@@ -181,6 +192,9 @@ def main() -> int:
             timed(lambda: rk(config, "cache", "restore", "--dir", store, "--key", "k"))
             for _ in range(3)
         )
+        fast_core = json.loads(
+            rk(config, "cache", "restore", "--dir", store, "--key", "k", "--json").stdout
+        )["duration"]
         # verify vs single-core hashlib over the same blob files (both warm)
         blob_dir = os.path.join(store, "blobs", "sha256")
         paths = [os.path.join(blob_dir, n) for n in os.listdir(blob_dir)]
@@ -216,6 +230,8 @@ def main() -> int:
             "docker_load_s": statistics.median(t_load),
             "cache_restore_s": statistics.median(t_restore),
             "cache_restore_present_s": t_fast,
+            "cache_restore_present_core_s": fast_core,
+            "load_average_1m": os.getloadavg()[0],
             "hashlib_single_core_bytes_per_s": total / t_hash,
             "verify_bytes_per_s": total / t_verify,
             "store_bytes_on_disk": on_disk,
@@ -238,7 +254,7 @@ def main() -> int:
             1.00,
         ),
         ("restore / docker load -i", r["cache_restore_s"] / r["docker_load_s"], "<=", 1.10),
-        ("restore, images present (s)", r["cache_restore_present_s"], "<", 1.0),
+        ("restore, images present (s, CLI wall time)", r["cache_restore_present_s"], "<", 1.0),
         (
             "verify / hashlib 1 core",
             r["verify_bytes_per_s"] / r["hashlib_single_core_bytes_per_s"],

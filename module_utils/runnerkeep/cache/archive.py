@@ -25,6 +25,7 @@ from .store import Store, _mkstemp, _write_all, is_no_space
 BUFSIZE = 1 << 20
 SMALL_MEMBER = 1 << 20  # members up to this size are kept in memory (configs, manifests, json)
 BLOCK = 512
+HASH_OFFLOAD_MIN = 256 * 1024
 
 INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
@@ -305,7 +306,10 @@ def _read_member(
         for chunk in reader.chunks(size):
             # Hash on a second thread while this one writes: hashlib and os.write both
             # release the GIL, so the two overlap (ENVIRONMENT.md: 0.43 -> 0.82 GB/s).
-            fut = hash_pool.submit(h.update, chunk) if hash_pool else None
+            # Pipe reads are often 64 KiB (the daemon is the slow side): handing those to a
+            # thread costs more than hashing them here, so only large chunks go to the pool.
+            big = hash_pool is not None and len(chunk) >= HASH_OFFLOAD_MIN
+            fut = hash_pool.submit(h.update, chunk) if big else None
             if fut is None:
                 h.update(chunk)
             try:
