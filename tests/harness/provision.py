@@ -10,7 +10,11 @@ PROVISION = "playbooks/provision.yml"
 # The harness gives each runner a 1 GiB cache disk; a real runner's 10 GiB job-peak floor
 # cannot fit there, so the fleet's budget assumes small jobs (what a user sets in group_vars).
 FLEET_VARS: dict[str, Any] = {
-    "disk_monitor_settings": {"job_peak_floor": "100MiB", "job_peak_floor_inodes": 5000},
+    "disk_monitor_settings": {
+        "job_peak_floor": "100MiB",
+        "job_peak_floor_inodes": 5000,
+        "cache_quota_min": "128MiB",
+    },
 }
 
 
