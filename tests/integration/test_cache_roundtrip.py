@@ -72,7 +72,9 @@ def test_round_trip_shared_base_restore_and_run(cache_images, cli, tmp_path):
     code, r = cli.json("cache", "restore", "--dir", store, "--key", "ka")
     elapsed = time.monotonic() - start
     assert code == 0 and r["loaded"] is False
-    assert elapsed < 1.5  # includes starting the interpreter; the core work is < 0.1 s
+    # The CLI wall time includes starting Python (0.1 s idle, over 1 s on a loaded shared
+    # machine): the bound that matters is the core duration.
+    assert elapsed < 10
     assert r["duration"] < 1.0
 
     # a tag pointing elsewhere is put back without a load
