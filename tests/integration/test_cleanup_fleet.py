@@ -1,6 +1,7 @@
 """Role runner_maintenance and playbooks/maintain.yml on containerized runner hosts (systemd).
 
-Two hosts of our own (destructive tests): provisioned with provision.yml, then the role. One
+Two hosts of our own (destructive tests): provisioned with provision.yml (which applies the
+role with its defaults), then the role again with test settings. One
 host runs a "job" (the GitHub job-started hook run from a live parent process): maintain.yml
 must skip it and clean the other, and the job-completed hook must release the lock.
 """
@@ -12,6 +13,7 @@ import time
 
 import pytest
 from harness.fleet import Fleet
+from harness.provision import provision
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +38,7 @@ ROLE_PLAY = """\
 def fleet(runner_image, tmp_path_factory):
     f = Fleet.start(2, name="rkc", image=runner_image)
     try:
-        result = f.run_playbook("playbooks/provision.yml", quiet=True)
+        result = provision(f, quiet=True)  # provision.yml with the small-disk fleet vars
         assert result.returncode == 0, result.stdout[-3000:]
         for host in f.hosts:
             host.exec("mkdir -p /opt/actions-runner")  # where a GitHub runner would live
@@ -105,6 +107,16 @@ def test_maintain_skips_busy_runner_and_cleans_the_other(fleet):
             "the job-started hook did not take the lock: "
             + busy.exec("cat /tmp/hook.log", check=False).stdout
         )
+
+    dry = fleet.run_playbook(
+        "playbooks/maintain.yml",
+        extra_vars={"maintain_serial": 1, "maintain_target_free": "100%"},
+        check=True,
+        quiet=True,
+    )
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    assert f"{idle.name}: " in dry.stdout and "would be freed" in dry.stdout
+    assert idle.exec("test -e /var/tmp/rk-junk/old/a.bin", check=False).returncode == 0
 
     result = fleet.run_playbook(
         "playbooks/maintain.yml",
