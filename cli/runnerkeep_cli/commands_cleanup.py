@@ -45,6 +45,7 @@ stages (each runs its cleaners cheapest-first and stops once the targets are met
 
 targets are per filesystem: --target-free 20G or 15%, --target-inodes 100000 or 10%;
 defaults come from cleanup.targets.<stage> in the config file. --all ignores targets.
+with a subcommand, put options after it: runnerkeep cleanup run --stage post --json
 """
 
 
@@ -128,7 +129,7 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     )
     _add_run_options(parser, suppress=False)
     parser.set_defaults(handler=cleanup_run)
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="[SUBCOMMAND]")
     sub.required = False
 
     run = sub.add_parser(
