@@ -680,7 +680,6 @@ def write_entry_archive(
     """Write ``entry`` as a tar to ``out_fd``, checking size and sha256 of every blob in the same
     read that feeds the output. Raises CorruptBlob at the first bad blob, before manifest.json.
     Returns the bytes written."""
-    from .store import CorruptBlob
 
     order: list[tuple[str, int]] = []
     seen: set[str] = set()
@@ -695,6 +694,16 @@ def write_entry_archive(
                 order.append((digest, size))
     buf = bytearray(BUFSIZE)
     view = memoryview(buf)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return _write_archive(entry, store, out_fd, order, view, pool, progress, before_metadata)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _write_archive(entry, store, out_fd, order, view, pool, progress, before_metadata) -> int:
+    from .store import CorruptBlob
+
     total = 0
     last = 0.0
     for dirname in ("blobs/", "blobs/sha256/"):
@@ -722,8 +731,16 @@ def write_entry_archive(
                 n = os.readv(fd, [view[: min(BUFSIZE, remaining)]])
                 if n == 0:
                     raise CorruptBlob(digest, f"blob {digest} was truncated while being read")
-                h.update(view[:n])
-                _write_all(out_fd, view[:n])
+                # Hash on a second thread while this one feeds the pipe (both release the GIL);
+                # the buffer is reused only after both are done with it.
+                fut = pool.submit(h.update, view[:n]) if n >= HASH_OFFLOAD_MIN else None
+                if fut is None:
+                    h.update(view[:n])
+                try:
+                    _write_all(out_fd, view[:n])
+                finally:
+                    if fut is not None:
+                        fut.result()
                 remaining -= n
                 total += n
                 now = time.monotonic()
