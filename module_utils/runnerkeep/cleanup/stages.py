@@ -121,13 +121,56 @@ def list_cleaners(config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _targets(
-    stage: str, section: dict[str, Any], target_free_bytes: Any, target_free_inodes: Any
-) -> tuple[Any, Any]:
-    configured = (section.get("targets") or {}).get(stage) or {}
-    free = target_free_bytes if target_free_bytes is not None else configured.get("free")
-    inodes = target_free_inodes if target_free_inodes is not None else configured.get("inodes")
-    return free, inodes
+def _target_specs(
+    stage: str, config: dict[str, Any], target_free_bytes: Any, target_free_inodes: Any
+) -> Callable[[str], tuple[Any, Any, str]]:
+    """Where each filesystem's targets come from, first found wins: the argument, the
+    ``cleanup.targets.<stage>`` the user configured, the disk budget (only on the budget's own
+    filesystem: its figures are absolute bytes for that disk), the built-in percentages."""
+    configured = ((config.get("cleanup") or {}).get("targets") or {}).get(stage) or {}
+    builtin = SECTION_DEFAULTS["targets"][stage]
+    budget = None
+    if target_free_bytes is None or target_free_inodes is None:
+        budget = _budget_targets(stage, config)
+
+    def specs(fs: str) -> tuple[Any, Any, str]:
+        from_budget = budget if budget and budget[0] == fs else None
+        picked = []
+        for given, key, index in (
+            (target_free_bytes, "free", 1),
+            (target_free_inodes, "inodes", 2),
+        ):
+            if given is not None:
+                picked.append((given, "argument"))
+            elif configured.get(key) is not None:
+                picked.append((configured[key], "config"))
+            elif from_budget is not None:
+                picked.append((from_budget[index], "disk budget"))
+            else:
+                picked.append((builtin[key], "default"))
+        sources = sorted({source for _, source in picked})
+        return picked[0][0], picked[1][0], " + ".join(sources)
+
+    return specs
+
+
+def _budget_targets(stage: str, config: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(filesystem, free bytes, free inodes) the disk budget sets for ``stage``, or None.
+
+    Only hosts with a ``disk`` section (written by the disk_monitor role) use the budget: it is
+    sized from that host's job history, which only a monitored host records. None also when no
+    budget can be computed here (a disk too small for it: the watch reports that).
+    """
+    if "disk" not in config:
+        return None
+    try:
+        from ..disk.budget import current_budget
+
+        budget = current_budget(config)
+    except (ImportError, RunnerkeepError, OSError):
+        return None
+    free, inodes = budget.stage_targets(stage)
+    return mount_point_of(_existing(budget.path)), free, inodes
 
 
 def run_cleanup(
@@ -216,12 +259,13 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
             if isinstance(fss, set):
                 requested |= fss
 
-    free_spec, inode_spec = _targets(stage, section, target_free_bytes, target_free_inodes)
+    target_specs = _target_specs(stage, ctx.config, target_free_bytes, target_free_inodes)
     before: dict[str, FilesystemUsage] = {}
     targets: dict[str, tuple[int, int]] = {}
     for fs in sorted(requested):
         usage = probe(fs)
         before[fs] = usage
+        free_spec, inode_spec, source = target_specs(fs)
         tb = (
             parse_size_or_percent(free_spec, usage.total_bytes, "target free bytes")
             if free_spec is not None
@@ -233,7 +277,7 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
             else 0
         )
         targets[fs] = (tb, ti)
-        report.targets[fs] = {"free_bytes": tb, "free_inodes": ti}
+        report.targets[fs] = {"free_bytes": tb, "free_inodes": ti, "source": source}
     freed_b = dict.fromkeys(requested, 0)
     freed_i = dict.fromkeys(requested, 0)
 

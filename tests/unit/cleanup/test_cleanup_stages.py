@@ -138,7 +138,33 @@ def test_targets_default_from_config_per_stage(tmp_path, make_config):
     )
     assert report.items_removed == 2
     fs = next(iter(report.targets))
-    assert report.targets[fs] == {"free_bytes": 1_000_000 + 2 * KB4, "free_inodes": 0}
+    assert report.targets[fs] == {
+        "free_bytes": 1_000_000 + 2 * KB4,
+        "free_inodes": 0,
+        "source": "config",
+    }
+
+
+def test_targets_default_from_the_disk_budget_on_its_filesystem(tmp_path, make_config):
+    """A monitored host (config has a `disk` section) stops where the disk budget says."""
+    from runnerkeep.disk.budget import current_budget
+
+    _cheap, _deep, cleaners = two_cleaners(tmp_path)
+    config = make_config(cleaners)
+    config["disk"] = {"path": str(tmp_path), "job_peak_floor": "1MiB", "cache_quota_min": 0}
+    budget = current_budget(config)
+    report = run_cleanup("post", config, only=["cheap", "deep"], dry_run=True)
+    fs = next(iter(report.targets))
+    assert report.targets[fs] == {
+        "free_bytes": budget.post_target_free_bytes,
+        "free_inodes": budget.post_target_free_inodes,
+        "source": "disk budget",
+    }
+    # An explicit argument still wins over the budget.
+    report = run_cleanup(
+        "post", config, only=["cheap"], dry_run=True, target_free_bytes=123, target_free_inodes=4
+    )
+    assert report.targets[fs] == {"free_bytes": 123, "free_inodes": 4, "source": "argument"}
 
 
 def test_stage_membership(tmp_path, make_config):
