@@ -98,6 +98,29 @@ class Store:
             self.quarantine_dir,
         ):
             os.makedirs(path, exist_ok=True)
+        mode = self.shared_dir_mode()
+        if mode:
+            # The role makes the store group-writable (setgid) so CI jobs of that group can save
+            # and restore: the directories inside must be too, whoever created them first.
+            for path in (
+                os.path.join(self.root, "blobs"),
+                self.blob_dir,
+                self.entry_dir,
+                self.lock_dir,
+                self.tmp_dir,
+                self.quarantine_dir,
+            ):
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_mode & 0o7777 != mode:
+                        os.chmod(path, mode)
+
+    def shared_dir_mode(self) -> int | None:
+        """The store root's mode when it is group-writable (shared by a group), else None."""
+        try:
+            mode = os.stat(self.root).st_mode & 0o7777
+        except FileNotFoundError:
+            return None
+        return mode if mode & 0o020 else None
 
     def exists(self) -> bool:
         return os.path.isdir(self.entry_dir) and os.path.isdir(self.blob_dir)
@@ -138,7 +161,8 @@ class Store:
     # -- locks --------------------------------------------------------------------------
     @contextlib.contextmanager
     def _flock(self, path: str, mode: int) -> Iterator[None]:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Read-only is enough for flock, so a lock file created by another user still works.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o664)
         try:
             fcntl.flock(fd, mode)
             yield
@@ -169,12 +193,15 @@ class Store:
         name = f"{os.getpid()}-{os.urandom(4).hex()}"
         lock_path = os.path.join(self.tmp_dir, name + ".lock")
         pre = os.path.join(self.tmp_dir, "." + name + ".lock")
-        fd = os.open(pre, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(pre, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o664)
         area = os.path.join(self.tmp_dir, name)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.rename(pre, lock_path)
             os.mkdir(area)
+            shared = self.shared_dir_mode()
+            if shared:
+                os.chmod(area, shared)  # a later run by another group member can clean it
             yield area
         finally:
             shutil.rmtree(area, ignore_errors=True)
@@ -194,7 +221,7 @@ class Store:
             path = os.path.join(self.tmp_dir, name)
             if name.endswith(".lock") and not name.startswith("."):
                 try:
-                    fd = os.open(path, os.O_RDWR)
+                    fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
                     continue
                 try:
@@ -266,7 +293,9 @@ class Store:
         body = dict(entry)
         body["checksum"] = entry_checksum(body)
         data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
-        atomic_write(self.entry_path(entry["key"]), data)
+        # Group-writable in a shared store, so other members can record a use (utime).
+        mode = 0o664 if self.shared_dir_mode() else 0o644
+        atomic_write(self.entry_path(entry["key"]), data, mode=mode)
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def read_entry(self, key: str) -> tuple[dict[str, Any], str]:

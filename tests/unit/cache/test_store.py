@@ -419,3 +419,18 @@ def test_make_room_unavailable_without_cleanup_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "runnerkeep.cleanup", None)
     with pytest.raises(FreeSpaceError, match="unavailable"):
         make_room({}, [{"ok": False, "path": "/x", "needed_bytes": 1}])
+
+
+def test_group_shared_store_keeps_subdirs_group_writable(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    os.chmod(root, 0o2775)
+    store = Store(str(root))
+    store.ensure()
+    for sub in ("blobs", "blobs/sha256", "entries", "locks", "tmp", "quarantine"):
+        assert os.stat(root / sub).st_mode & 0o7777 == 0o2775, sub
+    with store.temp_area() as area:
+        assert os.stat(area).st_mode & 0o7777 == 0o2775
+    with store.key_lock("k"):
+        pass
+    assert os.stat(root / "locks" / "k.lock").st_mode & 0o777 in (0o644, 0o664)
