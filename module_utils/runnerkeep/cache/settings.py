@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ..config import merge_section
+from ..errors import RunnerkeepError
 from ..units import parse_duration, parse_size
 
 CACHE_DIR_ENV = "RUNNERKEEP_CACHE_DIR"
@@ -13,7 +14,8 @@ CACHE_DIR_ENV = "RUNNERKEEP_CACHE_DIR"
 CACHE_DEFAULTS: dict[str, Any] = {
     # Left free on every filesystem a save writes to (cache dir, Docker root).
     "reserve": "512MiB",
-    # Save and the weekly prune keep the store under this many bytes (None: no quota).
+    # Save and the weekly prune keep the store under this many bytes. None: the disk budget's
+    # cache quota on a monitored host (config has a `disk` section), else no quota.
     "max_size": None,
     # Entries not used (restored or saved) for this long are pruned (None: keep).
     "max_age": None,
@@ -27,11 +29,17 @@ CACHE_DEFAULTS: dict[str, Any] = {
 def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
     """The merged ``cache`` section with sizes and durations parsed."""
     section = merge_section(config, "cache", CACHE_DEFAULTS)
+    if section["max_size"] in (None, ""):
+        max_size, max_size_source = _budget_quota(config), "disk budget"
+        if max_size is None:
+            max_size_source = "none"
+    else:
+        max_size = parse_size(section["max_size"], "cache.max_size")
+        max_size_source = "config"
     return {
         "reserve": parse_size(section["reserve"], "cache.reserve"),
-        "max_size": None
-        if section["max_size"] in (None, "")
-        else parse_size(section["max_size"], "cache.max_size"),
+        "max_size": max_size,
+        "max_size_source": max_size_source,
         "max_age": None
         if section["max_age"] in (None, "")
         else parse_duration(section["max_age"], "cache.max_age"),
@@ -40,6 +48,20 @@ def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
         ),
         "verify_workers": max(1, int(section["verify_workers"])),
     }
+
+
+def _budget_quota(config: dict[str, Any]) -> int | None:
+    """The disk budget's cache quota on a monitored host; None where no budget applies."""
+    if "disk" not in config:
+        return None
+    try:
+        from ..disk.budget import current_budget
+
+        return current_budget(config).cache_quota_bytes
+    except (ImportError, RunnerkeepError, OSError):
+        # A disk too small for the budget: the watch and disk_monitor report it; the cache
+        # keeps working without a quota rather than refusing every save.
+        return None
 
 
 def resolve_cache_dir(explicit: str | None, config: dict[str, Any]) -> str:

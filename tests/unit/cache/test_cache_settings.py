@@ -1,0 +1,39 @@
+"""Where the store's quota comes from: the config, else the disk budget on a monitored host."""
+
+from __future__ import annotations
+
+from runnerkeep.cache.settings import cache_settings
+from runnerkeep.disk.budget import current_budget
+
+
+def config_for(tmp_path, **sections):
+    paths = {"cache_dir": str(tmp_path / "cache"), "state_dir": str(tmp_path / "state")}
+    return {"paths": paths, **sections}
+
+
+def test_no_quota_without_config_or_budget(tmp_path):
+    settings = cache_settings(config_for(tmp_path))
+    assert settings["max_size"] is None
+    assert settings["max_size_source"] == "none"
+
+
+def test_configured_quota_wins(tmp_path):
+    config = config_for(tmp_path, cache={"max_size": "5G"}, disk={"path": str(tmp_path)})
+    settings = cache_settings(config)
+    assert settings["max_size"] == 5 * 1000**3
+    assert settings["max_size_source"] == "config"
+
+
+def test_monitored_host_uses_the_budget_quota(tmp_path):
+    config = config_for(
+        tmp_path, disk={"path": str(tmp_path), "job_peak_floor": "1MiB", "cache_quota_min": 0}
+    )
+    settings = cache_settings(config)
+    assert settings["max_size"] == current_budget(config).cache_quota_bytes > 0
+    assert settings["max_size_source"] == "disk budget"
+
+
+def test_budget_that_cannot_be_met_leaves_the_cache_without_quota(tmp_path):
+    # A 1000 TiB job peak fits no disk here: the watch reports it, the cache keeps working.
+    config = config_for(tmp_path, disk={"path": str(tmp_path), "job_peak_floor": "1000TiB"})
+    assert cache_settings(config)["max_size"] is None
