@@ -7,6 +7,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from runnerkeep.textutil import table
+
+__all__ = ["CommandResult", "emit", "table"]
+
 
 @dataclass
 class CommandResult:
@@ -21,13 +25,3 @@ def emit(result: CommandResult, as_json: bool) -> None:
         sys.stdout.write("\n")
     elif result.text:
         sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A plain left-aligned text table (numbers are pre-formatted by the caller)."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..textutil import table
 from ..units import format_size
 
 
@@ -128,7 +129,7 @@ class CleanupReport:
                 f"{self.duration:.2f}s",
             ]
         )
-        lines.append(_table(rows, header))
+        lines.append(table(rows, header))
         lines.append("")
         fs_rows = []
         for mount, info in sorted(self.filesystems.items()):
@@ -147,7 +148,7 @@ class CleanupReport:
             )
         if fs_rows:
             lines.append(
-                _table(
+                table(
                     fs_rows,
                     [
                         "filesystem",
@@ -184,12 +185,3 @@ class CleanupReport:
         for msg in self.notes:
             lines.append(f"note: {msg}")
         return "\n".join(lines)
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(str(c))) for w, c in zip(widths, row)]
-    out = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    out += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(out)

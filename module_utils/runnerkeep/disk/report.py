@@ -17,6 +17,7 @@ from typing import Any
 from ..docker_cli import docker_json_lines, engine_info, run_docker
 from ..errors import RunnerkeepError
 from ..fsutil import filesystem_usage
+from ..textutil import table
 from ..units import format_size
 from .settings import as_int, disk_settings, expand, paths_of
 from .sizing import largest_dirs, tree_size
@@ -242,8 +243,6 @@ def disk_report(
 
 def render_report(report: dict[str, Any]) -> str:
     """The report for people."""
-    from .textutil import table
-
     lines = ["Filesystems:"]
     rows = [
         [
