@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import LockHeldError
 from ..fsutil import atomic_write
+from ..procutil import process_alive, process_start_time
 
 LOCK_DIR = "job-locks"
 GUARD = ".guard"
@@ -46,33 +47,6 @@ def lock_dir(state_dir: str) -> str:
 def _safe_id(job_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(job_id))[:120].lstrip(".")
     return safe or "job"
-
-
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    if start is not None:
-        current = process_start_time(pid)
-        if current is not None and current != start:
-            return False
-    return True
 
 
 @contextlib.contextmanager
@@ -132,7 +106,7 @@ def stale_reason(record: dict[str, Any] | None, max_age: float, now: float) -> s
     if now - float(record.get("started") or 0) > max_age:
         return f"older than {max_age:.0f}s"
     pid = int(record.get("pid") or 0)
-    if not pid_alive(pid, record.get("pid_start")):
+    if not process_alive(pid, record.get("pid_start")):
         return f"process {pid} is gone"
     return None
 

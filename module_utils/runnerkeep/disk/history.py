@@ -26,6 +26,8 @@ from typing import Any
 from .. import events
 from ..errors import ConfigError
 from ..fsutil import atomic_write, filesystem_usage
+from ..procutil import process_start_time as _proc_start_time
+from ..procutil import same_process
 from .settings import as_int, budget_path, disk_settings, expand, seconds, state_dir
 
 HISTORY_FILE = "disk-history.jsonl"
@@ -68,20 +70,6 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
     atomic_write(path, (json.dumps(data, sort_keys=True) + "\n").encode())
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks): identifies one process life."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(")") + 2 :].split()
-    if not rest or rest[0] in ("Z", "X"):  # a zombie has ended: it is not "that process" any more
-        return None
-    return rest[19] if len(rest) > 19 else None
 
 
 def _update_peak(job: dict[str, Any], now: dict[str, int]) -> bool:
@@ -200,7 +188,7 @@ def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
     if not info or not isinstance(info.get("pid"), int):
         return False
     pid = info["pid"]
-    if not info.get("start_time") or _proc_start_time(pid) != info["start_time"]:
+    if not same_process(pid, info.get("start_time")):
         return False
     try:
         os.kill(pid, signal.SIGTERM)
@@ -208,7 +196,7 @@ def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
         return False
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if _proc_start_time(pid) != info["start_time"]:
+        if not same_process(pid, info["start_time"]):
             return True
         # A zombie (when the sampler is our own child, e.g. in tests) counts as stopped.
         with contextlib.suppress(ChildProcessError):
