@@ -14,6 +14,7 @@ import json
 import textwrap
 
 import pytest
+from harness.provision import provision
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +105,8 @@ def _metric_state(host) -> str:
 def test_role_installs_the_timer_and_the_watch_walks_the_watermarks(make_fleet, tmp_path):
     fleet = make_fleet(1, extra_tmpfs={"/srv/small": "64m"})
     host = fleet.hosts[0]
-    result = fleet.run_playbook("playbooks/provision.yml")
+    # Provision without the watch: this test applies disk_monitor itself, check mode first.
+    result = provision(fleet, "-e", "disk_monitor_enabled=false")  # a string: roles use | bool
     assert result.returncode == 0, result.stdout[-3000:]
     playbook = _playbook(tmp_path)
     # Check mode first: nothing installed yet, and the run still succeeds without changes.
