@@ -52,8 +52,9 @@ head -c 30M /dev/zero > /tmp/old-job-2/coverage.dat
 for i in $(seq 1 200); do echo junk > /tmp/old-job-2/f$i; done
 head -c 10M /dev/zero > /var/log/demo/app.log.1
 head -c 10M /dev/zero > /var/log/demo/app.log.2.gz
-touch -d '10 days ago' /tmp/old-job-1 /tmp/old-job-1/* /tmp/old-job-2 /tmp/old-job-2/* \
-    /var/log/demo/app.log.1 /var/log/demo/app.log.2.gz
+touch -d '20 days ago' /tmp/old-job-1 /tmp/old-job-1/*
+touch -d '10 days ago' /tmp/old-job-2 /tmp/old-job-2/*
+touch -d '10 days ago' /var/log/demo/app.log.1 /var/log/demo/app.log.2.gz
 head -c 5M /dev/zero > /tmp/fresh-file-of-a-running-job
 """
 
@@ -157,7 +158,9 @@ def demo_cleanup(host: RunnerHost) -> list[str]:
     heading(f"{host.name}: staged cleanup")
     host.exec(SEED_JUNK)
     free = int(host.exec("df -B1 --output=avail /tmp | tail -1").stdout)
-    target = free + 50 * 1024 * 1024  # ask for 50 MiB more than is free now
+    # Ask for 35 MiB more than is free now: the oldest entry (40 MiB) meets it, so the stage
+    # stops there and the younger old entry stays.
+    target = free + 35 * 1024 * 1024
     code, dry = rk_json(host, f"cleanup --stage post --target-free {target} --path /tmp --dry-run")
     print(
         f"  dry run (target: {target // 2**20} MiB free on /tmp): exit {code}, "
@@ -165,19 +168,20 @@ def demo_cleanup(host: RunnerHost) -> list[str]:
     )
     proc = rk(host, f"cleanup --stage post --target-free {target} --path /tmp", check=False)
     print("  " + proc.stdout.strip().replace("\n", "\n  "))
-    fresh = host.exec("test -e /tmp/fresh-file-of-a-running-job", check=False).returncode == 0
-    print(f"  recent file of a running job kept: {fresh}")
+    for path, why in (
+        ("/tmp/old-job-1", "oldest, removed first"),
+        ("/tmp/old-job-2", "old, but the target was met before it"),
+        ("/tmp/fresh-file-of-a-running-job", "younger than the minimum age"),
+    ):
+        present = host.exec(f"test -e {path}", check=False).returncode == 0
+        print(f"  {path}: {'kept' if present else 'removed'} ({why})")
     return [f"cleanup: post stage exit {proc.returncode}"]
 
 
 def demo_disk(host: RunnerHost) -> list[str]:
-    heading(f"{host.name}: disk budget and one watch cycle")
-    print("  " + rk(host, "disk budget").stdout.strip().replace("\n", "\n  "))
-    rk(host, "disk watch")
-    metrics = host.exec(
-        "cat /var/lib/prometheus/node-exporter/runnerkeep.prom 2>/dev/null "
-        "|| find / -name 'runnerkeep*.prom' -exec cat {} + 2>/dev/null"
-    ).stdout
+    heading(f"{host.name}: one watch cycle")
+    print("  " + rk(host, "disk watch").stdout.strip().replace("\n", "\n  "))
+    metrics = host.exec("cat /var/lib/prometheus/node-exporter/runnerkeep_disk.prom").stdout
     shown = [line for line in metrics.splitlines() if line and not line.startswith("#")]
     print("  metrics (first 15 samples):")
     for line in shown[:15]:
@@ -186,23 +190,10 @@ def demo_disk(host: RunnerHost) -> list[str]:
 
 
 def host_summary(host: RunnerHost) -> str:
-    code, report = rk_json(host, "disk report --no-largest", check=False)
-    if code != 0:
-        return f"{host.name}: disk report failed (exit {code})"
-    lines = [f"{host.name}:"]
-    for fs in report.get("filesystems", []):
-        lines.append(
-            f"  {fs.get('mount_point', '?'):<28} free {fs.get('free_bytes', 0) / 2**20:8.0f} MiB"
-            f" of {fs.get('total_bytes', 0) / 2**20:6.0f} MiB, "
-            f"free inodes {fs.get('free_inodes', 0)}  ({', '.join(fs.get('roles', []))})"
-        )
-    docker = report.get("docker") or {}
-    for kind in docker.get("usage", []):
-        lines.append(
-            f"  docker {kind.get('type', '?'):<14} {kind.get('size_bytes', 0) / 2**20:7.1f} MiB"
-            f" (reclaimable {kind.get('reclaimable_bytes', 0) / 2**20:.1f} MiB)"
-        )
-    return "\n".join(lines)
+    """The host's own disk report: filesystems, free bytes and inodes, Docker usage by kind."""
+    proc = rk(host, "disk report --no-largest", check=False)
+    body = (proc.stdout or proc.stderr).strip().replace("\n", "\n  ")
+    return f"{host.name} (disk report, exit {proc.returncode}):\n  {body}"
 
 
 def main() -> int:
@@ -224,6 +215,8 @@ def main() -> int:
             print(host_summary(host))
             for note in notes.get(host.name, []):
                 print(f"  {note}")
+            print("  disk budget:")
+            print("    " + rk(host, "disk budget").stdout.strip().replace("\n", "\n    "))
     print(f"\nfleet torn down; demo took {time.monotonic() - started:.0f}s")
     return 0
 
