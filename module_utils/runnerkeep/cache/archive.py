@@ -9,11 +9,14 @@ every chunk twice and hides how far the stream got, which is what a short-stream
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import queue
 import tarfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -692,16 +695,67 @@ def write_entry_archive(
             if digest not in seen:
                 seen.add(digest)
                 order.append((digest, size))
-    buf = bytearray(BUFSIZE)
-    view = memoryview(buf)
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    hasher = _HashThread()
     try:
-        return _write_archive(entry, store, out_fd, order, view, pool, progress, before_metadata)
+        return _write_archive(entry, store, out_fd, order, hasher, progress, before_metadata)
     finally:
-        pool.shutdown(wait=True)
+        hasher.close()
 
 
-def _write_archive(entry, store, out_fd, order, view, pool, progress, before_metadata) -> int:
+WRITE_BUFFERS = 4  # 1 MiB buffers in flight: one being read, the others hashed or written
+
+
+class _HashThread:
+    """Hashes buffers on a second thread while the caller reads the next one and writes this one
+    (hashlib, os.readv and os.write all release the GIL). A buffer goes back to the free list
+    only once hashed; the caller takes the next buffer only after its write returned, so a
+    buffer is never refilled while it is still hashed or written. No round trip per chunk: the
+    caller waits for the hasher only when every buffer is in flight, and at the end of a blob.
+    """
+
+    def __init__(self, count: int = WRITE_BUFFERS, size: int = BUFSIZE) -> None:
+        self.views = [memoryview(bytearray(size)) for _ in range(count)]
+        self.free: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(count):
+            self.free.put(i)
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="rk-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.work.get()
+            if item is None:
+                return
+            h, index, n = item
+            if h is not None:
+                h.update(self.views[index][:n])
+            self.free.put(index)
+
+    def take(self) -> int:
+        return self.free.get()
+
+    def hash(self, h: Any, index: int, n: int) -> None:
+        self.work.put((h, index, n))
+
+    def settle(self) -> None:
+        """Wait until every buffer is back: every update handed over so far is done."""
+        got = [self.free.get() for _ in self.views]
+        for index in got:
+            self.free.put(index)
+
+    def close(self) -> None:
+        self.work.put(None)
+        self.thread.join()
+
+
+def _sequential(fd: int) -> None:
+    # Larger readahead for the one sequential pass (a cold page cache reads ahead further).
+    with contextlib.suppress(AttributeError, OSError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _write_archive(entry, store, out_fd, order, hasher, progress, before_metadata) -> int:
     from .store import CorruptBlob
 
     total = 0
@@ -722,31 +776,33 @@ def _write_archive(entry, store, out_fd, order, view, pool, progress, before_met
                 raise CorruptBlob(
                     digest, f"blob {digest} has {actual} bytes, the entry says {size}"
                 )
+            _sequential(fd)
             header = _tar_header(_blob_name(digest), size)
             _write_all(out_fd, memoryview(header))
             total += len(header)
             h = hashlib.sha256()
             remaining = size
             while remaining:
-                n = os.readv(fd, [view[: min(BUFSIZE, remaining)]])
-                if n == 0:
-                    raise CorruptBlob(digest, f"blob {digest} was truncated while being read")
-                # Hash on a second thread while this one feeds the pipe (both release the GIL);
-                # the buffer is reused only after both are done with it.
-                fut = pool.submit(h.update, view[:n]) if n >= HASH_OFFLOAD_MIN else None
-                if fut is None:
-                    h.update(view[:n])
+                index = hasher.take()
+                view = hasher.views[index]
                 try:
-                    _write_all(out_fd, view[:n])
-                finally:
-                    if fut is not None:
-                        fut.result()
+                    n = os.readv(fd, [view[: min(len(view), remaining)]])
+                except BaseException:
+                    hasher.hash(None, index, 0)  # give the buffer back
+                    raise
+                if n == 0:
+                    hasher.hash(None, index, 0)
+                    raise CorruptBlob(digest, f"blob {digest} was truncated while being read")
+                # The same bytes are hashed (second thread) and written (here).
+                hasher.hash(h, index, n)
+                _write_all(out_fd, view[:n])
                 remaining -= n
                 total += n
                 now = time.monotonic()
                 if progress and now - last > 0.2:
                     progress(total)
                     last = now
+            hasher.settle()
             if "sha256:" + h.hexdigest() != digest:
                 raise CorruptBlob(digest, f"blob {digest} fails its sha256 check (damaged on disk)")
         finally:
