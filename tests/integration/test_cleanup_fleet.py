@@ -136,6 +136,9 @@ def test_maintain_skips_busy_runner_and_cleans_the_other(fleet):
     )
     assert "released the runner lock" in done.stdout
     assert busy.exec("runnerkeep cleanup status", check=False).returncode == 0
+    # The hooks also recorded the job's disk peak for the disk budget.
+    history = json.loads(busy.exec("runnerkeep disk history --json").stdout)
+    assert "gh-42-1-build" in json.dumps(history), history
 
 
 def test_nightly_service_runs_the_post_stage(fleet):
