@@ -34,6 +34,23 @@ def _miss(store: Store, key: str, state_dir, start, reason: str, corrupt: bool, 
     return CacheMiss(reason)
 
 
+def _reject(
+    store: Store,
+    key: str,
+    state_dir,
+    start,
+    exc: Exception,
+    op: str,
+    how: str = "rejected",
+    quarantine: bool = True,
+) -> CacheMiss:
+    """A corrupt entry or blob is a miss: move it aside and return the miss to raise."""
+    if quarantine:
+        quarantine_for(store, key, exc)
+    reason = f"cache entry '{key}' {how} and quarantined: {exc}"
+    return _miss(store, key, state_dir, start, reason, True, op)
+
+
 def load_checked_entry(store: Store, key: str) -> tuple[dict[str, Any], str]:
     """Read the entry and check what can be checked without reading layers: blob presence and
     sizes, config blobs' sha256 and their diff_ids against the entry. Raises CorruptEntry or
@@ -119,16 +136,8 @@ def restore_entry(
         except CacheMiss as exc:
             raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
         except (CorruptEntry, CorruptBlob) as exc:
-            if not dry_run:
-                quarantine_for(store, key, exc)
-            raise _miss(
-                store,
-                key,
-                state_dir,
-                start,
-                f"cache entry '{key}' rejected and quarantined: {exc}",
-                True,
-                "restore",
+            raise _reject(
+                store, key, state_dir, start, exc, "restore", quarantine=not dry_run
             ) from None
         ids = [image["id"] for image in entry["images"]]
         present = daemon_images(ids)
@@ -150,16 +159,14 @@ def restore_entry(
             try:
                 sent = _load(store, entry, progress)
             except CorruptBlob as exc:
-                quarantine_for(store, key, exc)
-                raise _miss(
+                raise _reject(
                     store,
                     key,
                     state_dir,
                     start,
-                    f"cache entry '{key}' rejected during load (nothing tagged) and "
-                    f"quarantined: {exc}",
-                    True,
+                    exc,
                     "restore",
+                    how="rejected during load (nothing tagged)",
                 ) from None
             present = daemon_images(ids)
             missing = [i for i in ids if i not in present]
@@ -247,16 +254,7 @@ def export_entry(
         except CacheMiss as exc:
             raise _miss(store, key, state_dir, start, str(exc), False, "export") from None
         except (CorruptEntry, CorruptBlob) as exc:
-            quarantine_for(store, key, exc)
-            raise _miss(
-                store,
-                key,
-                state_dir,
-                start,
-                f"cache entry '{key}' rejected and quarantined: {exc}",
-                True,
-                "export",
-            ) from None
+            raise _reject(store, key, state_dir, start, exc, "export") from None
         fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
         try:
             try:
@@ -268,16 +266,7 @@ def export_entry(
         except CorruptBlob as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            quarantine_for(store, key, exc)
-            raise _miss(
-                store,
-                key,
-                state_dir,
-                start,
-                f"cache entry '{key}' rejected and quarantined: {exc}",
-                True,
-                "export",
-            ) from None
+            raise _reject(store, key, state_dir, start, exc, "export") from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
