@@ -10,6 +10,7 @@ import glob
 import os
 
 import nox
+import nox.command
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 nox.options.sessions = ["lint", "unit", "integration"]
@@ -85,8 +86,15 @@ def bench(session: nox.Session) -> None:
     scripts = sorted(glob.glob(os.path.join(ROOT, "tests", "bench", "bench_*.py")))
     if not scripts:
         session.error("no benchmarks found under tests/bench/")
+    # Every benchmark runs even when an earlier one misses its target; the session fails last.
+    missed = []
     for script in scripts:
-        session.run("python", script, *session.posargs, env=_env())
+        try:
+            session.run("python", script, *session.posargs, env=_env())
+        except nox.command.CommandFailed:
+            missed.append(os.path.basename(script))
+    if missed:
+        session.error(f"benchmarks that missed a target or failed: {', '.join(missed)}")
 
 
 @nox.session
