@@ -110,6 +110,14 @@ loaded:
   description: Whether a docker load ran (false on the fast path).
   returned: state=restored
   type: bool
+loaded_via:
+  description: >-
+    How the images were loaded when a load ran: C(engine-api) (the archive written straight
+    into the local Engine API socket) or C(docker-cli) (through C(docker load), used when a
+    Docker context or a non-unix DOCKER_HOST is set).
+  returned: state=restored and a load ran
+  type: str
+  sample: engine-api
 bytes_written:
   description: Bytes of new blobs written to the store.
   returned: state=saved

@@ -1,8 +1,8 @@
 """The one place that runs the docker CLI.
 
-runnerkeep talks to the engine through the ``docker`` command, not the HTTP API, because the CLI
-is the only Docker client a runner host is guaranteed to have and it honours DOCKER_HOST and
-contexts the way the runner's jobs do.
+runnerkeep talks to the engine through the ``docker`` command, because the CLI is the only
+Docker client a runner host is guaranteed to have and it honours DOCKER_HOST and contexts the
+way the runner's jobs do. The one exception is the restore stream (``docker_api.py``).
 """
 
 from __future__ import annotations

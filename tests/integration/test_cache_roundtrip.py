@@ -62,7 +62,7 @@ def test_round_trip_shared_base_restore_and_run(cache_images, cli, tmp_path):
     for key, name in (("ka", "a"), ("kb", "b")):
         code, r = cli.json("cache", "restore", "--dir", store, "--key", key)
         assert code == 0, r
-        assert r["loaded"] is True
+        assert r["loaded"] is True and r["loaded_via"] == "engine-api"
         assert image_id(tags[name]) == ids[name]
         assert run_image(tags[name]) == tags[name]
     docker("tag", ids["base"], tags["base"], check=False)
@@ -98,6 +98,48 @@ def test_round_trip_shared_base_restore_and_run(cache_images, cli, tmp_path):
     # metrics were recorded
     events = Path(os.path.join(cli.state_dir, "events.jsonl")).read_text()
     assert '"op": "save"' in events and '"op": "restore"' in events
+
+
+def test_restore_through_the_cli_when_a_docker_context_is_selected(cache_images, cli, tmp_path):
+    """With a context the engine may be anywhere: the load goes through the docker CLI."""
+    tags, ids = cache_images["tags"], cache_images["ids"]
+    config_dir = str(tmp_path / "docker-config")
+    docker(
+        "--config",
+        config_dir,
+        "context",
+        "create",
+        "rk-test",
+        "--docker",
+        "host=unix:///var/run/docker.sock",
+    )
+    env = {"DOCKER_CONFIG": config_dir, "DOCKER_CONTEXT": "rk-test"}
+    store = str(tmp_path / "store")
+    backup = str(tmp_path / "backup")  # a clean copy, to put A back into the daemon afterwards
+    for where in (store, backup):
+        assert cli("cache", "save", "--dir", where, "--key", "ka", tags["a"]).returncode == 0
+    rmi(tags["a"])
+    try:
+        code, r = cli.json("cache", "restore", "--dir", store, "--key", "ka", env=env)
+        assert code == 0, r
+        assert r["loaded"] is True and r["loaded_via"] == "docker-cli"
+        assert image_id(tags["a"]) == ids["a"]
+        # a layer damaged on disk: the CLI's load is killed before manifest.json, nothing tagged
+        rmi(tags["a"])
+        layer = entry_of(store, "ka")["images"][0]["layers"][-2]["digest"]
+        blob = os.path.join(store, "blobs", "sha256", layer.split(":", 1)[1])
+        os.chmod(blob, 0o644)
+        with open(blob, "r+b") as handle:
+            handle.seek(700_000)
+            byte = handle.read(1)
+            handle.seek(700_000)
+            handle.write(bytes([byte[0] ^ 1]))
+        code, out = cli.json("cache", "restore", "--dir", store, "--key", "ka", env=env)
+        assert code == 3 and "rejected during load" in out["error"], out
+        assert image_id(tags["a"]) is None and image_id(ids["a"]) is None
+    finally:
+        assert cli("cache", "restore", "--dir", backup, "--key", "ka").returncode == 0
+    assert image_id(tags["a"]) == ids["a"]
 
 
 def test_export_loads_with_docker_and_import_of_oci_archive(cache_images, cli, tmp_path):
@@ -183,3 +225,17 @@ def test_unknown_image_is_a_failed_save(cli, tmp_path):
 def test_restore_missing_key_is_miss(cli, tmp_path):
     proc = cli("cache", "restore", "--dir", str(tmp_path / "store"), "--key", "nothing")
     assert proc.returncode == 3
+
+
+def test_engine_api_load_reports_the_engines_refusal(cache_images):
+    """The engine's own error for an archive it cannot load reaches the caller."""
+    from runnerkeep.docker_api import load_image_archive
+    from runnerkeep.errors import DockerCommandError
+
+    body = b"this is not a tar archive" + bytes(1024)
+
+    def write_body(fd: int) -> int:
+        return os.write(fd, body)
+
+    with pytest.raises(DockerCommandError, match="docker load failed: .+"):
+        load_image_archive("/var/run/docker.sock", len(body), write_body)

@@ -673,17 +673,8 @@ def archive_metadata(entry: dict[str, Any]) -> list[tuple[str, bytes]]:
     return files
 
 
-def write_entry_archive(
-    entry: dict[str, Any],
-    store: Store,
-    out_fd: int,
-    progress: Progress | None = None,
-    before_metadata: Callable[[], None] | None = None,
-) -> int:
-    """Write ``entry`` as a tar to ``out_fd``, checking size and sha256 of every blob in the same
-    read that feeds the output. Raises CorruptBlob at the first bad blob, before manifest.json.
-    Returns the bytes written."""
-
+def _blob_order(entry: dict[str, Any]) -> list[tuple[str, int]]:
+    """(digest, size) of every blob the archive holds, each once, in archive order."""
     order: list[tuple[str, int]] = []
     seen: set[str] = set()
     for image in entry["images"]:
@@ -695,6 +686,31 @@ def write_entry_archive(
             if digest not in seen:
                 seen.add(digest)
                 order.append((digest, size))
+    return order
+
+
+def entry_archive_length(entry: dict[str, Any]) -> int:
+    """Bytes ``write_entry_archive`` writes for ``entry`` (an HTTP body needs it up front)."""
+    total = 2 * BLOCK  # the blobs/ and blobs/sha256/ directory headers
+    for _digest, size in _blob_order(entry):
+        total += BLOCK + size + (-size) % BLOCK
+    for _name, data in archive_metadata(entry):
+        total += BLOCK + len(data) + (-len(data)) % BLOCK
+    return total + 2 * BLOCK  # end-of-archive blocks
+
+
+def write_entry_archive(
+    entry: dict[str, Any],
+    store: Store,
+    out_fd: int,
+    progress: Progress | None = None,
+    before_metadata: Callable[[], None] | None = None,
+) -> int:
+    """Write ``entry`` as a tar to ``out_fd``, checking size and sha256 of every blob in the same
+    read that feeds the output. Raises CorruptBlob at the first bad blob, before manifest.json.
+    Returns the bytes written."""
+
+    order = _blob_order(entry)
     hasher = _HashThread()
     try:
         return _write_archive(entry, store, out_fd, order, hasher, progress, before_metadata)

@@ -11,11 +11,12 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engine_socket
 from ..docker_cli import docker_binary, engine_info, run_docker
 from ..errors import CacheMiss, DockerCommandError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import fsync_dir
-from .archive import write_entry_archive
+from .archive import entry_archive_length, write_entry_archive
 from .save import enlarge_pipe
 from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, validate_key
 
@@ -157,7 +158,7 @@ def restore_entry(
             if progress is not None and getattr(progress, "total", 0) is None:
                 progress.total = size  # for the ETA
             try:
-                sent = _load(store, entry, progress)
+                sent, via = _load(store, entry, progress)
             except CorruptBlob as exc:
                 raise _reject(
                     store,
@@ -175,7 +176,7 @@ def restore_entry(
                     f"docker load finished but the daemon lacks {', '.join(missing)}"
                 )
             _ensure_tags(entry, present)
-            result.update(result="hit", loaded=True, bytes_loaded=sent)
+            result.update(result="hit", loaded=True, bytes_loaded=sent, loaded_via=via)
         if not dry_run:
             store.touch_entry(key)
     result["duration"] = round(time.monotonic() - start, 3)
@@ -193,7 +194,26 @@ def restore_entry(
     return result
 
 
-def _load(store: Store, entry: dict[str, Any], progress) -> int:
+def _load(store: Store, entry: dict[str, Any], progress) -> tuple[int, str]:
+    """Stream the entry into the engine: (bytes sent, "engine-api" or "docker-cli")."""
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        length = entry_archive_length(entry)
+        sent: list[int] = []
+
+        def write_body(fd: int) -> int:
+            sent.append(write_entry_archive(entry, store, fd, progress))
+            return sent[0]
+
+        try:
+            load_image_archive(socket_path, length, write_body)
+            return sent[0], "engine-api"
+        except EngineSocketUnavailable:
+            pass  # the CLI reports an unreachable engine in its own words
+    return _load_through_cli(store, entry, progress), "docker-cli"
+
+
+def _load_through_cli(store: Store, entry: dict[str, Any], progress) -> int:
     with tempfile.TemporaryFile() as outfile:
         proc = subprocess.Popen(
             [docker_binary(), "load"],

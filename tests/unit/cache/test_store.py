@@ -25,7 +25,7 @@ from runnerkeep.cache import (
     validate_key,
     verify_store,
 )
-from runnerkeep.cache.archive import SMALL_MEMBER, write_entry_archive
+from runnerkeep.cache.archive import SMALL_MEMBER, entry_archive_length, write_entry_archive
 from runnerkeep.cache.restore import load_checked_entry
 from runnerkeep.cache.save import SaveFailed, _space_message, space_plan
 from runnerkeep.errors import CacheMiss, ConfigError
@@ -91,6 +91,20 @@ def test_oci_import_and_export(tmp_path, store_dir):
     with tarfile.open(out) as tar:
         names = tar.getnames()
     assert "index.json" in names and "oci-layout" in names and names[-1] == "manifest.json"
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "oci"])
+def test_archive_length_is_known_before_writing(tmp_path, store_dir, fmt):
+    # restore sends the archive as an HTTP body whose Content-Length is computed up front
+    if fmt == "legacy":
+        data = legacy_archive([(["a:1"], [BASE, MID, TOP_A]), (["b:1"], [BASE, TOP_B])])
+    else:
+        data = oci_archive([("app:2", [BASE, TOP_B])])
+    put(tmp_path, store_dir, "k", data)
+    entry, _ = Store(store_dir).read_entry("k")
+    out = tmp_path / "out.tar"
+    export_entry(store_dir, "k", str(out))
+    assert entry_archive_length(entry) == out.stat().st_size
 
 
 def test_shared_base_stored_once(tmp_path, store_dir):
