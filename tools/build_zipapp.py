@@ -4,12 +4,19 @@
 The archive is byte-for-byte reproducible (sorted members, fixed timestamps), and the output
 file is only replaced when its content changes, so the provisioning play stays idempotent.
 Prints "changed PATH" or "unchanged PATH".
+
+Every module also ships as bytecode for the building Python (hash-based, checked against the
+source in the archive): zipimport never writes bytecode, so without it every run on a host
+compiles what it imports (~0.2 s of each hook's and restore's start). A host whose Python has
+another version ignores bytecode with the wrong magic number and compiles the source.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
+import marshal
 import os
 import sys
 import zipfile
@@ -24,6 +31,18 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
 
+def bytecode(arcname: str, source: bytes) -> bytes:
+    """A checked hash-based .pyc (PEP 552): valid exactly while the source is the same."""
+    code = compile(source, arcname, "exec", dont_inherit=True)
+    flags = (0b11).to_bytes(4, "little")  # hash-based, check the source hash
+    return (
+        importlib.util.MAGIC_NUMBER
+        + flags
+        + importlib.util.source_hash(source)
+        + marshal.dumps(code)
+    )
+
+
 def build_archive() -> bytes:
     members: list[tuple[str, bytes]] = [("__main__.py", MAIN)]
     for package, directory in SOURCES.items():
@@ -34,7 +53,10 @@ def build_archive() -> bytes:
                     full = os.path.join(dirpath, name)
                     arcname = os.path.join(package, os.path.relpath(full, directory))
                     with open(full, "rb") as handle:
-                        members.append((arcname, handle.read()))
+                        data = handle.read()
+                    members.append((arcname, data))
+                    if name.endswith(".py"):
+                        members.append((arcname + "c", bytecode(arcname, data)))
     buffer = io.BytesIO()
     buffer.write(SHEBANG)
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -11,7 +11,6 @@ context, TCP, TLS or ssh it uses the CLI, which knows how to reach those.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -92,6 +91,8 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
 
 def _answer(sock: socket.socket, raise_errors: bool = False) -> str:
     """The engine's reply as text; with ``raise_errors``, DockerCommandError on a failure."""
+    import http.client  # here, not at the top: it costs every CLI start ~30 ms
+
     response = http.client.HTTPResponse(sock)
     try:
         response.begin()

@@ -237,5 +237,5 @@ def test_engine_api_load_reports_the_engines_refusal(cache_images):
     def write_body(fd: int) -> int:
         return os.write(fd, body)
 
-    with pytest.raises(DockerCommandError, match="docker load failed: .+"):
+    with pytest.raises(DockerCommandError, match=r"docker load failed: .+"):
         load_image_archive("/var/run/docker.sock", len(body), write_body)

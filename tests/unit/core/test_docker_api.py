@@ -65,6 +65,6 @@ def test_unreadable_cli_config_is_ignored(docker_env, tmp_path):
 
 def test_missing_socket_is_unavailable_and_nothing_is_written(tmp_path):
     written = []
-    with pytest.raises(EngineSocketUnavailable, match="no-engine.sock"):
+    with pytest.raises(EngineSocketUnavailable, match=r"no-engine\.sock"):
         load_image_archive(str(tmp_path / "no-engine.sock"), 10, written.append)
     assert written == []
