@@ -33,6 +33,7 @@ from runnerkeep.config import load_config
 from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
 from runnerkeep.units import parse_duration
 
+from runnerkeep_cli.options import common_options
 from runnerkeep_cli.output import CommandResult, table
 
 JOB_ID_ENV = ("RUNNERKEEP_JOB_ID", "CI_JOB_ID", "GITHUB_RUN_ID")
@@ -131,6 +132,9 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     parser.set_defaults(handler=cleanup_run)
     sub = parser.add_subparsers(dest="command", metavar="[SUBCOMMAND]")
     sub.required = False
+    # 'cleanup' takes the common options itself, so a subcommand's own defaults must not
+    # overwrite what was given before it (`cleanup --json status`).
+    common = common_options(only_when_given=True)
 
     run = sub.add_parser(
         "run",

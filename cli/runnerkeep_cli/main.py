@@ -10,6 +10,7 @@ import sys
 from runnerkeep import __version__
 from runnerkeep.errors import EXIT_CODES, EXIT_FAILURE, RunnerkeepError
 
+from runnerkeep_cli.options import common_options
 from runnerkeep_cli.output import emit
 
 # Command group -> the module that defines it. Only the group being run is imported (the
@@ -35,15 +36,7 @@ def exit_code_help() -> str:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``only``, just that command group (the others are unused)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", help="print a machine-readable JSON report on stdout"
-    )
-    common.add_argument(
-        "--config",
-        metavar="FILE",
-        help="config file (default: $RUNNERKEEP_CONFIG or /etc/runnerkeep/config.json)",
-    )
+    common = common_options()
     parser = argparse.ArgumentParser(
         prog="runnerkeep",
         description=DESCRIPTION,

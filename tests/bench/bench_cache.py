@@ -1,6 +1,7 @@
 """Benchmark of the image cache against plain docker commands, as ratios measured in one run.
 
-Run: ``PYTHONPATH=module_utils:cli python tests/bench/bench_cache.py`` (needs the Docker engine).
+Run: ``python tests/bench/bench_cache.py`` (needs the Docker engine). runnerkeep runs as the
+zipapp that runner hosts execute (``tools/build_zipapp.py``, built into the scratch dir).
 Builds a >= 1 GiB image with >= 4 layers of random data (offline: a scratch base imported from a
 tarball), then measures (medians of ``--runs`` runs, interleaved so drift hits both sides):
 
@@ -43,14 +44,21 @@ def timed(fn) -> float:
     return time.monotonic() - start
 
 
+ZIPAPP: list[str] = []  # the runnerkeep.pyz built for this run: what runner hosts execute
+
+
+def build_zipapp(work: str) -> None:
+    out = os.path.join(work, "runnerkeep.pyz")
+    sh(sys.executable, os.path.join(REPO, "tools", "build_zipapp.py"), "--output", out)
+    ZIPAPP.append(out)
+
+
 def rk(config: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(REPO, "module_utils"), os.path.join(REPO, "cli")]
-    )
+    env.pop("PYTHONPATH", None)
     env["RUNNERKEEP_CONFIG"] = config
     proc = subprocess.run(
-        [sys.executable, "-m", "runnerkeep_cli", *args], capture_output=True, text=True, env=env
+        [sys.executable, ZIPAPP[0], *args], capture_output=True, text=True, env=env
     )
     if proc.returncode != 0:
         raise SystemExit(f"runnerkeep {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -144,6 +152,7 @@ def main() -> int:
     tags: dict[str, str] = {}
     results: dict[str, float] = {}
     try:
+        build_zipapp(work)
         print(f"building a {args.layers} x {args.layer_mib} MiB image ...", file=sys.stderr)
         tags = build_images(work, prefix, args.layers, args.layer_mib)
         big = tags["big"]

@@ -204,3 +204,24 @@ def test_cli_list_cleaners(cli_config, capsys):
     code, out, _ = run_cli(capsys, "cleanup", "list-cleaners")
     assert code == 0
     assert "docker-images" in out and "toolchain catalog" in out and "t " in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cleanup", "--json", "status"],
+        ["cleanup", "status", "--json"],
+        ["cleanup", "--json", "list-cleaners"],
+    ],
+)
+def test_cli_options_count_before_or_after_the_subcommand(cli_config, capsys, argv):
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    assert isinstance(json.loads(out), dict)
+
+
+def test_cli_config_before_the_subcommand_is_used(cli_config, capsys, tmp_path):
+    code, _out, err = run_cli(
+        capsys, "cleanup", "--config", str(tmp_path / "nowhere.json"), "status"
+    )
+    assert code == 2 and "nowhere.json" in err
