@@ -5,7 +5,8 @@ The watermark state machine (ok < warning < critical < emergency) lives in
 the budget filesystem drop below its watermark; it is left only when free space is the
 budget's hysteresis above the watermark. Alerts go out on state changes only: syslog/journal
 always, the webhook when ``disk.webhook_url`` is set (timeout, bounded retries, all inside
-``disk.watch_timeout``). Entering emergency runs the cleanup core's emergency stage towards
+``disk.watch_timeout``; alerts it failed to take are kept in the state, the newest 20, and
+sent again, oldest first and marked ``resent``, at the start of later cycles). Entering emergency runs the cleanup core's emergency stage towards
 the post-stage target (again at most every ``disk.emergency_cleanup_cooldown`` while the
 state stays emergency) and alerts what it freed; the state returns to ok on the next cycle
 that measures enough free space.
@@ -37,6 +38,7 @@ from .settings import as_int, disk_settings, seconds, state_dir
 
 STATE_FILE = "disk-watch.json"
 LOCK_FILE = "disk-watch.lock"
+PENDING_WEBHOOK_ALERTS = 20  # failed webhook alerts kept to send again (the newest)
 
 
 # --- the state machine (pure) -------------------------------------------------------------
@@ -141,15 +143,50 @@ class _Cycle:
             counts[key] = counts.get(key, 0) + 1
             state["webhook_ok"] = bool(result["ok"])
             if not result["ok"]:
+                pending = state.setdefault("webhook_pending", [])
+                pending.append(body)
+                del pending[:-PENDING_WEBHOOK_ALERTS]
                 message = (
                     f"disk watch: webhook {url} failed after {result['attempts']} attempt(s): "
-                    f"{result['error']}"
+                    f"{result['error']}; kept to send again next cycle"
                 )
                 self.errors.append(message)
                 if self.settings["syslog"]:
                     alerts.syslog(message, "error", self.tag)
         self.alerts.append(sent)
         return sent
+
+    def resend_pending(self, state: dict[str, Any]) -> None:
+        """Send again, oldest first, the alerts a webhook failed to take in earlier cycles.
+
+        One attempt each (the cycle's own alerts keep the retries); the first failure stops
+        the round so a dead receiver costs one timeout per cycle, not one per alert.
+        """
+        pending = state.get("webhook_pending") or []
+        url = self.settings["webhook_url"]
+        if not pending or not url:
+            return
+        counts = state.setdefault("alert_counts", {})
+        while pending:
+            body = dict(pending[0], resent=True, resent_time=time.time())
+            result = alerts.post_webhook(
+                url,
+                body,
+                timeout=seconds(self.settings, "webhook_timeout"),
+                retries=0,
+                deadline=self.deadline,
+            )
+            if not result["ok"]:
+                self.errors.append(
+                    f"disk watch: webhook {url} still failing ({result['error']}); "
+                    f"{len(pending)} alert(s) waiting"
+                )
+                state["webhook_ok"] = False
+                return
+            pending.pop(0)
+            counts["webhook:resent"] = counts.get("webhook:resent", 0) + 1
+            state["webhook_ok"] = True
+            self.alerts.append({"message": body["message"], "event": body["event"], "resent": True})
 
     def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -298,6 +335,9 @@ class _Cycle:
             )
         for err in fs_errors:
             self.errors.append(f"filesystem of {err['path']} ({err['role']}): {err['error']}")
+
+        # Alerts a dead webhook missed go first, so the receiver sees them in order.
+        self.resend_pending(state)
 
         # The state machine.
         new = previous
@@ -553,6 +593,11 @@ class _Cycle:
                 "runnerkeep_disk_webhook_up",
                 1 if state.get("webhook_ok", True) else 0,
                 help="0 when the last webhook delivery failed",
+            )
+            m.add(
+                "runnerkeep_disk_webhook_pending",
+                len(state.get("webhook_pending") or []),
+                help="alerts the webhook failed to take, to be sent again next cycle",
             )
         m.add(
             "runnerkeep_disk_emergency_cleanups_total",

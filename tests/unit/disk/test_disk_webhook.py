@@ -106,3 +106,37 @@ def test_any_2xx_status_is_success(webhook):
     )  # fmt: skip
     assert result["ok"]  # the sink answers 204 to any path
     assert webhook.received == [{"x": 1}]
+
+
+def test_alerts_a_dead_webhook_missed_are_sent_next_cycle_in_order(
+    make_config, fake_disk, syslog_calls, dead_url, webhook
+):
+    config = make_config(webhook_url=dead_url, webhook_timeout="1s", webhook_retries=0)
+    for free in (24, 14):  # ok -> warning -> critical while the receiver is down
+        fake_disk.free_bytes = free * GiB
+        result = run_watch(config)
+        assert not result["alerts"][-1]["webhook"]["ok"]
+    assert metric_value(metrics(config), "runnerkeep_disk_webhook_pending") == 2
+    # a third cycle with it still down: one attempt, both alerts still waiting
+    result = run_watch(config)
+    assert any("2 alert(s) waiting" in e for e in result["errors"])
+    assert metric_value(metrics(config), "runnerkeep_disk_webhook_pending") == 2
+
+    # the receiver is back (here: the config points at a live one); no new transition
+    config["disk"]["webhook_url"] = webhook.url
+    result = run_watch(config)
+    assert [(b["previous"], b["state"], b["resent"]) for b in webhook.received] == [
+        ("ok", "warning", True),
+        ("warning", "critical", True),
+    ]
+    assert not any("webhook" in e for e in result["errors"])
+    samples = metrics(config)
+    assert metric_value(samples, "runnerkeep_disk_webhook_pending") == 0
+    assert metric_value(samples, "runnerkeep_disk_webhook_up") == 1
+    assert (
+        metric_value(samples, "runnerkeep_disk_alerts_total", channel="webhook", result="resent")
+        == 2
+    )
+    # nothing is sent twice
+    run_watch(config)
+    assert len(webhook.received) == 2
