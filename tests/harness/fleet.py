@@ -424,7 +424,7 @@ class Fleet:
         )
 
     def _run_container(self, index: int, mounts: dict[str, str]) -> None:
-        if self._abort.is_set():
+        if self.aborting():
             raise FleetError(f"fleet {self.fleet_id} aborted")
         host_name = f"{self.name}-{index}"
         container = f"{self.fleet_id}-{index}"
@@ -464,7 +464,7 @@ class Fleet:
             args += ["--tmpfs", f"{path}:size={size},exec"]
         self._containers.append(container)  # before run: stop() must know it
         docker(*args, self.image, timeout=120)
-        if self._abort.is_set():  # stop() ran while we created it
+        if self.aborting():  # stop() ran while we created it
             docker("rm", "-f", "-v", container, check=False, timeout=60)
             raise FleetError(f"fleet {self.fleet_id} aborted")
         port_line = docker("port", container, "22/tcp", timeout=30).stdout.split()
@@ -477,19 +477,29 @@ class Fleet:
             RunnerHost(host_name, container, port, self.key_file, ssh_config=self.ssh_config)
         )
 
-    def _container_state(self, container: str) -> str:
+    def aborting(self) -> bool:
+        """True once stop() or Ctrl-C asked the start-up to give up (for wait_host loops)."""
+        return self._abort.is_set()
+
+    def container_state(self, container: str) -> str:
+        """docker's State.Status of a container ("running", "exited", ...) or "missing"."""
         proc = docker(
             "inspect", "--format", "{{.State.Status}}", container, check=False, timeout=30
         )
         return proc.stdout.strip() if proc.returncode == 0 else "missing"
 
-    def _wait_host(self, host: RunnerHost, deadline: float) -> None:
-        """Wait until systemd is running, the inner engine answers and ssh takes the key."""
+    def wait_host(self, host: RunnerHost, deadline: float) -> None:
+        """Wait until systemd is running, the inner engine answers and ssh takes the key.
+
+        Called for every host in parallel by start(); a subclass overrides it to change what
+        "ready" means (tests/validate boots images that may be broken). Raise FleetError to
+        fail the start; check ``aborting()`` in loops.
+        """
         stage = "systemd"
         last = ""
         degraded_since: float | None = None
         while True:
-            if self._abort.is_set():
+            if self.aborting():
                 raise FleetError(f"{host.name}: aborted")
             if time.monotonic() > deadline:
                 raise FleetError(
@@ -517,7 +527,7 @@ class Fleet:
                                 f"failed units:\n{failed}"
                             )
                     elif state in ("", "offline", "unknown") or "Failed" in state:
-                        status = self._container_state(host.container)
+                        status = self.container_state(host.container)
                         if status not in ("running", "created"):
                             logs = docker("logs", "--tail", "40", host.container, check=False)
                             raise FleetError(
@@ -549,7 +559,7 @@ class Fleet:
         deadline = time.monotonic() + boot_timeout
         pool = ThreadPoolExecutor(max_workers=min(16, len(self.hosts)))
         try:
-            futures = {pool.submit(self._wait_host, h, deadline): h for h in self.hosts}
+            futures = {pool.submit(self.wait_host, h, deadline): h for h in self.hosts}
             wait(futures)
             errors = [str(f.exception()) for f in futures if f.exception() is not None]
         except BaseException:

@@ -66,14 +66,14 @@ class ValidationFleet(Fleet):
 
     boot_notes: dict[str, dict[str, Any]]
 
-    def _wait_host(self, host: RunnerHost, deadline: float) -> None:
+    def wait_host(self, host: RunnerHost, deadline: float) -> None:
         notes: dict[str, Any] = {"systemd": "", "ssh_ok": False, "ssh_error": ""}
         self.boot_notes = getattr(self, "boot_notes", {})
         self.boot_notes[host.name] = notes
         while time.monotonic() < deadline:
-            if self._abort.is_set():
+            if self.aborting():
                 raise FleetError(f"{host.name}: aborted")
-            status = self._container_state(host.container)
+            status = self.container_state(host.container)
             if status not in ("running", "created"):
                 logs = docker("logs", "--tail", "30", host.container, check=False)
                 raise FleetError(
