@@ -106,8 +106,56 @@ def test_free_space_precheck_refuses_and_writes_nothing(cache_images, cli, small
         "cache", "save", "--dir", big, "--key", "k", "--reserve", "0", cache_images["tags"]["a"]
     )
     assert proc.returncode == 0, proc.stderr
-    # --make-room runs the real cleanup stage: covered by a unit test with a fake cleanup, so
-    # this shared machine's Docker data is never touched by a test.
+
+
+def test_make_room_runs_the_real_post_stage_until_the_save_fits(cache_images, cli, small_tmpfs):
+    """--make-room with the real cleanup core: old job junk on the cache's filesystem goes,
+    oldest first, only until the save fits. Every built-in cleaner is switched off so this
+    shared machine's own files and Docker data are never touched."""
+    import json
+    import time
+
+    from runnerkeep.cleanup.catalog import builtin_cleaners
+
+    disk = small_tmpfs(12 * MiB, "disk")
+    store, junk = os.path.join(disk, "store"), os.path.join(disk, "junk")
+    os.makedirs(junk)
+    now = time.time()
+    for i in range(10):  # job-00 is the oldest
+        path = os.path.join(junk, f"job-{i:02d}")
+        with open(path, "wb") as handle:
+            handle.write(os.urandom(MiB))
+        os.utime(path, (now - (20 - i) * 3600, now - (20 - i) * 3600))
+    cleaners = {name: {"enabled": False} for name in builtin_cleaners()}
+    cleaners["job-junk"] = {
+        "kind": "files",
+        "roots": [junk],
+        "patterns": ["*"],
+        "min_age": "1h",
+        "stages": ["post"],
+    }
+    with open(cli.config, "w") as handle:
+        json.dump(
+            {
+                "paths": {"state_dir": cli.state_dir},
+                "cache": {"reserve": "0"},
+                "cleanup": {"cleaners": cleaners},
+            },
+            handle,
+        )
+    image = cache_images["tags"]["a"]
+    proc = cli("cache", "save", "--dir", store, "--key", "k", image)
+    assert proc.returncode == 4, proc.stderr
+    assert len(os.listdir(junk)) == 10  # without --make-room nothing is cleaned
+
+    code, r = cli.json("cache", "save", "--dir", store, "--key", "k", "--make-room", image)
+    assert code == 0, r
+    left = sorted(os.listdir(junk))
+    assert 0 < len(left) < 10  # stopped once the save fitted
+    gone = 10 - len(left)
+    assert left == [f"job-{i:02d}" for i in range(gone, 10)]  # the oldest went first
+    code, report = cli.json("cache", "verify", "--dir", store)
+    assert code == 0 and report["ok"], report
 
 
 FAKE_DOCKER = """#!/bin/sh

@@ -1,15 +1,15 @@
 """``runnerkeep disk watch``: one cycle of measuring, metrics, alerts and emergency cleanup.
 
 The watermark state machine (ok < warning < critical < emergency) lives in
-``<state_dir>/disk-watch.json``. A state is entered as soon as free bytes *or* free inodes of
-the budget filesystem drop below its watermark; it is left only when free space is the
+``<state_dir>/disk-watch.json``. A state is entered as soon as free bytes *or* free inodes
+of the budget filesystem drop below its watermark; it is left only when free space is the
 budget's hysteresis above the watermark. Alerts go out on state changes only: syslog/journal
 always, the webhook when ``disk.webhook_url`` is set (timeout, bounded retries, all inside
 ``disk.watch_timeout``; alerts it failed to take are kept in the state, the newest 20, and
-sent again, oldest first and marked ``resent``, at the start of later cycles). Entering emergency runs the cleanup core's emergency stage towards
-the post-stage target (again at most every ``disk.emergency_cleanup_cooldown`` while the
-state stays emergency) and alerts what it freed; the state returns to ok on the next cycle
-that measures enough free space.
+sent again, oldest first and marked ``resent``, at the start of later cycles). Entering
+emergency runs the cleanup core's emergency stage towards the post-stage target (again at
+most every ``disk.emergency_cleanup_cooldown`` while the state stays emergency) and alerts
+what it freed; the state returns to ok on the next cycle that measures enough free space.
 
 Every part fails on its own: no budget, no Docker, an unreadable path, a dead webhook or a
 failing cleanup are reported in the metrics (``runnerkeep_disk_watch_errors``, ``*_up``) and
