@@ -19,6 +19,11 @@ from typing import Callable
 from .errors import DockerCommandError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
+# A send buffer that holds several of the stream's 1 MiB chunks: our writer and the daemon's
+# reader then wake each other far less often (same-run A/B on a 1.1 GiB restore, 6 pairs:
+# 1.02 -> 0.95 of `docker load -i` with 8 MiB over the 208 KiB default).
+SEND_BUFFER = 8 << 20
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux; not exported by Python 3.9
 
 
 class EngineSocketUnavailable(Exception):
@@ -65,6 +70,7 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
             sock.connect(socket_path)
         except OSError as exc:
             raise EngineSocketUnavailable(f"{socket_path}: {exc.strerror or exc}") from None
+        enlarge_send_buffer(sock)
         sock.sendall(
             (
                 "POST /images/load?quiet=1 HTTP/1.1\r\n"
@@ -87,6 +93,21 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
         return _answer(sock, raise_errors=True)
     finally:
         sock.close()
+
+
+def enlarge_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> int:
+    """Ask for a ``size`` send buffer; returns what the kernel granted.
+
+    Root may go past ``net.core.wmem_max`` (SO_SNDBUFFORCE); other users get at most that
+    limit, which is still more than the default. A refusal only costs speed.
+    """
+    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            break
+        except OSError:
+            continue
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
 
 def _answer(sock: socket.socket, raise_errors: bool = False) -> str:

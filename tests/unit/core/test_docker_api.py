@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from runnerkeep.docker_api import (
@@ -68,3 +69,18 @@ def test_missing_socket_is_unavailable_and_nothing_is_written(tmp_path):
     with pytest.raises(EngineSocketUnavailable, match=r"no-engine\.sock"):
         load_image_archive(str(tmp_path / "no-engine.sock"), 10, written.append)
     assert written == []
+
+
+def test_send_buffer_is_enlarged_beyond_the_default():
+    import socket
+
+    from runnerkeep.docker_api import enlarge_send_buffer
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with left, right:
+        granted = enlarge_send_buffer(left, 8 << 20)
+    if os.geteuid() == 0:  # SO_SNDBUFFORCE: past net.core.wmem_max
+        assert granted >= 8 << 20
+    else:  # SO_SNDBUF: up to net.core.wmem_max
+        with open("/proc/sys/net/core/wmem_max") as handle:
+            assert granted >= min(8 << 20, int(handle.read()))
