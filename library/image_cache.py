@@ -149,7 +149,6 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.runnerkeep.cache import (
         cache_settings,
-        list_entries,
         prune_store,
         remove_key,
         resolve_cache_dir,
@@ -169,7 +168,6 @@ except ImportError as exc:  # pragma: no cover - shown to the user by fail_json
 def run(module):
     p = module.params
     config = load_config(p["config_file"])
-    settings = cache_settings(config)
     store_dir = resolve_cache_dir(p["dir"], config)
     state_dir = (config.get("paths") or {}).get("state_dir")
     check = module.check_mode
@@ -177,6 +175,7 @@ def run(module):
     out = {"changed": False, "cache_dir": store_dir}
 
     if state == "saved":
+        settings = cache_settings(config)
         reserve = parse_size(p["reserve"], "reserve") if p["reserve"] else settings["reserve"]
         result = save_entry(
             store_dir,
@@ -210,7 +209,7 @@ def run(module):
         report = verify_store(
             store_dir,
             p["key"],
-            workers=settings["verify_workers"],
+            workers=cache_settings(config)["verify_workers"],
             repair=p["repair"] and not check,
         )
         out.update(report=report, result="ok" if report["ok"] else "bad")
@@ -221,6 +220,7 @@ def run(module):
             ]
             module.fail_json(msg="cache verify found problems: " + ", ".join(bad), **out)
     elif state == "pruned":
+        settings = cache_settings(config)
         max_size = parse_size(p["max_size"], "max_size") if p["max_size"] else settings["max_size"]
         max_age = parse_duration(p["max_age"], "max_age") if p["max_age"] else settings["max_age"]
         report = prune_store(
@@ -235,8 +235,6 @@ def run(module):
     elif state == "absent":
         result = remove_key(store_dir, p["key"], dry_run=check)
         out.update(result="absent", changed=result["removed"])
-    if state != "verified" and not check:
-        out["entries"] = len(list_entries(store_dir)["entries"])
     return out
 
 

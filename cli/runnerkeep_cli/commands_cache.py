@@ -106,12 +106,13 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-def _context(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+def _context(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
+    """Store dir, config, state dir. The commands that use ``cache_settings`` (save, verify,
+    prune) compute it themselves: without ``cache.max_size`` it measures the disk budget."""
     config = load_config(args.config)
-    settings = cache_settings(config)
     store_dir = resolve_cache_dir(args.dir, config)
     state_dir = (config.get("paths") or {}).get("state_dir") or "/var/lib/runnerkeep"
-    return store_dir, config, settings, state_dir
+    return store_dir, config, state_dir
 
 
 @contextlib.contextmanager
@@ -137,7 +138,8 @@ def _images_text(images: list[dict[str, Any]]) -> str:
 
 
 def cmd_save(args: argparse.Namespace) -> CommandResult:
-    store_dir, config, settings, state_dir = _context(args)
+    store_dir, config, state_dir = _context(args)
+    settings = cache_settings(config)
     reserve = parse_size(args.reserve, "--reserve") if args.reserve else settings["reserve"]
     progress = ProgressLine(f"saving {args.key}")
     try:
@@ -171,7 +173,7 @@ def cmd_save(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_restore(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, _settings, state_dir = _context(args)
+    store_dir, _config, state_dir = _context(args)
     progress = ProgressLine(f"restoring {args.key}")
     try:
         with _terminable():
@@ -193,7 +195,8 @@ def cmd_restore(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_verify(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, settings, _state = _context(args)
+    store_dir, config, _state = _context(args)
+    settings = cache_settings(config)
     progress = ProgressLine("verifying")
     try:
         report = verify_store(
@@ -226,7 +229,7 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, _settings, _state = _context(args)
+    store_dir, _config, _state = _context(args)
     data = list_entries(store_dir)
     rows = []
     for row in data["entries"]:
@@ -252,7 +255,7 @@ def cmd_list(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_export(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, _settings, state_dir = _context(args)
+    store_dir, _config, state_dir = _context(args)
     progress = ProgressLine(f"exporting {args.key}")
     try:
         with _terminable():
@@ -266,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_import(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, _settings, state_dir = _context(args)
+    store_dir, _config, state_dir = _context(args)
     progress = ProgressLine(f"importing {args.key}")
     try:
         with _terminable():
@@ -283,7 +286,8 @@ def cmd_import(args: argparse.Namespace) -> CommandResult:
 
 
 def cmd_prune(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, settings, state_dir = _context(args)
+    store_dir, config, state_dir = _context(args)
+    settings = cache_settings(config)
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else settings["max_size"]
     max_age = parse_duration(args.max_age, "--max-age") if args.max_age else settings["max_age"]
     result = prune_store(

@@ -16,9 +16,3 @@ def provisioned_fleet(fleet):
     assert result.returncode == 0, f"provision.yml failed:\n{result.stdout}\n{result.stderr}"
     fleet.first_provision = result
     return fleet
-
-
-@pytest.fixture(scope="session")
-def run_provision():
-    """provision.yml with the fleet's variables, for tests that run it again."""
-    return provision

@@ -8,18 +8,17 @@ in the tmpfs) and the next cycle returns to ok. A webhook receiver on 127.0.0.1 
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from harness.webhook_sink import dead_url as _dead_url
+from harness.webhook_sink import webhook_sink
 
 pytestmark = pytest.mark.integration
 
@@ -58,36 +57,8 @@ def small_disk(tmp_path):
 
 @pytest.fixture
 def receiver():
-    received: list[dict] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.received = received
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-def _dead_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}/alerts"
+    with webhook_sink() as server:
+        yield server
 
 
 def _config(tmp_path: Path, disk_dir: Path, webhook_url: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from harness.provision import provision
 
 pytestmark = pytest.mark.integration
 
@@ -73,10 +74,10 @@ def test_config_file(hosts):
         assert '"cache_dir": "/var/cache/runnerkeep/images"' in config.content_string
 
 
-def test_second_run_changes_nothing(provisioned_fleet, run_provision):
+def test_second_run_changes_nothing(provisioned_fleet):
     first = recap(provisioned_fleet.first_provision.stdout)
     assert all(first[h.name]["failed"] == 0 for h in provisioned_fleet.hosts)
-    second = run_provision(provisioned_fleet)
+    second = provision(provisioned_fleet)
     assert second.returncode == 0, second.stdout
     counts = recap(second.stdout)
     for host in provisioned_fleet.hosts:
@@ -84,7 +85,7 @@ def test_second_run_changes_nothing(provisioned_fleet, run_provision):
         assert counts[host.name]["failed"] == 0
 
 
-def test_unreachable_host_fails_alone(provisioned_fleet, run_provision, tmp_path):
+def test_unreachable_host_fails_alone(provisioned_fleet, tmp_path):
     """A dead host in the inventory fails with a clear message; the others still finish."""
     # A second inventory adds the dead host to the same group; ansible merges both inventories.
     inventory = tmp_path / "dead.yml"
@@ -97,7 +98,7 @@ def test_unreachable_host_fails_alone(provisioned_fleet, run_provision, tmp_path
         "      ansible_user: root\n"
         "      ansible_connection: ssh\n"
     )
-    result = run_provision(provisioned_fleet, "-i", str(inventory))
+    result = provision(provisioned_fleet, "-i", str(inventory))
     assert result.returncode != 0
     counts = recap(result.stdout)
     assert counts["dead-runner"]["unreachable"] == 1

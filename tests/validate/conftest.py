@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,16 @@ from validate_profile import (  # noqa: E402
 )
 
 _RESULTS: list[dict[str, Any]] = []
+_CACHE = pytest.StashKey[dict[str, Any]]()
+# fixture name -> (its items from the profile, each item's test id)
+_PARAMS: dict[str, tuple[Callable[[dict[str, Any]], list[Any]], Callable[[Any], str]]] = {
+    "disk": (lambda p: p["disks"], lambda d: d["path"]),
+    "required_tool": (lambda p: p["toolchains"]["required"], lambda t: t["command"]),
+    "forbidden_tool": (lambda p: p["toolchains"]["forbidden"], lambda t: t["command"]),
+    "timer": (expected_timers, lambda t: t["name"]),
+    "hook": (expected_hooks, lambda h: h["path"]),
+    "service": (lambda p: p["services"], str),
+}
 _EMPTY = {
     "timer": "no runnerkeep timers to check: the roles in provision.yml ({roles}) install none",
     "hook": "no runner hooks to check: the roles in provision.yml ({roles}) install none",
@@ -50,34 +61,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--validate-results", help="write per-check results as JSON here")
 
 
+def _cached(config: pytest.Config, key: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per session (the profile and what it expands to)."""
+    cache = config.stash.setdefault(_CACHE, {})
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
 def _profile(config: pytest.Config) -> dict[str, Any]:
-    cached = getattr(config, "_rk_profile", None)
-    if cached is None:
-        cached = load_profile(config.getoption("--validate-profile"))
-        config._rk_profile = cached
-    return cached
+    return _cached(config, "profile", lambda: load_profile(config.getoption("--validate-profile")))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize the per-item checks from the profile (ids are the item names)."""
-    profile = _profile(metafunc.config)
-    params = {
-        "disk": (profile["disks"], lambda d: d["path"]),
-        "required_tool": (profile["toolchains"]["required"], lambda t: t["command"]),
-        "forbidden_tool": (profile["toolchains"]["forbidden"], lambda t: t["command"]),
-        "timer": (expected_timers(profile), lambda t: t["name"]),
-        "hook": (expected_hooks(profile), lambda h: h["path"]),
-        "service": (profile["services"], str),
-    }
-    for name, (items, ident) in params.items():
+    config = metafunc.config
+    profile = _profile(config)
+    for name, (find, ident) in _PARAMS.items():
         if name not in metafunc.fixturenames:
             continue
+        items = _cached(config, name, lambda find=find: find(profile))
         if items:
             metafunc.parametrize(name, items, ids=[ident(i) for i in items])
         else:  # one readable skip instead of pytest's "got empty parameter set"
-            why = _EMPTY.get(name, "nothing to check").format(
-                roles=", ".join(provision_roles(profile["provision"]["playbook"])) or "none"
+            roles = _cached(
+                config, "roles", lambda: provision_roles(profile["provision"]["playbook"])
             )
+            why = _EMPTY.get(name, "nothing to check").format(roles=", ".join(roles) or "none")
             metafunc.parametrize(
                 name, [pytest.param(None, marks=pytest.mark.skip(reason=why))], ids=["none"]
             )

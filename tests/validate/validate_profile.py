@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +151,10 @@ def _normalise_units(items: Any, what: str, key: str) -> list[Any]:
     for i, item in enumerate(_list_of(items, what)):
         if item == "auto":
             out.append("auto")
-        elif isinstance(item, str):
-            out.append({key: item, "role": None, **({"executable": True} if key == "path" else {})})
-        elif isinstance(item, dict) and item.get(key):
+            continue
+        if isinstance(item, str):
+            item = {key: item}
+        if isinstance(item, dict) and item.get(key):
             entry = {key: str(item[key]), "role": item.get("role")}
             if key == "path":
                 entry["executable"] = bool(item.get("executable", True))
@@ -231,28 +233,35 @@ def provision_roles(playbook: str | Path = PROVISION) -> list[str]:
             if short not in roles:
                 roles.append(short)
 
-    def walk_tasks(tasks: Any) -> None:
-        for task in tasks or []:
-            if not isinstance(task, dict):
-                continue
-            for key in (
-                "include_role",
-                "import_role",
-                "ansible.builtin.include_role",
-                "ansible.builtin.import_role",
-            ):
-                if isinstance(task.get(key), dict):
-                    add(task[key].get("name"))
-            walk_tasks(task.get("block"))
-
     for play in plays:
         if not isinstance(play, dict):
             continue
         for role in play.get("roles") or []:
             add((role.get("role") or role.get("name")) if isinstance(role, dict) else role)
         for section in ("pre_tasks", "tasks", "post_tasks"):
-            walk_tasks(play.get(section))
+            for task in _flatten(play.get(section)):
+                args = _module(task, ("include_role", "import_role"))
+                if args:
+                    add(args.get("name"))
     return roles
+
+
+def _flatten(tasks: Any) -> Iterator[dict[str, Any]]:
+    """Every task of a task list, with the tasks of its blocks (block, rescue, always)."""
+    for task in tasks or []:
+        if isinstance(task, dict):
+            yield task
+            for key in ("block", "rescue", "always"):
+                yield from _flatten(task.get(key))
+
+
+def _module(task: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The task's arguments for the first of ``names`` it calls (plain or ansible.builtin.)."""
+    for name in names:
+        for key in (name, f"ansible.builtin.{name}"):
+            if isinstance(task.get(key), dict):
+                return task[key]
+    return None
 
 
 _VAR_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -269,27 +278,11 @@ def _role_vars(role: str, extra_vars: dict[str, Any] | None) -> dict[str, Any]:
 
 def _role_tasks(role: str) -> list[dict[str, Any]]:
     """Every task of a role's tasks/*.yml, blocks flattened."""
-    out: list[dict[str, Any]] = []
-
-    def walk(tasks: Any) -> None:
-        for task in tasks or []:
-            if isinstance(task, dict):
-                out.append(task)
-                for key in ("block", "rescue", "always"):
-                    walk(task.get(key))
-
     tasks_dir = REPO_ROOT / "roles" / role / "tasks"
+    out: list[dict[str, Any]] = []
     for path in sorted(tasks_dir.rglob("*.yml")) if tasks_dir.is_dir() else []:
-        walk(yaml.safe_load(path.read_text(errors="replace")))
+        out += _flatten(yaml.safe_load(path.read_text(errors="replace")))
     return out
-
-
-def _module(task: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
-    for name in names:
-        for key in (name, f"ansible.builtin.{name}"):
-            if isinstance(task.get(key), dict):
-                return task[key]
-    return None
 
 
 def _render(text: Any, variables: dict[str, Any]) -> str | None:
@@ -335,18 +328,18 @@ def _loop_items(task: dict[str, Any], variables: dict[str, Any]) -> list[Any]:
     return list(loop) if isinstance(loop, list) else []
 
 
-def _role_timers(role: str, extra_vars: dict[str, Any] | None = None) -> list[str]:
+def _role_timers(role: str, extra_vars: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """``runnerkeep-*.timer`` units the role enables (systemd_service enabled: true)."""
     variables = _role_vars(role, extra_vars)
-    found: list[str] = []
+    found: list[dict[str, Any]] = []
     for task in _role_tasks(role):
         args = _module(task, ("systemd_service", "systemd", "service"))
         if not args or args.get("enabled") is not True or not _when_holds(task, variables):
             continue
         for item in _loop_items(task, variables):
             name = _render(args.get("name", ""), {**variables, "item": item})
-            if name and _TIMER_RE.fullmatch(name) and name not in found:
-                found.append(name)
+            if name and _TIMER_RE.fullmatch(name):
+                found.append({"name": name})
     return found
 
 
@@ -371,7 +364,7 @@ def _role_hooks(role: str, extra_vars: dict[str, Any] | None = None) -> list[dic
             executable = "x" in str(mode)
         for item in _loop_items(task, variables):
             dest = _render(args["dest"], {**variables, "item": item})
-            if dest and dest.startswith("/") and all(h["path"] != dest for h in found):
+            if dest and dest.startswith("/"):
                 found.append({"path": dest, "executable": executable})
     return found
 
@@ -385,9 +378,7 @@ def _expand(
         if item == "auto":
             entries = []
             for role in roles:
-                for found in finder(role, extra_vars):
-                    entry = found if isinstance(found, dict) else {key: found}
-                    entries.append({**entry, "role": role})
+                entries += [{**found, "role": role} for found in finder(role, extra_vars)]
         elif item["role"] and item["role"] not in roles:
             continue  # the role is not part of provision.yml (yet): nothing to check
         else:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from ..errors import RunnerkeepError
-from .store import Store, _mkstemp, _write_all, is_no_space
+from .store import Store, _mkstemp, _write_all, entry_blobs, is_no_space
 
 BUFSIZE = 1 << 20
 SMALL_MEMBER = 1 << 20  # members up to this size are kept in memory (configs, manifests, json)
@@ -673,26 +673,10 @@ def archive_metadata(entry: dict[str, Any]) -> list[tuple[str, bytes]]:
     return files
 
 
-def _blob_order(entry: dict[str, Any]) -> list[tuple[str, int]]:
-    """(digest, size) of every blob the archive holds, each once, in archive order."""
-    order: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    for image in entry["images"]:
-        for digest, size in (
-            [(image["config"]["digest"], image["config"]["size"])]
-            + [(layer["digest"], layer["size"]) for layer in image["layers"]]
-            + [(m["digest"], m["size"]) for m in image.get("manifests") or []]
-        ):
-            if digest not in seen:
-                seen.add(digest)
-                order.append((digest, size))
-    return order
-
-
 def entry_archive_length(entry: dict[str, Any]) -> int:
     """Bytes ``write_entry_archive`` writes for ``entry`` (an HTTP body needs it up front)."""
     total = 2 * BLOCK  # the blobs/ and blobs/sha256/ directory headers
-    for _digest, size in _blob_order(entry):
+    for size in entry_blobs(entry).values():
         total += BLOCK + size + (-size) % BLOCK
     for _name, data in archive_metadata(entry):
         total += BLOCK + len(data) + (-len(data)) % BLOCK
@@ -710,7 +694,7 @@ def write_entry_archive(
     read that feeds the output. Raises CorruptBlob at the first bad blob, before manifest.json.
     Returns the bytes written."""
 
-    order = _blob_order(entry)
+    order = list(entry_blobs(entry).items())
     hasher = _HashThread()
     try:
         return _write_archive(entry, store, out_fd, order, hasher, progress, before_metadata)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -18,7 +17,14 @@ from ..events import record_event
 from ..fsutil import fsync_dir
 from .archive import entry_archive_length, write_entry_archive
 from .save import enlarge_pipe
-from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, validate_key
+from .store import (
+    CorruptBlob,
+    CorruptEntry,
+    Store,
+    config_diff_ids,
+    entry_blobs,
+    validate_key,
+)
 
 
 def _miss(store: Store, key: str, state_dir, start, reason: str, corrupt: bool, op: str):
@@ -65,14 +71,7 @@ def load_checked_entry(store: Store, key: str) -> tuple[dict[str, Any], str]:
             raise CorruptBlob(blob, f"blob {blob} has {actual} bytes, entry '{key}' says {size}")
     for image in entry["images"]:
         cfg = image["config"]["digest"]
-        with open(store.blob_path(cfg), "rb") as handle:
-            data = handle.read()
-        if "sha256:" + hashlib.sha256(data).hexdigest() != cfg:
-            raise CorruptBlob(cfg, f"config blob {cfg} fails its sha256 check (damaged on disk)")
-        try:
-            diff_ids = json.loads(data)["rootfs"]["diff_ids"]
-        except (ValueError, KeyError, TypeError):
-            raise CorruptBlob(cfg, f"config blob {cfg} has no rootfs.diff_ids") from None
+        diff_ids, _size = config_diff_ids(store, cfg)
         if diff_ids != [layer["diff_id"] for layer in image["layers"]]:
             raise CorruptEntry(f"entry '{key}': layers do not match the diff_ids of config {cfg}")
     return entry, digest
@@ -199,15 +198,12 @@ def _load(store: Store, entry: dict[str, Any], progress) -> tuple[int, str]:
     socket_path = local_engine_socket()
     if socket_path is not None:
         length = entry_archive_length(entry)
-        sent: list[int] = []
-
-        def write_body(fd: int) -> int:
-            sent.append(write_entry_archive(entry, store, fd, progress))
-            return sent[0]
-
         try:
-            load_image_archive(socket_path, length, write_body)
-            return sent[0], "engine-api"
+            # Raises unless the body written is exactly ``length`` bytes.
+            load_image_archive(
+                socket_path, length, lambda fd: write_entry_archive(entry, store, fd, progress)
+            )
+            return length, "engine-api"
         except EngineSocketUnavailable:
             pass  # the CLI reports an unreachable engine in its own words
     return _load_through_cli(store, entry, progress), "docker-cli"

@@ -5,9 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import fcntl
-import hashlib
-import inspect
-import json
 import os
 import re
 import subprocess
@@ -35,7 +32,15 @@ from .archive import (
     familiar_ref,
     read_archive_stream,
 )
-from .store import CorruptEntry, Store, entry_blobs, is_no_space, validate_key
+from .store import (
+    CorruptBlob,
+    CorruptEntry,
+    Store,
+    config_diff_ids,
+    entry_blobs,
+    is_no_space,
+    validate_key,
+)
 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_SIZE = 1 << 20
@@ -124,22 +129,18 @@ def make_room(config: dict[str, Any] | None, plan: list[dict[str, Any]] | None =
         raise FreeSpaceError(
             "--make-room is unavailable: the cleanup module (runnerkeep.cleanup) is not installed"
         ) from None
-    try:
-        params = set(inspect.signature(run_cleanup).parameters)
-    except (TypeError, ValueError):
-        params = {"stage", "config"}
     reports = []
     for need in [p for p in plan or [{}] if not p.get("ok")]:
-        wanted = {
-            "stage": "post",
-            "config": config or {},
-            "dry_run": False,
-            "target_free_bytes": need.get("needed_bytes"),
-            "paths": [need["path"]] if need.get("path") else None,
-        }
-        kwargs = {k: v for k, v in wanted.items() if k in params and v is not None}
         try:
-            reports.append(run_cleanup(**kwargs))
+            reports.append(
+                run_cleanup(
+                    "post",
+                    config or {},
+                    target_free_bytes=need.get("needed_bytes"),
+                    paths=[need["path"]] if need.get("path") else None,
+                    dry_run=False,
+                )
+            )
         except RunnerkeepError as exc:
             raise FreeSpaceError(
                 (_space_message(plan) if plan else "not enough free space")
@@ -204,6 +205,21 @@ def _entry_is_current(store: Store, key: str, ids: set[str], tags: dict[str, str
     return {"entry": entry, "entry_digest": digest}
 
 
+def _new_entry(
+    key: str, archive_format: str, images: list[dict[str, Any]], source: list[str]
+) -> dict[str, Any]:
+    """An entry as written to entries/KEY.json (without its checksum), created now."""
+    return {
+        "format": 1,
+        "key": key,
+        "archive_format": archive_format,
+        "created": time.time(),
+        "images": images,
+        "source": source,
+        "runnerkeep_version": __version__,
+    }
+
+
 def commit_parsed(
     store: Store, key: str, parsed: ParsedArchive, area: str, source: list[str]
 ) -> dict[str, Any]:
@@ -227,16 +243,7 @@ def commit_parsed(
                 )
             written += member.size
         fsync_dir(store.blob_dir)
-        now = time.time()
-        entry = {
-            "format": 1,
-            "key": key,
-            "archive_format": parsed.format,
-            "created": now,
-            "images": parsed.images,
-            "source": source,
-            "runnerkeep_version": __version__,
-        }
+        entry = _new_entry(key, parsed.format, parsed.images, source)
         digest = store.write_entry(entry)
     except OSError as exc:
         if is_no_space(exc):
@@ -435,15 +442,9 @@ def _save_from_store(
             continue
         seen.add(image_id)
         try:
-            with open(store.blob_path(image_id), "rb") as handle:
-                config = handle.read()
-        except (FileNotFoundError, CorruptEntry):
-            return None
-        if "sha256:" + hashlib.sha256(config).hexdigest() != image_id:
-            return None  # not an ID that is a config digest (e.g. containerd image store)
-        try:
-            diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-        except (ValueError, KeyError, TypeError):
+            diff_ids, config_size = config_diff_ids(store, image_id)
+        except (FileNotFoundError, CorruptEntry, CorruptBlob):
+            # Not stored, or not an ID that is a config digest (e.g. containerd image store).
             return None
         if diff_ids != (info.get("RootFS") or {}).get("Layers"):
             return None
@@ -465,7 +466,7 @@ def _save_from_store(
             {
                 "id": image_id,
                 "tags": sorted(t for t, i in tags.items() if i == image_id),
-                "config": {"digest": image_id, "size": len(config)},
+                "config": {"digest": image_id, "size": config_size},
                 "layers": layers,
                 "manifests": [],
             }
@@ -477,22 +478,14 @@ def _save_from_store(
         store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
     if bad:
         return None
-    entry = {
-        "format": 1,
-        "key": key,
-        "archive_format": "docker-archive",
-        "created": time.time(),
-        "images": images,
-        "source": list(refs),
-        "runnerkeep_version": __version__,
-    }
+    entry = _new_entry(key, "docker-archive", images, list(refs))
     digest = store.write_entry(entry)
     return {
         "result": "saved",
         "from_store": True,
         "entry_digest": digest,
         "bytes_written": 0,
-        "bytes_reused": sum(layer_blobs.values()) + sum(i["config"]["size"] for i in images),
+        "bytes_reused": sum(entry_blobs(entry).values()),
         "format": "docker-archive",
         "images": _image_summary(entry),
     }

@@ -77,6 +77,21 @@ def entry_blobs(entry: dict[str, Any]) -> dict[str, int]:
     return blobs
 
 
+def config_diff_ids(store: Store, digest: str) -> tuple[list[str], int]:
+    """An image config blob's ``rootfs.diff_ids`` and its size, read once and checked against
+    its sha256. Raises CorruptBlob (damaged, or no diff_ids), CorruptEntry (not a digest),
+    FileNotFoundError (not stored)."""
+    with open(store.blob_path(digest), "rb") as handle:
+        data = handle.read()
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise CorruptBlob(digest, f"config blob {digest} fails its sha256 check (damaged on disk)")
+    try:
+        diff_ids = json.loads(data)["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError):
+        raise CorruptBlob(digest, f"config blob {digest} has no rootfs.diff_ids") from None
+    return diff_ids, len(data)
+
+
 class Store:
     """One cache directory. Cheap to create; ``ensure()`` creates the directories."""
 
@@ -90,7 +105,12 @@ class Store:
 
     # -- layout -------------------------------------------------------------------------
     def ensure(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        # The role makes the store group-writable (setgid) so CI jobs of that group can save
+        # and restore: the directories inside must be too, whoever created them first.
+        mode = self.shared_dir_mode()
         for path in (
+            os.path.join(self.root, "blobs"),
             self.blob_dir,
             self.entry_dir,
             self.lock_dir,
@@ -98,18 +118,7 @@ class Store:
             self.quarantine_dir,
         ):
             os.makedirs(path, exist_ok=True)
-        mode = self.shared_dir_mode()
-        if mode:
-            # The role makes the store group-writable (setgid) so CI jobs of that group can save
-            # and restore: the directories inside must be too, whoever created them first.
-            for path in (
-                os.path.join(self.root, "blobs"),
-                self.blob_dir,
-                self.entry_dir,
-                self.lock_dir,
-                self.tmp_dir,
-                self.quarantine_dir,
-            ):
+            if mode:
                 with contextlib.suppress(OSError):
                     if os.stat(path).st_mode & 0o7777 != mode:
                         os.chmod(path, mode)

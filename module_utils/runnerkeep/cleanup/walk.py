@@ -24,6 +24,7 @@ long per entry as the kernel does, so one process alone takes ~1.5x the time of 
 from __future__ import annotations
 
 import errno
+import functools
 import marshal
 import os
 import signal
@@ -50,6 +51,11 @@ class WalkOptions:
     one_filesystem: bool = True
     seen: set = field(default_factory=set)  # hard-linked inodes already counted this run
     workers: int = 0  # processes sharing a big sizing walk; 0 = one per CPU, at most 4
+    # Inode numbers of ``protected``: a cheap first test in the walkers' per-entry loops.
+    prot_inos: frozenset = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.prot_inos = frozenset(ino for _dev, ino in self.protected)
 
 
 @dataclass
@@ -170,15 +176,11 @@ def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
     """Size the directory open on ``fd`` (consumed: closed on return) into ``stats``."""
     workers = opts.workers or default_workers()
     if workers < 2:
-        tally = _Tally(stats.newest_mtime)
-        try:
-            _walk(fd, path, opts, tally)
-        finally:
-            tally.add_to(stats)
+        _walk_into(fd, path, opts, stats)
         return
     retry_fd = os.dup(fd)
     try:
-        tally = _Tally(stats.newest_mtime)
+        tally = _Tally()
         try:
             complete = _walk_shared(fd, path, opts, tally, workers)
         except BaseException:
@@ -191,14 +193,19 @@ def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
         # tree again in this process rather than report a wrong figure.
         for dev, ino, _blocks in tally.links:
             opts.seen.discard((dev, ino))
-        tally = _Tally(stats.newest_mtime)
-        try:
-            _walk(os.dup(retry_fd), path, opts, tally)
-        finally:
-            tally.add_to(stats)
+        _walk_into(os.dup(retry_fd), path, opts, stats)
         stats.errors.append((path, "a sizing helper process failed; sized again in one process"))
     finally:
         os.close(retry_fd)
+
+
+def _walk_into(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
+    """Count the tree below ``fd`` (consumed) in this process alone, into ``stats``."""
+    tally = _Tally()
+    try:
+        _walk(fd, path, opts, tally)
+    finally:
+        tally.add_to(stats)
 
 
 class _Tally:
@@ -206,10 +213,10 @@ class _Tally:
 
     __slots__ = ("blocks", "errors", "inodes", "kept", "links", "newest")
 
-    def __init__(self, newest: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.blocks = 0
         self.inodes = 0
-        self.newest = newest
+        self.newest = 0.0
         self.errors: list = []
         self.kept: list = []
         self.links: list = []  # [(st_dev, st_ino, st_blocks)] hard links first counted here
@@ -234,8 +241,7 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
     except OSError as exc:
         tally.errors.append((dpath, _err(exc)))
         return []
-    protected = opts.protected
-    prot_inos = {ino for _dev, ino in protected} if protected else ()
+    protected, prot_inos = opts.protected, opts.prot_inos
     seen = opts.seen
     one_fs, dev = opts.one_filesystem, opts.dev
     blocks = inodes = 0
@@ -329,6 +335,7 @@ _QUEUE_MAX_RECORDS = 4096  # 32 KiB: fits a pipe buffer, so the queue is written
 _helper_hook: Callable[[], None] | None = None
 
 
+@functools.lru_cache(maxsize=1)
 def default_workers() -> int:
     """Processes for a big sizing walk: the CPUs this process may use, at most 4."""
     try:
@@ -376,15 +383,17 @@ def _walk_shared(fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: 
 
 def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: int) -> bool:
     started = time.monotonic()
-    queue = {"next": 0, "read_fd": -1}
+    next_index = 0  # next frontier item this process takes, until the helpers start
+    read_fd = -1  # the shared queue's pipe: >= 0 once the helpers have started
     helpers: list = []  # (pid, result read fd)
 
     def take_range() -> tuple:
-        if queue["read_fd"] < 0:
-            i = queue["next"]
-            queue["next"] = i + 1
+        nonlocal next_index
+        if read_fd < 0:
+            i = next_index
+            next_index = i + 1
             return (i, i + 1) if i < len(frontier) else (0, 0)
-        record = os.read(queue["read_fd"], _QUEUE_RECORD.size)
+        record = os.read(read_fd, _QUEUE_RECORD.size)
         return _QUEUE_RECORD.unpack(record) if record else (0, 0)
 
     def walk_frontier(this_tally: _Tally, on_directory) -> None:
@@ -398,16 +407,16 @@ def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: i
                     _walk(cfd, cpath, opts, this_tally, on_directory)
 
     def start_helpers() -> None:
-        remaining = len(frontier) - queue["next"]
+        nonlocal read_fd
+        remaining = len(frontier) - next_index
         if remaining < 1 or time.monotonic() - started < SHARE_AFTER_SECONDS:
             return
         read_fd, write_fd = os.pipe()
-        queue["read_fd"] = read_fd
         # Small ranges keep the processes balanced; few enough records to fit the pipe.
         step = max(1, -(-remaining // _QUEUE_MAX_RECORDS))
         records = b"".join(
             _QUEUE_RECORD.pack(i, min(i + step, len(frontier)))
-            for i in range(queue["next"], len(frontier), step)
+            for i in range(next_index, len(frontier), step)
         )
         os.write(write_fd, records)
         os.close(write_fd)
@@ -433,14 +442,10 @@ def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: i
                     os._exit(code)
             os.close(result_write)
             helpers.append((pid, result_read))
-        check["on"] = None
-
-    check = {"on": start_helpers}
 
     def on_directory() -> None:
-        hook = check["on"]
-        if hook is not None:
-            hook()
+        if read_fd < 0:
+            start_helpers()
 
     try:
         walk_frontier(tally, on_directory)
@@ -451,8 +456,8 @@ def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: i
             os.waitpid(pid, 0)
         raise
     finally:
-        if queue["read_fd"] >= 0:
-            os.close(queue["read_fd"])
+        if read_fd >= 0:
+            os.close(read_fd)
     complete = True
     for pid, result_read in helpers:
         complete = _collect_helper(pid, result_read, opts, tally) and complete
@@ -489,8 +494,8 @@ def _collect_helper(pid: int, result_read: int, opts: WalkOptions, tally: _Tally
     tally.blocks += blocks
     tally.inodes += inodes
     tally.newest = max(tally.newest, newest)
-    tally.errors.extend(tuple(e) for e in errors)
-    tally.kept.extend(tuple(k) for k in kept)
+    tally.errors.extend(errors)  # marshal keeps the (path, message) tuples as tuples
+    tally.kept.extend(kept)
     return True
 
 
@@ -544,8 +549,7 @@ def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> boo
     Frames are ``[fd, path, entries, complete, (name, stat) in parent]``; a directory is
     removed when its frame ends complete (nothing kept or failed inside it).
     """
-    protected = opts.protected
-    prot_inos = {ino for _dev, ino in protected}
+    protected, prot_inos = opts.protected, opts.prot_inos
     seen = opts.seen
     one_fs, dev = opts.one_filesystem, opts.dev
     unlink = os.unlink

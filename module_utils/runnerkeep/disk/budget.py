@@ -103,13 +103,6 @@ class Budget:
             return self.post_target_free_bytes, self.post_target_free_inodes
         raise ConfigError(f"unknown cleanup stage {stage!r}: expected pre, post or emergency")
 
-    def cleanup_targets(self) -> dict[str, dict[str, int]]:
-        """Targets in the shape of the cleanup section's ``targets`` (free bytes and inodes)."""
-        return {
-            stage: dict(zip(("free", "inodes"), self.stage_targets(stage)))
-            for stage in ("pre", "post", "emergency")
-        }
-
     def explain(self) -> str:
         return "\n".join(self.explanation)
 

@@ -126,13 +126,9 @@ def write_textfile(directory: str, filename: str, text: str) -> str:
     return path
 
 
-def fold_events(state_dir: str, counters: dict[str, Any]) -> dict[str, Any]:
-    """Add the events newer than ``counters['events_time']`` to running totals.
-
-    Totals live in the watch state, so they keep growing when the bounded event log drops its
-    oldest half (Prometheus counters must not go down except on a real reset).
-    """
-    totals = {
+def event_totals(counters: dict[str, Any]) -> dict[str, Any]:
+    """The running totals kept in the watch state, every key present (a copy)."""
+    return {
         "events_time": float(counters.get("events_time") or 0.0),
         "cache": dict(counters.get("cache") or {}),
         "cleanup_bytes": dict(counters.get("cleanup_bytes") or {}),
@@ -140,12 +136,18 @@ def fold_events(state_dir: str, counters: dict[str, Any]) -> dict[str, Any]:
         "last_job_peak_bytes": counters.get("last_job_peak_bytes"),
         "last_job_peak_inodes": counters.get("last_job_peak_inodes"),
     }
+
+
+def fold_events(state_dir: str, counters: dict[str, Any]) -> dict[str, Any]:
+    """Add the events newer than ``counters['events_time']`` to running totals.
+
+    Totals live in the watch state, so they keep growing when the bounded event log drops its
+    oldest half (Prometheus counters must not go down except on a real reset). Raises OSError
+    when the event log cannot be read.
+    """
+    totals = event_totals(counters)
     newest = totals["events_time"]
-    try:
-        new_events = list(events.read_events(state_dir))
-    except OSError as exc:
-        totals["error"] = f"cannot read the event log in {state_dir}: {exc.strerror}"
-        return totals
+    new_events = list(events.read_events(state_dir))
     for event in new_events:
         when = event.get("time")
         if not isinstance(when, (int, float)) or when <= totals["events_time"]:

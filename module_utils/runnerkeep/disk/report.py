@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ..docker_cli import docker_json_lines, engine_info, run_docker
-from ..errors import RunnerkeepError
+from ..errors import DockerCommandError, RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..textutil import table
 from ..units import format_size
@@ -124,7 +124,10 @@ def docker_usage(timeout: float = 60.0) -> dict[str, Any]:
 def docker_details(limit: int = 10, timeout: float = 120.0) -> dict[str, Any]:
     """``docker system df -v``: the largest images (unique bytes), containers and volumes."""
     out = run_docker(["system", "df", "-v", "--format", "{{json .}}"], timeout=timeout).stdout
-    data = json.loads(out or "{}")
+    try:
+        data = json.loads(out or "{}")
+    except ValueError as exc:
+        raise DockerCommandError(f"'docker system df -v' printed invalid JSON: {exc}") from None
     images = [
         {
             "image": f"{i.get('Repository')}:{i.get('Tag')}",
@@ -189,6 +192,8 @@ def disk_report(
     settings = disk_settings(config)
     paths = paths_of(config)
     errors: list[str] = []
+    # How many entries each "largest" list keeps (Docker details and directories).
+    limit = as_int(settings["largest_dirs"], "disk.largest_dirs", 1)
     root, root_error = docker_root(settings)
     if root_error:
         errors.append(f"docker: {root_error}")
@@ -206,19 +211,22 @@ def disk_report(
         else:
             try:
                 report["docker"] = {"available": True, "kinds": docker_usage()}
-                if docker_verbose:
-                    limit = as_int(settings["largest_dirs"], "disk.largest_dirs", 1)
-                    report["docker"]["details"] = docker_details(limit)
             except RunnerkeepError as exc:
                 report["docker"] = {"available": False, "error": str(exc)}
                 if not root_error:
+                    errors.append(f"docker: {exc}")
+            # The details fail on their own: the usage by kind measured above stays.
+            if docker_verbose and report["docker"]["available"]:
+                try:
+                    report["docker"]["details"] = docker_details(limit)
+                except RunnerkeepError as exc:
+                    report["docker"]["details_error"] = str(exc)
                     errors.append(f"docker: {exc}")
     if include_largest:
         roots = settings["report_roots"]
         if roots is None:
             roots = [*settings["work_dirs"], "/tmp"]
         depth = as_int(settings["largest_dirs_depth"], "disk.largest_dirs_depth", 1)
-        limit = as_int(settings["largest_dirs"], "disk.largest_dirs", 1)
         largest = []
         for root_dir in roots:
             root_dir = expand(root_dir)

@@ -32,7 +32,7 @@ from ..fsutil import atomic_write, filesystem_usage
 from ..units import format_size
 from . import alerts
 from .budget import LEVELS, Budget, compute_budget, measure_inputs
-from .metrics import MetricSet, fold_events, write_textfile
+from .metrics import MetricSet, event_totals, fold_events, write_textfile
 from .report import docker_usage, filesystems, watched_paths
 from .settings import as_int, disk_settings, seconds, state_dir
 
@@ -131,12 +131,8 @@ class _Cycle:
             counts[key] = counts.get(key, 0) + 1
         url = self.settings["webhook_url"]
         if url:
-            result = alerts.post_webhook(
-                url,
-                body,
-                timeout=seconds(self.settings, "webhook_timeout"),
-                retries=as_int(self.settings["webhook_retries"], "disk.webhook_retries"),
-                deadline=self.deadline,
+            result = self._post(
+                body, as_int(self.settings["webhook_retries"], "disk.webhook_retries")
             )
             sent["webhook"] = result
             key = "webhook:sent" if result["ok"] else "webhook:failed"
@@ -169,13 +165,7 @@ class _Cycle:
         counts = state.setdefault("alert_counts", {})
         while pending:
             body = dict(pending[0], resent=True, resent_time=time.time())
-            result = alerts.post_webhook(
-                url,
-                body,
-                timeout=seconds(self.settings, "webhook_timeout"),
-                retries=0,
-                deadline=self.deadline,
-            )
+            result = self._post(body, retries=0)
             if not result["ok"]:
                 self.errors.append(
                     f"disk watch: webhook {url} still failing ({result['error']}); "
@@ -187,6 +177,16 @@ class _Cycle:
             counts["webhook:resent"] = counts.get("webhook:resent", 0) + 1
             state["webhook_ok"] = True
             self.alerts.append({"message": body["message"], "event": body["event"], "resent": True})
+
+    def _post(self, body: dict[str, Any], retries: int) -> dict[str, Any]:
+        """POST ``body`` to the webhook within the cycle's deadline (``alerts.post_webhook``)."""
+        return alerts.post_webhook(
+            self.settings["webhook_url"],
+            body,
+            timeout=seconds(self.settings, "webhook_timeout"),
+            retries=retries,
+            deadline=self.deadline,
+        )
 
     def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -276,6 +276,8 @@ class _Cycle:
                 root = root or info.get("DockerRootDir")
                 kinds = docker_usage(timeout=self.remaining(30))
                 docker.update(up=True, kinds=kinds)
+            # Not RunnerkeepError alone: engine_info and docker_usage parse docker's JSON with
+            # json.loads (ValueError), and the docker binary can fail to start (OSError).
             except (RunnerkeepError, ValueError, OSError) as exc:
                 docker.update(up=False, error=str(exc))
                 self.errors.append(f"docker: {exc}")
@@ -407,6 +409,14 @@ class _Cycle:
                     state,
                 )
 
+        old_counters = state.get("counters") or {}
+        try:
+            counters = fold_events(self.sdir, old_counters)
+        except OSError as exc:
+            counters = event_totals(old_counters)
+            self.errors.append(f"cannot read the event log in {self.sdir}: {exc.strerror}")
+        state["counters"] = counters
+
         # Errors are logged when they appear and when they clear, not every cycle.
         previous_errors = set(state.get("errors") or [])
         current = [e for e in self.errors if not e.startswith("disk watch: webhook")]
@@ -418,11 +428,6 @@ class _Cycle:
                 alerts.syslog("disk watch: all checks answer again", "info", self.tag)
         state["errors"] = current
 
-        counters = fold_events(self.sdir, state.get("counters") or {})
-        events_error = counters.pop("error", None)
-        if events_error:
-            self.errors.append(events_error)
-        state["counters"] = counters
         state["last_run"] = now
         self._state_metrics(state, budget, inputs, counters)
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
-import json
-import socket
-import threading
-
 import pytest
+from harness import webhook_sink as sink
 from runnerkeep.disk import watch as watch_mod
 from runnerkeep.disk.budget import BudgetInputs
 
@@ -85,34 +81,11 @@ def syslog_calls(monkeypatch):
 @pytest.fixture
 def webhook():
     """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it."""
-    received: list[dict] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.received = received
-    server.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with sink.webhook_sink() as server:
+        yield server
 
 
 @pytest.fixture
 def dead_url():
     """A loopback URL on a port nobody listens on (bound, then closed)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}/hook"
+    return sink.dead_url()

@@ -158,11 +158,3 @@ def test_current_budget_measures(make_config, tmp_path):
     assert b.cache_bytes >= 100_000
     assert b.free_bytes is not None
     assert b.as_dict()["explanation"] == b.explanation
-
-
-def test_cleanup_targets_shape_matches_the_cleanup_section():
-    b = compute_budget(inputs(), settings())
-    targets = b.cleanup_targets()
-    assert set(targets) == {"pre", "post", "emergency"}
-    assert targets["pre"] == {"free": b.pre_target_free_bytes, "inodes": b.pre_target_free_inodes}
-    assert targets["emergency"]["free"] == b.post_target_free_bytes
