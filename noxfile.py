@@ -41,7 +41,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def unit(session: nox.Session) -> None:
     """Core unit tests: fast, no Docker."""
-    session.install("pytest", "ansible-core")
+    session.install("pytest", "hypothesis", "ansible-core")
     session.run("pytest", "tests/unit", *session.posargs, env=_env())
 
 

@@ -6,7 +6,11 @@ it installs ``docker.io`` when missing and starts ``dockerd`` detached, logging 
 /var/log/dockerd.log, then waits up to 60 s for ``docker info``. Otherwise it raises
 ``EngineUnavailable`` saying exactly what to install and start.
 
-``python -m harness.engine`` does the same and exits 0 (engine ready) or 1.
+``ensure_host_programs()`` installs, with one line per package, every other program the harness
+and the integration tests call on this machine (``HOST_PROGRAMS``) when it is missing, so a clean
+Debian machine with only python3, pip and git runs the README's commands.
+
+``python -m harness.engine`` does both and exits 0 (engine and programs ready) or 1.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ HOW_TO = (
     "`systemctl start docker`). If the engine runs elsewhere, set DOCKER_HOST "
     "(e.g. DOCKER_HOST=unix:///var/run/docker.sock)."
 )
+
+
+# Program the harness or a test runs on this machine -> the Debian package that ships it.
+HOST_PROGRAMS = {
+    "debootstrap": "debootstrap",  # the offline runner base image (harness/image.py)
+    "skopeo": "skopeo",  # OCI archives in the cache tests
+    "unshare": "util-linux",  # private mount namespaces in the hardening tests
+    "mount": "mount",
+    "tar": "tar",
+}
 
 
 class EngineUnavailable(RuntimeError):
@@ -75,12 +89,19 @@ def _default_socket_targeted() -> bool:
 
 
 def _install_docker_io() -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     log("installing docker.io with apt-get (no engine found)")
-    for cmd, limit in (
-        (["apt-get", "update"], 300),
-        (["apt-get", "install", "-y", "--no-install-recommends", "docker.io"], 600),
-    ):
+    _apt_install(["docker.io"])
+
+
+_apt_updated = False
+
+
+def _apt_install(packages: list[str]) -> None:
+    global _apt_updated
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    steps = [] if _apt_updated else [(["apt-get", "update"], 300)]
+    steps.append((["apt-get", "install", "-y", "--no-install-recommends", *packages], 600))
+    for cmd, limit in steps:
         proc = subprocess.run(
             cmd, env=env, capture_output=True, text=True, timeout=limit, check=False
         )
@@ -89,6 +110,23 @@ def _install_docker_io() -> None:
                 f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
                 + HOW_TO
             )
+        if cmd[1] == "update":
+            _apt_updated = True
+
+
+def ensure_host_programs() -> None:
+    """Install the Debian package of every missing program in HOST_PROGRAMS, or say what to do."""
+    missing = {name: pkg for name, pkg in HOST_PROGRAMS.items() if shutil.which(name) is None}
+    if not missing:
+        return
+    if not _may_install():
+        raise EngineUnavailable(
+            f"programs the tests need are missing: {', '.join(sorted(missing))}; as root on "
+            f"Debian: apt-get install -y {' '.join(sorted(set(missing.values())))}"
+        )
+    for name, pkg in sorted(missing.items()):
+        log(f"installing {pkg} with apt-get ({name} not found)")
+    _apt_install(sorted(set(missing.values())))
 
 
 def _start_dockerd() -> None:
@@ -144,6 +182,7 @@ def ensure_engine() -> None:
 def main() -> int:
     try:
         ensure_engine()
+        ensure_host_programs()
     except EngineUnavailable as exc:
         print(f"runnerkeep harness: Docker engine unavailable.\n{exc}", file=sys.stderr)
         return 1
