@@ -13,7 +13,7 @@ import nox
 import nox.command
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-nox.options.sessions = ["lint", "unit", "integration"]
+nox.options.sessions = ["lint", "unit", "package", "integration"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON_PATHS = os.pathsep.join(os.path.join(ROOT, p) for p in ("module_utils", "cli", "tests"))
@@ -43,6 +43,20 @@ def unit(session: nox.Session) -> None:
     """Core unit tests: fast, no Docker."""
     session.install("pytest", "hypothesis", "ansible-core")
     session.run("pytest", "tests/unit", *session.posargs, env=_env())
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """`pip install .` into a fresh venv gives a working `runnerkeep` console script."""
+    session.install(".")
+    session.run("runnerkeep", "--version")
+    # self-check exits 0 (all good) or 6 (a check found problems, e.g. no Docker engine here).
+    session.run("runnerkeep", "self-check", "--json", success_codes=[0, 6])
+    session.run(
+        "python",
+        "-c",
+        "import runnerkeep.cache, runnerkeep.cleanup, runnerkeep.disk, runnerkeep_cli",
+    )
 
 
 @nox.session
