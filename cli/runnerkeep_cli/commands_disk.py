@@ -103,32 +103,47 @@ def report(args: argparse.Namespace) -> CommandResult:
 
 
 def history(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.history import read_history, running_jobs
+    from runnerkeep.disk.history import read_history_report, running_jobs
     from runnerkeep.disk.settings import state_dir
 
     config = load_config(args.config)
     sdir = state_dir(config)
-    records = read_history(sdir)
+    records, skipped = read_history_report(sdir)
     shown = records[-args.limit :] if args.limit > 0 else records
     running = running_jobs(sdir)
-    rows = [
-        [
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start_time"])),
-            r["job_id"],
-            f"{r['duration_seconds']:.0f}s",
-            format_size(r["peak_bytes"]),
-            f"{r.get('peak_inodes', 0):,}",
-            format_size(r["end_used_bytes"] - r["start_used_bytes"]),
-        ]
-        for r in shown
-    ]
+    rows = [_history_row(r) for r in shown]
     text = f"{len(records)} job(s) recorded in {sdir}"
     if rows:
         text += "\n" + table(rows, ["start", "job", "took", "peak", "peak inodes", "left at end"])
     for job in running:
         text += f"\nrunning: {job['job_id']} since {time.ctime(job['start_time'])}"
-    data = {"state_dir": sdir, "count": len(records), "jobs": shown, "running": running}
+    if skipped.damaged:
+        text += "\nwarning: " + skipped.describe()
+    data = {
+        "state_dir": sdir,
+        "count": len(records),
+        "jobs": shown,
+        "running": running,
+        "skipped_records": skipped.skipped,
+    }
     return CommandResult(data, text, EXIT_OK)
+
+
+def _history_row(record: dict) -> list[str]:
+    """One table row; the reader guarantees the types, an older record may lack fields."""
+    start = record.get("start_time")
+    left = None
+    if "end_used_bytes" in record and "start_used_bytes" in record:
+        left = record["end_used_bytes"] - record["start_used_bytes"]
+    took = record.get("duration_seconds")
+    return [
+        "?" if start is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(start)),
+        str(record.get("job_id", "?")),
+        "?" if took is None else f"{took:.0f}s",
+        format_size(record["peak_bytes"]),
+        f"{record.get('peak_inodes', 0):,}",
+        "?" if left is None else format_size(left),
+    ]
 
 
 def budget(args: argparse.Namespace) -> CommandResult:

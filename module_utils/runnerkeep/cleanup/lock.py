@@ -10,7 +10,11 @@ files at once means several concurrent jobs (GitLab ``concurrent``).
 A lock is stale, and is removed when next looked at, when its process is gone (or the pid was
 reused: the start time differs) or it is older than ``cleanup.lock_max_age``: a runner killed
 mid-job must not block cleanup forever. Reads and writes of the lock directory are serialized
-with ``fcntl.flock`` on ``<state_dir>/job-locks/.guard``.
+with ``fcntl.flock`` on ``<state_dir>/job-locks/.guard``, taken with LOCK_NB and retried until
+``GUARD_WAIT`` seconds (a job may flock any file it can open: it must not hang the hooks).
+Lock files are read through ``statefile`` (no symlink followed, no FIFO blocked on, wrong
+types rejected): an unusable one is a stale lock. A dry run (``remove_stale=False``) reads
+only: no stale lock removed, neither ``job-locks/`` nor ``.guard`` created.
 
 A second lock, ``<state_dir>/cleanup.lock`` (flock held for the run), keeps two cleanup runs
 from racing each other.
@@ -22,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import socket
@@ -29,6 +34,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .. import statefile
 from ..errors import LockHeldError
 from ..fsutil import atomic_write
 from ..procutil import process_alive, process_start_time
@@ -38,6 +44,7 @@ GUARD = ".guard"
 RUN_LOCK = "cleanup.lock"
 DEFAULT_MAX_AGE = 24 * 3600.0
 BLOCKED_STAGES = ("post", "emergency")
+GUARD_WAIT = 10.0  # seconds a hook waits for the guard before LockHeldError
 
 
 def lock_dir(state_dir: str) -> str:
@@ -50,15 +57,21 @@ def _safe_id(job_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _guard(state_dir: str) -> Iterator[str]:
+def _guard(state_dir: str, create: bool = True) -> Iterator[str]:
+    """Serialize access to the lock directory; ``create=False`` (dry runs) makes nothing and
+    reads unguarded when there is no usable guard file yet."""
     directory = lock_dir(state_dir)
-    os.makedirs(directory, exist_ok=True)
-    fd = os.open(os.path.join(directory, GUARD), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if create:
+        os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, GUARD)
+    fd = statefile.open_lock_file(path, create=create)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            statefile.flock_bounded(fd, f"the job lock guard {path}", GUARD_WAIT)
         yield directory
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def job_start(
@@ -88,47 +101,77 @@ def job_end(state_dir: str, job_id: str) -> dict[str, Any] | None:
             os.unlink(path)
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            statefile.quarantine(path)  # planted: not a lock, and not ours to delete
         return record or {"job_id": job_id}
 
 
-def _read(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+def valid_record(record: Any) -> dict[str, Any] | None:
+    """A lock record with the types ``stale_reason`` and the status output rely on."""
+    if not isinstance(record, dict):
         return None
-    return data if isinstance(data, dict) else None
+    pid = record.get("pid")
+    started = record.get("started")
+    if not statefile.plain_int(pid, 1) or not statefile.finite_number(started):
+        return None
+    if not isinstance(record.get("pid_start"), (str, type(None))):
+        return None
+    if not isinstance(record.get("job_id"), (str, int)) or isinstance(record["job_id"], bool):
+        return None
+    return record
+
+
+def _read(path: str, repair: bool = False) -> dict[str, Any] | None:
+    # Not moved aside even outside dry runs: an unusable lock is stale and removed as such.
+    record, _report = statefile.read_json_object(path, valid_record, repair=repair)
+    return record
 
 
 def stale_reason(record: dict[str, Any] | None, max_age: float, now: float) -> str | None:
     if record is None:
         return "unreadable lock file"
-    if now - float(record.get("started") or 0) > max_age:
+    started = record.get("started")
+    if not statefile.finite_number(started) or not math.isfinite(max_age):
+        return "unreadable lock file"
+    if now - started > max_age:
         return f"older than {max_age:.0f}s"
-    pid = int(record.get("pid") or 0)
+    pid = record.get("pid")
+    if not statefile.plain_int(pid, 1):
+        return "unreadable lock file"
     if not process_alive(pid, record.get("pid_start")):
         return f"process {pid} is gone"
     return None
 
 
 def active_jobs(
-    state_dir: str, max_age: float = DEFAULT_MAX_AGE, now: float | None = None
+    state_dir: str,
+    max_age: float = DEFAULT_MAX_AGE,
+    now: float | None = None,
+    remove_stale: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(live job records, stale records removed just now)."""
+    """(live job records, stale records: removed just now unless ``remove_stale`` is False).
+
+    ``remove_stale=False`` is for dry runs: nothing is removed or created.
+    """
     now = time.time() if now is None else now
     if not os.path.isdir(lock_dir(state_dir)):
         return [], []
     live, stale = [], []
-    with _guard(state_dir) as directory:
-        for name in sorted(os.listdir(directory)):
+    with _guard(state_dir, create=remove_stale) as directory:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return [], []
+        for name in names:
             if not name.endswith(".json"):
                 continue
             path = os.path.join(directory, name)
             record = _read(path)
             reason = stale_reason(record, max_age, now)
             if reason:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                if remove_stale:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 stale.append({**(record or {"file": name}), "stale": reason})
             else:
                 live.append(record)
@@ -178,7 +221,8 @@ def run_lock(state_dir: str) -> Iterator[None]:
     """One cleanup run at a time per host; raises LockHeldError if another is in progress."""
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, RUN_LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Never follows a planted symlink: the file is truncated and written below.
+    fd = statefile.open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -4,6 +4,11 @@ Syslog goes through ``logger`` (util-linux; reaches journald or rsyslog), else s
 ``/dev/log`` socket, else stderr. The webhook is a POST of a JSON body with a per-attempt
 timeout and a bounded number of retries, all within a deadline the caller gives, so a dead
 endpoint never holds the watch longer than its own timeout.
+
+urllib's timeout is per socket operation (a server dripping one byte a second never trips it)
+and name lookup (getaddrinfo) cannot be timed out at all, so the POST runs in a child Python
+process (``_SENDER``, standard library only) that the caller kills at the deadline: the
+deadline covers lookup, connect, send and read of every attempt together.
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 PRIORITIES = {
@@ -67,12 +70,13 @@ def syslog(message: str, severity: str = "info", tag: str = "runnerkeep") -> str
         return "stderr"
 
 
-def post_webhook(
-    url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
-) -> dict[str, Any]:
-    """POST ``body`` as JSON; at most ``1 + retries`` attempts, never past ``deadline``
-    (a ``time.monotonic()`` value). Returns {"ok", "attempts", "status", "error"}."""
-    data = json.dumps(body, sort_keys=True).encode()
+# Runs in the child (``python -I -S -c``): self-contained, standard library only. It prints one
+# "attempt" line as each attempt starts, so a killed child still tells how far it got, and the
+# result as a JSON line at the end.
+_SENDER = r"""
+import json, sys, time, urllib.error, urllib.request
+
+def send(url, data, timeout, retries, deadline, note):
     attempts = 0
     error = None
     status = None
@@ -82,10 +86,9 @@ def post_webhook(
             error = error or "no time left within the watch timeout"
             break
         attempts += 1
+        note()
         request = urllib.request.Request(
-            url,
-            data=data,
-            method="POST",
+            url, data=data, method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "runnerkeep-disk-watch"},
         )
         try:
@@ -94,16 +97,104 @@ def post_webhook(
                 response.read(65536)
             if 200 <= status < 300:
                 return {"ok": True, "attempts": attempts, "status": status, "error": None}
-            error = f"HTTP {status}"
+            error = "HTTP %s" % status
         except urllib.error.HTTPError as exc:
             status = exc.code
-            error = f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            error = "HTTP %s" % exc.code
+        except Exception as exc:
             reason = getattr(exc, "reason", exc)
             error = str(reason) or exc.__class__.__name__
         if attempt < retries:
-            pause = min(0.5 * (2**attempt), deadline - time.monotonic() - 0.05)
+            pause = min(0.5 * (2 ** attempt), deadline - time.monotonic() - 0.05)
             if pause <= 0:
                 break
             time.sleep(pause)
     return {"ok": False, "attempts": attempts, "status": status, "error": error}
+
+if __name__ == "__main__":
+    job = json.loads(sys.stdin.buffer.read())
+    def note():
+        sys.stdout.write("attempt\n")
+        sys.stdout.flush()
+    result = send(job["url"], job["data"].encode(), job["timeout"], job["retries"],
+                  time.monotonic() + job["budget"], note)
+    sys.stdout.write(json.dumps(result) + "\n")
+"""
+
+# Time the child needs to start, and the parent to kill and reap it, within the deadline.
+_CHILD_MARGIN = 0.15
+
+
+def post_webhook(
+    url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
+) -> dict[str, Any]:
+    """POST ``body`` as JSON; at most ``1 + retries`` attempts, never past ``deadline``
+    (a ``time.monotonic()`` value). Returns {"ok", "attempts", "status", "error"}."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0.05:
+        return _failed(0, None, "no time left within the watch timeout")
+    job = {
+        "url": url,
+        "data": json.dumps(body, sort_keys=True),
+        "timeout": float(timeout),
+        "retries": max(0, int(retries)),
+        "budget": max(0.05, remaining - _CHILD_MARGIN),
+    }
+    if not sys.executable:
+        return _post_in_process(job)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _SENDER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return _failed(0, None, f"cannot start the webhook sender: {exc.strerror or exc}")
+    timed_out = False
+    try:
+        out, _ = proc.communicate(
+            json.dumps(job).encode(), timeout=max(0.01, deadline - time.monotonic())
+        )
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.kill()
+        out, _ = proc.communicate()
+    return _child_result(out, timed_out, remaining)
+
+
+def _child_result(out: bytes, timed_out: bool, budget: float) -> dict[str, Any]:
+    lines = out.decode("utf-8", errors="replace").splitlines()
+    attempts = sum(1 for line in lines if line == "attempt")
+    if not timed_out and lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+        if isinstance(result, dict) and "ok" in result:
+            return result
+    if timed_out:
+        return _failed(
+            attempts, None, f"no answer within the watch timeout ({budget:.1f}s left for it)"
+        )
+    return _failed(attempts, None, "the webhook sender ended without a result")
+
+
+def _failed(attempts: int, status: int | None, error: str) -> dict[str, Any]:
+    return {"ok": False, "attempts": attempts, "status": status, "error": error}
+
+
+def _post_in_process(job: dict[str, Any]) -> dict[str, Any]:
+    """No interpreter to start (embedded Python): send here, bounded per socket operation only."""
+    namespace: dict[str, Any] = {"__name__": "runnerkeep_webhook_sender"}
+    exec(_SENDER, namespace)  # our own constant, never input
+    return namespace["send"](
+        job["url"],
+        job["data"].encode(),
+        job["timeout"],
+        job["retries"],
+        time.monotonic() + job["budget"],
+        lambda: None,
+    )

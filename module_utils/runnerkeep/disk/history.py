@@ -9,12 +9,15 @@ signalled), takes a last sample and appends one record to ``<state_dir>/disk-his
 which keeps the newest ``disk.history_max_jobs`` records.
 
 Peaks are growth: ``peak used - used at start`` in bytes and inodes, never negative.
+
+Every file here is read through ``statefile``: records of the wrong shape are skipped and
+counted, a job or pid file that cannot be used is moved aside, and the history lock is taken
+with a bounded wait (past it the record is appended unlocked: O_APPEND keeps lines whole).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -23,8 +26,8 @@ import sys
 import time
 from typing import Any
 
-from .. import events
-from ..errors import ConfigError
+from .. import events, statefile
+from ..errors import ConfigError, LockHeldError
 from ..fsutil import atomic_write, filesystem_usage
 from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
@@ -32,7 +35,10 @@ from .settings import as_int, budget_path, disk_settings, expand, seconds, state
 
 HISTORY_FILE = "disk-history.jsonl"
 JOBS_DIR = "disk-jobs"
+HISTORY_READ_BOUND = 64 * 1024 * 1024
+HISTORY_LOCK_WAIT = 5.0
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_JOB_INTS = ("start_used_bytes", "start_used_inodes", "peak_used_bytes", "peak_used_inodes")
 
 
 def history_path(sdir: str) -> str:
@@ -59,13 +65,54 @@ def sample(path: str) -> dict[str, int]:
     }
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+def _usable_job_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_JOB_ID_RE.match(value))
+
+
+def valid_job(job: Any) -> dict[str, Any] | None:
+    """A running job's file, with the types ``job_end`` and the sampler compute with."""
+    if not isinstance(job, dict) or not _usable_job_id(job.get("job_id")):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(job.get("path"), str) or not statefile.timestamp(job.get("start_time")):
+        return None
+    if not all(statefile.plain_int(job.get(key)) for key in _JOB_INTS):
+        return None
+    if not statefile.plain_int(job.get("samples", 1)):
+        job["samples"] = 1
+    return job
+
+
+def valid_pid_file(info: Any) -> dict[str, Any] | None:
+    # pid 1 and below are never a sampler: kill(-1) would signal every process.
+    if not isinstance(info, dict) or not statefile.plain_int(info.get("pid"), 2):
+        return None
+    return info if isinstance(info.get("start_time"), (str, type(None))) else None
+
+
+def valid_record(record: Any) -> dict[str, Any] | None:
+    """A history record: ``peak_bytes`` is required; the other fields, when there, must have
+    the type the budget and ``disk history`` compute with."""
+    if not isinstance(record, dict) or not statefile.plain_int(record.get("peak_bytes")):
+        return None
+    checks = {
+        "job_id": lambda v: isinstance(v, str),
+        "start_time": statefile.timestamp,
+        "duration_seconds": statefile.finite_number,
+        "peak_inodes": statefile.plain_int,
+        "start_used_bytes": statefile.plain_int,
+        "end_used_bytes": statefile.plain_int,
+    }
+    for key, check in checks.items():
+        if key in record and not check(record[key]):
+            return None
+    return record
+
+
+def _read_json(
+    path: str, validate: statefile.Validator = valid_job, repair: bool = True
+) -> dict[str, Any] | None:
+    record, _report = statefile.read_json_object(path, validate, repair=repair)
+    return record
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
@@ -168,7 +215,7 @@ def _sampler_loop(job_file: str, path: str, interval: float, lifetime: float) ->
     deadline = time.monotonic() + lifetime
     while time.monotonic() < deadline:
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-        job = _read_json(job_file)
+        job = _read_json(job_file, repair=False)
         if job is None:
             return
         try:
@@ -182,10 +229,10 @@ def _sampler_loop(job_file: str, path: str, interval: float, lifetime: float) ->
 
 def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
     """Stop the sampler named in ``pid_file`` if it is still that same process."""
-    info = _read_json(pid_file)
+    info = _read_json(pid_file, valid_pid_file)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(pid_file)
-    if not info or not isinstance(info.get("pid"), int):
+    if not info:
         return False
     pid = info["pid"]
     if not same_process(pid, info.get("start_time")):
@@ -212,7 +259,13 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     sdir = state_dir(config)
     job_file, pid_file = _job_paths(sdir, job_id)
     _stop_sampler(pid_file)
-    job = _read_json(job_file)
+    job, report = statefile.read_json_object(job_file, valid_job)
+    if job is None and report.unreadable:
+        raise ConfigError(
+            f"the record of job {job_id!r} could not be used ({report.unreadable}); "
+            f"{'moved aside to ' + report.moved_to if report.moved_to else 'left in place'}: "
+            "this job's peak is not recorded, the next job records its own"
+        )
     if job is None:
         raise ConfigError(
             f"no running job {job_id!r} in {os.path.dirname(job_file)}: "
@@ -257,34 +310,35 @@ def append_history(sdir: str, record: dict[str, Any], max_jobs: int) -> None:
     os.makedirs(sdir, exist_ok=True)
     path = history_path(sdir)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-        with open(path, "rb") as handle:
-            lines = handle.readlines()
-        if len(lines) > max_jobs:
-            atomic_write(path, b"".join(lines[-max_jobs:]))
+    try:
+        with statefile.locked(path + ".lock", timeout=HISTORY_LOCK_WAIT):
+            statefile.append_line(path, line)
+            _trim_history(path, max_jobs)
+    except LockHeldError:
+        # Someone holds the lock forever: the record still goes in; trimming waits for a
+        # later job.
+        statefile.append_line(path, line)
+
+
+def _trim_history(path: str, max_jobs: int) -> None:
+    data, _rest = statefile.read_bounded(path, HISTORY_READ_BOUND)
+    lines = data.splitlines(keepends=True)
+    if len(lines) > max_jobs:
+        atomic_write(path, b"".join(lines[-max_jobs:]))
+
+
+def read_history_report(
+    sdir: str, repair: bool = True
+) -> tuple[list[dict[str, Any]], statefile.ReadReport]:
+    """(usable records oldest first, what was skipped)."""
+    return statefile.read_json_lines(
+        history_path(sdir), valid_record, max_bytes=HISTORY_READ_BOUND, repair=repair
+    )
 
 
 def read_history(sdir: str) -> list[dict[str, Any]]:
-    """Records oldest first; lines that do not parse or lack a peak are skipped."""
-    records = []
-    try:
-        with open(history_path(sdir), encoding="utf-8") as handle:
-            lines = handle.readlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("peak_bytes"), int):
-            records.append(record)
+    """Records oldest first; records that do not parse or lack a usable field are skipped."""
+    records, _report = read_history_report(sdir)
     return records
 
 
@@ -293,13 +347,12 @@ def reap_stale_jobs(sdir: str, max_age: float) -> list[str]:
     reaped = []
     cutoff = time.time() - max_age
     for job in running_jobs(sdir):
-        start = job.get("start_time")
-        if isinstance(start, (int, float)) and start < cutoff:
-            job_file, pid_file = _job_paths(sdir, str(job.get("job_id")))
+        if job["start_time"] < cutoff:
+            job_file, pid_file = _job_paths(sdir, job["job_id"])
             _stop_sampler(pid_file)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(job_file)
-            reaped.append(str(job.get("job_id")))
+            reaped.append(job["job_id"])
     return reaped
 
 
@@ -307,7 +360,7 @@ def running_jobs(sdir: str) -> list[dict[str, Any]]:
     directory = os.path.join(sdir, JOBS_DIR)
     try:
         names = sorted(os.listdir(directory))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     jobs = []
     for name in names:

@@ -14,18 +14,36 @@ what it freed; the state returns to ok on the next cycle that measures enough fr
 Every part fails on its own: no budget, no Docker, an unreadable path, a dead webhook or a
 failing cleanup are reported in the metrics (``runnerkeep_disk_watch_errors``, ``*_up``) and
 the log, and the rest of the cycle still runs and the metrics file is still written.
+
+Order and deadline: measurement, the state machine and the emergency cleanup come first;
+alerts (syslog and webhook) are sent after them, so protecting the disk never waits on a
+receiver. Every webhook POST of a cycle runs in a child process killed at the cycle's deadline
+(``disk.watch_timeout``, plus the emergency cleanup's own time), name lookup included.
+
+Damaged state: ``disk-watch.json`` is read through ``statefile`` (no symlink followed, no FIFO
+blocked on); a file that is not a JSON object with a known state is moved aside and the watch
+starts again from ok; fields of the wrong type are dropped one by one.
+
+A state dir that cannot be written (read-only, full): the cooldowns must still hold, or every
+cycle would alert and clean again. When ``disk-watch.json`` cannot be saved, the state is kept
+in this process (``--loop``) and written to ``$RUNNERKEEP_RUN_DIR`` (default ``/run/runnerkeep``,
+a tmpfs that is writable when the state disk is not) as ``disk-watch-<hash of state dir>.json``;
+the next run takes whichever of the two is newer. Only when both are unwritable can separate
+runs (not ``--loop``) alert again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
 import time
 from typing import Any, Callable
 
+from .. import statefile
 from ..docker_cli import engine_info
 from ..errors import ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
@@ -39,6 +57,11 @@ from .settings import as_int, disk_settings, seconds, state_dir
 STATE_FILE = "disk-watch.json"
 LOCK_FILE = "disk-watch.lock"
 PENDING_WEBHOOK_ALERTS = 20  # failed webhook alerts kept to send again (the newest)
+RUN_DIR_ENV = "RUNNERKEEP_RUN_DIR"
+DEFAULT_RUN_DIR = "/run/runnerkeep"
+STATE_READ_BOUND = 4 * 1024 * 1024
+# The watch's latest state per state dir, kept only while it cannot be saved there (--loop).
+_unsaved: dict[str, dict[str, Any]] = {}
 
 
 # --- the state machine (pure) -------------------------------------------------------------
@@ -84,22 +107,139 @@ def next_state(
 # --- persistence ----------------------------------------------------------------------------
 
 
-def load_state(sdir: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(sdir, STATE_FILE), encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {"state": "ok", "since": None}
+def _time_field(value: Any, now: float) -> bool:
+    # A time from the future would hold a cooldown forever: not usable.
+    return statefile.timestamp(value) and value <= now + 60
+
+
+def _count_map(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and statefile.plain_int(v)}
+
+
+def _clean_counters(value: Any, now: float) -> dict[str, Any]:
+    value = value if isinstance(value, dict) else {}
+    counters: dict[str, Any] = {
+        "events_time": value["events_time"] if _time_field(value.get("events_time"), now) else 0,
+        "cache": _count_map(value.get("cache")),
+        "cleanup_bytes": _count_map(value.get("cleanup_bytes")),
+        "cleanup_runs": _count_map(value.get("cleanup_runs")),
+    }
+    for key in ("last_job_peak_bytes", "last_job_peak_inodes"):
+        counters[key] = value[key] if statefile.plain_int(value.get(key)) else None
+    return counters
+
+
+def _pending_alert(body: Any) -> bool:
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("message"), str)
+        and isinstance(body.get("event"), str)
+    )
+
+
+def clean_state(data: Any, now: float | None = None) -> dict[str, Any] | None:
+    """The state with every field of the type the cycle computes with; None when unusable.
+
+    Fields of the wrong type are dropped one by one (the cycle starts them afresh): one bad
+    field must not cost the alert counters or the cooldowns.
+    """
     if not isinstance(data, dict) or data.get("state") not in LEVELS:
+        return None
+    now = time.time() if now is None else now
+    state: dict[str, Any] = {"state": data["state"], "since": None}
+    for key in ("since", "last_run", "last_emergency_cleanup"):
+        if _time_field(data.get(key), now):
+            state[key] = data[key]
+    for key in ("emergency_cleanups", "last_emergency_cleanup_freed_bytes"):
+        if statefile.plain_int(data.get(key)):
+            state[key] = data[key]
+    for key in ("webhook_ok", "last_emergency_cleanup_ok"):
+        if isinstance(data.get(key), bool):
+            state[key] = data[key]
+    counts = {k: v for k, v in _count_map(data.get("alert_counts")).items() if ":" in k}
+    if counts:
+        state["alert_counts"] = counts
+    pending = data.get("webhook_pending")
+    if isinstance(pending, list):
+        state["webhook_pending"] = [b for b in pending if _pending_alert(b)][
+            -PENDING_WEBHOOK_ALERTS:
+        ]
+    errors = data.get("errors")
+    if isinstance(errors, list):
+        state["errors"] = [e for e in errors if isinstance(e, str)]
+    if "counters" in data:
+        state["counters"] = _clean_counters(data["counters"], now)
+    return state
+
+
+def run_dir() -> str:
+    return os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+
+
+def fallback_path(sdir: str) -> str:
+    """Where the state goes when the state dir cannot take it (one file per state dir)."""
+    digest = hashlib.sha256(os.path.abspath(sdir).encode()).hexdigest()[:16]
+    return os.path.join(run_dir(), f"disk-watch-{digest}.json")
+
+
+def _read_state(path: str) -> dict[str, Any] | None:
+    state, _report = statefile.read_json_object(path, clean_state, max_bytes=STATE_READ_BOUND)
+    return state
+
+
+def load_state(sdir: str) -> dict[str, Any]:
+    """The newest usable state: the state dir's, the fallback file's, or this process's."""
+    candidates = [
+        _read_state(os.path.join(sdir, STATE_FILE)),
+        _read_state(fallback_path(sdir)),
+        clean_state(_unsaved.get(os.path.abspath(sdir))),
+    ]
+    usable = [c for c in candidates if c is not None]
+    if not usable:
         return {"state": "ok", "since": None}
-    return data
+    # max() keeps the first of equals: the state dir's file wins a tie.
+    return max(usable, key=lambda c: c.get("last_run") or 0)
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    return (json.dumps(state, sort_keys=True, indent=1) + "\n").encode()
 
 
 def save_state(sdir: str, state: dict[str, Any]) -> None:
-    atomic_write(
-        os.path.join(sdir, STATE_FILE),
-        (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(),
-    )
+    atomic_write(os.path.join(sdir, STATE_FILE), _state_bytes(state))
+
+
+def persist_state(sdir: str, state: dict[str, Any]) -> str | None:
+    """Save the state; when the state dir refuses, keep it in memory and the fallback file.
+
+    Returns an error line when the state dir could not take it, else None.
+    """
+    key = os.path.abspath(sdir)
+    try:
+        os.makedirs(sdir, exist_ok=True)
+        save_state(sdir, state)
+    except OSError as exc:
+        _unsaved[key] = json.loads(json.dumps(state, default=str))
+        where = _save_fallback(sdir, state)
+        return f"cannot save watch state in {sdir}: {exc.strerror or exc}; " + (
+            f"kept in {where} so cooldowns hold" if where else "kept in memory only"
+        )
+    _unsaved.pop(key, None)
+    with contextlib.suppress(OSError):
+        os.unlink(fallback_path(sdir))
+    return None
+
+
+def _save_fallback(sdir: str, state: dict[str, Any]) -> str | None:
+    path = fallback_path(sdir)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        atomic_write(path, _state_bytes(state), mode=0o600)
+    except OSError:
+        return None
+    return path
 
 
 # --- one cycle ------------------------------------------------------------------------------
@@ -117,11 +257,24 @@ class _Cycle:
         self.metrics = MetricSet()
         self.cleanup_func = cleanup_func
         self.tag = str(self.settings["syslog_tag"])
+        self.queued: list[tuple[dict[str, Any], str]] = []
+        self.skipped_before = statefile.skipped_totals()
 
     def remaining(self, cap: float) -> float:
         return max(1.0, min(cap, self.deadline - time.monotonic()))
 
     # alerts
+    def queue(self, body: dict[str, Any], severity: str) -> None:
+        """Alerts wait until the disk is protected: sent by ``send_alerts`` at the end."""
+        self.queued.append((body, severity))
+
+    def send_alerts(self, state: dict[str, Any]) -> None:
+        # Alerts a dead webhook missed go first, so the receiver sees them in order.
+        self.resend_pending(state)
+        for body, severity in self.queued:
+            self.alert(body, severity, state)
+        self.queued = []
+
     def alert(self, body: dict[str, Any], severity: str, state: dict[str, Any]) -> dict[str, Any]:
         counts = state.setdefault("alert_counts", {})
         sent: dict[str, Any] = {"message": body["message"], "event": body["event"]}
@@ -338,9 +491,6 @@ class _Cycle:
         for err in fs_errors:
             self.errors.append(f"filesystem of {err['path']} ({err['role']}): {err['error']}")
 
-        # Alerts a dead webhook missed go first, so the receiver sees them in order.
-        self.resend_pending(state)
-
         # The state machine.
         new = previous
         if budget is not None and inputs is not None and inputs.free_bytes is not None:
@@ -361,7 +511,7 @@ class _Cycle:
                 f"warning/critical/emergency below {format_size(budget.warning_free_bytes)}/"
                 f"{format_size(budget.critical_free_bytes)}/{format_size(budget.emergency_free_bytes)}"
             )
-            self.alert(
+            self.queue(
                 self.body(
                     "disk_state_change",
                     message,
@@ -373,7 +523,6 @@ class _Cycle:
                     watermarks=budget.watermarks(),
                 ),
                 new,
-                state,
             )
         state["state"] = new
 
@@ -401,13 +550,14 @@ class _Cycle:
                     message = f"disk emergency on {budget.path}: {cleanup['error']}"
                     self.errors.append(cleanup["error"])
                 summary = {k: v for k, v in cleanup.items() if k != "report"}
-                self.alert(
+                self.queue(
                     self.body(
                         "emergency_cleanup", message, state=new, path=budget.path, cleanup=summary
                     ),
                     "emergency" if cleanup["ok"] else "error",
-                    state,
                 )
+
+        self.send_alerts(state)
 
         old_counters = state.get("counters") or {}
         try:
@@ -430,6 +580,7 @@ class _Cycle:
 
         state["last_run"] = now
         self._state_metrics(state, budget, inputs, counters)
+        self._skipped_metrics()
 
         metrics_path = None
         duration = time.monotonic() - self.started
@@ -457,11 +608,9 @@ class _Cycle:
             self.errors.append(message)
             if settings["syslog"]:
                 alerts.syslog(f"disk watch: {message}", "error", self.tag)
-        try:
-            os.makedirs(self.sdir, exist_ok=True)
-            save_state(self.sdir, state)
-        except OSError as exc:
-            self.errors.append(f"cannot save watch state in {self.sdir}: {exc.strerror}")
+        unsaved = persist_state(self.sdir, state)
+        if unsaved:
+            self.errors.append(unsaved)
         return {
             "previous": previous,
             "state": new,
@@ -478,6 +627,16 @@ class _Cycle:
             "metrics_file": metrics_path,
             "duration_seconds": round(time.monotonic() - self.started, 3),
         }
+
+    def _skipped_metrics(self) -> None:
+        totals = statefile.skipped_totals()
+        for name in sorted({STATE_FILE, "events.jsonl", *totals}):
+            self.metrics.add(
+                "runnerkeep_state_records_skipped",
+                totals.get(name, 0) - self.skipped_before.get(name, 0),
+                {"file": name},
+                help="state-file records (or whole files) this cycle could not use",
+            )
 
     def _state_metrics(self, state, budget, inputs, counters) -> None:
         m = self.metrics
@@ -628,14 +787,35 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
 
     ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests)."""
     sdir = state_dir(config)
-    os.makedirs(sdir, exist_ok=True)
-    lock = open(os.path.join(sdir, LOCK_FILE), "a")  # noqa: SIM115 - held across the cycle
+    fd = _open_watch_lock(sdir)
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return {"skipped": True, "reason": "another disk watch cycle is running", "state": None}
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return {
+                    "skipped": True,
+                    "reason": "another disk watch cycle is running",
+                    "state": None,
+                }
         return _Cycle(config, cleanup_func).run()
     finally:
-        with contextlib.suppress(OSError):
-            lock.close()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _open_watch_lock(sdir: str) -> int | None:
+    """The cycle lock: in the state dir; in the run dir when the state dir cannot take it;
+    the existing file opened read-only (flock needs no write access); else none (the watch
+    still runs: an unwritable disk is when it is needed most)."""
+    with contextlib.suppress(OSError):
+        os.makedirs(sdir, exist_ok=True)
+    primary = os.path.join(sdir, LOCK_FILE)
+    with contextlib.suppress(OSError):
+        return statefile.open_lock_file(primary)
+    fallback = fallback_path(sdir)[: -len(".json")] + ".lock"
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(fallback), mode=0o700, exist_ok=True)
+        return statefile.open_lock_file(fallback)
+    return statefile.open_lock_file(primary, create=False)

@@ -1,0 +1,410 @@
+"""The one safe way to read (and open for writing) runnerkeep's own state files.
+
+State files (``events.jsonl``, ``disk-history.jsonl``, ``disk-jobs/*.json``, ``disk-watch.json``,
+``job-locks/*.json``) live where CI jobs run. They may be truncated by a full disk, hold bytes
+that are not UTF-8, wrong JSON types, ``1e999``, garbage, or be replaced by a FIFO, a symlink or
+a huge file. Nothing of that may hang or crash a job hook or the watch, so every reader:
+
+- opens with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink is not followed, a FIFO does not block)
+  and accepts only a regular file (``fstat``);
+- reads at most ``max_bytes`` and counts the rest as skipped;
+- parses JSON strictly (no ``NaN``/``Infinity``, no float that overflows to infinity), decodes
+  each line on its own with bad bytes replaced, and lets the caller's validator reject records
+  of the wrong shape;
+- skips and counts what it cannot use, and says so in ONE warning line per file and process
+  (stderr, which is the journal for the systemd units);
+- moves a file that cannot be read at all aside (``NAME.corrupt-<time>``, the newest
+  ``KEEP_CORRUPT`` kept) so the next writer rebuilds it, unless the caller is a dry run.
+
+Writers keep ``atomic_write`` (rename replaces a planted symlink or FIFO, never follows it) or
+append through ``append_line``, which refuses a symlink or a FIFO at the final component.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import LockHeldError
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+KEEP_CORRUPT = 3
+LOCK_WAIT_SECONDS = 10.0
+
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_APPEND_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+)
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# A symlink (ELOOP), a FIFO without reader (ENXIO) or a directory (EISDIR) where a state file
+# should be: damage to move aside, unlike EACCES or EROFS, which are the host's business.
+_DAMAGED_ERRNOS = (errno.ELOOP, errno.ENXIO, errno.EISDIR)
+
+Validator = Callable[[Any], Any]
+
+_skipped_totals: dict[str, int] = {}
+_warned: set[str] = set()
+
+
+class Unreadable(Exception):
+    """The path exists but is not a regular file runnerkeep may read."""
+
+
+@dataclass
+class ReadReport:
+    """What one read of one state file could not use."""
+
+    path: str
+    records: int = 0
+    skipped: int = 0
+    skipped_bytes: int = 0
+    unreadable: str | None = None
+    moved_to: str | None = None
+
+    @property
+    def file(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.skipped or self.skipped_bytes or self.unreadable)
+
+    def describe(self) -> str:
+        parts = []
+        if self.unreadable:
+            parts.append(f"cannot be read ({self.unreadable})")
+        if self.skipped:
+            parts.append(f"{self.skipped} unusable record(s) skipped")
+        if self.skipped_bytes:
+            parts.append(f"{self.skipped_bytes} byte(s) past the {DEFAULT_MAX_BYTES}-byte bound")
+        if self.moved_to:
+            parts.append(f"moved aside to {self.moved_to} and rebuilt on next write")
+        return f"state file {self.path}: " + "; ".join(parts)
+
+
+# --- strict JSON --------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """json.loads without NaN/Infinity/1e999; every failure is a ValueError."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def finite_number(value: Any) -> bool:
+    """A JSON number usable as a time or size (bool is not a number here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and abs(value) < 1e18
+    )
+
+
+def timestamp(value: Any) -> bool:
+    """A time ``time.localtime`` can format (1970 to year ~5000)."""
+    return finite_number(value) and 0 <= value < 1e11
+
+
+def plain_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value < 1 << 62
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def read_bounded(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, int]:
+    """(the first ``max_bytes`` of a regular file, bytes left unread).
+
+    Raises FileNotFoundError when absent, Unreadable when not a regular file (symlink, FIFO,
+    device, directory), OSError for the rest.
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno in _DAMAGED_ERRNOS:
+            raise Unreadable(_kind_of(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable(_kind_of(path))
+        chunks = []
+        left = max_bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        return data, max(0, os.fstat(fd).st_size - len(data))
+    finally:
+        os.close(fd)
+
+
+def _kind_of(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "not a regular file"
+    for test, name in (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _validated(record: Any, validate: Validator | None) -> Any:
+    if validate is None:
+        return record
+    # A validator is ordinary code looking at hostile data: any exception means "unusable".
+    try:
+        return validate(record)
+    except Exception:
+        return None
+
+
+def read_json_lines(
+    path: str,
+    validate: Validator | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    repair: bool = True,
+) -> tuple[list[Any], ReadReport]:
+    """Records of a JSON-lines file, oldest first, that parse and pass ``validate``.
+
+    ``validate(record)`` returns the record to keep (possibly cleaned) or None to skip it.
+    """
+    report = ReadReport(path)
+    data = _read_or_report(path, max_bytes, report, repair)
+    records: list[Any] = []
+    if data is None:
+        return records, _finish(report)
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = loads_strict(line)
+        except ValueError:
+            report.skipped += 1
+            continue
+        record = _validated(record, validate)
+        if record is None:
+            report.skipped += 1
+        else:
+            records.append(record)
+    report.records = len(records)
+    return records, _finish(report)
+
+
+def read_json_object(
+    path: str,
+    validate: Validator | None = None,
+    *,
+    max_bytes: int = 1024 * 1024,
+    repair: bool = True,
+) -> tuple[dict[str, Any] | None, ReadReport]:
+    """The JSON object in ``path``, or None when absent or unusable (then moved aside)."""
+    report = ReadReport(path)
+    data = _read_or_report(path, max_bytes, report, repair)
+    if data is None:
+        return None, _finish(report)
+    record = None
+    if not report.skipped_bytes:
+        try:
+            record = loads_strict(data)
+        except ValueError:
+            record = None
+    if isinstance(record, dict):
+        record = _validated(record, validate)
+    if not isinstance(record, dict):
+        report.unreadable = "too large" if report.skipped_bytes else "not a valid JSON object"
+        report.skipped_bytes = 0
+        if repair:
+            report.moved_to = quarantine(path)
+        return None, _finish(report)
+    report.records = 1
+    return record, _finish(report)
+
+
+def _read_or_report(path: str, max_bytes: int, report: ReadReport, repair: bool) -> bytes | None:
+    try:
+        data, rest = read_bounded(path, max_bytes)
+    except FileNotFoundError:
+        return None
+    except Unreadable as exc:
+        report.unreadable = str(exc)
+        if repair:
+            report.moved_to = quarantine(path)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            return None  # a parent is not a directory: nothing recorded there
+        report.unreadable = exc.strerror or str(exc)
+        return None
+    report.skipped_bytes = rest
+    return data
+
+
+def _finish(report: ReadReport) -> ReadReport:
+    if report.damaged:
+        count = report.skipped + (1 if report.unreadable or report.skipped_bytes else 0)
+        _skipped_totals[report.file] = _skipped_totals.get(report.file, 0) + count
+        warn_once(report)
+    return report
+
+
+def warn_once(report: ReadReport) -> None:
+    """One line per damaged file and process: a log, not a flood, however many records."""
+    if report.path in _warned:
+        return
+    _warned.add(report.path)
+    with contextlib.suppress(OSError, ValueError):
+        print(f"runnerkeep: warning: {report.describe()}", file=sys.stderr, flush=True)
+
+
+def skipped_totals() -> dict[str, int]:
+    """{file name: records (or whole files) skipped} in this process, for a metric."""
+    return dict(_skipped_totals)
+
+
+# --- moving a damaged file aside ----------------------------------------------------------
+
+
+def quarantine(path: str, keep: int = KEEP_CORRUPT) -> str | None:
+    """Rename ``path`` to ``path.corrupt-<time>`` (never following it); keep the newest few."""
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f".{time.time_ns() % 10**9:09d}"
+    target = f"{path}.corrupt-{stamp}"
+    try:
+        os.rename(path, target)
+    except OSError:
+        return None
+    _prune_corrupt(path, keep)
+    return target
+
+
+def _prune_corrupt(path: str, keep: int) -> None:
+    directory, base = os.path.split(path)
+    prefix = base + ".corrupt-"
+    try:
+        names = sorted(n for n in os.listdir(directory or ".") if n.startswith(prefix))
+    except OSError:
+        return
+    for name in names[:-keep] if keep > 0 else names:
+        victim = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISDIR(os.lstat(victim).st_mode):
+                os.unlink(victim)
+
+
+# --- writing and locking ------------------------------------------------------------------
+
+
+def _open_regular(path: str, flags: int, mode: int = 0o644) -> int:
+    """Open ``path`` as a regular file; a symlink or FIFO there is moved aside once."""
+    for attempt in range(2):
+        try:
+            fd = os.open(path, flags, mode)
+        except OSError as exc:
+            if exc.errno not in _DAMAGED_ERRNOS or attempt or not quarantine(path):
+                raise
+            continue
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+        if attempt or not quarantine(path):
+            break
+    raise OSError(errno.EINVAL, f"{path} is not a regular file")
+
+
+def append_line(path: str, line: bytes) -> None:
+    """O_APPEND one line (atomic under PIPE_BUF); never follows a symlink or blocks on a FIFO."""
+    fd = _open_regular(path, _APPEND_FLAGS)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def open_lock_file(path: str, create: bool = True) -> int | None:
+    """An fd to flock: created when ``create``; None when absent (or unusable) and not ``create``.
+
+    Without ``create`` nothing is written, moved or made (dry runs): O_RDONLY is enough for
+    flock, and a lock file that is not a regular file is simply not used.
+    """
+    if create:
+        return _open_regular(path, _LOCK_FLAGS)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return None
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    return None
+
+
+def flock_bounded(fd: int, what: str, timeout: float = LOCK_WAIT_SECONDS) -> None:
+    """flock LOCK_EX, polling with LOCK_NB until ``timeout``: a lock held forever (a job can
+    flock any file it can open) must not hang a hook. Raises LockHeldError past the deadline."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    pause = 0.01
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockHeldError(
+                f"{what} is locked by another process for more than {timeout:.0f}s; "
+                "if no runnerkeep command is running, find the holder with 'fuser -v' "
+                f"and stop it (or remove {what})"
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.2)
+
+
+@contextlib.contextmanager
+def locked(path: str, what: str | None = None, timeout: float = LOCK_WAIT_SECONDS) -> Iterator[int]:
+    """Hold an exclusive bounded flock on ``path`` (created) for a ``with`` block."""
+    fd = _open_regular(path, _LOCK_FLAGS)
+    try:
+        flock_bounded(fd, what or path, timeout)
+        yield fd
+    finally:
+        os.close(fd)
