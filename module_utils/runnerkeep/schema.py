@@ -279,13 +279,18 @@ class MapOf(Type):
         if not isinstance(value, dict):
             raise Invalid(key, self.what, describe(value))
         for name, element in value.items():
-            if not _is_clean_text(name) or not name.strip() or "/" in name:
+            if not _is_clean_text(name) or _CONTROL.search(name) or "/" in name:
                 raise Invalid(key, "names without '/' or control characters", describe(name))
+            if not name.strip():
+                raise Invalid(key, "non-empty names", describe(name))
             self.item.check(element, _join(key, name))
 
 
 def _join(key: str, name: Any) -> str:
-    return f"{key}.{name}" if key else str(name)
+    # A key is printed in a one-line error: anything unprintable is shown as its repr.
+    if not isinstance(name, str) or _CONTROL.search(name) or len(name) > 60:
+        name = describe(name)
+    return f"{key}.{name}" if key else name
 
 
 def _is_int(value: Any) -> bool:
