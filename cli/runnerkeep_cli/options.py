@@ -1,4 +1,4 @@
-"""Options every command takes: --json and --config."""
+"""Options every command takes: --json, --config and --debug."""
 
 from __future__ import annotations
 
@@ -24,5 +24,13 @@ def common_options(only_when_given: bool = False) -> argparse.ArgumentParser:
         metavar="FILE",
         default=default,
         help="config file (default: $RUNNERKEEP_CONFIG or /etc/runnerkeep/config.json)",
+    )
+    # main() reads --debug from argv itself (it must also cover failures before parsing), so
+    # the option is only accepted here, never stored: SUPPRESS keeps a global --debug intact.
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the Python traceback of an internal error (also $RUNNERKEEP_DEBUG=1)",
     )
     return common

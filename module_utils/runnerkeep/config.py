@@ -76,7 +76,7 @@ def _read_json_object(path: str, required: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
     except RecursionError:
         raise ConfigError(
-            f"config file {path}: nested too deeply; expected at most {MAX_DEPTH} levels"
+            f"config file {path} is nested too deeply; expected at most {MAX_DEPTH} levels"
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object at the top level")
@@ -158,7 +158,7 @@ def _check_nesting(text: str, path: str) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 raise ConfigError(
-                    f"config file {path}: nested too deeply; expected at most {MAX_DEPTH} levels"
+                    f"config file {path} is nested too deeply; expected at most {MAX_DEPTH} levels"
                 )
         else:
             depth -= 1
