@@ -47,7 +47,9 @@ class CleanupReport:
 
     In a dry run ``bytes_freed``/``inodes_freed``/``items_removed`` are what the real run would
     free and ``items`` lists exactly what would go; ``filesystems[*].after`` is then the
-    predicted state.
+    predicted state. ``bytes_freed`` is what the cleaners counted; per filesystem,
+    ``freed_bytes_claimed`` repeats that count and ``freed_bytes_measured`` is what statvfs
+    says was given back (None in a dry run), the figure ``target_met`` is decided on.
     """
 
     stage: str
@@ -56,7 +58,8 @@ class CleanupReport:
     run_all: bool = False
     duration: float = 0.0
     targets: dict = field(default_factory=dict)  # mount -> {free_bytes, free_inodes}
-    filesystems: dict = field(default_factory=dict)  # mount -> {before: {...}, after: {...}}
+    # mount -> {before: {...}, after: {...}, freed_{bytes,inodes}_{claimed,measured}}
+    filesystems: dict = field(default_factory=dict)
     target_met: bool = False
     cleaners: list = field(default_factory=list)  # [CleanerReport]
     notes: list = field(default_factory=list)  # run-level messages
@@ -98,6 +101,21 @@ class CleanupReport:
             "notes": self.notes,
             "jobs": self.jobs,
         }
+
+    def _measured_lines(self) -> list[str]:
+        """Where the filesystem gave back less than the cleaners counted (real runs only)."""
+        out = []
+        for mount, info in sorted(self.filesystems.items()):
+            measured = info.get("freed_bytes_measured")
+            claimed = info.get("freed_bytes_claimed", 0)
+            if measured is None or measured >= claimed:
+                continue
+            out.append(
+                f"{mount}: the filesystem reports {format_size(max(measured, 0))} freed, "
+                f"the cleaners counted {format_size(claimed)} (files still open, hard links "
+                "elsewhere, or new writes)"
+            )
+        return out
 
     def text(self, show_items: int = 20) -> str:
         verb = "would free" if self.dry_run else "freed"
@@ -161,6 +179,7 @@ class CleanupReport:
                     ],
                 )
             )
+        lines.extend(self._measured_lines())
         lines.append(
             f"{verb} {format_size(self.bytes_freed)} and {self.inodes_freed} inodes in "
             f"{self.items_removed} items; target {'met' if self.target_met else 'NOT met'}"

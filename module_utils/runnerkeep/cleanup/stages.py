@@ -7,19 +7,27 @@ the item's filesystem still needs space; the first cleaner whose filesystems all
 target is skipped, and the run ends when every concerned filesystem meets it. ``run_all``
 removes everything eligible regardless.
 
-Free space after a removal is estimated as ``max(statvfs now, statvfs before + bytes counted)``:
-statvfs catches space freed by others, the count covers filesystems that release blocks
-lazily (ext4 frees them at journal commit). A dry run uses the same estimate with its
-predictions, so on an unchanged tree the real run removes the same items.
+In a real run, free space is what the filesystem reports (statvfs) after each removal, never
+what the cleaners counted: a file held open, a hard link kept elsewhere or a write during the
+run make the count wrong, and a stage that trusts it stops short. The report gives both, per
+filesystem (``freed_*_claimed`` and ``freed_*_measured``), and ``target_met`` is measured too.
+A dry run has nothing to measure: it adds its predictions to the starting figures, so on an
+unchanged tree without such surprises the real run removes the same items. A dry run has no
+side effects: job locks are only read, no lock or state file is created.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import inspect
 import os
 import time
 from typing import Any, Callable
 
+from .. import docker_cli
 from ..config import DEFAULT_PATHS, merge_section
 from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
@@ -30,9 +38,12 @@ from .catalog import CLEANER_KEYS, SECTION_DEFAULTS, STAGES, builtin_cleaners
 from .cleaners import KINDS, Cleaner, RunContext, check_pattern
 from .lock import BLOCKED_STAGES, active_jobs, check_job_lock, run_lock
 from .report import CleanerReport, CleanupReport
-from .safety import home_dirs, protected_inodes
+from .safety import home_dirs, own_dirs, protected_inodes
 
 Probe = Callable[[str], FilesystemUsage]
+
+DOCKER_ROOT_TIMEOUT = 5.0  # seconds; a wedged engine must not hold up the files cleaners
+SYNCS_MAX = 4  # syncfs calls per filesystem and run when count and statvfs disagree
 
 NEW_CLEANER_DEFAULTS: dict[str, Any] = {
     "kind": "files",
@@ -205,7 +216,10 @@ def run_cleanup(
     report = CleanupReport(stage=stage, dry_run=dry_run, forced=force, run_all=run_all)
 
     if dry_run:
-        live, _ = active_jobs(state_dir, lock_max_age)
+        live = _jobs(state_dir, lock_max_age, dry_run=True)
+        if live is None:
+            live = []
+            report.notes.append("job locks not read: this version cannot read them read-only")
         report.jobs = live
         if live and stage in BLOCKED_STAGES and not force:
             report.notes.append(
@@ -231,6 +245,11 @@ def run_cleanup(
         if unknown:
             raise ConfigError(f"unknown cleaner(s): {', '.join(unknown)}")
         cleaners = [c for c in cleaners if c.name in only]
+    # The rails refuse roots in runnerkeep's own directories and the Docker data root
+    # (FilesCleaner passes ctx.own_dirs to check_root); the engine is asked only when a
+    # filesystem cleaner will run.
+    walks_files = any(c.enabled and c.kind in KINDS for c in cleaners)
+    ctx.own_dirs = own_dirs(config, _docker_root() if walks_files else None)
 
     lock_cm = contextlib.nullcontext() if dry_run else run_lock(state_dir)
     with lock_cm:
@@ -239,67 +258,161 @@ def run_cleanup(
     return report
 
 
-def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_inodes, section):
-    stage, dry_run, run_all = report.stage, report.dry_run, report.run_all
-    cleaner_fs: dict[str, set] = {}
-    for cleaner in cleaners:
-        if not cleaner.enabled:
-            continue
-        try:
-            cleaner_fs[cleaner.name] = cleaner.filesystems()
-        except ConfigError:
-            raise
-        except RunnerkeepError as exc:
-            cleaner_fs[cleaner.name] = exc  # reported below
-    if paths:
-        requested = {mount_point_of(_existing(p)) for p in paths}
-    else:
-        requested = set()
-        for fss in cleaner_fs.values():
-            if isinstance(fss, set):
-                requested |= fss
+def _docker_root() -> str | None:
+    """The engine's data root, or None when no engine answers (the default is guarded anyway)."""
+    try:
+        return docker_cli.engine_info(timeout=DOCKER_ROOT_TIMEOUT).get("DockerRootDir")
+    except (RunnerkeepError, OSError, ValueError, AttributeError):
+        return None
 
-    target_specs = _target_specs(stage, ctx.config, target_free_bytes, target_free_inodes)
-    before: dict[str, FilesystemUsage] = {}
-    targets: dict[str, tuple[int, int]] = {}
-    for fs in sorted(requested):
-        usage = probe(fs)
-        before[fs] = usage
-        free_spec, inode_spec, source = target_specs(fs)
-        tb = (
-            parse_size_or_percent(free_spec, usage.total_bytes, "target free bytes")
-            if free_spec is not None
-            else 0
-        )
-        ti = (
-            parse_size_or_percent(inode_spec, usage.total_inodes, "target free inodes")
-            if inode_spec is not None
-            else 0
-        )
-        targets[fs] = (tb, ti)
-        report.targets[fs] = {"free_bytes": tb, "free_inodes": ti, "source": source}
-    freed_b = dict.fromkeys(requested, 0)
-    freed_i = dict.fromkeys(requested, 0)
 
-    def current(fs: str) -> tuple[int, int]:
-        base = before[fs]
-        if dry_run:
-            return base.free_bytes + freed_b[fs], base.free_inodes + freed_i[fs]
-        now_usage = probe(fs)
-        return (
-            max(now_usage.free_bytes, base.free_bytes + freed_b[fs]),
-            max(now_usage.free_inodes, base.free_inodes + freed_i[fs]),
+def _jobs(state_dir: str, max_age: float, dry_run: bool) -> list[dict[str, Any]] | None:
+    """Live job locks; a dry run only reads (no stale lock removed, nothing created).
+
+    None when this lock module cannot read without removing stale locks (older lock.py).
+    """
+    if _ACTIVE_JOBS_READS_ONLY:
+        live, _stale = active_jobs(state_dir, max_age, remove_stale=not dry_run)
+        return live
+    if dry_run:
+        return None
+    live, _stale = active_jobs(state_dir, max_age)
+    return live
+
+
+def _has_parameter(func: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+_ACTIVE_JOBS_READS_ONLY = _has_parameter(active_jobs, "remove_stale")
+
+
+class Ledger:
+    """Per filesystem: the target, what the cleaners counted, and whether the target is met.
+
+    A real run asks the filesystem (``probe``, statvfs) every time: a cleaner's count can be
+    wrong (a file held open by a process, a hard link kept elsewhere, a file rewritten during
+    the run), statvfs cannot. When the count says "met" and statvfs does not, the filesystem is
+    synced once (btrfs and ext4 may publish freed blocks only at the next commit) and asked
+    again. A dry run has nothing to measure: it adds its predictions to the starting figures.
+    """
+
+    def __init__(self, probe: Probe, dry_run: bool, run_all: bool):
+        self.probe = probe
+        self.dry_run = dry_run
+        self.run_all = run_all
+        self.before: dict[str, FilesystemUsage] = {}
+        self.targets: dict[str, tuple[int, int]] = {}
+        self.claimed_bytes: dict[str, int] = {}
+        self.claimed_inodes: dict[str, int] = {}
+        self._synced_at: dict[str, tuple[int, int]] = {}
+        self._syncs: dict[str, int] = {}
+
+    def add(self, fs: str, target: Callable[[FilesystemUsage], tuple[int, int]]) -> None:
+        usage = self.probe(fs)
+        self.before[fs] = usage
+        self.targets[fs] = target(usage)
+        self.claimed_bytes[fs] = 0
+        self.claimed_inodes[fs] = 0
+
+    def __contains__(self, fs: object) -> bool:
+        return fs in self.targets
+
+    def count(self, fs: str, freed_bytes: int, freed_inodes: int) -> None:
+        self.claimed_bytes[fs] += freed_bytes
+        self.claimed_inodes[fs] += freed_inodes
+
+    def estimate(self, fs: str) -> FilesystemUsage:
+        base = self.before[fs]
+        return dataclasses.replace(
+            base,
+            free_bytes=base.free_bytes + self.claimed_bytes[fs],
+            free_inodes=base.free_inodes + self.claimed_inodes[fs],
         )
 
-    def needs(fs: str | None) -> bool:
-        if fs is None or fs not in targets:
+    def usage(self, fs: str) -> FilesystemUsage:
+        """Free space now: measured in a real run, predicted in a dry run."""
+        if self.dry_run:
+            return self.estimate(fs)
+        measured = self.probe(fs)
+        if self._meets(fs, measured) or not self._meets(fs, self.estimate(fs)):
+            return measured
+        claimed = (self.claimed_bytes[fs], self.claimed_inodes[fs])
+        if self._synced_at.get(fs) == claimed or self._syncs.get(fs, 0) >= SYNCS_MAX:
+            return measured  # the filesystem has spoken (a held-open file frees nothing)
+        self._synced_at[fs] = claimed
+        self._syncs[fs] = self._syncs.get(fs, 0) + 1
+        sync_filesystem(fs)
+        return self.probe(fs)
+
+    def _meets(self, fs: str, usage: FilesystemUsage) -> bool:
+        target_bytes, target_inodes = self.targets[fs]
+        return usage.free_bytes >= target_bytes and usage.free_inodes >= target_inodes
+
+    def needs(self, fs: str | None) -> bool:
+        """Whether removing more on ``fs`` is still wanted (always, with ``run_all``)."""
+        if fs is None or fs not in self.targets:
             return False
-        if run_all:
+        if self.run_all:
             return True
-        fb, fi = current(fs)
-        tb, ti = targets[fs]
-        return fb < tb or fi < ti
+        return not self._meets(fs, self.usage(fs))
 
+    def summary(self, fs: str) -> tuple[bool, dict[str, Any]]:
+        """(target met, the report's entry for ``fs``): before, after, claimed and measured."""
+        before = self.before[fs]
+        after = self.usage(fs)
+        entry: dict[str, Any] = {
+            "before": before.as_dict(),
+            "after": after.as_dict(),
+            "freed_bytes_claimed": self.claimed_bytes[fs],
+            "freed_inodes_claimed": self.claimed_inodes[fs],
+            "freed_bytes_measured": None,
+            "freed_inodes_measured": None,
+        }
+        if not self.dry_run:
+            entry["freed_bytes_measured"] = after.free_bytes - before.free_bytes
+            entry["freed_inodes_measured"] = after.free_inodes - before.free_inodes
+        return self._meets(fs, after), entry
+
+
+def sync_filesystem(path: str) -> None:
+    """``syncfs`` the filesystem holding ``path`` (best effort: only to get honest figures)."""
+    if _syncfs is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        _syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+_syncfs = _load_syncfs()
+
+
+def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_inodes, section):
+    cleaner_fs = _cleaner_filesystems(cleaners)
+    requested = _concerned_filesystems(paths, cleaner_fs)
+    specs = _target_specs(report.stage, ctx.config, target_free_bytes, target_free_inodes)
+    ledger = Ledger(probe, report.dry_run, report.run_all)
+    for fs in sorted(requested):
+        ledger.add(fs, _target_parser(fs, specs, report))
     items_max = int(section.get("report_items_max") or 10000)
     lock_max_age = parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
     interrupted = False
@@ -309,80 +422,17 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
         if interrupted:
             cr.status = "skipped: a job started"
             continue
-        if not cleaner.enabled:
-            cr.status = "disabled"
+        skip = _skip_reason(cleaner, cleaner_fs.get(cleaner.name), ledger, report, cr)
+        if skip:
+            cr.status = skip
             continue
-        fss = cleaner_fs.get(cleaner.name)
-        if isinstance(fss, Exception):
-            cr.status = "unavailable"
-            if isinstance(fss, DockerUnavailableError):
-                # No engine on this host is a fact, not an error of the run: noted once.
-                note = f"Docker cleaners skipped: {fss}"
-                if note not in report.notes:
-                    report.notes.append(note)
-            else:
-                cr.errors.append({"path": "", "error": str(fss)})
+        if index and _job_started(report, ctx, lock_max_age):
+            interrupted = True
+            cr.status = "skipped: a job started"
+            report.notes.append("a CI job took the runner lock: remaining cleaners skipped")
             continue
-        relevant = {f for f in fss if f in requested}
-        if not relevant:
-            cr.status = (
-                "skipped: nothing on the filesystems concerned" if fss else "skipped: no roots"
-            )
-            continue
-        if not any(needs(f) for f in relevant):
-            cr.status = "skipped: target met"
-            continue
-        if index and not dry_run and stage in BLOCKED_STAGES and not report.forced:
-            live, _ = active_jobs(ctx.state_dir, lock_max_age)
-            if live:
-                interrupted = True
-                cr.status = "skipped: a job started"
-                report.notes.append("a CI job took the runner lock: remaining cleaners skipped")
-                continue
-        t0 = time.monotonic()
-        try:
-            items = cleaner.plan()
-        except ConfigError:
-            raise
-        except RunnerkeepError as exc:
-            cr.status = "error"
-            cr.errors.append({"path": "", "error": str(exc)})
-            cr.duration = time.monotonic() - t0
-            continue
-        cr.refused = [{"root": r, "reason": why} for r, why in cleaner.refused]
-        cr.errors.extend({"path": p, "error": e} for p, e in cleaner.errors)
-        cr.kept = len(cleaner.kept)
-        cr.status = "done"
-        for item in items:
-            if item.fs not in requested:
-                continue
-            if not needs(item.fs):
-                cr.status = "stopped: target met"
-                break
-            if dry_run:
-                freed, inodes, removed = item.bytes, item.inodes, True
-            else:
-                try:
-                    outcome = cleaner.remove(item)
-                except RunnerkeepError as exc:
-                    cr.errors.append({"path": item.path, "error": str(exc)})
-                    continue
-                freed, inodes, removed = outcome.bytes, outcome.inodes, outcome.removed
-                cr.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
-                cr.kept += len(outcome.kept)
-            freed_b[item.fs] += freed
-            freed_i[item.fs] += inodes
-            cr.bytes_freed += freed
-            cr.inodes_freed += inodes
-            if removed:
-                cr.items_removed += 1
-                cr.items_total += 1
-                if len(cr.items) < items_max:
-                    cr.items.append(
-                        {"path": item.path, "bytes": freed, "inodes": inodes, "kind": item.kind}
-                    )
-        cr.duration = time.monotonic() - t0
-        if not dry_run:
+        _run_cleaner(cleaner, cr, ledger, items_max)
+        if not report.dry_run:
             record_event(
                 ctx.state_dir,
                 "cleanup",
@@ -390,20 +440,154 @@ def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_ino
                 bytes_freed=cr.bytes_freed,
                 inodes_freed=cr.inodes_freed,
                 items_removed=cr.items_removed,
-                stage=stage,
+                stage=report.stage,
             )
+    _finish(report, ledger)
 
-    met = True
-    for fs in sorted(requested):
-        fb, fi = current(fs)
-        tb, ti = targets[fs]
-        met = met and fb >= tb and fi >= ti
-        if dry_run:
-            after = before[fs].as_dict()
-            after.update(free_bytes=fb, free_inodes=fi)
+
+def _cleaner_filesystems(cleaners: list[Cleaner]) -> dict[str, Any]:
+    """Each enabled cleaner's filesystems, or the error that says why it cannot tell."""
+    found: dict[str, Any] = {}
+    for cleaner in cleaners:
+        if not cleaner.enabled:
+            continue
+        try:
+            found[cleaner.name] = cleaner.filesystems()
+        except ConfigError:
+            raise
+        except RunnerkeepError as exc:
+            found[cleaner.name] = exc  # reported when the cleaner's turn comes
+    return found
+
+
+def _concerned_filesystems(paths: list[str] | None, cleaner_fs: dict[str, Any]) -> set[str]:
+    """The filesystems named with ``paths``, else every one the cleaners work on."""
+    if paths:
+        return {mount_point_of(_existing(p)) for p in paths}
+    requested: set[str] = set()
+    for fss in cleaner_fs.values():
+        if isinstance(fss, set):
+            requested |= fss
+    return requested
+
+
+def _target_parser(
+    fs: str, specs: Callable[[str], tuple[Any, Any, str]], report: CleanupReport
+) -> Callable[[FilesystemUsage], tuple[int, int]]:
+    """Turns ``fs``'s target specs into (bytes, inodes) against its size; notes them."""
+
+    def parse(usage: FilesystemUsage) -> tuple[int, int]:
+        free_spec, inode_spec, source = specs(fs)
+        target_bytes = 0
+        target_inodes = 0
+        if free_spec is not None:
+            target_bytes = parse_size_or_percent(free_spec, usage.total_bytes, "target free bytes")
+        if inode_spec is not None:
+            target_inodes = parse_size_or_percent(
+                inode_spec, usage.total_inodes, "target free inodes"
+            )
+        report.targets[fs] = {
+            "free_bytes": target_bytes,
+            "free_inodes": target_inodes,
+            "source": source,
+        }
+        return target_bytes, target_inodes
+
+    return parse
+
+
+def _skip_reason(
+    cleaner: Cleaner, fss: Any, ledger: Ledger, report: CleanupReport, cr: CleanerReport
+) -> str | None:
+    """Why ``cleaner`` does not run at all (its status), or None when it runs."""
+    if not cleaner.enabled:
+        return "disabled"
+    if isinstance(fss, Exception):
+        if isinstance(fss, DockerUnavailableError):
+            # No engine on this host is a fact, not an error of the run: noted once.
+            note = f"Docker cleaners skipped: {fss}"
+            if note not in report.notes:
+                report.notes.append(note)
         else:
-            after = probe(fs).as_dict()
-        report.filesystems[fs] = {"before": before[fs].as_dict(), "after": after}
+            cr.errors.append({"path": "", "error": str(fss)})
+        return "unavailable"
+    relevant = {f for f in fss or () if f in ledger}
+    if not relevant:
+        return "skipped: nothing on the filesystems concerned" if fss else "skipped: no roots"
+    if not any(ledger.needs(f) for f in relevant):
+        return "skipped: target met"
+    return None
+
+
+def _job_started(report: CleanupReport, ctx: RunContext, lock_max_age: float) -> bool:
+    """A CI job took the runner lock since the run began (real post/emergency runs only)."""
+    if report.dry_run or report.stage not in BLOCKED_STAGES or report.forced:
+        return False
+    return bool(_jobs(ctx.state_dir, lock_max_age, dry_run=False))
+
+
+def _run_cleaner(cleaner: Cleaner, cr: CleanerReport, ledger: Ledger, items_max: int) -> None:
+    """Plan, then remove item by item while the item's filesystem still needs space."""
+    t0 = time.monotonic()
+    try:
+        items = cleaner.plan()
+    except ConfigError:
+        raise
+    except RunnerkeepError as exc:
+        cr.status = "error"
+        cr.errors.append({"path": "", "error": str(exc)})
+        cr.duration = time.monotonic() - t0
+        return
+    cr.refused = [{"root": r, "reason": why} for r, why in cleaner.refused]
+    cr.errors.extend({"path": p, "error": e} for p, e in cleaner.errors)
+    cr.kept = len(cleaner.kept)
+    cr.status = "done"
+    for item in items:
+        if item.fs not in ledger:
+            continue
+        if not ledger.needs(item.fs):
+            cr.status = "stopped: target met"
+            break
+        removed = _remove_item(cleaner, item, cr, ledger.dry_run)
+        if removed is None:
+            continue
+        freed, inodes, gone = removed
+        ledger.count(item.fs, freed, inodes)
+        cr.bytes_freed += freed
+        cr.inodes_freed += inodes
+        if gone:
+            cr.items_removed += 1
+            cr.items_total += 1
+            if len(cr.items) < items_max:
+                cr.items.append(
+                    {"path": item.path, "bytes": freed, "inodes": inodes, "kind": item.kind}
+                )
+    cr.duration = time.monotonic() - t0
+
+
+def _remove_item(
+    cleaner: Cleaner, item: Any, cr: CleanerReport, dry_run: bool
+) -> tuple[int, int, bool] | None:
+    """(bytes, inodes, removed) the cleaner counts for ``item``; None when removal failed."""
+    if dry_run:
+        return item.bytes, item.inodes, True
+    try:
+        outcome = cleaner.remove(item)
+    except RunnerkeepError as exc:
+        cr.errors.append({"path": item.path, "error": str(exc)})
+        return None
+    cr.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
+    cr.kept += len(outcome.kept)
+    return outcome.bytes, outcome.inodes, outcome.removed
+
+
+def _finish(report: CleanupReport, ledger: Ledger) -> None:
+    """Each filesystem's before/after, claimed and measured; target met on every one."""
+    met = True
+    for fs in sorted(ledger.targets):
+        fs_met, entry = ledger.summary(fs)
+        met = met and fs_met
+        report.filesystems[fs] = entry
     report.target_met = met
 
 
