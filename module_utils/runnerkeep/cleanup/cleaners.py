@@ -34,6 +34,9 @@ class Item:
     last_used: float = 0.0
     kind: str = "path"
     ref: Any = None
+    # Hard-linked inodes only partly met in this item: settled across the run's items in
+    # removal order (walk.TreeStats.settle_links), so an inode counts where its last link goes.
+    links: dict = field(default_factory=dict, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, "bytes": self.bytes, "inodes": self.inodes, "kind": self.kind}
@@ -61,8 +64,10 @@ class RunContext:
     protected: frozenset = frozenset()
     homes: set = field(default_factory=set)
     now: float = field(default_factory=time.time)
-    seen: set = field(default_factory=set)  # hard links counted while planning
-    seen_removed: set = field(default_factory=set)  # hard links counted while removing
+    # {(st_dev, st_ino): links} of hard-linked inodes met by the items planned so far
+    seen: dict = field(default_factory=dict)
+    # {(st_dev, st_ino): links} of hard-linked inodes this run unlinked a link of
+    seen_removed: dict = field(default_factory=dict)
     state_dir: str = ""
 
 
@@ -159,7 +164,31 @@ class FilesCleaner(Cleaner):
         return found
 
     def plan(self) -> list[Item]:
+        items = self._sort(self._candidates())
+        self._settle_links(items)
+        return items
+
+    def _sort(self, items: list[Item]) -> list[Item]:
+        if self.order == "largest":
+            items.sort(key=lambda i: (-i.bytes, i.path))
+        else:
+            items.sort(key=lambda i: (i.last_used, i.path))
+        return items
+
+    def _settle_links(self, items: list[Item]) -> None:
+        """Count each hard-linked inode in the item (in removal order) that holds its last
+        link; an inode with a link outside every chosen item frees nothing and counts nowhere."""
+        for item in items:
+            if item.links:
+                stats = walk.TreeStats(bytes=item.bytes, inodes=item.inodes, links=item.links)
+                stats.settle_links(self.ctx.seen)
+                item.bytes, item.inodes, item.links = stats.bytes, stats.inodes, {}
+
+    def _candidates(self) -> list[Item]:
+        """Every matching entry old enough, unsorted, hard links not settled yet."""
         items: list[Item] = []
+        # Removal keeps whatever changed from now on: it was not seen by this scan.
+        planned_at = time.time()
         min_age = self.min_age()
         where = f"cleanup.cleaners.{self.name}.patterns"
         exclude = list(self.settings.get("exclude") or [])
@@ -173,13 +202,9 @@ class FilesCleaner(Cleaner):
                 self.refused.append((root, f"cannot open without following symlinks: {exc}"))
                 continue
             try:
-                dev = os.fstat(root_fd).st_dev
                 fs = mount_point_of(root)
-                opts = walk.WalkOptions(
-                    dev=dev,
-                    protected=self.ctx.protected,
-                    one_filesystem=not cross,
-                    seen=self.ctx.seen,
+                opts = walk.WalkOptions.for_root(
+                    root_fd, protected=self.ctx.protected, one_filesystem=not cross
                 )
                 matches = self._match(root_fd, root, comp_lists, exclude, files_only, opts)
                 for parent_parts, name in matches:
@@ -188,7 +213,10 @@ class FilesCleaner(Cleaner):
                         continue
                     path = f"{root}/{rel}"
                     try:
-                        pfd = walk.open_beneath(root_fd, parent_parts)
+                        pfd = walk.open_beneath(root_fd, parent_parts, opts)
+                    except walk.OtherMountError:
+                        self.kept.append((path, walk.OTHER_MOUNT))
+                        continue
                     except OSError as exc:
                         self.errors.append((path, exc.strerror or str(exc)))
                         continue
@@ -209,15 +237,12 @@ class FilesCleaner(Cleaner):
                             inodes=stats.inodes,
                             fs=fs,
                             last_used=stats.newest_mtime,
-                            ref=(root, parent_parts, name),
+                            ref=(root, parent_parts, name, planned_at),
+                            links=stats.links,
                         )
                     )
             finally:
                 os.close(root_fd)
-        if self.order == "largest":
-            items.sort(key=lambda i: (-i.bytes, i.path))
-        else:
-            items.sort(key=lambda i: (i.last_used, i.path))
         return items
 
     def _match(self, root_fd, root, comp_lists, exclude, files_only, opts):
@@ -229,7 +254,11 @@ class FilesCleaner(Cleaner):
                 return listings[parts]
             result = []
             try:
-                fd = walk.open_beneath(root_fd, list(parts))
+                fd = walk.open_beneath(root_fd, list(parts), opts)
+            except walk.OtherMountError:
+                self.kept.append(("/".join([root, *parts]), walk.OTHER_MOUNT))
+                listings[parts] = result
+                return result
             except OSError as exc:
                 self.errors.append(("/".join([root, *parts]), exc.strerror or str(exc)))
                 listings[parts] = result
@@ -272,7 +301,7 @@ class FilesCleaner(Cleaner):
                             elif stat.S_ISDIR(mode) and not files_only:
                                 if opts.one_filesystem and st.st_dev != opts.dev:
                                     path = "/".join([root, *parts, name])
-                                    self.kept.append((path, "other filesystem (mount point)"))
+                                    self.kept.append((path, walk.OTHER_FS))
                                     continue
                                 found.add((*parts, name))
                         elif stat.S_ISDIR(mode) and (
@@ -291,7 +320,7 @@ class FilesCleaner(Cleaner):
         return result
 
     def remove(self, item: Item) -> Outcome:
-        root, parent_parts, name = item.ref
+        root, parent_parts, name, planned_at = item.ref
         out = Outcome()
         cross = bool(self.ctx.section.get("cross_filesystems"))
         try:
@@ -300,14 +329,18 @@ class FilesCleaner(Cleaner):
             out.errors.append((root, f"cannot open without following symlinks: {exc.strerror}"))
             return out
         try:
-            opts = walk.WalkOptions(
-                dev=os.fstat(root_fd).st_dev,
+            opts = walk.WalkOptions.for_root(
+                root_fd,
                 protected=self.ctx.protected,
                 one_filesystem=not cross,
                 seen=self.ctx.seen_removed,
+                cutoff=planned_at,
             )
             try:
-                pfd = walk.open_beneath(root_fd, parent_parts)
+                pfd = walk.open_beneath(root_fd, parent_parts, opts)
+            except walk.OtherMountError:
+                out.kept.append((item.path, walk.OTHER_MOUNT))
+                return out
             except OSError as exc:
                 out.errors.append((item.path, exc.strerror or str(exc)))
                 return out
@@ -319,7 +352,7 @@ class FilesCleaner(Cleaner):
             os.close(root_fd)
         out.bytes, out.inodes = stats.bytes, stats.inodes
         out.errors, out.kept = stats.errors, stats.kept
-        out.removed = stats.inodes > 0
+        out.removed = stats.removed > 0
         return out
 
 
@@ -368,7 +401,7 @@ class JournaldCleaner(FilesCleaner):
         saved = self.settings.get("min_age")
         self.settings = {**self.settings, "min_age": 0}
         try:
-            files = super().plan()
+            files = self._sort(self._candidates())
         finally:
             self.settings = {**self.settings, "min_age": saved}
         total = sum(i.bytes for i in files)
@@ -381,6 +414,7 @@ class JournaldCleaner(FilesCleaner):
                 continue  # active journal
             chosen.append(item)
             total -= item.bytes
+        self._settle_links(chosen)
         return chosen
 
 

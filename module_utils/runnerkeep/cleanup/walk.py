@@ -6,16 +6,26 @@ its parent's descriptor, every stat is an ``lstat`` (``fstatat`` with ``AT_SYMLI
 and every removal is ``unlinkat``/``rmdir`` relative to a descriptor. So a symlink is never
 followed (the link itself is removed, its target is left alone), a directory swapped for a
 symlink between planning and removal is not entered, and nothing outside the opened root can
-be reached: names come from ``scandir`` (never ``..``).
+be reached: names come from ``scandir`` (never ``..``, except to climb back to a directory
+whose descriptor was closed, and then only after checking it is the directory it was).
 
-Sizing counts allocated bytes (``st_blocks * 512``: what the filesystem gets back) and inodes,
-each hard-linked inode once per run. The walk stays on the root's filesystem unless told
-otherwise, skips protected inodes (the image cache store, swap files, runner binaries) and
-special files (sockets, FIFOs, devices), and records files that vanish or cannot be read as
-errors without stopping.
+Mount boundaries are mount IDs, not only device numbers: every directory a walker opens is
+checked on the descriptor it then uses (a same-filesystem bind mount has the root's ``st_dev``
+but another mount ID), so neither sizing nor removal enters another mount unless told to.
 
-The walker is an explicit stack holding one descriptor per depth level (no recursion limit, no
-descriptor exhaustion on wide trees); ``os.scandir`` on a descriptor plus ``DirEntry.stat``
+Sizing counts allocated bytes (``st_blocks * 512``: what the filesystem gets back) and inodes.
+An inode with several hard links counts only once all its links were met in what would be
+removed (``TreeStats.links`` holds the ones still short of that; ``settle_links`` adds what a
+run's earlier items met). Removal counts a file only when its last link goes, and keeps
+anything changed after the scan (``WalkOptions.cutoff``) together with the directories that
+hold it. The walk stays on the root's mount unless told otherwise, skips protected inodes (the
+image cache store, swap files, runner binaries) and special files (sockets, FIFOs, devices),
+and records files that vanish or cannot be read as errors without stopping.
+
+The walkers are explicit stacks (no recursion limit) that keep at most ``FD_WINDOW`` directory
+descriptors open, whatever the depth: deeper, the oldest ancestors' descriptors are closed and,
+on the way back up, re-opened through ``..`` and checked against the (st_dev, st_ino) recorded
+when they were entered, as GNU ``rm`` does. ``os.scandir`` on a descriptor plus ``DirEntry.stat``
 costs one ``getdents`` per directory and one ``fstatat`` per entry, which is the floor.
 Sizing a big tree is shared with forked helper processes (``_walk_shared``): Python spends as
 long per entry as the kernel does, so one process alone takes ~1.5x the time of ``du``.
@@ -35,53 +45,133 @@ from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable
 
+from ..mounts import MountIdUnavailable, mount_id
+
 OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+# Directory descriptors one walk keeps open at most (a forked sizing helper too); ancestors
+# beyond are closed and re-opened through ".." on the way back up.
+FD_WINDOW = 64
+
+OTHER_FS = "other filesystem (mount point)"
+OTHER_MOUNT = "other mount (mount point)"
+CHANGED = "changed after the scan"
+NOT_EMPTY = "not empty: something was added after the scan"
+MOVED = "moved during the walk ('..' is not the directory it was); the rest was left alone"
 
 # Test hook: called as ``hook(dir_path, names)`` after a directory was listed and before its
 # entries are examined, so tests can make files vanish in the middle of a walk.
 _listing_hook: Callable[[str, list[str]], None] | None = None
 
 
+def _mount_id(fd: int) -> int:
+    try:
+        return mount_id(fd)
+    except MountIdUnavailable:
+        return -1  # no mount IDs on this kernel: the st_dev test is all there is
+
+
 @dataclass
 class WalkOptions:
-    """What a walk may touch: the root's device, protected inodes, cross-filesystem policy."""
+    """What a walk may touch: the root's device and mount, protected inodes, cut-off time.
+
+    ``mnt_id`` None is filled in from the first descriptor a walk starts from (-1: this kernel
+    does not tell mount IDs). ``cutoff`` (removal only): entries whose mtime or ctime is at or
+    after it changed since the scan and are kept.
+    """
 
     dev: int
     protected: frozenset = frozenset()  # {(st_dev, st_ino)}
     one_filesystem: bool = True
-    seen: set = field(default_factory=set)  # hard-linked inodes already counted this run
+    # Removal: hard-linked inodes this run unlinked a link of ({(st_dev, st_ino): links}),
+    # so the ctime that unlink moved is not taken for a change by someone else.
+    seen: dict = field(default_factory=dict)
     workers: int = 0  # processes sharing a big sizing walk; 0 = one per CPU, at most 4
+    mnt_id: int | None = None
+    cutoff: float | None = None
     # Inode numbers of ``protected``: a cheap first test in the walkers' per-entry loops.
     prot_inos: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.prot_inos = frozenset(ino for _dev, ino in self.protected)
 
+    @classmethod
+    def for_root(cls, root_fd: int, **kwargs) -> WalkOptions:
+        """Options for a walk beneath the directory open on ``root_fd`` (its device, mount)."""
+        return cls(dev=os.fstat(root_fd).st_dev, mnt_id=_mount_id(root_fd), **kwargs)
+
+    def learn_mount(self, fd: int) -> None:
+        if self.mnt_id is None:
+            self.mnt_id = _mount_id(fd)
+
+    def other_mount(self, fd: int) -> bool:
+        """True when the directory open on ``fd`` is on a mount this walk must not enter."""
+        if not self.one_filesystem or self.mnt_id is None or self.mnt_id < 0:
+            return False
+        return _mount_id(fd) != self.mnt_id
+
 
 @dataclass
 class TreeStats:
-    """Totals for one entry (file or tree): allocated bytes, inodes, newest mtime, problems."""
+    """Totals for one entry (file or tree): allocated bytes, inodes, newest mtime, problems.
+
+    ``links`` (sizing): hard-linked inodes not all of whose links were met in this entry,
+    ``{(st_dev, st_ino): [links met, st_nlink, st_blocks]}``, not counted in ``bytes``.
+    ``removed`` (removal): names removed (a link whose inode lives on frees nothing).
+    """
 
     bytes: int = 0
     inodes: int = 0
     newest_mtime: float = 0.0
     errors: list = field(default_factory=list)  # [(path, message)]
     kept: list = field(default_factory=list)  # [(path, reason)] deliberately left in place
+    links: dict = field(default_factory=dict)
+    removed: int = 0
 
-    def add_stat(self, st: os.stat_result, opts: WalkOptions) -> None:
+    def add_sized(self, st: os.stat_result) -> None:
         if st.st_mtime > self.newest_mtime:
             self.newest_mtime = st.st_mtime
-        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key in opts.seen:
-                return
-            opts.seen.add(key)
+        if st.st_nlink > 1 and not S_ISDIR(st.st_mode):
+            _meet_link(self.links, (st.st_dev, st.st_ino), 1, st.st_nlink, st.st_blocks)
+            return
         self.bytes += st.st_blocks * 512
         self.inodes += 1
+
+    def add_removed(self, st: os.stat_result) -> None:
+        self.removed += 1
+        if st.st_nlink == 1 or S_ISDIR(st.st_mode):
+            self.bytes += st.st_blocks * 512
+            self.inodes += 1
+
+    def settle_links(self, seen: dict) -> None:
+        """Count the hard-linked inodes whose last link this entry holds, given the links met
+        by the run's earlier entries (``seen``: {(st_dev, st_ino): links met}, updated)."""
+        for key, (met, nlink, blocks) in self.links.items():
+            before = seen.get(key, 0)
+            seen[key] = before + met
+            if before < nlink <= before + met:
+                self.bytes += blocks * 512
+                self.inodes += 1
+        self.links = {}
+
+
+def _meet_link(links: dict, key: tuple, met: int, nlink: int, blocks: int) -> None:
+    record = links.get(key)
+    if record is None:
+        links[key] = [met, nlink, blocks]
+    else:
+        record[0] += met
 
 
 def _err(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+class OtherMountError(OSError):
+    """A directory on the way is on another mount than the walk's root."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(errno.EXDEV, OTHER_MOUNT, path)
 
 
 def open_root(path: str) -> int:
@@ -104,14 +194,19 @@ def open_root(path: str) -> int:
     return fd
 
 
-def open_beneath(root_fd: int, rel_parts: list[str]) -> int:
-    """Open directory ``rel_parts`` beneath ``root_fd``, never following a symlink."""
+def open_beneath(root_fd: int, rel_parts: list[str], opts: WalkOptions | None = None) -> int:
+    """Open directory ``rel_parts`` beneath ``root_fd``, never following a symlink.
+
+    With ``opts``, every component must be on the root's mount: OtherMountError otherwise.
+    """
     fd = os.dup(root_fd)
     try:
-        for part in rel_parts:
+        for i, part in enumerate(rel_parts):
             child = os.open(part, OPEN_DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = child
+            if opts is not None and opts.other_mount(fd):
+                raise OtherMountError("/".join(rel_parts[: i + 1]))
     except BaseException:
         os.close(fd)
         raise
@@ -135,14 +230,34 @@ def _should_skip(st: os.stat_result, path: str, opts: WalkOptions, stats: TreeSt
         stats.kept.append((path, "special file"))
         return True
     if stat.S_ISDIR(mode) and opts.one_filesystem and st.st_dev != opts.dev:
-        stats.kept.append((path, "other filesystem (mount point)"))
+        stats.kept.append((path, OTHER_FS))
         return True
     return False
+
+
+def _open_checked_dir(parent_fd: int, name: str, st, path: str, opts, stats) -> int:
+    """Open directory ``name`` (stat ``st``) for a walk: -1 when it must not be entered."""
+    try:
+        fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        stats.errors.append((path, _err(exc)))
+        return -1
+    fst = os.fstat(fd)
+    if (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
+        os.close(fd)
+        stats.errors.append((path, "changed while being walked; left alone"))
+        return -1
+    if opts.other_mount(fd):
+        os.close(fd)
+        stats.kept.append((path, OTHER_MOUNT))
+        return -1
+    return fd
 
 
 def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeStats:
     """Size ``name`` (relative to ``parent_fd``): a file, a symlink (the link) or a whole tree."""
     stats = TreeStats()
+    opts.learn_mount(parent_fd)
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except OSError as exc:
@@ -150,39 +265,44 @@ def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeS
         return stats
     if _should_skip(st, path, opts, stats):
         return stats
-    stats.add_stat(st, opts)
-    if stat.S_ISDIR(st.st_mode):
-        try:
-            fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=parent_fd)
-        except OSError as exc:
-            stats.errors.append((path, _err(exc)))
-            return stats
-        _size_tree(fd, path, opts, stats)
+    if not stat.S_ISDIR(st.st_mode):
+        stats.add_sized(st)
+        return stats
+    fd = _open_checked_dir(parent_fd, name, st, path, opts, stats)
+    if fd < 0:
+        return stats
+    stats.add_sized(st)
+    _size_tree(fd, path, opts, stats, (st.st_dev, st.st_ino))
     return stats
 
 
 def size_tree(path: str, opts: WalkOptions | None = None) -> TreeStats:
-    """Size everything beneath the directory ``path`` (the directory itself included)."""
+    """Size everything beneath the directory ``path`` (the directory itself included).
+
+    Hard-linked inodes with links outside the tree are not counted (removing the tree would
+    not free them); they are left in ``links``.
+    """
     fd = open_root(path)
     st = os.fstat(fd)
     opts = opts or WalkOptions(dev=st.st_dev)
+    opts.learn_mount(fd)
     stats = TreeStats()
-    stats.add_stat(st, opts)
-    _size_tree(fd, path, opts, stats)
+    stats.add_sized(st)
+    _size_tree(fd, path, opts, stats, (st.st_dev, st.st_ino))
     return stats
 
 
-def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
+def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats, ident: tuple) -> None:
     """Size the directory open on ``fd`` (consumed: closed on return) into ``stats``."""
     workers = opts.workers or default_workers()
     if workers < 2:
-        _walk_into(fd, path, opts, stats)
+        _walk_into(fd, path, opts, stats, ident)
         return
     retry_fd = os.dup(fd)
     try:
         tally = _Tally()
         try:
-            complete = _walk_shared(fd, path, opts, tally, workers)
+            complete = _walk_shared(fd, path, opts, tally, workers, ident)
         except BaseException:
             tally.add_to(stats)
             raise
@@ -191,19 +311,17 @@ def _size_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
             return
         # A helper died (killed, out of memory): its share is unknown, so size the whole
         # tree again in this process rather than report a wrong figure.
-        for dev, ino, _blocks in tally.links:
-            opts.seen.discard((dev, ino))
-        _walk_into(os.dup(retry_fd), path, opts, stats)
+        _walk_into(os.dup(retry_fd), path, opts, stats, ident)
         stats.errors.append((path, "a sizing helper process failed; sized again in one process"))
     finally:
         os.close(retry_fd)
 
 
-def _walk_into(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> None:
+def _walk_into(fd: int, path: str, opts: WalkOptions, stats: TreeStats, ident: tuple) -> None:
     """Count the tree below ``fd`` (consumed) in this process alone, into ``stats``."""
     tally = _Tally()
     try:
-        _walk(fd, path, opts, tally)
+        _walk(fd, path, opts, tally, ident)
     finally:
         tally.add_to(stats)
 
@@ -219,22 +337,125 @@ class _Tally:
         self.newest = 0.0
         self.errors: list = []
         self.kept: list = []
-        self.links: list = []  # [(st_dev, st_ino, st_blocks)] hard links first counted here
+        self.links: dict = {}  # {(st_dev, st_ino): [links met, st_nlink, st_blocks]}
 
     def add_to(self, stats: TreeStats) -> None:
-        stats.bytes += self.blocks * 512
-        stats.inodes += self.inodes
+        """Add to ``stats``; an inode whose links were all met here counts, the rest wait."""
+        blocks, inodes = self.blocks, self.inodes
+        for key, (met, nlink, link_blocks) in self.links.items():
+            pending = stats.links.get(key)
+            before = pending[0] if pending else 0
+            if before + met >= nlink:
+                blocks += link_blocks
+                inodes += 1
+                stats.links.pop(key, None)
+            else:
+                _meet_link(stats.links, key, met, nlink, link_blocks)
+        stats.bytes += blocks * 512
+        stats.inodes += inodes
         stats.newest_mtime = max(stats.newest_mtime, self.newest)
         stats.errors.extend(self.errors)
         stats.kept.extend(self.kept)
 
 
+class _Frame:
+    """One directory on a walker's stack.
+
+    ``fd`` is -1 while the descriptor is closed to bound how many are open (``_FdStack``);
+    ``reopened`` then tells that ``DirEntry.stat`` of ``todo`` would use a stale descriptor
+    number. ``ident`` is (st_dev, st_ino) when entered. Removal only: ``name`` in the parent,
+    ``st_blocks`` (counted when removed), ``complete`` (nothing kept or failed inside so far).
+    """
+
+    __slots__ = ("complete", "fd", "ident", "name", "path", "reopened", "st_blocks", "todo")
+
+    def __init__(self, fd: int, path: str, todo, ident: tuple, name: str = "", st_blocks: int = 0):
+        self.fd = fd
+        self.path = path
+        self.todo = todo
+        self.ident = ident
+        self.name = name
+        self.st_blocks = st_blocks
+        self.complete = True
+        self.reopened = False
+
+
+class _FdStack:
+    """The frames of a depth-first walk, at most FD_WINDOW of them with an open descriptor.
+
+    The open ones are always the deepest (``frames[first_open:]``). ``pop`` closes the top and,
+    when the new top's descriptor was closed, re-opens it through ``..`` of the one just left
+    and checks its identity; if it is not the directory it was (moved meanwhile), the walk
+    stops there: the stack is emptied (all its descriptors are closed) and ``abandoned`` set.
+    """
+
+    def __init__(self, opts: WalkOptions) -> None:
+        self.frames: list[_Frame] = []
+        self.first_open = 0
+        self.opts = opts
+        self.abandoned = False
+
+    def push(self, frame: _Frame) -> None:
+        frames = self.frames
+        frames.append(frame)
+        if len(frames) - self.first_open > FD_WINDOW:
+            # Close half the window at once, so a walk going up and down at the edge does not
+            # re-open an ancestor for every subdirectory.
+            stop = self.first_open + FD_WINDOW // 2
+            for old in frames[self.first_open : stop]:
+                os.close(old.fd)
+                old.fd = -1
+            self.first_open = stop
+
+    def pop(self, errors: list) -> _Frame:
+        frames = self.frames
+        frame = frames.pop()
+        try:
+            if frames and frames[-1].fd < 0:
+                self._reopen(frames[-1], frame.fd, errors)
+        finally:
+            os.close(frame.fd)
+            frame.fd = -1
+        return frame
+
+    def _reopen(self, parent: _Frame, child_fd: int, errors: list) -> None:
+        fd = _reopen_parent(child_fd, parent.ident, self.opts)
+        if fd < 0:
+            errors.append((parent.path, MOVED))
+            self.frames.clear()
+            self.first_open = 0
+            self.abandoned = True
+            return
+        parent.fd = fd
+        parent.reopened = True
+        self.first_open = len(self.frames) - 1
+
+    def close_all(self) -> None:
+        for frame in self.frames:
+            if frame.fd >= 0:
+                os.close(frame.fd)
+                frame.fd = -1
+
+
+def _reopen_parent(child_fd: int, ident: tuple, opts: WalkOptions) -> int:
+    """``..`` of ``child_fd`` if it is the directory ``ident`` on the walk's mount, else -1."""
+    try:
+        fd = os.open("..", OPEN_DIR_FLAGS, dir_fd=child_fd)
+    except OSError:
+        return -1
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != ident or opts.other_mount(fd):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
     """Count every non-directory entry of the directory open on ``dfd``.
 
-    Returns its subdirectories as ``(name, st_blocks, st_mtime)``: they are counted by whoever
-    opens them, so a directory that cannot be opened is reported, not counted. This loop runs
-    once per entry of the tree, so it keeps everything in locals.
+    Returns its subdirectories as ``(name, st_blocks, st_mtime, st_dev, st_ino)``: they are
+    counted by whoever opens them, so a directory that cannot be opened is reported, not
+    counted. This loop runs once per entry of the tree, so it keeps everything in locals.
     """
     try:
         entries = _list(dfd, dpath)
@@ -242,7 +463,7 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
         tally.errors.append((dpath, _err(exc)))
         return []
     protected, prot_inos = opts.protected, opts.prot_inos
-    seen = opts.seen
+    links = tally.links
     one_fs, dev = opts.one_filesystem, opts.dev
     blocks = inodes = 0
     newest = tally.newest
@@ -258,21 +479,24 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
             tally.kept.append((dpath + "/" + entry.name, "protected"))
             continue
         if S_ISREG(mode) or S_ISLNK(mode):
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-                tally.links.append((st.st_dev, st.st_ino, st.st_blocks))
-            blocks += st.st_blocks
-            inodes += 1
             if st.st_mtime > newest:
                 newest = st.st_mtime
+            if st.st_nlink > 1:
+                # counted once all its links are met (in _Tally.add_to / settle_links)
+                key = (st.st_dev, st.st_ino)
+                record = links.get(key)
+                if record is None:
+                    links[key] = [1, st.st_nlink, st.st_blocks]
+                else:
+                    record[0] += 1
+                continue
+            blocks += st.st_blocks
+            inodes += 1
         elif S_ISDIR(mode):
             if one_fs and st.st_dev != dev:
-                tally.kept.append((dpath + "/" + entry.name, "other filesystem (mount point)"))
+                tally.kept.append((dpath + "/" + entry.name, OTHER_FS))
                 continue
-            subdirs.append((entry.name, st.st_blocks, st.st_mtime))
+            subdirs.append((entry.name, st.st_blocks, st.st_mtime, st.st_dev, st.st_ino))
         else:
             tally.kept.append((dpath + "/" + entry.name, "special file"))
     tally.blocks += blocks
@@ -281,14 +505,18 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
     return subdirs
 
 
-def _open_subdir(dfd: int, dpath: str, sub: tuple, tally: _Tally) -> tuple:
+def _open_subdir(dfd: int, dpath: str, sub: tuple, opts: WalkOptions, tally: _Tally) -> tuple:
     """Open and count a subdirectory found by ``_scan_dir``: ``(fd, path)``, or ``(-1, path)``."""
-    name, blocks, mtime = sub
+    name, blocks, mtime, _dev, _ino = sub
     path = dpath + "/" + name
     try:
         fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=dfd)
     except OSError as exc:
         tally.errors.append((path, _err(exc)))
+        return -1, path
+    if opts.other_mount(fd):
+        os.close(fd)
+        tally.kept.append((path, OTHER_MOUNT))
         return -1, path
     tally.blocks += blocks
     tally.inodes += 1
@@ -297,29 +525,32 @@ def _open_subdir(dfd: int, dpath: str, sub: tuple, tally: _Tally) -> tuple:
     return fd, path
 
 
-def _walk(fd: int, path: str, opts: WalkOptions, tally: _Tally, on_directory=None) -> None:
-    """Count the tree below the directory open on ``fd`` (consumed), depth first.
+def _walk(
+    fd: int, path: str, opts: WalkOptions, tally: _Tally, ident: tuple, on_directory=None
+) -> None:
+    """Count the tree below the directory open on ``fd`` (consumed, identity ``ident``).
 
-    The stack holds one descriptor per depth level, so wide trees cannot exhaust descriptors.
-    ``on_directory`` is called before each subdirectory is entered (the work-sharing check).
+    Depth first, at most FD_WINDOW descriptors open. ``on_directory`` is called before each
+    subdirectory is entered (the work-sharing check).
     """
-    stack = [(fd, path, iter(_scan_dir(fd, path, opts, tally)))]
+    stack = _FdStack(opts)
+    frames = stack.frames
+    stack.push(_Frame(fd, path, iter(_scan_dir(fd, path, opts, tally)), ident))
     try:
-        while stack:
-            dfd, dpath, subdirs = stack[-1]
-            sub = next(subdirs, None)
+        while frames:
+            frame = frames[-1]
+            sub = next(frame.todo, None)
             if sub is None:
-                stack.pop()
-                os.close(dfd)
+                stack.pop(tally.errors)
                 continue
             if on_directory is not None:
                 on_directory()
-            cfd, cpath = _open_subdir(dfd, dpath, sub, tally)
+            cfd, cpath = _open_subdir(frame.fd, frame.path, sub, opts, tally)
             if cfd >= 0:
-                stack.append((cfd, cpath, iter(_scan_dir(cfd, cpath, opts, tally))))
+                todo = iter(_scan_dir(cfd, cpath, opts, tally))
+                stack.push(_Frame(cfd, cpath, todo, (sub[3], sub[4])))
     finally:
-        for dfd, _path, _subdirs in stack:
-            os.close(dfd)
+        stack.close_all()
 
 
 # Work sharing for big trees. A Python walker spends about as long in the interpreter as in
@@ -345,7 +576,9 @@ def default_workers() -> int:
     return max(1, min(cpus, 4))
 
 
-def _walk_shared(fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: int) -> bool:
+def _walk_shared(
+    fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: int, ident: tuple
+) -> bool:
     """Count the tree below ``fd`` (consumed), sharing it with up to ``workers - 1`` helpers.
 
     The top levels are scanned here until at least SHARE_FRONTIER directories are found (the
@@ -353,6 +586,7 @@ def _walk_shared(fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: 
     taken SHARE_AFTER_SECONDS, forks helpers. From then on every process takes frontier ranges
     from one pipe (written before the fork, so reads only ever drain it) and helpers send
     their tallies back through their own pipe. False when a helper failed (its share is lost).
+    A level holds fewer than SHARE_FRONTIER directories, so their descriptors stay few.
     """
     level = [(fd, path)]
     frontier: list = []  # (parent fd, subdir tuple, parent path)
@@ -367,7 +601,7 @@ def _walk_shared(fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: 
                 break
             deeper = []
             for dfd, sub, dpath in found:
-                cfd, cpath = _open_subdir(dfd, dpath, sub, tally)
+                cfd, cpath = _open_subdir(dfd, dpath, sub, opts, tally)
                 if cfd >= 0:
                     deeper.append((cfd, cpath))
             for dfd, _dpath in level:
@@ -402,9 +636,9 @@ def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: i
             if start >= end:
                 return
             for dfd, sub, dpath in frontier[start:end]:
-                cfd, cpath = _open_subdir(dfd, dpath, sub, this_tally)
+                cfd, cpath = _open_subdir(dfd, dpath, sub, opts, this_tally)
                 if cfd >= 0:
-                    _walk(cfd, cpath, opts, this_tally, on_directory)
+                    _walk(cfd, cpath, opts, this_tally, (sub[3], sub[4]), on_directory)
 
     def start_helpers() -> None:
         nonlocal read_fd
@@ -460,11 +694,11 @@ def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: i
             os.close(read_fd)
     complete = True
     for pid, result_read in helpers:
-        complete = _collect_helper(pid, result_read, opts, tally) and complete
+        complete = _collect_helper(pid, result_read, tally) and complete
     return complete
 
 
-def _collect_helper(pid: int, result_read: int, opts: WalkOptions, tally: _Tally) -> bool:
+def _collect_helper(pid: int, result_read: int, tally: _Tally) -> bool:
     """Read a helper's tally into ``tally``; False when it did not finish cleanly."""
     chunks = []
     try:
@@ -482,15 +716,9 @@ def _collect_helper(pid: int, result_read: int, opts: WalkOptions, tally: _Tally
         blocks, inodes, newest, errors, kept, links = marshal.loads(b"".join(chunks))
     except (EOFError, ValueError, TypeError):
         return False
-    # A hard link met by two processes was counted by both: keep the first count only.
-    for dev, ino, link_blocks in links:
-        key = (dev, ino)
-        if key in opts.seen:
-            blocks -= link_blocks
-            inodes -= 1
-        else:
-            opts.seen.add(key)
-            tally.links.append((dev, ino, link_blocks))
+    # A hard-linked inode met by several processes: add up the links each of them met.
+    for key, (met, nlink, link_blocks) in links.items():
+        _meet_link(tally.links, key, met, nlink, link_blocks)
     tally.blocks += blocks
     tally.inodes += inodes
     tally.newest = max(tally.newest, newest)
@@ -499,14 +727,26 @@ def _collect_helper(pid: int, result_read: int, opts: WalkOptions, tally: _Tally
     return True
 
 
+def _changed_since(st: os.stat_result, opts: WalkOptions) -> bool:
+    """True when the entry was modified or changed at or after ``opts.cutoff``."""
+    cutoff = opts.cutoff
+    if cutoff is None or (st.st_mtime < cutoff and st.st_ctime < cutoff):
+        return False
+    if st.st_mtime >= cutoff or S_ISDIR(st.st_mode):
+        return True
+    # Unlinking one of its other links moved the ctime of this inode: not a change by others.
+    return (st.st_dev, st.st_ino) not in opts.seen
+
+
 def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeStats:
     """Remove ``name`` beneath ``parent_fd``: unlink a file or symlink, delete a tree bottom-up.
 
-    Returns what was actually freed. Protected, special and other-filesystem entries are kept
-    (their parent directories then stay too); vanished files are not counted; other failures
-    are recorded as errors and the removal goes on with the rest.
+    Returns what was actually freed. Protected, special, other-mount and changed-since-the-scan
+    entries are kept (their parent directories then stay too); vanished files are not counted;
+    other failures are recorded as errors and the removal goes on with the rest.
     """
     stats = TreeStats()
+    opts.learn_mount(parent_fd)
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except OSError as exc:
@@ -514,137 +754,174 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
         return stats
     if _should_skip(st, path, opts, stats):
         return stats
+    if _changed_since(st, opts):
+        stats.kept.append((path, CHANGED))
+        return stats
     if not stat.S_ISDIR(st.st_mode):
         try:
             os.unlink(name, dir_fd=parent_fd)
         except OSError as exc:
             stats.errors.append((path, _err(exc)))
             return stats
-        stats.add_stat(st, opts)
+        _note_unlinked(st, opts)
+        stats.add_removed(st)
         return stats
-    try:
-        fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        stats.errors.append((path, _err(exc)))
+    fd = _open_checked_dir(parent_fd, name, st, path, opts, stats)
+    if fd < 0:
         return stats
-    fst = os.fstat(fd)
-    if (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
-        os.close(fd)
-        stats.errors.append((path, "changed while being removed; left alone"))
-        return stats
-    complete = _remove_tree(fd, path, opts, stats)
-    if complete:
-        try:
-            os.rmdir(name, dir_fd=parent_fd)
-            stats.add_stat(st, opts)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                stats.errors.append((path, _err(exc)))
+    top = _Frame(fd, path, None, (st.st_dev, st.st_ino), name, st.st_blocks)
+    if _RemovalWalk(opts, stats).run(top):
+        _rmdir(parent_fd, top, stats)
     return stats
 
 
-def _remove_tree(fd: int, path: str, opts: WalkOptions, stats: TreeStats) -> bool:
-    """Empty the directory open on ``fd`` (consumed). True when it is now empty.
+def _note_unlinked(st: os.stat_result, opts: WalkOptions) -> None:
+    if st.st_nlink > 1:
+        key = (st.st_dev, st.st_ino)
+        opts.seen[key] = opts.seen.get(key, 0) + 1
 
-    Frames are ``[fd, path, entries, complete, (name, stat) in parent]``; a directory is
-    removed when its frame ends complete (nothing kept or failed inside it).
-    """
-    protected, prot_inos = opts.protected, opts.prot_inos
-    seen = opts.seen
-    one_fs, dev = opts.one_filesystem, opts.dev
-    unlink = os.unlink
-    blocks = inodes = 0
+
+def _rmdir(parent_fd: int, frame: _Frame, stats: TreeStats) -> bool:
+    """Remove the emptied directory of ``frame``; False when it stays (kept or failed)."""
     try:
-        entries = _list(fd, path)
+        os.rmdir(frame.name, dir_fd=parent_fd)
     except OSError as exc:
-        stats.errors.append((path, _err(exc)))
-        os.close(fd)
+        if exc.errno == errno.ENOENT:
+            return True
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            stats.kept.append((frame.path, NOT_EMPTY))
+        else:
+            stats.errors.append((frame.path, _err(exc)))
         return False
-    stack: list = [[fd, path, iter(entries), True, None]]
-    try:
-        while stack:
-            frame = stack[-1]
-            dfd = frame[0]
-            entry = next(frame[2], None)
-            if entry is None:
-                os.close(dfd)
-                stack.pop()
-                if not stack:
-                    return frame[3]
-                parent = stack[-1]
-                name, st = frame[4]
-                if frame[3]:
-                    try:
-                        os.rmdir(name, dir_fd=parent[0])
-                        blocks += st.st_blocks
-                        inodes += 1
-                    except OSError as exc:
-                        if exc.errno != errno.ENOENT:
-                            stats.errors.append((frame[1], _err(exc)))
-                            parent[3] = False
+    stats.removed += 1
+    stats.bytes += frame.st_blocks * 512
+    stats.inodes += 1
+    return True
+
+
+class _RemovalWalk:
+    """Empty one directory tree bottom-up, depth first, with a bounded number of descriptors.
+
+    Steps: ``_next`` takes the top frame's next entry; ``_remove_one`` stats it and keeps it
+    (protected, special, changed since the scan) or hands it on to ``_unlink`` (files and
+    symlinks) or ``_enter`` (directories, checked for mount and identity); when a frame has no
+    entries left, ``_leave`` pops it and removes the directory if nothing inside was kept.
+    """
+
+    def __init__(self, opts: WalkOptions, stats: TreeStats) -> None:
+        self.opts = opts
+        self.stats = stats
+        self.stack = _FdStack(opts)
+        self.blocks = 0  # file blocks and inodes freed, added to stats at the end
+        self.inodes = 0
+        self.removed = 0
+
+    def run(self, top: _Frame) -> bool:
+        """Empty the directory of ``top`` (its descriptor is consumed). True when it is empty."""
+        try:
+            top.todo = iter(_list(top.fd, top.path))
+        except OSError as exc:
+            os.close(top.fd)
+            self.stats.errors.append((top.path, _err(exc)))
+            return False
+        stack = self.stack
+        frames = stack.frames
+        stack.push(top)
+        try:
+            while frames:
+                frame = frames[-1]
+                entry = next(frame.todo, None)
+                if entry is None:
+                    self._leave()
                 else:
-                    parent[3] = False
-                continue
-            name = entry.name
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                stats.errors.append((frame[1] + "/" + name, "vanished before it could be removed"))
-                continue
-            except OSError as exc:
-                stats.errors.append((frame[1] + "/" + name, _err(exc)))
-                frame[3] = False
-                continue
-            mode = st.st_mode
-            if st.st_ino in prot_inos and (st.st_dev, st.st_ino) in protected:
-                stats.kept.append((frame[1] + "/" + name, "protected"))
-                frame[3] = False
-                continue
-            if S_ISREG(mode) or S_ISLNK(mode):
-                try:
-                    unlink(name, dir_fd=dfd)
-                except FileNotFoundError:
-                    stats.errors.append(
-                        (frame[1] + "/" + name, "vanished before it could be removed")
-                    )
-                    continue
-                except OSError as exc:
-                    stats.errors.append((frame[1] + "/" + name, _err(exc)))
-                    frame[3] = False
-                    continue
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                blocks += st.st_blocks
-                inodes += 1
-            elif S_ISDIR(mode):
-                epath = frame[1] + "/" + name
-                if one_fs and st.st_dev != dev:
-                    stats.kept.append((epath, "other filesystem (mount point)"))
-                    frame[3] = False
-                    continue
-                try:
-                    cfd = os.open(name, OPEN_DIR_FLAGS, dir_fd=dfd)
-                except OSError as exc:
-                    stats.errors.append((epath, _err(exc)))
-                    frame[3] = False
-                    continue
-                try:
-                    centries = _list(cfd, epath)
-                except OSError as exc:
-                    os.close(cfd)
-                    stats.errors.append((epath, _err(exc)))
-                    frame[3] = False
-                    continue
-                stack.append([cfd, epath, iter(centries), True, (name, st)])
+                    self._remove_one(frame, entry.name, entry)
+            return top.complete and not stack.abandoned
+        finally:
+            stack.close_all()
+            self.stats.bytes += self.blocks * 512
+            self.stats.inodes += self.inodes
+            self.stats.removed += self.removed
+
+    def _remove_one(self, frame: _Frame, name: str, entry: os.DirEntry) -> None:
+        opts = self.opts
+        try:
+            if frame.reopened:  # the DirEntry would stat through a closed descriptor number
+                st = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
             else:
-                stats.kept.append((frame[1] + "/" + name, "special file"))
-                frame[3] = False
-    finally:
-        for frame in stack:
-            os.close(frame[0])
-        stats.bytes += blocks * 512
-        stats.inodes += inodes
-    return False
+                st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            self.stats.errors.append(
+                (frame.path + "/" + name, "vanished before it could be removed")
+            )
+            return
+        except OSError as exc:
+            self._fail(frame, name, _err(exc))
+            return
+        mode = st.st_mode
+        if st.st_ino in opts.prot_inos and (st.st_dev, st.st_ino) in opts.protected:
+            self._keep(frame, name, "protected")
+        elif opts.cutoff is not None and _changed_since(st, opts):
+            self._keep(frame, name, CHANGED)
+        elif S_ISREG(mode) or S_ISLNK(mode):
+            self._unlink(frame, name, st)
+        elif S_ISDIR(mode):
+            self._enter(frame, name, st)
+        else:
+            self._keep(frame, name, "special file")
+
+    def _keep(self, frame: _Frame, name: str, reason: str) -> None:
+        self.stats.kept.append((frame.path + "/" + name, reason))
+        frame.complete = False
+
+    def _fail(self, frame: _Frame, name: str, message: str) -> None:
+        self.stats.errors.append((frame.path + "/" + name, message))
+        frame.complete = False
+
+    def _unlink(self, frame: _Frame, name: str, st: os.stat_result) -> None:
+        try:
+            os.unlink(name, dir_fd=frame.fd)
+        except FileNotFoundError:
+            self.stats.errors.append(
+                (frame.path + "/" + name, "vanished before it could be removed")
+            )
+            return
+        except OSError as exc:
+            self._fail(frame, name, _err(exc))
+            return
+        self.removed += 1
+        if st.st_nlink == 1:  # its last link: the blocks are free now
+            self.blocks += st.st_blocks
+            self.inodes += 1
+        else:
+            _note_unlinked(st, self.opts)
+
+    def _enter(self, frame: _Frame, name: str, st: os.stat_result) -> None:
+        opts = self.opts
+        path = frame.path + "/" + name
+        if opts.one_filesystem and st.st_dev != opts.dev:
+            self._keep(frame, name, OTHER_FS)
+            return
+        cfd = _open_checked_dir(frame.fd, name, st, path, opts, self.stats)
+        if cfd < 0:
+            frame.complete = False
+            return
+        try:
+            entries = _list(cfd, path)
+        except OSError as exc:
+            os.close(cfd)
+            self._fail(frame, name, _err(exc))
+            return
+        child = _Frame(cfd, path, iter(entries), (st.st_dev, st.st_ino), name, st.st_blocks)
+        self.stack.push(child)
+
+    def _leave(self) -> None:
+        """Pop the finished top frame; remove its directory if it is now empty."""
+        stack = self.stack
+        frame = stack.pop(self.stats.errors)
+        if not stack.frames:
+            return  # the top (the caller removes it), or the walk was abandoned
+        parent = stack.frames[-1]
+        if frame.complete:
+            frame.complete = _rmdir(parent.fd, frame, self.stats)
+        if not frame.complete:
+            parent.complete = False
