@@ -18,9 +18,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +36,63 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # atomic_write's temp files in entries/ older than this belong to a dead process: an entry
 # write takes milliseconds.
 STALE_ENTRY_TEMP_SECONDS = 600
+# Entries and image configs are small JSON; anything bigger is damage or a plant, and reading
+# it whole would let one file exhaust memory.
+MAX_ENTRY_BYTES = 16 * 1024 * 1024
+MAX_CONFIG_BYTES = 32 * 1024 * 1024
+# O_NONBLOCK: opening a FIFO planted in place of a file must not wait for a writer.
+SAFE_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class NotRegularFile(OSError):
+    """A symlink, FIFO, device or directory where the store keeps a regular file."""
+
+
+def open_regular(path: str, create: bool = False) -> int:
+    """An fd on the regular file at ``path``, never following a symlink nor waiting on a FIFO.
+    Raises FileNotFoundError when absent (and not ``create``), NotRegularFile otherwise."""
+    flags = SAFE_OPEN_FLAGS | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, 0o664)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link", path) from None
+        if exc.errno == errno.EISDIR:
+            raise NotRegularFile(errno.EISDIR, "is a directory", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "is not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The whole regular file at ``path``; NotRegularFile when it is not one or exceeds
+    ``limit`` bytes."""
+    fd = open_regular(path)
+    try:
+        if os.fstat(fd).st_size > limit:
+            raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", path)
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:  # grew while read
+                raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", path)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def describe_os_error(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 class CorruptEntry(RunnerkeepError):
@@ -81,14 +140,22 @@ def config_diff_ids(store: Store, digest: str) -> tuple[list[str], int]:
     """An image config blob's ``rootfs.diff_ids`` and its size, read once and checked against
     its sha256. Raises CorruptBlob (damaged, or no diff_ids), CorruptEntry (not a digest),
     FileNotFoundError (not stored)."""
-    with open(store.blob_path(digest), "rb") as handle:
-        data = handle.read()
+    try:
+        data = read_regular(store.blob_path(digest), MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptBlob(
+            digest, f"config blob {digest} cannot be read: {describe_os_error(exc)}"
+        ) from None
     if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
         raise CorruptBlob(digest, f"config blob {digest} fails its sha256 check (damaged on disk)")
     try:
         diff_ids = json.loads(data)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise CorruptBlob(digest, f"config blob {digest} has no rootfs.diff_ids") from None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise CorruptBlob(digest, f"config blob {digest} has malformed rootfs.diff_ids")
     return diff_ids, len(data)
 
 
@@ -117,7 +184,7 @@ class Store:
             self.tmp_dir,
             self.quarantine_dir,
         ):
-            os.makedirs(path, exist_ok=True)
+            _make_layout_dir(path)
             if mode:
                 with contextlib.suppress(OSError):
                     if os.stat(path).st_mode & 0o7777 != mode:
@@ -143,17 +210,23 @@ class Store:
         return os.path.join(self.entry_dir, validate_key(key) + ".json")
 
     def blob_size(self, digest: str) -> int | None:
+        """The size of a stored blob; None when absent or not a regular file (a symlink or
+        FIFO planted there is no blob, and reading it could leave the store or block)."""
         try:
-            return os.stat(self.blob_path(digest)).st_size
-        except FileNotFoundError:
+            st = os.lstat(self.blob_path(digest))
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def has_blob(self, digest: str) -> bool:
         return self.blob_size(digest) is not None
 
     def list_blobs(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.blob_dir) as it:
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError),
+            os.scandir(self.blob_dir) as it,
+        ):
             for item in it:
                 if re.fullmatch(r"[0-9a-f]{64}", item.name) and item.is_file(follow_symlinks=False):
                     out["sha256:" + item.name] = item.stat(follow_symlinks=False).st_size
@@ -161,7 +234,7 @@ class Store:
 
     def list_keys(self) -> list[str]:
         keys = []
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for name in os.listdir(self.entry_dir):
                 if name.endswith(".json") and KEY_RE.fullmatch(name[:-5]):
                     keys.append(name[:-5])
@@ -171,12 +244,37 @@ class Store:
     @contextlib.contextmanager
     def _flock(self, path: str, mode: int) -> Iterator[None]:
         # Read-only is enough for flock, so a lock file created by another user still works.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o664)
+        fd = self._open_lock_file(path)
         try:
             fcntl.flock(fd, mode)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _open_lock_file(self, path: str) -> int:
+        """Open (creating) a lock file. A symlink, FIFO or directory planted in its place is
+        moved aside once and replaced: following it would create or lock a file elsewhere."""
+        try:
+            return open_regular(path, create=True)
+        except NotRegularFile:
+            _move_aside(path)
+        return open_regular(path, create=True)
+
+    @contextlib.contextmanager
+    def read_lock(self) -> Iterator[bool]:
+        """The shared store lock for read-only work, creating nothing: yields False (no lock
+        held) when the store or its lock file does not exist or the lock file is damaged.
+        Entries are committed by rename, so an unlocked reader still sees whole files."""
+        try:
+            fd = open_regular(os.path.join(self.root, "store.lock"))
+        except OSError:
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield True
+        finally:
+            os.close(fd)
 
     def store_lock(self, exclusive: bool = False):
         """Shared for save/restore/verify; exclusive for prune, so no blob an entry being
@@ -224,14 +322,19 @@ class Store:
         removed: list[str] = []
         try:
             names = os.listdir(self.tmp_dir)
-        except FileNotFoundError:
-            return removed
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
         for name in names:
             path = os.path.join(self.tmp_dir, name)
             if name.endswith(".lock") and not name.startswith("."):
                 try:
-                    fd = os.open(path, os.O_RDONLY)
+                    fd = open_regular(path)
                 except FileNotFoundError:
+                    continue
+                except OSError:
+                    # Not a lock any operation holds (a FIFO or symlink planted here): drop
+                    # the name itself, never what it points to.
+                    _remove_name(path)
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -251,12 +354,12 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
             elif (
-                os.path.isdir(path) and not os.path.exists(path + ".lock") and _older_than(path, 60)
+                _is_real_dir(path) and not os.path.lexists(path + ".lock") and _older_than(path, 60)
             ):
                 # A directory whose lock file is gone: its owner was killed mid-cleanup.
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(name)
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for name in os.listdir(self.entry_dir):
                 path = os.path.join(self.entry_dir, name)
                 if name.startswith(".tmp-") and _older_than(path, STALE_ENTRY_TEMP_SECONDS):
@@ -277,9 +380,11 @@ class Store:
     def commit_blob_file(self, temp_path: str, digest: str) -> bool:
         """Move a fully written, fsynced temp file into place; False if it was already there."""
         final = self.blob_path(digest)
-        if os.path.exists(final):
+        if self.blob_size(digest) is not None:
             os.unlink(temp_path)
             return False
+        if _is_real_dir(final):
+            _move_aside(final)  # os.replace cannot put a file over a directory
         os.chmod(temp_path, 0o444)
         os.replace(temp_path, final)
         return True
@@ -304,17 +409,24 @@ class Store:
         data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
         # Group-writable in a shared store, so other members can record a use (utime).
         mode = 0o664 if self.shared_dir_mode() else 0o644
-        atomic_write(self.entry_path(entry["key"]), data, mode=mode)
+        path = self.entry_path(entry["key"])
+        if _is_real_dir(path):
+            # rename() cannot replace a directory with a file: move the damage aside first.
+            self.quarantine("entry", path, "a directory in place of an entry file")
+        atomic_write(path, data, mode=mode)
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     def read_entry(self, key: str) -> tuple[dict[str, Any], str]:
         """The checked entry and its file's sha256; CacheMiss if absent, CorruptEntry if bad."""
         path = self.entry_path(key)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
+            data = read_regular(path, MAX_ENTRY_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
             raise CacheMiss(f"no cache entry for key '{key}' in {self.root}") from None
+        except OSError as exc:
+            raise CorruptEntry(
+                f"entry for key '{key}' cannot be read: {describe_os_error(exc)}"
+            ) from None
         return check_entry(data, key), "sha256:" + hashlib.sha256(data).hexdigest()
 
     def touch_entry(self, key: str) -> None:
@@ -323,7 +435,7 @@ class Store:
             os.utime(self.entry_path(key))
 
     def entry_times(self, key: str) -> float:
-        return os.stat(self.entry_path(key)).st_mtime
+        return os.lstat(self.entry_path(key)).st_mtime
 
     def remove_entry(self, key: str) -> bool:
         try:
@@ -335,8 +447,12 @@ class Store:
 
     # -- quarantine ---------------------------------------------------------------------
     def quarantine(self, what: str, path: str, reason: str) -> str | None:
-        """Move a rejected entry or blob aside (same filesystem: a rename) and log why."""
-        self.ensure()
+        """Move a rejected entry or blob aside (same filesystem: a rename) and log why. None
+        when nothing was moved (already gone, or the quarantine cannot be written)."""
+        try:
+            self.ensure()
+        except OSError:
+            return None
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = os.path.join(
             self.quarantine_dir, f"{stamp}-{os.getpid()}-{what}-{os.path.basename(path)}"
@@ -345,6 +461,8 @@ class Store:
             os.replace(path, target)
         except FileNotFoundError:
             target = None
+        except OSError:
+            return None
         record = {
             "time": time.time(),
             "what": what,
@@ -367,43 +485,135 @@ class Store:
     def clean_quarantine(self, older_than_seconds: float, dry_run: bool = False) -> int:
         freed = 0
         now = time.time()
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.quarantine_dir):
-                if name == "log.jsonl":
-                    continue
-                path = os.path.join(self.quarantine_dir, name)
+        try:
+            names = os.listdir(self.quarantine_dir)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        for name in names:
+            if name == "log.jsonl":
+                continue
+            path = os.path.join(self.quarantine_dir, name)
+            try:
                 st = os.lstat(path)
-                if now - st.st_mtime >= older_than_seconds:
-                    freed += st.st_size
-                    if not dry_run:
-                        os.unlink(path)
+            except FileNotFoundError:
+                continue
+            if now - st.st_mtime >= older_than_seconds:
+                freed += st.st_size
+                if not dry_run:
+                    # A quarantined damaged entry can be a directory.
+                    _remove_name(path)
         return freed
 
 
 def check_entry(data: bytes, key: str) -> dict[str, Any]:
-    """Parse and check an entry file's bytes against the key it is filed under."""
+    """Parse and check an entry file's bytes against the key it is filed under.
+
+    The checksum only catches accidents (anyone who can write an entry can recompute it), so
+    every field a reader uses is type-checked too: a forged or damaged entry is a CorruptEntry,
+    never an exception in whatever reads it later."""
     try:
         entry = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptEntry(f"entry for key '{key}' is not valid JSON: {exc}") from None
     if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
         raise CorruptEntry(f"entry for key '{key}' has an unknown format")
-    if entry.get("checksum") != entry_checksum(entry):
+    try:
+        checksum = entry_checksum(entry)
+    except (ValueError, TypeError, RecursionError):
+        checksum = None
+    if checksum is None or entry.get("checksum") != checksum:
         raise CorruptEntry(f"entry for key '{key}' fails its checksum (damaged on disk)")
     if entry.get("key") != key:
         raise CorruptEntry(
             f"entry filed under key '{key}' belongs to key '{entry.get('key')}' (swapped or copied)"
         )
     try:
-        blobs = entry_blobs(entry)
-        if not entry["images"]:
-            raise ValueError("no images")
-        for digest, size in blobs.items():
-            if not DIGEST_RE.fullmatch(digest) or not isinstance(size, int) or size < 0:
-                raise ValueError(f"bad blob reference {digest!r}")
-    except (KeyError, TypeError, ValueError) as exc:
+        _check_entry_fields(entry)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptEntry(f"entry for key '{key}' is malformed: {exc}") from None
     return entry
+
+
+def _check_entry_fields(entry: dict[str, Any]) -> None:
+    images = entry.get("images")
+    if not isinstance(images, list) or not images:
+        raise ValueError("no images")
+    for name in ("archive_format", "runnerkeep_version"):
+        _expect(entry.get(name), (str, type(None)), name)
+    created = entry.get("created")
+    if created is not None and not _finite_number(created):
+        raise ValueError(f"created is {created!r}, not a time")
+    for image in images:
+        _expect(image, dict, "image")
+        _expect(image.get("id"), str, "image id")
+        tags = image.get("tags")
+        _expect(tags, list, "image tags")
+        for tag in tags:
+            _expect(tag, str, "image tag")
+        _check_blob_ref(image.get("config"), "image config")
+        layers = image.get("layers")
+        _expect(layers, list, "image layers")
+        for layer in layers:
+            _check_blob_ref(layer, "layer")
+            _expect(layer.get("diff_id"), str, "layer diff_id")
+        manifests = image.get("manifests")
+        _expect(manifests, (list, type(None)), "image manifests")
+        for manifest in manifests or []:
+            _check_blob_ref(manifest, "manifest")
+            _expect(manifest.get("annotations"), (dict, type(None)), "manifest annotations")
+
+
+def _check_blob_ref(ref: Any, what: str) -> None:
+    _expect(ref, dict, what)
+    digest, size = ref.get("digest"), ref.get("size")
+    if not isinstance(digest, str) or not DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"bad blob reference {digest!r} in {what}")
+    if type(size) is not int or size < 0:
+        raise ValueError(f"bad size {size!r} of {what} {digest}")
+    _expect(ref.get("media_type"), (str, type(None)), f"{what} media_type")
+
+
+def _expect(value: Any, types: type | tuple[type, ...], what: str) -> None:
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise TypeError(f"{what} has the wrong type ({type(value).__name__})")
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_real_dir(path: str) -> bool:
+    """A directory, not a symlink to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _move_aside(path: str) -> str | None:
+    """Rename something damaged out of a name the store needs (kept for inspection)."""
+    target = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def _remove_name(path: str) -> None:
+    """Remove the name at ``path`` (a whole tree if it is a real directory), never a target."""
+    with contextlib.suppress(FileNotFoundError):
+        if _is_real_dir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def _make_layout_dir(path: str) -> None:
+    """mkdir -p, moving aside a file, FIFO or symlink left where a layout directory belongs."""
+    if os.path.lexists(path) and not _is_real_dir(path):
+        _move_aside(path)
+    os.makedirs(path, exist_ok=True)
 
 
 def _older_than(path: str, seconds: float) -> bool:
