@@ -8,24 +8,50 @@ import time
 from typing import Any
 
 from ..errors import CacheMiss
+from ..events import record_event
 from .store import CorruptEntry, Store, entry_blobs, validate_key
 
 
 def _scan(store: Store) -> dict[str, dict[str, Any]]:
-    """key -> {entry or None when unreadable, last_used, blobs}."""
+    """key -> {entry (None when unreadable), problem (why), digest, last_used, blobs}."""
     out: dict[str, dict[str, Any]] = {}
     for key in store.list_keys():
         try:
             last_used = store.entry_times(key)
         except FileNotFoundError:
             continue
+        problem = None
         try:
             entry, digest = store.read_entry(key)
             blobs = entry_blobs(entry)
-        except (CorruptEntry, CacheMiss):
-            entry, digest, blobs = None, None, {}
-        out[key] = {"entry": entry, "digest": digest, "last_used": last_used, "blobs": blobs}
+        except CacheMiss:
+            continue  # removed since it was listed
+        except CorruptEntry as exc:
+            entry, digest, blobs, problem = None, None, {}, str(exc)
+        out[key] = {
+            "entry": entry,
+            "problem": problem,
+            "digest": digest,
+            "last_used": last_used,
+            "blobs": blobs,
+        }
     return out
+
+
+def _empty_prune(store: Store, dry_run: bool) -> dict[str, Any]:
+    return {
+        "dir": store.root,
+        "evicted": [],
+        "blobs_deleted": 0,
+        "bytes_freed": 0,
+        "quarantine_bytes_freed": 0,
+        "size_before": 0,
+        "size_after": 0,
+        "stale_temps_removed": [],
+        "warnings": [],
+        "empty": True,
+        "dry_run": dry_run,
+    }
 
 
 def prune_store(
@@ -36,58 +62,89 @@ def prune_store(
     quarantine_retention: float | None = None,
     protect: set[str] | frozenset[str] = frozenset(),
     dry_run: bool = False,
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     """Evict whole entries, least recently used first, until under ``max_size`` (and any not
     used for ``max_age``); then delete blobs no entry references. Holds the store lock
-    exclusively, so no save can be between writing its blobs and its entry."""
+    exclusively, so no save can be between writing its blobs and its entry. A dry run
+    changes nothing (not even a lock file); a real one records a ``cache`` event in
+    ``state_dir`` when given, whichever front door ran it."""
     store = Store(store_dir)
     if not store.exists():
-        return {"evicted": [], "blobs_deleted": 0, "bytes_freed": 0, "dry_run": dry_run}
+        return _empty_prune(store, dry_run)
+    lock = store.read_lock() if dry_run else store.store_lock(exclusive=True)
+    with lock:
+        report = _prune_locked(store, max_size, max_age, quarantine_retention, protect, dry_run)
+    if state_dir and not dry_run:
+        record_event(
+            state_dir,
+            "cache",
+            op="prune",
+            result="pruned",
+            bytes_freed=report["bytes_freed"],
+            evicted=len(report["evicted"]),
+        )
+    return report
+
+
+def _prune_locked(
+    store: Store,
+    max_size: int | None,
+    max_age: float | None,
+    quarantine_retention: float | None,
+    protect: set[str] | frozenset[str],
+    dry_run: bool,
+) -> dict[str, Any]:
     now = time.time()
-    with store.store_lock(exclusive=True):
-        stale = [] if dry_run else store.remove_stale_temps()
-        scan = _scan(store)
-        on_disk = store.list_blobs()
-        size_before = sum(on_disk.values())
-        evicted: list[dict[str, Any]] = []
-        keep = dict(scan)
-        for key, info in sorted(scan.items(), key=lambda kv: kv[1]["last_used"]):
+    stale = [] if dry_run else store.remove_stale_temps()
+    scan = _scan(store)
+    on_disk = store.list_blobs()
+    size_before = sum(on_disk.values())
+    evicted: list[dict[str, Any]] = []
+    keep = dict(scan)
+    for key, info in sorted(scan.items(), key=lambda kv: kv[1]["last_used"]):
+        if key in protect:
+            continue
+        reason = None
+        if info["entry"] is None:
+            reason = "unreadable entry"
+        elif max_age is not None and now - info["last_used"] > max_age:
+            reason = "older than max_age"
+        if reason:
+            evicted.append({"key": key, "reason": reason})
+            del keep[key]
+    if max_size is not None:
+        for key, _info in sorted(keep.items(), key=lambda kv: kv[1]["last_used"]):
+            if _unique_size(keep, on_disk) <= max_size:
+                break
             if key in protect:
                 continue
-            reason = None
-            if info["entry"] is None:
-                reason = "unreadable entry"
-            elif max_age is not None and now - info["last_used"] > max_age:
-                reason = "older than max_age"
-            if reason:
-                evicted.append({"key": key, "reason": reason})
-                del keep[key]
-        if max_size is not None:
-            for key, _info in sorted(keep.items(), key=lambda kv: kv[1]["last_used"]):
-                if _unique_size(keep, on_disk) <= max_size:
-                    break
-                if key in protect:
-                    continue
-                evicted.append({"key": key, "reason": "over max_size (least recently used)"})
-                del keep[key]
-        referenced: set[str] = set()
-        for info in keep.values():
-            referenced.update(info["blobs"])
-        garbage = sorted(set(on_disk) - referenced)
-        freed = sum(on_disk[d] for d in garbage)
-        if not dry_run:
-            for item in evicted:
-                if scan[item["key"]]["entry"] is None:
-                    store.quarantine("entry", store.entry_path(item["key"]), item["reason"])
-                else:
-                    store.remove_entry(item["key"])
-            for digest in garbage:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(store.blob_path(digest))
-        quarantine_freed = 0
-        if quarantine_retention is not None:
-            quarantine_freed = store.clean_quarantine(quarantine_retention, dry_run=dry_run)
+            evicted.append({"key": key, "reason": "over max_size (least recently used)"})
+            del keep[key]
+    referenced: set[str] = set()
+    for info in keep.values():
+        referenced.update(info["blobs"])
+    garbage = sorted(set(on_disk) - referenced)
+    freed = sum(on_disk[d] for d in garbage)
+    warnings = []
+    for item in evicted:
+        info = scan[item["key"]]
+        if info["entry"] is None:
+            moved = None
+            if not dry_run:
+                moved = store.quarantine("entry", store.entry_path(item["key"]), info["problem"])
+            warnings.append(_skip_warning(item["key"], info["problem"], moved))
+        elif not dry_run:
+            store.remove_entry(item["key"])
+    if not dry_run:
+        for digest in garbage:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(store.blob_path(digest))
+    quarantine_freed = 0
+    if quarantine_retention is not None:
+        quarantine_freed = store.clean_quarantine(quarantine_retention, dry_run=dry_run)
     return {
+        "dir": store.root,
         "evicted": evicted,
         "blobs_deleted": len(garbage),
         "bytes_freed": freed,
@@ -95,8 +152,15 @@ def prune_store(
         "size_before": size_before,
         "size_after": size_before - freed,
         "stale_temps_removed": stale,
+        "warnings": warnings,
+        "empty": not scan and not on_disk,
         "dry_run": dry_run,
     }
+
+
+def _skip_warning(key: str, problem: str, moved_to: str | None) -> str:
+    where = f" (moved to {moved_to})" if moved_to else ""
+    return f"skipped damaged cache entry '{key}'{where}: {problem}"
 
 
 def _unique_size(keep: dict[str, dict[str, Any]], on_disk: dict[str, int]) -> int:
@@ -110,8 +174,14 @@ def list_entries(store_dir: str) -> dict[str, Any]:
     """Keys, images, logical size, size unique to each entry, created, last used."""
     store = Store(store_dir)
     if not store.exists():
-        return {"dir": store.root, "entries": [], "store_bytes": 0, "logical_bytes": 0}
-    with store.store_lock():
+        return {
+            "dir": store.root,
+            "entries": [],
+            "store_bytes": 0,
+            "logical_bytes": 0,
+            "warnings": [],
+        }
+    with store.read_lock():
         scan = _scan(store)
         on_disk = store.list_blobs()
     users: dict[str, int] = {}
@@ -122,7 +192,14 @@ def list_entries(store_dir: str) -> dict[str, Any]:
     for key, info in sorted(scan.items()):
         entry = info["entry"]
         if entry is None:
-            rows.append({"key": key, "ok": False, "last_used": info["last_used"]})
+            rows.append(
+                {
+                    "key": key,
+                    "ok": False,
+                    "last_used": info["last_used"],
+                    "problem": info["problem"],
+                }
+            )
             continue
         rows.append(
             {
@@ -142,6 +219,7 @@ def list_entries(store_dir: str) -> dict[str, Any]:
         "entries": rows,
         "store_bytes": sum(on_disk.values()),
         "logical_bytes": sum(r.get("logical_bytes", 0) for r in rows),
+        "warnings": [_skip_warning(r["key"], r["problem"], None) for r in rows if not r["ok"]],
     }
 
 

@@ -358,15 +358,18 @@ def save_entry(
             infos, ids, tags = resolve_images(refs)  # DockerUnavailableError when no daemon
         finally:
             engine = _engine_result(engine_future)
-    store.ensure()
+    if dry_run:
+        return _dry_run_save(
+            store, key, infos, ids, tags, engine, reserve, check_space, make_room_first
+        )
     result: dict[str, Any]
     try:
+        store.ensure()
         with store.key_lock(key), store.store_lock():
             store.remove_stale_temps()
             current = _entry_is_current(store, key, ids, tags)
             if current:
-                if not dry_run:
-                    store.touch_entry(key)
+                store.touch_entry(key)
                 result = {
                     "result": "unchanged",
                     "entry_digest": current["entry_digest"],
@@ -374,7 +377,7 @@ def save_entry(
                     "bytes_reused": sum(entry_blobs(current["entry"]).values()),
                     "images": _image_summary(current["entry"]),
                 }
-            elif not dry_run and (stored := _save_from_store(store, key, refs, infos, tags)):
+            elif stored := _save_from_store(store, key, refs, infos, tags):
                 result = stored
             else:
                 plan = []
@@ -387,15 +390,6 @@ def save_entry(
                         plan = space_plan(store, infos, reserve, engine)
                     if not all(p["ok"] for p in plan):
                         raise FreeSpaceError(_space_message(plan))
-                if dry_run:
-                    return {
-                        "result": "would_save",
-                        "key": key,
-                        "space": plan,
-                        "bytes_written": 0,
-                        "bytes_reused": 0,
-                        "images": sorted(ids),
-                    }
                 if progress is not None and getattr(progress, "total", 0) is None:
                     progress.total = sum(int(i.get("Size") or 0) for i in infos)  # for the ETA
                 result = _save_locked(store, key, refs, infos, ids, tags, progress)
@@ -421,6 +415,62 @@ def save_entry(
     return result
 
 
+def _dry_run_save(
+    store: Store,
+    key: str,
+    infos: list[dict[str, Any]],
+    ids: set[str],
+    tags: dict[str, str],
+    engine: Any,
+    reserve: int,
+    check_space: bool,
+    make_room_first: bool,
+) -> dict[str, Any]:
+    """What a save would do, found by reading only: no store layout, lock file, temp cleanup,
+    cleanup run or event (a store never written to reads as empty)."""
+    with store.read_lock():
+        current = _entry_is_current(store, key, ids, tags)
+        if current:
+            return {
+                "result": "unchanged",
+                "key": key,
+                "entry_digest": current["entry_digest"],
+                "bytes_written": 0,
+                "bytes_reused": sum(entry_blobs(current["entry"]).values()),
+                "images": _image_summary(current["entry"]),
+                "dry_run": True,
+            }
+        plan: list[dict[str, Any]] = []
+        would_make_room = False
+        if check_space:
+            if isinstance(engine, BaseException):
+                raise engine
+            plan = space_plan(store, infos, reserve, engine)
+            if not all(p["ok"] for p in plan):
+                if not make_room_first:
+                    raise FreeSpaceError(_space_message(plan))
+                would_make_room = True  # the real save runs the cleanup, then checks again
+    return {
+        "result": "would_save",
+        "key": key,
+        "space": plan,
+        "would_make_room": would_make_room,
+        "bytes_written": 0,
+        "bytes_reused": 0,
+        "images": sorted(ids),
+        "dry_run": True,
+    }
+
+
+def _hash_or_none(path: str) -> str | None:
+    from .verify import hash_file
+
+    try:
+        return hash_file(path)[0]
+    except OSError:
+        return None  # unreadable, or not a regular file any more: not a usable blob
+
+
 def _save_from_store(
     store: Store, key: str, refs: list[str], infos: list[dict[str, Any]], tags: dict[str, str]
 ) -> dict[str, Any] | None:
@@ -431,8 +481,6 @@ def _save_from_store(
     re-hashed (about 0.3 s per GiB on two threads, against ~7 s for `docker save` of a GiB), so
     a blob damaged on disk is never written into a new entry: it is quarantined and the caller
     falls back to a full save, which stores it again."""
-    from .verify import hash_file
-
     images = []
     layer_blobs: dict[str, int] = {}
     seen = set()
@@ -472,8 +520,8 @@ def _save_from_store(
             }
         )
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {pool.submit(hash_file, store.blob_path(d)): d for d in layer_blobs}
-        bad = [d for fut, d in futures.items() if fut.result()[0] != d]
+        futures = {pool.submit(_hash_or_none, store.blob_path(d)): d for d in layer_blobs}
+        bad = [d for fut, d in futures.items() if fut.result() != d]
     for digest in bad:
         store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
     if bad:

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..config import merge_section
-from ..errors import RunnerkeepError
+from ..errors import ConfigError, RunnerkeepError
 from ..units import parse_duration, parse_size
 
 CACHE_DIR_ENV = "RUNNERKEEP_CACHE_DIR"
@@ -46,8 +46,15 @@ def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
         "quarantine_retention": parse_duration(
             section["quarantine_retention"], "cache.quarantine_retention"
         ),
-        "verify_workers": max(1, int(section["verify_workers"])),
+        "verify_workers": _workers(section["verify_workers"]),
     }
+
+
+def _workers(value: Any) -> int:
+    """A thread count: an integer 1..64 (the JSON number, not a string or a float)."""
+    if type(value) is not int or not 1 <= value <= 64:
+        raise ConfigError(f"cache.verify_workers: expected an integer from 1 to 64, got {value!r}")
+    return value
 
 
 def _budget_quota(config: dict[str, Any]) -> int | None:

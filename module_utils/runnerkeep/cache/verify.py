@@ -10,18 +10,20 @@ from typing import Any, Callable
 
 from ..errors import CacheMiss
 from .restore import load_checked_entry, quarantine_for
-from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, validate_key
+from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, open_regular, validate_key
 
 CHUNK = 1 << 20
 
 
 def hash_file(path: str) -> tuple[str, int]:
-    """sha256 and size, read with readinto into one buffer (no per-chunk allocation)."""
+    """sha256 and size, read with readinto into one buffer (no per-chunk allocation). Only a
+    regular file is read (NotRegularFile, an OSError, otherwise): never a symlink's target,
+    never a FIFO that would block."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK * 4)
     view = memoryview(buf)
     size = 0
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_regular(path)
     try:
         with open(fd, "rb", buffering=0, closefd=False) as handle:
             while True:
@@ -46,14 +48,17 @@ def verify_store(
     """Check entries and blobs; report every bad one. ``repair`` quarantines what is bad.
 
     Blobs are hashed on ``workers`` threads: hashlib and file reads release the GIL, so two
-    threads use both cores."""
+    threads use both cores. Without ``repair`` nothing is written, not even a lock file; a
+    store never written to is an empty, good store (unless a ``key`` is asked for)."""
     start = time.monotonic()
     store = Store(store_dir)
     if not store.exists():
-        raise CacheMiss(f"no cache at {store.root}")
+        if key:
+            raise CacheMiss(f"no cache at {store.root}")
+        return _empty_report(store)
     bad_entries: list[dict[str, str]] = []
     bad_blobs: dict[str, str] = {}
-    with store.store_lock():
+    with store.store_lock() if repair else store.read_lock():
         keys = [validate_key(key)] if key else store.list_keys()
         entries: dict[str, dict[str, Any]] = {}
         for k in keys:
@@ -112,6 +117,7 @@ def verify_store(
         unreferenced = sorted(set(on_disk) - set(referenced)) if not key else []
     duration = time.monotonic() - start
     return {
+        "dir": store.root,
         "ok": not bad_entries and not bad_blobs,
         "entries_checked": len(keys),
         "blobs_checked": len(to_hash),
@@ -122,6 +128,24 @@ def verify_store(
         "quarantined": quarantined,
         "duration": round(duration, 3),
         "throughput_bytes_per_second": int(checked_bytes / duration) if duration > 0 else 0,
+        "empty": not keys and not on_disk,
+    }
+
+
+def _empty_report(store: Store) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "entries_checked": 0,
+        "blobs_checked": 0,
+        "bytes_checked": 0,
+        "bad_entries": [],
+        "bad_blobs": [],
+        "unreferenced_blobs": 0,
+        "quarantined": [],
+        "duration": 0.0,
+        "throughput_bytes_per_second": 0,
+        "empty": True,
+        "dir": store.root,
     }
 
 
