@@ -64,8 +64,14 @@ options:
     default: false
 attributes:
   check_mode:
-    support: full
-    details: Reports what would be written, loaded or pruned without doing it.
+    support: partial
+    details:
+      - O(state=saved), O(state=verified), O(state=pruned) and O(state=absent) change nothing
+        in check mode (no store layout, lock file, temp cleanup, quarantine or event) and report
+        what would be written, repaired, pruned or removed; a store never written reads as empty.
+      - O(state=restored) loads and tags nothing and quarantines nothing, but takes the store
+        lock the way a restore does, which can create a missing C(store.lock) or layout
+        directory inside an existing store.
   diff_mode:
     support: none
 notes:
@@ -144,6 +150,8 @@ cache_dir:
   type: str
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 try:
@@ -188,11 +196,15 @@ def run(module):
             state_dir=None if check else state_dir,
             dry_run=check,
         )
+        _warn(module, result)
         out.update(result)
         out["changed"] = result["result"] in ("saved", "would_save")
     elif state == "restored":
         try:
-            result = restore_entry(store_dir, p["key"], state_dir=state_dir, dry_run=check)
+            # No state_dir in check mode: a miss would otherwise be recorded as an event.
+            result = restore_entry(
+                store_dir, p["key"], state_dir=None if check else state_dir, dry_run=check
+            )
         except CacheMiss as exc:
             if p["fail_on_miss"]:
                 module.fail_json(
@@ -229,13 +241,20 @@ def run(module):
             max_age=max_age,
             quarantine_retention=settings["quarantine_retention"],
             dry_run=check,
+            state_dir=None if check else state_dir,  # the same event the CLI's prune records
         )
+        _warn(module, report)
         out.update(report=report, result="pruned", bytes_freed=report["bytes_freed"])
         out["changed"] = bool(report["evicted"] or report["blobs_deleted"])
     elif state == "absent":
         result = remove_key(store_dir, p["key"], dry_run=check)
         out.update(result="absent", changed=result["removed"])
     return out
+
+
+def _warn(module, report):
+    for line in report.get("warnings") or []:
+        module.warn(line)
 
 
 def main():
@@ -270,6 +289,18 @@ def main():
         result = run(module)
     except RunnerkeepError as exc:
         module.fail_json(msg=str(exc), exit_code=exc.exit_code, cache_dir=module.params["dir"])
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        module.fail_json(
+            msg=f"image cache: {exc.strerror or exc}{where}", cache_dir=module.params["dir"]
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        # A core bug or input the core did not catch: one clear line, the trace for -vvv.
+        module.fail_json(
+            msg=f"image cache: unexpected {type(exc).__name__}: {exc}",
+            exception=traceback.format_exc(),
+            cache_dir=module.params["dir"],
+        )
     module.exit_json(**result)
 
 

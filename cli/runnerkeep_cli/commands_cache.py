@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -133,6 +134,12 @@ def _terminable():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _warn(report: dict[str, Any]) -> None:
+    """One line on stderr per damaged thing a command skipped (stdout stays the report)."""
+    for line in report.get("warnings") or []:
+        print(f"runnerkeep: warning: {line}", file=sys.stderr)
+
+
 def _images_text(images: list[dict[str, Any]]) -> str:
     return ", ".join(", ".join(i["tags"]) or i["id"][:19] for i in images)
 
@@ -160,7 +167,13 @@ def cmd_save(args: argparse.Namespace) -> CommandResult:
     finally:
         progress.close()
     if result["result"] == "would_save":
-        text = f"would save key '{args.key}' to {store_dir} (space ok)"
+        if result.get("would_make_room"):
+            text = (
+                f"would run the post-build cleanup stage (space short), then save key "
+                f"'{args.key}' to {store_dir}"
+            )
+        else:
+            text = f"would save key '{args.key}' to {store_dir} (space ok)"
     elif result["result"] == "unchanged":
         text = f"key '{args.key}' already holds these images ({_images_text(result['images'])})"
     else:
@@ -208,6 +221,9 @@ def cmd_verify(args: argparse.Namespace) -> CommandResult:
         )
     finally:
         progress.close()
+    if report.get("empty"):
+        text = f"nothing to verify: no cache entries or blobs in {report.get('dir', store_dir)}"
+        return CommandResult(report, text, EXIT_OK)
     lines = [
         f"checked {report['entries_checked']} entries, {report['blobs_checked']} blobs, "
         f"{format_size(report['bytes_checked'])} in {report['duration']:.1f}s"
@@ -231,6 +247,9 @@ def _when(ts: float | None) -> str:
 def cmd_list(args: argparse.Namespace) -> CommandResult:
     store_dir, _config, _state = _context(args)
     data = list_entries(store_dir)
+    _warn(data)
+    if not data["entries"] and not data["store_bytes"]:
+        return CommandResult(data, f"no cache entries in {data['dir']}", EXIT_OK)
     rows = []
     for row in data["entries"]:
         if not row["ok"]:
@@ -296,22 +315,17 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
         max_age=max_age,
         quarantine_retention=settings["quarantine_retention"],
         dry_run=args.dry_run,
+        state_dir=state_dir,
     )
+    _warn(result)
+    if result.get("empty"):
+        return CommandResult(result, f"nothing to prune: {result['dir']} is empty", EXIT_OK)
     verb = "would free" if args.dry_run else "freed"
     lines = [f"evict {e['key']}: {e['reason']}" for e in result["evicted"]]
+    if not result["evicted"] and not result["blobs_deleted"]:
+        lines.append("nothing to prune")
     lines.append(
         f"{verb} {format_size(result['bytes_freed'])} ({result['blobs_deleted']} blobs); "
         f"store now {format_size(result['size_after'])}"
     )
-    if not args.dry_run:
-        from runnerkeep.events import record_event
-
-        record_event(
-            state_dir,
-            "cache",
-            op="prune",
-            result="pruned",
-            bytes_freed=result["bytes_freed"],
-            evicted=len(result["evicted"]),
-        )
     return CommandResult(result, "\n".join(lines), EXIT_OK)
