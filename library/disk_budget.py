@@ -31,8 +31,19 @@ options:
         C(warning_free) or C(path).
     type: dict
     default: {}
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - Computes the same budget in check mode and never writes a setting, a lock or a report.
+      - Reading the job-peak history goes through the state-file reader, which moves a history
+        file that cannot be read at all aside (C(disk-history.jsonl.corrupt-<time>)) so that the
+        next job end rebuilds it; that happens in check mode too.
+  diff_mode:
+    support: none
 notes:
-  - Supports check mode (the module never changes anything).
+  - The I(disk) settings are checked against the config schema (types, ranges, sizes,
+    durations, URLs); a bad value fails the task naming the key.
 requirements:
   - python >= 3.9 on the managed host
 """
@@ -93,12 +104,15 @@ explanation:
   elements: str
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.disk.budget import current_budget
     from ansible.module_utils.runnerkeep.errors import RunnerkeepError
+    from ansible.module_utils.runnerkeep.schema import validate_config
 
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported by fail_json below
@@ -116,6 +130,8 @@ def main():
     if IMPORT_ERROR:
         module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
     try:
+        if module.params["disk"]:
+            validate_config({"disk": module.params["disk"]}, "option disk")
         config = load_config(module.params["config_file"])
         if module.params["disk"]:
             config["disk"] = dict(config.get("disk") or {}, **module.params["disk"])
@@ -124,6 +140,12 @@ def main():
         module.fail_json(msg=str(exc), exit_code=exc.exit_code)
     except OSError as exc:
         module.fail_json(msg=f"disk budget failed: {exc.strerror or exc} ({exc.filename})")
+    except ValueError as exc:
+        module.fail_json(msg=f"disk budget failed: {exc}")
+    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
+        module.fail_json(
+            msg=f"internal error: {type(exc).__name__}: {exc}", exception=traceback.format_exc()
+        )
     data = budget.as_dict()
     module.exit_json(
         changed=False,

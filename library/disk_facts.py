@@ -44,8 +44,15 @@ options:
       - Walk the report roots for the largest directories.
     type: bool
     default: true
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads (statvfs, directory sizes, C(docker system df)).
+  diff_mode:
+    support: none
 notes:
-  - Supports check mode (the module never changes anything).
+  - The I(disk) settings are checked against the config schema (types, ranges, sizes,
+    durations, URLs); a bad value fails the task naming the key.
 requirements:
   - python >= 3.9 on the managed host
   - the docker CLI for the Docker part (optional)
@@ -117,12 +124,15 @@ ansible_facts:
           returned: always
 """
 
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.disk.report import disk_report
     from ansible.module_utils.runnerkeep.errors import RunnerkeepError
+    from ansible.module_utils.runnerkeep.schema import validate_config
 
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported by fail_json below
@@ -143,6 +153,8 @@ def main():
     if IMPORT_ERROR:
         module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
     try:
+        if module.params["disk"]:
+            validate_config({"disk": module.params["disk"]}, "option disk")
         config = load_config(module.params["config_file"])
         if module.params["disk"]:
             config["disk"] = dict(config.get("disk") or {}, **module.params["disk"])
@@ -156,6 +168,12 @@ def main():
         module.fail_json(msg=str(exc), exit_code=exc.exit_code)
     except OSError as exc:
         module.fail_json(msg=f"disk report failed: {exc.strerror or exc} ({exc.filename})")
+    except ValueError as exc:
+        module.fail_json(msg=f"disk report failed: {exc}")
+    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
+        module.fail_json(
+            msg=f"internal error: {type(exc).__name__}: {exc}", exception=traceback.format_exc()
+        )
     module.exit_json(changed=False, ansible_facts={"runnerkeep_disk": report})
 
 

@@ -67,8 +67,20 @@ options:
     description: At most this many removed paths in the diff and in C(removed).
     type: int
     default: 200
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - A dry run with the same engine; it removes nothing, takes no lock, creates no lock file
+        or directory and does not remove stale job locks.
+      - On a host with a C(disk) section the targets come from the disk budget, whose job-peak
+        history is read through the state-file reader; a history file that cannot be read at
+        all is moved aside (C(disk-history.jsonl.corrupt-<time>)), in check mode too.
+  diff_mode:
+    support: full
 notes:
-  - Supports check mode (dry run) and diff mode.
+  - I(target_free) and I(target_inodes) are checked like C(cleanup.targets.<stage>.free) and
+    C(.inodes) in the config file; a bad value fails the task naming the option.
 requirements:
   - python >= 3.9 on the managed host; the docker CLI for the Docker cleaners
 """
@@ -138,12 +150,16 @@ report:
   type: dict
 """
 
+import os
+import traceback
+
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.cleanup import run_cleanup
     from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.errors import LockHeldError, RunnerkeepError
+    from ansible.module_utils.runnerkeep.schema import check_option
 
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported by fail_json below
@@ -154,7 +170,22 @@ def _target(value):
     if value is None or value == "":
         return None
     text = str(value).strip()
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isdigit() and len(text) <= 19 else text
+
+
+def _checked_options(params):
+    """The options that stand for config keys, checked against the config schema."""
+    stage = params["stage"]
+    free = _target(params["target_free"])
+    inodes = _target(params["target_inodes"])
+    if free is not None:
+        check_option("cleanup", f"targets.{stage}.free", free, "option target_free")
+    if inodes is not None:
+        check_option("cleanup", f"targets.{stage}.inodes", inodes, "option target_inodes")
+    for path in params["paths"] or []:
+        if not os.path.isabs(path):
+            raise ValueError(f"option paths: expected absolute paths, got {path!r}")
+    return free, inodes
 
 
 def main():
@@ -177,12 +208,13 @@ def main():
         module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}", busy=False)
     params = module.params
     try:
+        free, inodes = _checked_options(params)
         config = load_config(params["config_file"])
         report = run_cleanup(
             params["stage"],
             config,
-            target_free_bytes=_target(params["target_free"]),
-            target_free_inodes=_target(params["target_inodes"]),
+            target_free_bytes=free,
+            target_free_inodes=inodes,
             paths=params["paths"] or None,
             dry_run=module.check_mode,
             force=params["force"],
@@ -197,6 +229,14 @@ def main():
         module.fail_json(msg=str(exc), busy=False, exit_code=exc.exit_code)
     except OSError as exc:
         module.fail_json(msg=f"cleanup failed: {exc.strerror or exc} ({exc.filename})", busy=False)
+    except ValueError as exc:
+        module.fail_json(msg=f"cleanup failed: {exc}", busy=False)
+    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
+        module.fail_json(
+            msg=f"internal error: {type(exc).__name__}: {exc}",
+            busy=False,
+            exception=traceback.format_exc(),
+        )
 
     data = report.as_dict()
     cap = max(params["diff_max_items"], 0)

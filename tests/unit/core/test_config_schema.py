@@ -363,3 +363,95 @@ def test_a_fifo_fragment_is_refused_too(tmp_path):
     done = _load_in_child(str(tmp_path / "config.json"))
     assert done.returncode == 2, done.stderr
     assert "60-x.json is a FIFO" in done.stdout
+
+
+# --- the Ansible modules' options map onto the schema ----------------------------------------
+
+LIBRARY = os.path.join(ROOT, "library")
+MODULE_RUNNER = """
+import runpy, sys
+import ansible.module_utils
+import runnerkeep, runnerkeep.config, runnerkeep.errors, runnerkeep.schema
+import runnerkeep.cleanup, runnerkeep.disk.budget, runnerkeep.disk.report
+for name, mod in list(sys.modules.items()):
+    if name == "runnerkeep" or name.startswith("runnerkeep."):
+        sys.modules["ansible.module_utils." + name] = mod
+ansible.module_utils.runnerkeep = runnerkeep
+sys.argv = [sys.argv[1], sys.argv[2]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_module(name, tmp_path, **args):
+    argfile = tmp_path / f"{name}-args.json"
+    argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "module_utils"))
+    done = subprocess.run(
+        [sys.executable, "-c", MODULE_RUNNER, os.path.join(LIBRARY, f"{name}.py"), str(argfile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def module_config(tmp_path):
+    path = tmp_path / "config.json"
+    dirs = ("cache_dir", "state_dir", "log_dir")
+    path.write_text(json.dumps({"paths": {d: str(tmp_path / d) for d in dirs}}))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("disk", "expected"),
+    [
+        ({"syslog": "false"}, "option disk: disk.syslog: expected true or false"),
+        ({"reserve": "9" * 400}, "option disk: disk.reserve: expected a size"),
+        ({"work_dirs": ["/srv/\x00work"]}, "option disk: disk.work_dirs[0]: expected an abs"),
+        ({"peak_percentile": "95"}, "option disk: disk.peak_percentile: expected a number"),
+    ],
+)
+@pytest.mark.parametrize("name", ["disk_budget", "disk_facts"])
+def test_disk_module_options_are_checked_against_the_schema(
+    tmp_path, module_config, name, disk, expected
+):
+    result = run_module(name, tmp_path, config_file=module_config, disk=disk)
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith(expected), result["msg"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("target_free", "30 percent", "option target_free: cleanup.targets.post.free: expected"),
+        ("target_free", "120%", "option target_free: cleanup.targets.post.free: expected"),
+        ("target_inodes", "1e999%", "option target_inodes: cleanup.targets.post.inodes: expe"),
+        ("paths", ["relative/dir"], "cleanup failed: option paths: expected absolute paths"),
+    ],
+)
+def test_runner_cleanup_options_are_checked_against_the_schema(
+    tmp_path, module_config, option, value, expected
+):
+    result = run_module(
+        "runner_cleanup",
+        tmp_path,
+        stage="post",
+        config_file=module_config,
+        _ansible_check_mode=True,
+        **{option: value},
+    )
+    assert result.get("failed") is True, result
+    assert result["msg"].startswith(expected), result["msg"]
+
+
+@pytest.mark.parametrize("name", ["disk_budget", "disk_facts", "runner_cleanup"])
+def test_a_fifo_config_fails_the_module_with_one_line(tmp_path, name):
+    fifo = str(tmp_path / "config.json")
+    os.mkfifo(fifo)
+    args = {"config_file": fifo, **({"stage": "pre"} if name == "runner_cleanup" else {})}
+    result = run_module(name, tmp_path, **args)
+    assert result.get("failed") is True, result
+    assert result["msg"] == f"config file {fifo} is a FIFO; expected a regular JSON file"
