@@ -193,7 +193,7 @@ def _label(key: str) -> str:
 
 
 def _rail_reason(
-    path: str, homes: Iterable[str], allow_system: bool, own: Mapping[str, str]
+    path: str, homes: Iterable[str], allow_system: bool, own: Iterable[tuple[str, str]]
 ) -> str | None:
     """Why ``path`` (normalised) is a forbidden root, from its place in the tree alone."""
     if path == "/":
@@ -205,7 +205,7 @@ def _rail_reason(
         return "refusing to clean a home directory"
     if any(h != "/" and h.startswith(path + "/") for h in homes):
         return "refusing to clean a parent of home directories"
-    for key, own_path in sorted(own.items()):
+    for key, own_path in own:
         if _inside(path, own_path):
             return f"refusing to clean runnerkeep's {_label(key)} {own_path} or anything in it"
     if allow_system and path in CATALOG_ROOTS:
@@ -254,12 +254,14 @@ def check_root(
 ) -> str | None:
     """Why ``root`` must not be cleaned, or None when it is acceptable.
 
-    ``own`` maps labels to runnerkeep's own directories (``own_dirs(config)``); without it the
-    default paths are used.
+    ``own`` maps labels to runnerkeep's own directories (``own_dirs(config)``); the default
+    paths are guarded in any case.
     """
     if not isinstance(root, str) or not os.path.isabs(root):
         return "not an absolute path"
-    own = own_dirs({}) if own is None else own
+    # The default locations stay guarded whatever the caller passes: refusing them costs
+    # nothing on a host that moved its directories elsewhere.
+    own = [*own_dirs({}).items(), *(own or {}).items()]
     homes = {normalise(h) for h in homes}
     norm = normalise(root)
     real = os.path.realpath(norm)

@@ -159,6 +159,9 @@ def test_own_dirs_and_docker_root_are_refused(tmp_path, make_config):
         for allow_system in (False, True):
             reason = check_root(root, [], set(), allow_system=allow_system, own=own)
             assert reason is not None and label in reason, (root, reason)
+    # The default locations stay guarded even when a caller passes nothing of its own.
+    for root in ("/var/lib/docker/volumes", "/var/cache/runnerkeep/images/blobs"):
+        assert check_root(root, [], set(), allow_system=True, own={}) is not None, root
     # A symlink into the cache is refused for what it resolves to.
     os.symlink(config["paths"]["cache_dir"], tmp_path / "to-cache")
     assert "cache dir" in check_root(str(tmp_path / "to-cache"), [], set(), own=own)
