@@ -64,14 +64,11 @@ options:
     default: false
 attributes:
   check_mode:
-    support: partial
+    support: full
     details:
-      - O(state=saved), O(state=verified), O(state=pruned) and O(state=absent) change nothing
-        in check mode (no store layout, lock file, temp cleanup, quarantine or event) and report
-        what would be written, repaired, pruned or removed; a store never written reads as empty.
-      - O(state=restored) loads and tags nothing and quarantines nothing, but takes the store
-        lock the way a restore does, which can create a missing C(store.lock) or layout
-        directory inside an existing store.
+      - Check mode changes nothing in any state (no store layout, lock file, temp cleanup,
+        quarantine, load, tag or event) and reports what would be saved, loaded, repaired,
+        pruned or removed; a store never written reads as empty.
   diff_mode:
     support: none
 notes:

@@ -128,9 +128,12 @@ def restore_entry(
     validate_key(key)
     start = time.monotonic()
     store = Store(store_dir)
+    if dry_run:
+        state_dir = None  # a dry run records no event
     if not store.exists():
         raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "restore")
-    with store.store_lock():
+    # A dry run creates nothing, not even the lock file (read_lock takes it only if present).
+    with store.read_lock() if dry_run else store.store_lock():
         try:
             entry, digest = load_checked_entry(store, key)
         except CacheMiss as exc:

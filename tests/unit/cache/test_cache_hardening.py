@@ -612,6 +612,22 @@ def test_module_turns_bad_settings_into_a_clear_failure(tmp_path):
     assert result["failed"] and "verify_workers" in result["msg"]
 
 
-def test_module_declares_partial_check_mode():
+def test_module_check_mode_restore_of_a_missing_key_creates_nothing(tmp_path, module_config):
+    # An existing store without store.lock: a restore in check mode must not create it, and
+    # must record no miss event.
+    store_dir = make_store(tmp_path)
+    lock = Path(store_dir) / "store.lock"
+    if lock.exists():
+        lock.unlink()
+    before = snapshot(str(tmp_path))
+    result = run_module(
+        tmp_path, check=True, state="restored", key="nope", dir=store_dir, config_file=module_config
+    )
+    assert not result.get("failed"), result
+    assert result["hit"] is False
+    assert snapshot(str(tmp_path)) == before
+
+
+def test_module_declares_full_check_mode():
     text = Path(LIBRARY).read_text(encoding="utf-8")
-    assert "support: partial" in text and "state=restored" in text
+    assert "support: full" in text and "support: partial" not in text
