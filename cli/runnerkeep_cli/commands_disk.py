@@ -210,6 +210,10 @@ def watch(args: argparse.Namespace) -> CommandResult:
             # A bad config or a failed cycle is reported; the loop keeps watching.
             result = {"error": str(exc)}
             text = f"error: {exc}"
+        except Exception as exc:
+            # A bug in one cycle must not end the watching: one line, and the next cycle.
+            result = {"error": f"{exc.__class__.__name__}: {exc}"}
+            text = f"error: unexpected {result['error']} (run once with --debug for details)"
         cycles += 1
         if args.json:
             # One JSON object per line and cycle, so a supervisor's log stays machine-readable.
