@@ -121,7 +121,7 @@ def test_dry_run_of_a_glob_root_over_etc_plans_nothing(make_config):
     assert all(not r.startswith("//") for r in refused)
 
 
-def test_catalog_roots_stay_allowed_for_toolchains_only():
+def test_catalog_and_ordinary_roots_stay_allowed_system_ones_do_not(tmp_path):
     homes = home_dirs()
     for name, entry in sorted(TOOLCHAINS.items()):
         root = entry["root"]
@@ -131,9 +131,7 @@ def test_catalog_roots_stay_allowed_for_toolchains_only():
     # allow_system does not open other system directories (journald's roots are configurable).
     for root in ("/usr", "/usr/lib", "/var/lib", "/etc", "/opt/actions-runner", "/"):
         assert check_root(root, [], homes, allow_system=True) is not None, root
-
-
-def test_ordinary_roots_stay_allowed(tmp_path):
+    # Ordinary roots, and deep ones below system directories, stay acceptable.
     root = tmp_path / "work" / "_temp"
     root.mkdir(parents=True)
     assert check_root(str(root), [], set()) is None
