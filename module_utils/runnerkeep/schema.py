@@ -23,11 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .units import parse_duration, parse_size
-
-# Larger than any disk or count this tool will see; beyond it a number is a typo or an attack.
-MAX_SIZE = 2**63
-MAX_DURATION = 100 * 365 * 86400
+from .units import MAX_DURATION, MAX_SIZE, parse_duration, parse_size
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DIGITS = re.compile(r"^\s*\d{1,19}\s*$")

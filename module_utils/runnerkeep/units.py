@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import ConfigError
+
+# Bounds that no real disk or schedule reaches: past them a value is a typo (or an attack),
+# and unbounded floats would turn into inf/OverflowError far from where they were written.
+MAX_SIZE = 2**63
+MAX_DURATION = 100 * 365 * 86400.0
 
 _SIZE_UNITS = {
     "": 1,
@@ -38,12 +44,18 @@ def parse_size(text: str | int, what: str = "size") -> int:
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(f"{what}: a size cannot be negative, got {text}")
-        return text
+        return _bounded_size(text, text, what)
     match = _SIZE_RE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
         raise ConfigError(f"{what}: expected a size such as 10G, 512MiB or 1048576, got {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return _bounded_size(float(match.group(1)) * _SIZE_UNITS[unit], text, what)
+
+
+def _bounded_size(value: float, text: object, what: str) -> int:
+    if not math.isfinite(value) or value > MAX_SIZE:
+        raise ConfigError(f"{what}: size out of range (at most 8 EiB), got {str(text)[:40]!r}")
+    return int(value)
 
 
 def parse_size_or_percent(text: str | int, total: int, what: str = "size") -> int:
@@ -65,11 +77,21 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if text < 0:
             raise ConfigError(f"{what}: a duration cannot be negative, got {text}")
-        return float(text)
+        return _bounded_duration(float(text), text, what)
     match = _DURATION_RE.match(str(text))
     if not match:
         raise ConfigError(f"{what}: expected a duration such as 30s, 15m, 12h or 7d, got {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    return _bounded_duration(
+        float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"], text, what
+    )
+
+
+def _bounded_duration(value: float, text: object, what: str) -> float:
+    if not math.isfinite(value) or value > MAX_DURATION:
+        raise ConfigError(
+            f"{what}: duration out of range (at most 100 years), got {str(text)[:40]!r}"
+        )
+    return value
 
 
 def format_size(num_bytes: int | float) -> str:

@@ -54,3 +54,11 @@ def test_format_size():
     assert format_size(512) == "512 B"
     assert format_size(1536) == "1.5 KiB"
     assert format_size(3 * 1024**3) == "3.0 GiB"
+
+
+@pytest.mark.parametrize("bad", ["9" * 400, "1" * 30 + "T", 2**64, "99999999999999999999w", 1e300])
+def test_out_of_range_sizes_and_durations_are_config_errors(bad):
+    # Before: int(float("9"*400)) raised OverflowError and parse_duration returned inf.
+    parser = parse_duration if str(bad).endswith("w") or isinstance(bad, float) else parse_size
+    with pytest.raises(ConfigError, match="out of range"):
+        parser(bad, "x")
