@@ -244,6 +244,9 @@ def job_end(args: argparse.Namespace) -> CommandResult:
     from runnerkeep.disk.history import job_end as end
 
     record = end(load_config(args.config), args.job_id)
+    if record.get("recorded") is False:
+        print(f"runnerkeep: warning: {record['warning']}", file=sys.stderr)
+        return CommandResult(record, "", EXIT_OK)
     text = (
         f"job {args.job_id}: peak +{format_size(record['peak_bytes'])} "
         f"(+{record['peak_inodes']:,} inodes) over {record['duration_seconds']:.0f}s; "

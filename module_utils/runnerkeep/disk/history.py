@@ -261,11 +261,16 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     _stop_sampler(pid_file)
     job, report = statefile.read_json_object(job_file, valid_job)
     if job is None and report.unreadable:
-        raise ConfigError(
-            f"the record of job {job_id!r} could not be used ({report.unreadable}); "
-            f"{'moved aside to ' + report.moved_to if report.moved_to else 'left in place'}: "
-            "this job's peak is not recorded, the next job records its own"
-        )
+        # Damaged state must not fail a job hook: say so, record nothing, carry on.
+        return {
+            "job_id": job_id,
+            "recorded": False,
+            "warning": (
+                f"the record of job {job_id!r} could not be used ({report.unreadable}); "
+                f"{'moved aside to ' + report.moved_to if report.moved_to else 'left in place'}"
+                ": this job's peak is not recorded, the next job records its own"
+            ),
+        }
     if job is None:
         raise ConfigError(
             f"no running job {job_id!r} in {os.path.dirname(job_file)}: "

@@ -90,3 +90,20 @@ def test_report_no_docker(tmp_path, capsys):
     assert main(["disk", "report", "--no-docker", "--json", "--config", cfg]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "docker" not in data and data["filesystems"]
+
+
+def test_job_end_with_a_damaged_job_record_warns_and_exits_0(tmp_path, capsys):
+    # A job hook must never fail a CI job over damaged state: the peak is simply not recorded.
+    cfg = write_config(tmp_path)
+    assert main(["disk", "job-start", "--job-id", "j-1", "--no-sampler", "--config", cfg]) == 0
+    jobs = [p for p in tmp_path.rglob("*j-1*") if p.is_file() and p.suffix == ".json"]
+    assert jobs, list(tmp_path.rglob("*"))
+    for job in jobs:
+        job.write_bytes(b"\xff\xfe{not json")
+    capsys.readouterr()
+    assert main(["disk", "job-end", "--job-id", "j-1", "--json", "--config", cfg]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["recorded"] is False
+    assert "warning" in out.err and "Traceback" not in out.err
+    assert main(["disk", "history", "--json", "--config", cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 0
