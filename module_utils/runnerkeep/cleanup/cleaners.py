@@ -226,8 +226,8 @@ class FilesCleaner(Cleaner):
                         os.close(pfd)
                     self.errors.extend(stats.errors)
                     self.kept.extend(stats.kept)
-                    if stats.inodes == 0:
-                        continue
+                    if stats.inodes == 0 and not stats.links:
+                        continue  # kept or gone (a hard link's inode still counts as found)
                     if self.ctx.now - stats.newest_mtime < min_age:
                         continue
                     items.append(

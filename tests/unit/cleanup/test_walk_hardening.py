@@ -137,6 +137,23 @@ def test_hard_links_are_counted_where_the_last_link_goes(tmp_path):
     assert not root.joinpath("job3").exists()
 
 
+def test_hard_linked_files_as_items_are_planned_and_counted_once(tmp_path):
+    root = tmp_path / "logs"
+    make_file(str(root / "a.log"), size=300_000)
+    os.link(root / "a.log", root / "b.log")
+    make_file(str(root / "c.log"), size=100_000)
+    os.link(root / "c.log", tmp_path / "c-elsewhere")
+    age_tree(str(root), 10)
+    c = cleaner(root, patterns=["*.log"], files_only=True)
+    items = c.plan()
+    assert sorted(i.path for i in items) == [str(root / n) for n in ("a.log", "b.log", "c.log")]
+    planned = sum(i.bytes for i in items)
+    assert planned == blocks(root / "a.log")
+    freed = sum(c.remove(i).bytes for i in items)
+    assert freed == planned
+    assert os.listdir(root) == [] and (tmp_path / "c-elsewhere").exists()
+
+
 def test_removing_a_link_whose_inode_lives_on_frees_nothing(tmp_path):
     root, _outside = hard_link_jobs(tmp_path)
     fd = walk.open_root(str(root / "job3"))
