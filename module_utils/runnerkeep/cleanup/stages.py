@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import inspect
 import os
 import time
 from typing import Any, Callable
@@ -217,9 +216,6 @@ def run_cleanup(
 
     if dry_run:
         live = _jobs(state_dir, lock_max_age, dry_run=True)
-        if live is None:
-            live = []
-            report.notes.append("job locks not read: this version cannot read them read-only")
         report.jobs = live
         if live and stage in BLOCKED_STAGES and not force:
             report.notes.append(
@@ -266,28 +262,10 @@ def _docker_root() -> str | None:
         return None
 
 
-def _jobs(state_dir: str, max_age: float, dry_run: bool) -> list[dict[str, Any]] | None:
-    """Live job locks; a dry run only reads (no stale lock removed, nothing created).
-
-    None when this lock module cannot read without removing stale locks (older lock.py).
-    """
-    if _ACTIVE_JOBS_READS_ONLY:
-        live, _stale = active_jobs(state_dir, max_age, remove_stale=not dry_run)
-        return live
-    if dry_run:
-        return None
-    live, _stale = active_jobs(state_dir, max_age)
+def _jobs(state_dir: str, max_age: float, dry_run: bool) -> list[dict[str, Any]]:
+    """Live job locks; a dry run only reads (no stale lock removed, nothing created)."""
+    live, _stale = active_jobs(state_dir, max_age, remove_stale=not dry_run)
     return live
-
-
-def _has_parameter(func: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-_ACTIVE_JOBS_READS_ONLY = _has_parameter(active_jobs, "remove_stale")
 
 
 class Ledger:
