@@ -33,12 +33,11 @@ options:
     default: {}
 attributes:
   check_mode:
-    support: partial
+    support: full
     details:
-      - Computes the same budget in check mode and never writes a setting, a lock or a report.
-      - Reading the job-peak history goes through the state-file reader, which moves a history
-        file that cannot be read at all aside (C(disk-history.jsonl.corrupt-<time>)) so that the
-        next job end rebuilds it; that happens in check mode too.
+      - Computes the same budget in check mode and never writes a setting, a lock or a report;
+        reading the job-peak history changes nothing (a damaged history is repaired by the next
+        job end, which writes it).
   diff_mode:
     support: none
 notes:

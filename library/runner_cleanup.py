@@ -69,13 +69,10 @@ options:
     default: 200
 attributes:
   check_mode:
-    support: partial
+    support: full
     details:
       - A dry run with the same engine; it removes nothing, takes no lock, creates no lock file
-        or directory and does not remove stale job locks.
-      - On a host with a C(disk) section the targets come from the disk budget, whose job-peak
-        history is read through the state-file reader; a history file that cannot be read at
-        all is moved aside (C(disk-history.jsonl.corrupt-<time>)), in check mode too.
+        or directory, does not remove stale job locks and does not repair damaged state files.
   diff_mode:
     support: full
 notes:

@@ -49,7 +49,7 @@ def valid_event(event: Any) -> dict[str, Any] | None:
 
 
 def read_events_report(
-    state_dir: str, kind: str | None = None, repair: bool = True
+    state_dir: str, kind: str | None = None, repair: bool = False
 ) -> tuple[list[dict[str, Any]], statefile.ReadReport]:
     """(usable events in the order written, what was skipped)."""
     records, report = statefile.read_json_lines(

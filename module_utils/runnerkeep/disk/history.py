@@ -333,7 +333,7 @@ def _trim_history(path: str, max_jobs: int) -> None:
 
 
 def read_history_report(
-    sdir: str, repair: bool = True
+    sdir: str, repair: bool = False
 ) -> tuple[list[dict[str, Any]], statefile.ReadReport]:
     """(usable records oldest first, what was skipped)."""
     return statefile.read_json_lines(

@@ -327,3 +327,23 @@ def test_dry_run_leaves_stale_job_locks_and_creates_nothing(tmp_path, make_confi
     for stage_name in ("pre", "post", "emergency"):
         run_cleanup(stage_name, config, dry_run=True, run_all=True, only=["cheap", "deep"])
     assert snapshot(tmp_path) == before  # the stale lock stays, no .guard, no events
+
+
+@pytest.mark.parametrize("damage", ["fifo", "garbage"])
+def test_dry_run_with_budget_targets_leaves_damaged_history_alone(tmp_path, make_config, damage):
+    # Targets come from the disk budget, which reads the job-peak history: a dry run (module
+    # check mode) must not move a damaged history aside; only a writer repairs it.
+    _cheap, _deep, cleaners = two_cleaners(tmp_path)
+    config = make_config(cleaners)
+    config["disk"] = {"path": str(tmp_path)}
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    history = state / "disk-history.jsonl"
+    if damage == "fifo":
+        os.mkfifo(history)
+    else:
+        history.write_bytes(b"\xff\x00garbage\n{\"peak_bytes\": 1e999}\n")
+    before = snapshot(tmp_path)
+    report = run_cleanup("post", config, dry_run=True, only=["cheap", "deep"])
+    assert snapshot(tmp_path) == before
+    assert any(t["source"] for t in report.targets.values())
