@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import signal
+import stat
 import time
 
 import pytest
