@@ -163,6 +163,7 @@ try:
     )
     from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.errors import CacheMiss, RunnerkeepError
+    from ansible.module_utils.runnerkeep.schema import check_option
     from ansible.module_utils.runnerkeep.units import parse_duration, parse_size
 
     IMPORT_ERROR = None
@@ -173,6 +174,9 @@ except ImportError as exc:  # pragma: no cover - shown to the user by fail_json
 def run(module):
     p = module.params
     config = load_config(p["config_file"])
+    for name in ("reserve", "max_size", "max_age"):  # options that stand for cache.* keys
+        if p[name]:
+            check_option("cache", name, p[name], f"option {name}")
     store_dir = resolve_cache_dir(p["dir"], config)
     state_dir = (config.get("paths") or {}).get("state_dir")
     check = module.check_mode

@@ -631,3 +631,18 @@ def test_module_check_mode_restore_of_a_missing_key_creates_nothing(tmp_path, mo
 def test_module_declares_full_check_mode():
     text = Path(LIBRARY).read_text(encoding="utf-8")
     assert "support: full" in text and "support: partial" not in text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("max_size", "9" * 400), ("max_age", "forever"), ("reserve", "-5G")]
+)
+def test_module_options_are_checked_against_the_schema(tmp_path, module_config, option, value):
+    result = run_module(
+        tmp_path,
+        state="pruned",
+        dir=str(tmp_path / "s"),
+        config_file=module_config,
+        **{option: value},
+    )
+    assert result["failed"], result
+    assert f"option {option}" in result["msg"] and "Traceback" not in result["msg"]
