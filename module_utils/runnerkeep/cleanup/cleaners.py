@@ -69,6 +69,8 @@ class RunContext:
     # {(st_dev, st_ino): links} of hard-linked inodes this run unlinked a link of
     seen_removed: dict = field(default_factory=dict)
     state_dir: str = ""
+    # runnerkeep's own directories and the Docker root: never roots of a files cleaner
+    own_dirs: dict = field(default_factory=dict)
 
 
 class Cleaner:
@@ -146,6 +148,7 @@ class FilesCleaner(Cleaner):
                     self.ctx.section.get("allowed_mount_points") or [],
                     self.ctx.homes,
                     allow_system=self.allow_system_roots,
+                    own=self.ctx.own_dirs,
                 )
                 if reason == "does not exist":
                     continue

@@ -342,8 +342,19 @@ def test_dry_run_with_budget_targets_leaves_damaged_history_alone(tmp_path, make
     if damage == "fifo":
         os.mkfifo(history)
     else:
-        history.write_bytes(b"\xff\x00garbage\n{\"peak_bytes\": 1e999}\n")
+        history.write_bytes(b'\xff\x00garbage\n{"peak_bytes": 1e999}\n')
     before = snapshot(tmp_path)
     report = run_cleanup("post", config, dry_run=True, only=["cheap", "deep"])
     assert snapshot(tmp_path) == before
     assert any(t["source"] for t in report.targets.values())
+
+
+def test_a_cleaner_rooted_in_the_configured_cache_dir_is_refused_end_to_end(tmp_path, make_config):
+    # Paths moved in the config (not the default locations) reach the rails through the run.
+    config = make_config({"t": files_cleaner([str(tmp_path / "cache" / "blobs")])})
+    blob = tmp_path / "cache" / "blobs" / "sha256" / "ab"
+    make_file(str(blob), 4096, age_days=30)
+    report = run_cleanup("post", config, run_all=True, only=["t"])
+    cr = report.cleaner("t")
+    assert blob.exists()
+    assert any("cache dir" in r["reason"] for r in cr.refused), cr.refused
