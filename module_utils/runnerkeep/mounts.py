@@ -41,18 +41,18 @@ def _load_statx():
 
 
 _statx = _load_statx()
-_buffer = ctypes.create_string_buffer(_STATX_BUF_SIZE)
 
 
 def _mount_id_statx(fd: int) -> int | None:
     if _statx is None:
         return None
-    if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_MNT_ID, _buffer) != 0:
+    buffer = ctypes.create_string_buffer(_STATX_BUF_SIZE)  # per call: safe across threads
+    if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_MNT_ID, buffer) != 0:
         return None
-    (mask,) = struct.unpack_from("=I", _buffer, _STATX_MASK_OFFSET)
+    (mask,) = struct.unpack_from("=I", buffer, _STATX_MASK_OFFSET)
     if not mask & _STATX_MNT_ID:
         return None  # kernel older than 5.8: the field is not filled in
-    (mnt_id,) = struct.unpack_from("=Q", _buffer, _STATX_MNT_ID_OFFSET)
+    (mnt_id,) = struct.unpack_from("=Q", buffer, _STATX_MNT_ID_OFFSET)
     return mnt_id
 
 
