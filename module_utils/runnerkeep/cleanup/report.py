@@ -8,6 +8,8 @@ from typing import Any
 from ..textutil import table
 from ..units import format_size
 
+KEPT_ITEMS_MAX = 200  # entries a report names as kept, per cleaner; the count is exact
+
 
 @dataclass
 class CleanerReport:
@@ -22,7 +24,14 @@ class CleanerReport:
     items_total: int = 0  # how many items there were (``items`` may be capped)
     errors: list = field(default_factory=list)  # [{path, error}]
     refused: list = field(default_factory=list)  # [{root, reason}]
-    kept: int = 0  # entries deliberately left (protected, special, other filesystem)
+    kept: int = 0  # entries deliberately left (protected, special, other mount, young)
+    kept_items: list = field(default_factory=list)  # [{path, reason}], the first KEPT_ITEMS_MAX
+
+    def keep(self, kept: list) -> None:
+        """Count entries left in place on purpose and say which and why (capped)."""
+        self.kept += len(kept)
+        room = KEPT_ITEMS_MAX - len(self.kept_items)
+        self.kept_items.extend({"path": p, "reason": why} for p, why in kept[: max(room, 0)])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +47,7 @@ class CleanerReport:
             "errors": self.errors,
             "refused": self.refused,
             "kept": self.kept,
+            "kept_items": self.kept_items,
         }
 
 

@@ -518,7 +518,7 @@ def _run_cleaner(cleaner: Cleaner, cr: CleanerReport, ledger: Ledger, items_max:
         return
     cr.refused = [{"root": r, "reason": why} for r, why in cleaner.refused]
     cr.errors.extend({"path": p, "error": e} for p, e in cleaner.errors)
-    cr.kept = len(cleaner.kept)
+    cr.keep(cleaner.kept)
     cr.status = "done"
     for item in items:
         if item.fs not in ledger:
@@ -555,7 +555,7 @@ def _remove_item(
         cr.errors.append({"path": item.path, "error": str(exc)})
         return None
     cr.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
-    cr.kept += len(outcome.kept)
+    cr.keep(outcome.kept)
     return outcome.bytes, outcome.inodes, outcome.removed
 
 

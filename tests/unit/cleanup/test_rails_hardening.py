@@ -358,3 +358,17 @@ def test_a_cleaner_rooted_in_the_configured_cache_dir_is_refused_end_to_end(tmp_
     cr = report.cleaner("t")
     assert blob.exists()
     assert any("cache dir" in r["reason"] for r in cr.refused), cr.refused
+
+
+def test_report_names_what_was_kept_and_why(tmp_path, make_config):
+    root = tmp_path / "data" / "jobs"
+    make_file(str(root / "old" / "a"), size=KB4, age_days=10)
+    os.mkfifo(root / "old" / "pipe")
+    os.utime(root / "old", (1, 1))
+    config = make_config({"t": files_cleaner([root])})
+    report = run_cleanup("post", config, run_all=True, only=["t"])
+    data = json.loads(json.dumps(report.as_dict()))
+    cr = next(c for c in data["cleaners"] if c["name"] == "t")
+    assert cr["kept"] == len(cr["kept_items"]) >= 1
+    assert {"path": str(root / "old" / "pipe"), "reason": "special file"} in cr["kept_items"]
+    assert not (root / "old" / "a").exists()
