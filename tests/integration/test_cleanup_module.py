@@ -138,4 +138,4 @@ def test_bad_config_fails_with_a_clear_message(setup, tmp_path):
     bad.write_text(json.dumps(config))
     code, result = module(bad)
     assert code != 0
-    assert "unknown key(s) colour" in result["msg"]
+    assert "cleanup.cleaners.t.colour" in result["msg"] and "unknown key" in result["msg"]
