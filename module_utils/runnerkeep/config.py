@@ -33,6 +33,9 @@ DEFAULT_PATHS = {
     "cache_dir": "/var/cache/runnerkeep/images",
     "state_dir": "/var/lib/runnerkeep",
     "log_dir": "/var/log/runnerkeep",
+    # Where job hooks running as the CI user leave their records; root reads them with the
+    # safe readers and never trusts what they claim (see docs/threat-model.md).
+    "spool_dir": "/var/lib/runnerkeep/spool",
 }
 
 

@@ -366,6 +366,7 @@ PATHS = Object(
         "cache_dir": AbsPath(),
         "state_dir": AbsPath(),
         "log_dir": AbsPath(),
+        "spool_dir": AbsPath(),
     },
     "a JSON object (section paths)",
 )
@@ -377,6 +378,8 @@ CACHE = Object(
         "max_age": Optional(Duration(), empty_string=True),
         "quarantine_retention": Duration(),
         "verify_workers": Int(1, 64),
+        "service_socket": AbsPath(),
+        "key_file": AbsPath(),
     },
     "a JSON object (section cache)",
 )
@@ -456,6 +459,7 @@ DISK = Object(
         "syslog": Bool(),
         "syslog_tag": Text("a syslog tag without '/'", no_slash=True),
         "webhook_url": Optional(HttpUrl(), empty_string=True),
+        "webhook_url_file": Optional(AbsPath(), empty_string=True),
         "webhook_timeout": Duration(positive=True),
         "webhook_retries": Int(0, 100),
         "emergency_cleanup": Bool(),

@@ -23,6 +23,10 @@ CACHE_DEFAULTS: dict[str, Any] = {
     "quarantine_retention": "7d",
     # Threads hashing blobs in verify (the machine has 2 cores; hashlib releases the GIL).
     "verify_workers": 2,
+    # The cache service's socket: CI jobs that cannot write the store go through it.
+    "service_socket": "/run/runnerkeep/cache.sock",
+    # HMAC key of the entries (readable by the store's owner only); absent: entries unsigned.
+    "key_file": "/etc/runnerkeep/cache.key",
 }
 
 

@@ -57,6 +57,8 @@ DISK_DEFAULTS: dict[str, Any] = {
     "syslog": True,
     "syslog_tag": "runnerkeep",
     "webhook_url": None,
+    # A file (root-only) holding the webhook URL, so the secret stays out of config fragments.
+    "webhook_url_file": None,
     "webhook_timeout": "5s",
     "webhook_retries": 2,
     "emergency_cleanup": True,
