@@ -18,6 +18,12 @@ a huge file. Nothing of that may hang or crash a job hook or the watch, so every
 
 Writers keep ``atomic_write`` (rename replaces a planted symlink or FIFO, never follows it) or
 append through ``append_line``, which refuses a symlink or a FIFO at the final component.
+
+A state dir that cannot be written (full disk, quota, read-only, no permission) must never stop
+protective work (the watch, an emergency cleanup, a job hook): what has to be *created* before
+that work (a lock, a guard, a job lock) goes to the run dir instead, ``$RUNNERKEEP_RUN_DIR``
+(default ``/run/runnerkeep``, a tmpfs that is writable when the state disk is not), under a name
+keyed by a hash of the state dir (``fallback_path``); ``open_lock_fallback`` picks the lock file.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -49,6 +56,11 @@ _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOE
 # A symlink (ELOOP), a FIFO without reader (ENXIO) or a directory (EISDIR) where a state file
 # should be: damage to move aside, unlike EACCES or EROFS, which are the host's business.
 _DAMAGED_ERRNOS = (errno.ELOOP, errno.ENXIO, errno.EISDIR)
+
+# A directory that cannot take a new file now: full disk, quota, read-only, no permission.
+WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+RUN_DIR_ENV = "RUNNERKEEP_RUN_DIR"
+DEFAULT_RUN_DIR = "/run/runnerkeep"
 
 Validator = Callable[[Any], Any]
 
@@ -295,6 +307,12 @@ def warn_once(report: ReadReport) -> None:
         print(f"runnerkeep: warning: {report.describe()}", file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr (the journal for the units); never fails the caller."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"runnerkeep: warning: {message}", file=sys.stderr, flush=True)
+
+
 def skipped_totals() -> dict[str, int]:
     """{file name: records (or whole files) skipped} in this process, for a metric."""
     return dict(_skipped_totals)
@@ -397,6 +415,64 @@ def flock_bounded(fd: int, what: str, timeout: float = LOCK_WAIT_SECONDS) -> Non
             )
         time.sleep(min(pause, left))
         pause = min(pause * 2, 0.2)
+
+
+# --- the run dir: where state goes when the state dir cannot be written ---------------------
+
+
+def write_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the directory cannot take a file now (not that the file is bad)."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_REFUSED
+
+
+def run_dir() -> str:
+    return os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+
+
+def fallback_path(state_dir: str, stem: str, suffix: str = "") -> str:
+    """``<run dir>/<stem>-<hash of the state dir><suffix>``: one name per state dir, so two
+    configs on one host never share a fallback."""
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:16]
+    return os.path.join(run_dir(), f"{stem}-{digest}{suffix}")
+
+
+def make_fallback_dir(path: str) -> None:
+    """Create ``path`` in the run dir, the run dir included, both private to the owner."""
+    os.makedirs(run_dir(), mode=0o700, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def open_lock_fallback(path: str, fallback: str, create: bool = True) -> int | None:
+    """An fd to flock for ``path``, whatever state its filesystem is in.
+
+    Tried in order, every process in the same situation picking the same file: ``path``
+    created (with its directory); ``path`` as it is, read-only (a full or read-only disk still
+    lets a process flock a file that exists); ``fallback`` created in the run dir; ``fallback``
+    as it is; the existing directory of ``path`` itself (flock works on a directory fd). None
+    only when none of that can be opened: the caller goes on unlocked rather than not at all.
+    Without ``create`` (dry runs) only files that exist are opened: nothing is made.
+    """
+    if not create:
+        fd = open_lock_file(path, create=False)
+        return fd if fd is not None else open_lock_file(fallback, create=False)
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return _open_regular(path, _LOCK_FLAGS)
+    fd = open_lock_file(path, create=False)
+    if fd is not None:
+        return fd
+    with contextlib.suppress(OSError):
+        make_fallback_dir(os.path.dirname(fallback))
+        return _open_regular(fallback, _LOCK_FLAGS, 0o600)
+    fd = open_lock_file(fallback, create=False)
+    if fd is not None:
+        return fd
+    with contextlib.suppress(OSError):
+        return os.open(
+            os.path.dirname(path) or ".",
+            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+        )
+    return None
 
 
 @contextlib.contextmanager

@@ -8,16 +8,26 @@ start time, and when the job started. ``job-start`` creates it, ``job-end`` remo
 files at once means several concurrent jobs (GitLab ``concurrent``).
 
 A lock is stale, and is removed when next looked at, when its process is gone (or the pid was
-reused: the start time differs) or it is older than ``cleanup.lock_max_age``: a runner killed
-mid-job must not block cleanup forever. Reads and writes of the lock directory are serialized
-with ``fcntl.flock`` on ``<state_dir>/job-locks/.guard``, taken with LOCK_NB and retried until
-``GUARD_WAIT`` seconds (a job may flock any file it can open: it must not hang the hooks).
+reused: the start time differs), it is older than ``cleanup.lock_max_age`` (a runner killed
+mid-job must not block cleanup forever), it started in the future (beyond ``CLOCK_SKEW``: it
+would never age), or it records no process start time (``job_start`` always records one: a
+lock without it cannot be checked against pid reuse, and a forged one must not block cleanup).
+
+Reads and writes of the lock directory are serialized with ``fcntl.flock`` on
+``<state_dir>/job-locks/.guard``, taken with LOCK_NB and retried until ``GUARD_WAIT`` seconds
+(a job may flock any file it can open: it must not hang the hooks).
 Lock files are read through ``statefile`` (no symlink followed, no FIFO blocked on, wrong
 types rejected): an unusable one is a stale lock. A dry run (``remove_stale=False``) reads
 only: no stale lock removed, neither ``job-locks/`` nor ``.guard`` created.
 
 A second lock, ``<state_dir>/cleanup.lock`` (flock held for the run), keeps two cleanup runs
 from racing each other.
+
+A state dir that cannot be written (full disk, read-only) must not stop a cleanup or fail a
+job: the guard and ``cleanup.lock`` fall back to the run dir (``statefile.open_lock_fallback``),
+and a job lock that cannot be written to ``job-locks/`` is written to
+``$RUNNERKEEP_RUN_DIR/job-locks-<hash of state dir>/``; ``active_jobs`` reads both, so a
+cleanup still sees the job. When neither can take it, the hooks warn in one line and go on.
 """
 
 from __future__ import annotations
@@ -45,10 +55,20 @@ RUN_LOCK = "cleanup.lock"
 DEFAULT_MAX_AGE = 24 * 3600.0
 BLOCKED_STAGES = ("post", "emergency")
 GUARD_WAIT = 10.0  # seconds a hook waits for the guard before LockHeldError
+CLOCK_SKEW = 300.0  # seconds a lock's start may lie in the future (clocks of hook and host)
 
 
 def lock_dir(state_dir: str) -> str:
     return os.path.join(state_dir, LOCK_DIR)
+
+
+def fallback_lock_dir(state_dir: str) -> str:
+    """Where job locks go when ``job-locks/`` cannot take them (in the run dir)."""
+    return statefile.fallback_path(state_dir, LOCK_DIR)
+
+
+def _lock_dirs(state_dir: str) -> list[str]:
+    return [lock_dir(state_dir), fallback_lock_dir(state_dir)]
 
 
 def _safe_id(job_id: str) -> str:
@@ -57,21 +77,45 @@ def _safe_id(job_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _guard(state_dir: str, create: bool = True) -> Iterator[str]:
-    """Serialize access to the lock directory; ``create=False`` (dry runs) makes nothing and
-    reads unguarded when there is no usable guard file yet."""
-    directory = lock_dir(state_dir)
-    if create:
-        os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, GUARD)
-    fd = statefile.open_lock_file(path, create=create)
+def _guard(state_dir: str, create: bool = True) -> Iterator[None]:
+    """Serialize access to the lock directories; ``create=False`` (dry runs) makes nothing and
+    reads unguarded when there is no usable guard file yet. A state dir that cannot take the
+    guard puts it in the run dir; when nothing can be opened at all, access is unguarded
+    rather than refused (a hook must not fail a job, a cleanup must not stop)."""
+    path = os.path.join(lock_dir(state_dir), GUARD)
+    fallback = os.path.join(fallback_lock_dir(state_dir), GUARD)
+    fd = statefile.open_lock_fallback(path, fallback, create=create)
     try:
         if fd is not None:
             statefile.flock_bounded(fd, f"the job lock guard {path}", GUARD_WAIT)
-        yield directory
+        yield
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _write_record(state_dir: str, name: str, record: dict[str, Any]) -> str:
+    """Write the job lock to ``job-locks/``, else to the fallback dir; the path written.
+
+    Raises the state dir's OSError when neither can take it.
+    """
+    data = json.dumps(record, sort_keys=True).encode()
+    primary = os.path.join(lock_dir(state_dir), name)
+    fallback = os.path.join(fallback_lock_dir(state_dir), name)
+    try:
+        os.makedirs(lock_dir(state_dir), exist_ok=True)
+        atomic_write(primary, data)
+    except OSError as exc:
+        try:
+            statefile.make_fallback_dir(fallback_lock_dir(state_dir))
+            atomic_write(fallback, data, mode=0o600)
+        except OSError:
+            raise exc from None
+        return fallback
+    # An older copy left in the fallback dir would outlive this job's job-end otherwise.
+    with contextlib.suppress(OSError):
+        os.unlink(fallback)
+    return primary
 
 
 def job_start(
@@ -86,24 +130,56 @@ def job_start(
         "started": time.time() if now is None else now,
         "host": socket.gethostname(),
     }
-    with _guard(state_dir) as directory:
-        path = os.path.join(directory, _safe_id(job_id) + ".json")
-        atomic_write(path, json.dumps(record, sort_keys=True).encode())
-    return record
+    with _guard(state_dir):
+        try:
+            where = _write_record(state_dir, _safe_id(job_id) + ".json", record)
+        except OSError as exc:
+            # A hook must never fail a CI job: say once why cleanup will not see this job.
+            message = (
+                f"cannot record the job lock of {job_id} in {lock_dir(state_dir)} "
+                f"({exc.strerror or exc}) nor in {fallback_lock_dir(state_dir)}; "
+                "cleanup will not know that this job runs"
+            )
+            statefile.warn(message)
+            return {**record, "recorded": False, "warning": message}
+    if where != os.path.join(lock_dir(state_dir), _safe_id(job_id) + ".json"):
+        statefile.warn(f"{lock_dir(state_dir)} cannot be written; job lock kept in {where}")
+    return {**record, "lock_file": where}
 
 
 def job_end(state_dir: str, job_id: str) -> dict[str, Any] | None:
-    """Release the job lock; returns the record removed, None when there was none."""
-    with _guard(state_dir) as directory:
-        path = os.path.join(directory, _safe_id(job_id) + ".json")
-        record = _read(path)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return None
-        except IsADirectoryError:
-            statefile.quarantine(path)  # planted: not a lock, and not ours to delete
-        return record or {"job_id": job_id}
+    """Release the job lock; returns the record removed, None when there was none.
+
+    A lock that cannot be removed (read-only state dir) is returned with ``released``
+    False and a warning (one line on stderr): it stays until it is stale.
+    """
+    name = _safe_id(job_id) + ".json"
+    removed: dict[str, Any] | None = None
+    refused: list[str] = []
+    with _guard(state_dir):
+        for directory in _lock_dirs(state_dir):
+            path = os.path.join(directory, name)
+            record = _read(path)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                statefile.quarantine(path)  # planted: not a lock, and not ours to delete
+            except OSError as exc:
+                # A read-only filesystem answers EROFS even for a name that is not there.
+                if os.path.lexists(path):
+                    refused.append(f"{path} ({exc.strerror or exc})")
+                continue
+            removed = removed or record or {"job_id": job_id}
+    if refused:
+        message = (
+            f"cannot remove the job lock {', '.join(refused)}; it blocks the post stage until "
+            "its process is gone or it is older than cleanup.lock_max_age"
+        )
+        statefile.warn(message)
+        return {**(removed or {"job_id": job_id}), "released": False, "warning": message}
+    return removed
 
 
 def valid_record(record: Any) -> dict[str, Any] | None:
@@ -133,13 +209,21 @@ def stale_reason(record: dict[str, Any] | None, max_age: float, now: float) -> s
     started = record.get("started")
     if not statefile.finite_number(started) or not math.isfinite(max_age):
         return "unreadable lock file"
+    if started > now + CLOCK_SKEW:
+        # It would never grow older than lock_max_age: a forged or clock-broken lock.
+        return "started in the future"
     if now - started > max_age:
         return f"older than {max_age:.0f}s"
     pid = record.get("pid")
     if not statefile.plain_int(pid, 1):
         return "unreadable lock file"
-    if not process_alive(pid, record.get("pid_start")):
+    pid_start = record.get("pid_start")
+    usable_start = isinstance(pid_start, str) and bool(pid_start)
+    if not process_alive(pid, pid_start if usable_start else None):
         return f"process {pid} is gone"
+    if not usable_start:
+        # Without it a reused pid (or pid 1) would keep the lock alive for lock_max_age.
+        return "cannot be checked: no process start time"
     return None
 
 
@@ -154,28 +238,32 @@ def active_jobs(
     ``remove_stale=False`` is for dry runs: nothing is removed or created.
     """
     now = time.time() if now is None else now
-    if not os.path.isdir(lock_dir(state_dir)):
+    directories = [d for d in _lock_dirs(state_dir) if os.path.isdir(d)]
+    if not directories:
         return [], []
-    live, stale = [], []
-    with _guard(state_dir, create=remove_stale) as directory:
-        try:
-            names = sorted(os.listdir(directory))
-        except OSError:
-            return [], []
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            path = os.path.join(directory, name)
-            record = _read(path)
-            reason = stale_reason(record, max_age, now)
-            if reason:
-                if remove_stale:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                stale.append({**(record or {"file": name}), "stale": reason})
-            else:
-                live.append(record)
-    return live, stale
+    live: dict[str, dict[str, Any]] = {}
+    stale: list[dict[str, Any]] = []
+    with _guard(state_dir, create=remove_stale):
+        for directory in directories:
+            for name, path in _lock_files(directory):
+                record = _read(path)
+                reason = stale_reason(record, max_age, now)
+                if reason:
+                    if remove_stale:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                    stale.append({**(record or {"file": name}), "stale": reason})
+                elif name not in live or record["started"] > live[name]["started"]:
+                    live[name] = record  # the same job in both dirs: its newest start
+    return [live[name] for name in sorted(live)], stale
+
+
+def _lock_files(directory: str) -> list[tuple[str, str]]:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [(n, os.path.join(directory, n)) for n in names if n.endswith(".json")]
 
 
 def check_job_lock(
@@ -218,23 +306,40 @@ def job_lock(state_dir: str, job_id: str, pid: int | None = None) -> Iterator[di
 
 @contextlib.contextmanager
 def run_lock(state_dir: str) -> Iterator[None]:
-    """One cleanup run at a time per host; raises LockHeldError if another is in progress."""
-    os.makedirs(state_dir, exist_ok=True)
+    """One cleanup run at a time per host; raises LockHeldError if another is in progress.
+
+    A state dir that cannot take ``cleanup.lock`` (full, read-only) never stops the run: the
+    lock is taken in the run dir, or on what exists, or (nothing at all) the run goes unlocked.
+    """
     path = os.path.join(state_dir, RUN_LOCK)
+    fallback = statefile.fallback_path(state_dir, "cleanup", ".lock")
     # Never follows a planted symlink: the file is truncated and written below.
-    fd = statefile.open_lock_file(path)
+    fd = statefile.open_lock_fallback(path, fallback)
+    if fd is None:
+        statefile.warn(f"cannot open {path} nor {fallback}: this cleanup runs without its lock")
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                other = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                other = _holder(fd)
                 raise LockHeldError(
                     f"another cleanup run is in progress (pid {other or '?'}); try again later"
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # The pid is for the message above; a full or read-only disk may refuse it.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""  # a directory fd (the last fallback) has no content

@@ -15,6 +15,11 @@ Every part fails on its own: no budget, no Docker, an unreadable path, a dead we
 failing cleanup are reported in the metrics (``runnerkeep_disk_watch_errors``, ``*_up``) and
 the log, and the rest of the cycle still runs and the metrics file is still written.
 
+A budget that cannot be computed (a config that does not fit this disk) must not hide a full
+disk: the cycle measures free space anyway and decides the state and the emergency cleanup on
+fallback watermarks (``budget.fallback_budget``), and reports ``budget_error`` (result,
+``runnerkeep_disk_budget_error``, ``runnerkeep_disk_state_watermarks{source="fallback"}``).
+
 Order and deadline: measurement, the state machine and the emergency cleanup come first;
 alerts (syslog and webhook) are sent after them, so protecting the disk never waits on a
 receiver. Every webhook POST of a cycle runs in a child process killed at the cycle's deadline
@@ -36,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -49,7 +53,14 @@ from ..errors import ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
 from ..units import format_size
 from . import alerts
-from .budget import LEVELS, Budget, compute_budget, measure_inputs
+from .budget import (
+    LEVELS,
+    Budget,
+    BudgetInputs,
+    compute_budget,
+    fallback_budget,
+    measure_inputs,
+)
 from .metrics import MetricSet, event_totals, fold_events, write_textfile
 from .report import docker_usage, filesystems, watched_paths
 from .settings import as_int, disk_settings, seconds, state_dir
@@ -57,8 +68,8 @@ from .settings import as_int, disk_settings, seconds, state_dir
 STATE_FILE = "disk-watch.json"
 LOCK_FILE = "disk-watch.lock"
 PENDING_WEBHOOK_ALERTS = 20  # failed webhook alerts kept to send again (the newest)
-RUN_DIR_ENV = "RUNNERKEEP_RUN_DIR"
-DEFAULT_RUN_DIR = "/run/runnerkeep"
+RUN_DIR_ENV = statefile.RUN_DIR_ENV
+DEFAULT_RUN_DIR = statefile.DEFAULT_RUN_DIR
 STATE_READ_BOUND = 4 * 1024 * 1024
 # The watch's latest state per state dir, kept only while it cannot be saved there (--loop).
 _unsaved: dict[str, dict[str, Any]] = {}
@@ -175,13 +186,12 @@ def clean_state(data: Any, now: float | None = None) -> dict[str, Any] | None:
 
 
 def run_dir() -> str:
-    return os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR
+    return statefile.run_dir()
 
 
 def fallback_path(sdir: str) -> str:
     """Where the state goes when the state dir cannot take it (one file per state dir)."""
-    digest = hashlib.sha256(os.path.abspath(sdir).encode()).hexdigest()[:16]
-    return os.path.join(run_dir(), f"disk-watch-{digest}.json")
+    return statefile.fallback_path(sdir, "disk-watch", ".json")
 
 
 def _read_state(path: str) -> dict[str, Any] | None:
@@ -404,6 +414,20 @@ class _Cycle:
             "report": data,
         }
 
+    def measure(self) -> tuple[BudgetInputs | None, Budget | None]:
+        """The budget; when it cannot be computed, fallback watermarks (``budget.error`` set):
+        a config that does not fit this disk must not hide that the disk is full."""
+        try:
+            inputs = measure_inputs(self.config)
+        except ConfigError as exc:
+            self.errors.append(f"budget: {exc}")
+            return None, None
+        try:
+            return inputs, compute_budget(inputs, self.settings)
+        except ConfigError as exc:
+            self.errors.append(f"budget: {exc}; fallback watermarks in use")
+            return inputs, fallback_budget(inputs, self.settings, str(exc))
+
     # the cycle
     def run(self) -> dict[str, Any]:
         settings = self.settings
@@ -412,13 +436,7 @@ class _Cycle:
         now = time.time()
         m = self.metrics
 
-        budget = None
-        inputs = None
-        try:
-            inputs = measure_inputs(self.config)
-            budget = compute_budget(inputs, settings)
-        except ConfigError as exc:
-            self.errors.append(f"budget: {exc}")
+        inputs, budget = self.measure()
 
         # Docker and the filesystems.
         root = settings["docker_root"]
@@ -580,6 +598,7 @@ class _Cycle:
 
         state["last_run"] = now
         self._state_metrics(state, budget, inputs, counters)
+        self._budget_error_metrics(budget)
         self._skipped_metrics()
 
         metrics_path = None
@@ -624,9 +643,26 @@ class _Cycle:
             "alerts": self.alerts,
             "emergency_cleanup": cleanup,
             "errors": self.errors,
+            "budget_error": _budget_error(budget, self.errors),
             "metrics_file": metrics_path,
             "duration_seconds": round(time.monotonic() - self.started, 3),
         }
+
+    def _budget_error_metrics(self, budget: Budget | None) -> None:
+        failed = budget is None or budget.error is not None
+        self.metrics.add(
+            "runnerkeep_disk_budget_error",
+            1 if failed else 0,
+            help="1 when the disk budget could not be computed (see the log)",
+        )
+        source = "none" if budget is None else ("fallback" if budget.error else "budget")
+        self.metrics.add(
+            "runnerkeep_disk_state_watermarks",
+            1,
+            {"source": source},
+            help="where the state's watermarks came from: budget, fallback (budget error), "
+            "none (nothing measured: the state is the last one known)",
+        )
 
     def _skipped_metrics(self) -> None:
         totals = statefile.skipped_totals()
@@ -661,7 +697,7 @@ class _Cycle:
             )
         m.add(
             "runnerkeep_disk_budget_up",
-            1 if budget else 0,
+            1 if budget is not None and budget.error is None else 0,
             help="1 when the disk budget could be computed",
         )
         if budget is not None:
@@ -688,6 +724,7 @@ class _Cycle:
                 inputs.free_inodes,
                 help="free inodes on the budget filesystem",
             )
+        if budget is not None and budget.error is None:
             m.add(
                 "runnerkeep_disk_cache_quota_bytes",
                 budget.cache_quota_bytes,
@@ -782,6 +819,14 @@ class _Cycle:
             )
 
 
+def _budget_error(budget: Budget | None, errors: list[str]) -> str | None:
+    """Why the budget failed (None when it did not): the watch must not call such a state ok."""
+    if budget is not None:
+        return budget.error
+    failed = (e[len("budget: ") :] for e in errors if e.startswith("budget: "))
+    return next(failed, "the disk budget was not computed")
+
+
 def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -> dict[str, Any]:
     """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
 
@@ -806,16 +851,8 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
 
 
 def _open_watch_lock(sdir: str) -> int | None:
-    """The cycle lock: in the state dir; in the run dir when the state dir cannot take it;
-    the existing file opened read-only (flock needs no write access); else none (the watch
-    still runs: an unwritable disk is when it is needed most)."""
-    with contextlib.suppress(OSError):
-        os.makedirs(sdir, exist_ok=True)
-    primary = os.path.join(sdir, LOCK_FILE)
-    with contextlib.suppress(OSError):
-        return statefile.open_lock_file(primary)
-    fallback = fallback_path(sdir)[: -len(".json")] + ".lock"
-    with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(fallback), mode=0o700, exist_ok=True)
-        return statefile.open_lock_file(fallback)
-    return statefile.open_lock_file(primary, create=False)
+    """The cycle lock: in the state dir, else in the run dir (``statefile.open_lock_fallback``);
+    else none (the watch still runs: an unwritable disk is when it is needed most)."""
+    return statefile.open_lock_fallback(
+        os.path.join(sdir, LOCK_FILE), statefile.fallback_path(sdir, "disk-watch", ".lock")
+    )
