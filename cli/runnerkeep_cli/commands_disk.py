@@ -77,7 +77,8 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     cmd.add_argument(
         "--check",
         action="store_true",
-        help=f"exit {EXIT_CHECK_FAILED} when the state is not ok (default: 0 after a cycle)",
+        help=f"exit {EXIT_CHECK_FAILED} when the state is not ok or the disk budget cannot be "
+        "computed (default: 0 after a cycle)",
     )
 
     cmd = add("job-start", "record a job's start and start its background peak sampler", job_start)
@@ -177,6 +178,12 @@ def _watch_text(result: dict) -> str:
         line += f" (was {result['previous']})"
     if result.get("free_bytes") is not None:
         line += f"; {format_size(result['free_bytes'])} free on {result['path']}"
+    if result.get("budget_error"):
+        line += (
+            "; BUDGET ERROR: fallback watermarks"
+            if result.get("free_bytes") is not None
+            else "; BUDGET ERROR: nothing measured, state is the last one known"
+        )
     lines = [line]
     for alert in result["alerts"]:
         hook = alert.get("webhook")
@@ -193,8 +200,7 @@ def watch(args: argparse.Namespace) -> CommandResult:
 
     if not args.loop:
         result = run_watch(load_config(args.config))
-        code = EXIT_CHECK_FAILED if args.check and result.get("state") not in ("ok", None) else 0
-        return CommandResult(result, _watch_text(result), code)
+        return CommandResult(result, _watch_text(result), _check_code(args, result))
     interval = parse_duration(args.interval, "--interval")
     if interval <= 0:
         raise ConfigError("--interval must be greater than 0")
@@ -227,6 +233,15 @@ def watch(args: argparse.Namespace) -> CommandResult:
     if args.json:
         return CommandResult({"cycles": cycles, "last_state": result.get("state")}, "", EXIT_OK)
     return CommandResult({}, f"{cycles} watch cycle(s) run", EXIT_OK)
+
+
+def _check_code(args: argparse.Namespace, result: dict) -> int:
+    """--check: a state that is not ok, or a budget that failed, is a failed check."""
+    if not args.check:
+        return EXIT_OK
+    if result.get("state") not in ("ok", None) or result.get("budget_error"):
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
 
 
 def job_start(args: argparse.Namespace) -> CommandResult:

@@ -17,8 +17,15 @@ filesystem at ``disk.path`` (default: the one holding ``paths.cache_dir``) with 
   C - (R + 2P + H); the rest is for Docker images, toolchains and job leftovers.
 
 Any value can be pinned in the ``disk`` config section (inventory variables of the role).
-A disk where the arithmetic leaves nothing (C <= R + 2P + H, or a quota below
-``disk.cache_quota_min``) raises ConfigError: there is never a negative quota.
+A disk where the arithmetic leaves nothing (C <= R + 2P + H) raises ConfigError: there is never
+a negative quota. A quota below ``disk.cache_quota_min`` is raised to that minimum, or to all
+that lies above the post target when even the minimum does not fit (a fleet-wide minimum meets
+one small host): a warning in the explanation and in ``warnings``, not a failure.
+
+When the budget cannot be computed at all, the watch must still see a full disk:
+``fallback_budget`` gives safe watermarks from the ``disk.*_free`` overrides when they fit the
+disk, else built-in ones (emergency below 1% of C or 100 MiB, whichever is larger, at most 10%
+of C; critical twice that, warning three times), with ``error`` set.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from .settings import as_int, budget_path, disk_settings, expand, paths_of, size
 from .sizing import tree_size
 
 LEVELS = ("ok", "warning", "critical", "emergency")
+FALLBACK_EMERGENCY_PCT = 1  # built-in emergency watermark: % of capacity ...
+FALLBACK_EMERGENCY_MIN = 100 * 1024**2  # ... or this, whichever is larger ...
+FALLBACK_EMERGENCY_CAP_PCT = 10  # ... but never more than this % of a small disk
 
 
 @dataclass
@@ -81,6 +91,9 @@ class Budget:
     free_inodes: int | None = None
     overrides: list[str] = field(default_factory=list)
     explanation: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Set by ``fallback_budget``: why the real budget could not be computed.
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +182,7 @@ def compute_budget(inputs: BudgetInputs, settings: dict[str, Any]) -> Budget:
         raise ConfigError(f"disk.cache_share must be a percentage 0..100, got {share:g}")
     fmt = format_size
     words: list[str] = []
+    warnings: list[str] = []
     overrides: list[str] = []
 
     r = parse_size_or_percent(settings["reserve"], c, "disk.reserve")
@@ -239,13 +253,20 @@ def compute_budget(inputs: BudgetInputs, settings: dict[str, Any]) -> Budget:
         )
         quota_min = size(settings, "cache_quota_min")
         if quota < quota_min:
-            raise ConfigError(
-                f"disk budget cannot be met on {inputs.path}: the cache quota would be "
-                f"{fmt(quota)}, below disk.cache_quota_min {fmt(quota_min)} (capacity {fmt(c)}, "
-                f"reserve {fmt(r)}, "
-                f"job peak {fmt(p)}); give the runner a larger disk, lower disk.cache_quota_min, "
-                "or pin disk.cache_quota"
+            quota = min(quota_min, room)
+            warning = (
+                f"the cache quota of {share:g}% would be below disk.cache_quota_min "
+                f"{fmt(quota_min)}; "
+                + (
+                    "raised to that minimum (less room for Docker images and job leftovers)"
+                    if quota == quota_min
+                    else f"the minimum does not fit this disk: clamped to all that lies above "
+                    f"the post target, {fmt(quota)}"
+                )
+                + "; give the runner a larger disk or lower disk.cache_quota_min"
             )
+            warnings.append(warning)
+            words.append(f"Warning: {warning}.")
     words.append(
         f"The cache store now holds {fmt(inputs.cache_bytes)}"
         + (f" ({inputs.cache_bytes * 100.0 / quota:.0f}% of its quota)." if quota else ".")
@@ -329,7 +350,103 @@ def compute_budget(inputs: BudgetInputs, settings: dict[str, Any]) -> Budget:
         free_inodes=inputs.free_inodes,
         overrides=overrides,
         explanation=words,
+        warnings=warnings,
         **values,
+    )
+
+
+def fallback_budget(inputs: BudgetInputs, settings: dict[str, Any], error: str) -> Budget:
+    """Safe watermarks for when ``compute_budget`` fails: the watch must still tell a full disk
+    from an empty one and run the emergency cleanup (``error`` says why; never raises)."""
+    c = max(1, inputs.capacity_bytes)
+    ci = max(0, inputs.capacity_inodes)
+    words = [
+        f"The disk budget cannot be computed: {error}",
+        "The watch uses fallback watermarks until the config fits this disk.",
+    ]
+    marks_b, source_b = _fallback_marks(settings, c, "")
+    words.append(f"Bytes ({source_b}): " + _describe_marks(marks_b, format_size))
+    marks_i = {"emergency": 0, "critical": 0, "warning": 0}
+    if ci > 0:
+        marks_i, source_i = _fallback_marks(settings, ci, "_inodes")
+        words.append(f"Inodes ({source_i}): " + _describe_marks(marks_i, _count))
+    h = _fallback_hysteresis(settings, c)
+    hi = ci // 100
+    values = {}
+    for unit, marks, hyst in (("bytes", marks_b, h), ("inodes", marks_i, hi)):
+        for level, mark in marks.items():
+            values[f"{level}_free_{unit}"] = mark
+        # Emergency cleanup aims past the warning mark: every level cleared.
+        values[f"pre_target_free_{unit}"] = marks["critical"] + hyst if marks["critical"] else 0
+        values[f"post_target_free_{unit}"] = marks["warning"] + hyst if marks["warning"] else 0
+    return Budget(
+        path=inputs.path,
+        capacity_bytes=inputs.capacity_bytes,
+        capacity_inodes=inputs.capacity_inodes,
+        reserve_bytes=marks_b["emergency"],
+        reserve_inodes=marks_i["emergency"],
+        job_peak_bytes=0,
+        job_peak_inodes=0,
+        job_peak_source="unknown",
+        history_jobs=len(inputs.peaks_bytes),
+        hysteresis_bytes=h,
+        hysteresis_inodes=hi,
+        cache_bytes=inputs.cache_bytes,
+        cache_quota_bytes=0,
+        free_bytes=inputs.free_bytes,
+        free_inodes=inputs.free_inodes,
+        explanation=words,
+        warnings=[f"disk budget: {error}"],
+        error=error,
+        **values,
+    )
+
+
+def _builtin_marks(capacity: int, unit: str) -> dict[str, int]:
+    if unit:  # inodes: 1% of them
+        emergency = capacity // 100
+    else:
+        emergency = max(capacity * FALLBACK_EMERGENCY_PCT // 100, FALLBACK_EMERGENCY_MIN)
+        emergency = min(emergency, capacity * FALLBACK_EMERGENCY_CAP_PCT // 100)
+    emergency = max(1, emergency)
+    return {"emergency": emergency, "critical": 2 * emergency, "warning": 3 * emergency}
+
+
+def _fallback_marks(
+    settings: dict[str, Any], capacity: int, unit: str
+) -> tuple[dict[str, int], str]:
+    """The ``disk.*_free`` overrides when all that are set parse and fit, else built-ins."""
+    marks = _builtin_marks(capacity, unit)
+    pinned = []
+    for level in ("emergency", "critical", "warning"):
+        key = f"{level}_free{unit}"
+        if settings.get(key) is None:
+            continue
+        parse = parse_count_or_percent if unit else parse_size_or_percent
+        try:
+            marks[level] = parse(settings[key], capacity, f"disk.{key}")
+        except (ConfigError, ValueError, TypeError):
+            return _builtin_marks(capacity, unit), "built-in: the overrides cannot be read"
+        pinned.append("disk." + key)
+    if not 0 < marks["emergency"] < marks["critical"] < marks["warning"] < capacity:
+        return _builtin_marks(capacity, unit), "built-in: the overrides do not fit this disk"
+    if not pinned:
+        return marks, "built-in"
+    return marks, ", ".join(pinned) + (", built-in for the rest" if len(pinned) < 3 else "")
+
+
+def _fallback_hysteresis(settings: dict[str, Any], capacity: int) -> int:
+    try:
+        value = parse_size_or_percent(settings.get("hysteresis"), capacity, "disk.hysteresis")
+    except (ConfigError, ValueError, TypeError):
+        return capacity // 100
+    return value if 0 <= value < capacity // 4 else capacity // 100
+
+
+def _describe_marks(marks: dict[str, int], fmt) -> str:
+    return (
+        f"emergency below {fmt(marks['emergency'])}, critical below {fmt(marks['critical'])}, "
+        f"warning below {fmt(marks['warning'])} free."
     )
 
 
