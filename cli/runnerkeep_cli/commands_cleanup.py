@@ -31,6 +31,7 @@ from runnerkeep.cleanup import (
 from runnerkeep.cleanup.catalog import STAGES, TOOLCHAINS
 from runnerkeep.config import load_config
 from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
+from runnerkeep.textutil import escape_text
 from runnerkeep.units import parse_duration
 
 from runnerkeep_cli.options import common_options
@@ -249,7 +250,7 @@ def cleanup_run(args: argparse.Namespace) -> CommandResult:
         state_dir = state_dir_of(config)
         if not wait_for_jobs(state_dir, parse_duration(wait, "--wait-lock")):
             live, _ = active_jobs(state_dir)
-            jobs = ", ".join(str(r.get("job_id")) for r in live)
+            jobs = ", ".join(escape_text(r.get("job_id")) for r in live)
             raise LockHeldError(f"CI job(s) {jobs} still hold the runner lock after {wait}")
     return _run(args, config, stage)
 
@@ -259,7 +260,7 @@ def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
     job_id = _job_id(args)
     record = job_start(state_dir_of(config), job_id, args.pid)
     data = {"job_id": job_id, "lock": record}
-    text = f"job {job_id} holds the runner lock (pid {record['pid']})"
+    text = f"job {escape_text(job_id)} holds the runner lock (pid {record['pid']})"
     if args.no_pre:
         return CommandResult(data, text, EXIT_OK)
     result = _run(args, config, "pre")
@@ -274,9 +275,9 @@ def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
     record = job_end(state_dir_of(config), job_id)
     data = {"job_id": job_id, "released": record is not None}
     text = (
-        f"job {job_id} released the runner lock"
+        f"job {escape_text(job_id)} released the runner lock"
         if record
-        else f"job {job_id} held no lock (nothing to release)"
+        else f"job {escape_text(job_id)} held no lock (nothing to release)"
     )
     if args.no_post:
         return CommandResult(data, text, EXIT_OK)
@@ -301,7 +302,10 @@ def cleanup_status(args: argparse.Namespace) -> CommandResult:
     ]
     text = table(rows, ["job", "pid", "running for"]) if rows else "no job holds the lock"
     for r in stale:
-        text += f"\nremoved stale lock of job {r.get('job_id')}: {r.get('stale')}"
+        text += (
+            f"\nremoved stale lock of job {escape_text(r.get('job_id'))}: "
+            f"{escape_text(r.get('stale'))}"
+        )
     data = {"busy": bool(live), "jobs": live, "stale_removed": stale}
     return CommandResult(data, text, EXIT_LOCKED if live else EXIT_OK)
 
