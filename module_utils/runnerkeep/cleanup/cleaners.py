@@ -85,6 +85,8 @@ class Cleaner:
         self.refused: list[tuple[str, str]] = []  # (root, reason)
         self.errors: list[tuple[str, str]] = []  # planning errors (path, message)
         self.kept: list[tuple[str, str]] = []
+        # root -> {(st_dev, st_ino)} of the mount points beneath it, listed when planning
+        self.mount_points: dict[str, frozenset] = {}
 
     @property
     def cost(self) -> int:
@@ -197,8 +199,10 @@ class FilesCleaner(Cleaner):
         exclude = list(self.settings.get("exclude") or [])
         files_only = bool(self.settings.get("files_only"))
         cross = bool(self.ctx.section.get("cross_filesystems"))
+        points = walk.read_mount_points()  # once per plan: a file mount has no mount ID test
         for root, patterns in self._roots():
             comp_lists = [check_pattern(p, where) for p in patterns]
+            self.mount_points[root] = walk.mount_points_beneath(root, points)
             try:
                 root_fd = walk.open_root(root)
             except OSError as exc:
@@ -207,7 +211,10 @@ class FilesCleaner(Cleaner):
             try:
                 fs = mount_point_of(root)
                 opts = walk.WalkOptions.for_root(
-                    root_fd, protected=self.ctx.protected, one_filesystem=not cross
+                    root_fd,
+                    protected=self.ctx.protected,
+                    one_filesystem=not cross,
+                    mount_points=self.mount_points[root],
                 )
                 matches = self._match(root_fd, root, comp_lists, exclude, files_only, opts)
                 for parent_parts, name in matches:
@@ -271,10 +278,15 @@ class FilesCleaner(Cleaner):
                     entries = list(it)
                 for entry in entries:
                     try:
-                        result.append((entry.name, entry.stat(follow_symlinks=False)))
+                        st = entry.stat(follow_symlinks=False)
                     except OSError as exc:
                         path = "/".join([root, *parts, entry.name])
                         self.errors.append((path, exc.strerror or str(exc)))
+                        continue
+                    if opts.mount_point(fd, entry.name, st):
+                        self.kept.append(("/".join([root, *parts, entry.name]), walk.OTHER_MOUNT))
+                        continue
+                    result.append((entry.name, st))
             except OSError as exc:
                 self.errors.append(("/".join([root, *parts]), exc.strerror or str(exc)))
             finally:
@@ -338,6 +350,7 @@ class FilesCleaner(Cleaner):
                 one_filesystem=not cross,
                 seen=self.ctx.seen_removed,
                 cutoff=planned_at,
+                mount_points=self.mount_points.get(root, frozenset()),
             )
             try:
                 pfd = walk.open_beneath(root_fd, parent_parts, opts)

@@ -12,6 +12,11 @@ whose descriptor was closed, and then only after checking it is the directory it
 Mount boundaries are mount IDs, not only device numbers: every directory a walker opens is
 checked on the descriptor it then uses (a same-filesystem bind mount has the root's ``st_dev``
 but another mount ID), so neither sizing nor removal enters another mount unless told to.
+A *file* can be a mount point too (a bind-mounted file), and no descriptor is opened on a file
+before it is unlinked: so a walk starts from the mount points ``/proc/self/mountinfo`` lists
+beneath its root (``mount_points_beneath``, their (st_dev, st_ino)) and keeps every entry that
+is one of them and on another mount, in sizing and removal alike; a file mounted after that
+makes ``unlink`` fail with EBUSY, which is reported as kept too. Dry run and real run agree.
 
 Sizing counts allocated bytes (``st_blocks * 512``: what the filesystem gets back) and inodes.
 An inode with several hard links counts only once all its links were met in what would be
@@ -37,6 +42,7 @@ import errno
 import functools
 import marshal
 import os
+import re
 import signal
 import stat
 import struct
@@ -45,7 +51,7 @@ from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable
 
-from ..mounts import MountIdUnavailable, mount_id
+from ..mounts import MountIdUnavailable, mount_id, mount_id_at
 
 OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -89,11 +95,16 @@ class WalkOptions:
     workers: int = 0  # processes sharing a big sizing walk; 0 = one per CPU, at most 4
     mnt_id: int | None = None
     cutoff: float | None = None
-    # Inode numbers of ``protected``: a cheap first test in the walkers' per-entry loops.
+    # {(st_dev, st_ino)} of the mount points beneath the root (``mount_points_beneath``)
+    mount_points: frozenset = frozenset()
+    # Inode numbers of ``protected`` and ``mount_points``: a cheap first test in the walkers'
+    # per-entry loops.
     prot_inos: frozenset = field(init=False, repr=False, compare=False)
+    mp_inos: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.prot_inos = frozenset(ino for _dev, ino in self.protected)
+        self.mp_inos = frozenset(ino for _dev, ino in self.mount_points)
 
     @classmethod
     def for_root(cls, root_fd: int, **kwargs) -> WalkOptions:
@@ -109,6 +120,73 @@ class WalkOptions:
         if not self.one_filesystem or self.mnt_id is None or self.mnt_id < 0:
             return False
         return _mount_id(fd) != self.mnt_id
+
+    def mount_point(self, dir_fd: int, name: str, st: os.stat_result) -> bool:
+        """True when ``name`` beneath ``dir_fd`` (lstat ``st``) is a mount point listed at the
+        start of the walk, other than the walk's own mount.
+
+        Nothing mounted on it can be removed (``unlink``/``rmdir`` fail with EBUSY), so it is
+        kept even where ``one_filesystem`` is off, except a directory (entered then). The
+        identity test is one set lookup; the mount ID is read only on a match, which tells the
+        mounted file from its source when both are beneath the root. Kept when the mount ID
+        cannot be read.
+        """
+        if st.st_ino not in self.mp_inos or (st.st_dev, st.st_ino) not in self.mount_points:
+            return False
+        if S_ISDIR(st.st_mode) and not self.one_filesystem:
+            return False  # told to cross mounts: the walk enters it (mount IDs decide as ever)
+        if self.mnt_id is None or self.mnt_id < 0:
+            return True
+        try:
+            return mount_id_at(dir_fd, name) != self.mnt_id
+        except OSError:
+            return True
+
+
+MOUNTINFO = "/proc/self/mountinfo"
+_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def read_mount_points(path: str = MOUNTINFO) -> list[str]:
+    """Every mount point of this process's mount namespace; [] when /proc cannot tell.
+
+    Field 5 of each mountinfo line, with the kernel's octal escapes (``\\040`` for a blank,
+    ``\\012`` for a newline, ``\\134`` for a backslash) decoded, as ``os.fsdecode`` names them.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return []
+    points = []
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4:
+            raw = _MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), fields[4])
+            points.append(os.fsdecode(raw))
+    return points
+
+
+def mount_points_beneath(root: str, points: list[str]) -> frozenset:
+    """(st_dev, st_ino) of the mount points strictly beneath ``root`` (``read_mount_points``).
+
+    An lstat of each, now: what is mounted there, as a walk's ``fstatat`` of the name sees it.
+    One that vanished meanwhile is left out (a mount appearing later is caught by mount ID for
+    a directory, by EBUSY for a file).
+    """
+    top = os.path.normpath(root)
+    prefix = top.rstrip("/") + "/"
+    found = set()
+    for point in points:
+        point = os.path.normpath(point)
+        if point == top or not point.startswith(prefix):
+            continue
+        try:
+            st = os.lstat(point)
+        except OSError:
+            continue
+        found.add((st.st_dev, st.st_ino))
+    return frozenset(found)
 
 
 @dataclass
@@ -235,6 +313,15 @@ def _should_skip(st: os.stat_result, path: str, opts: WalkOptions, stats: TreeSt
     return False
 
 
+def _kept_mount_point(
+    parent_fd: int, name: str, st: os.stat_result, path: str, opts: WalkOptions, stats
+) -> bool:
+    if opts.mount_point(parent_fd, name, st):
+        stats.kept.append((path, OTHER_MOUNT))
+        return True
+    return False
+
+
 def _open_checked_dir(parent_fd: int, name: str, st, path: str, opts, stats) -> int:
     """Open directory ``name`` (stat ``st``) for a walk: -1 when it must not be entered."""
     try:
@@ -263,7 +350,9 @@ def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeS
     except OSError as exc:
         stats.errors.append((path, _err(exc)))
         return stats
-    if _should_skip(st, path, opts, stats):
+    if _should_skip(st, path, opts, stats) or _kept_mount_point(
+        parent_fd, name, st, path, opts, stats
+    ):
         return stats
     if not stat.S_ISDIR(st.st_mode):
         stats.add_sized(st)
@@ -273,7 +362,33 @@ def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeS
         return stats
     stats.add_sized(st)
     _size_tree(fd, path, opts, stats, (st.st_dev, st.st_ino))
+    if stats.kept:
+        _discount_holders(parent_fd, name, path, stats)
     return stats
+
+
+def _discount_holders(parent_fd: int, name: str, path: str, stats: TreeStats) -> None:
+    """Take the directories holding a kept entry out of ``stats``: removal keeps them too
+    (a kept mount point, special file or protected inode leaves its parents in place), so the
+    dry run does not promise them. Re-opened beneath ``parent_fd`` without following symlinks.
+    """
+    prefix = path + "/"
+    holders = set()
+    for kept_path, _why in stats.kept:
+        if kept_path.startswith(prefix):
+            parts = tuple(kept_path[len(prefix) :].split("/")[:-1])
+            holders.update(parts[:i] for i in range(len(parts) + 1))
+    for parts in holders:
+        try:
+            fd = open_beneath(parent_fd, [name, *parts])
+        except OSError:
+            continue  # gone or swapped since the walk: nothing to take out
+        try:
+            blocks = os.fstat(fd).st_blocks
+        finally:
+            os.close(fd)
+        stats.bytes = max(stats.bytes - blocks * 512, 0)
+        stats.inodes = max(stats.inodes - 1, 0)
 
 
 def size_tree(path: str, opts: WalkOptions | None = None) -> TreeStats:
@@ -463,6 +578,7 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
         tally.errors.append((dpath, _err(exc)))
         return []
     protected, prot_inos = opts.protected, opts.prot_inos
+    mp_inos = opts.mp_inos
     links = tally.links
     one_fs, dev = opts.one_filesystem, opts.dev
     blocks = inodes = 0
@@ -477,6 +593,9 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
         mode = st.st_mode
         if st.st_ino in prot_inos and (st.st_dev, st.st_ino) in protected:
             tally.kept.append((dpath + "/" + entry.name, "protected"))
+            continue
+        if st.st_ino in mp_inos and opts.mount_point(dfd, entry.name, st):
+            tally.kept.append((dpath + "/" + entry.name, OTHER_MOUNT))
             continue
         if S_ISREG(mode) or S_ISLNK(mode):
             if st.st_mtime > newest:
@@ -752,7 +871,9 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
     except OSError as exc:
         stats.errors.append((path, _err(exc)))
         return stats
-    if _should_skip(st, path, opts, stats):
+    if _should_skip(st, path, opts, stats) or _kept_mount_point(
+        parent_fd, name, st, path, opts, stats
+    ):
         return stats
     if _changed_since(st, opts):
         stats.kept.append((path, CHANGED))
@@ -761,7 +882,10 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
         try:
             os.unlink(name, dir_fd=parent_fd)
         except OSError as exc:
-            stats.errors.append((path, _err(exc)))
+            if exc.errno == errno.EBUSY:  # mounted on after the walk started
+                stats.kept.append((path, OTHER_MOUNT))
+            else:
+                stats.errors.append((path, _err(exc)))
             return stats
         _note_unlinked(st, opts)
         stats.add_removed(st)
@@ -790,6 +914,8 @@ def _rmdir(parent_fd: int, frame: _Frame, stats: TreeStats) -> bool:
             return True
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
             stats.kept.append((frame.path, NOT_EMPTY))
+        elif exc.errno == errno.EBUSY:  # a mount point (the walk crossed into it, or it is new)
+            stats.kept.append((frame.path, OTHER_MOUNT))
         else:
             stats.errors.append((frame.path, _err(exc)))
         return False
@@ -860,6 +986,8 @@ class _RemovalWalk:
         mode = st.st_mode
         if st.st_ino in opts.prot_inos and (st.st_dev, st.st_ino) in opts.protected:
             self._keep(frame, name, "protected")
+        elif st.st_ino in opts.mp_inos and opts.mount_point(frame.fd, name, st):
+            self._keep(frame, name, OTHER_MOUNT)
         elif opts.cutoff is not None and _changed_since(st, opts):
             self._keep(frame, name, CHANGED)
         elif S_ISREG(mode) or S_ISLNK(mode):
@@ -886,7 +1014,10 @@ class _RemovalWalk:
             )
             return
         except OSError as exc:
-            self._fail(frame, name, _err(exc))
+            if exc.errno == errno.EBUSY:  # mounted on after the walk started
+                self._keep(frame, name, OTHER_MOUNT)
+            else:
+                self._fail(frame, name, _err(exc))
             return
         self.removed += 1
         if st.st_nlink == 1:  # its last link: the blocks are free now
