@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..textutil import table
+from ..textutil import escape_text, table
 from ..units import format_size
 
 KEPT_ITEMS_MAX = 200  # entries a report names as kept, per cleaner; the count is exact
@@ -57,9 +57,11 @@ class CleanupReport:
 
     In a dry run ``bytes_freed``/``inodes_freed``/``items_removed`` are what the real run would
     free and ``items`` lists exactly what would go; ``filesystems[*].after`` is then the
-    predicted state. ``bytes_freed`` is what the cleaners counted; per filesystem,
-    ``freed_bytes_claimed`` repeats that count and ``freed_bytes_measured`` is what statvfs
-    says was given back (None in a dry run), the figure ``target_met`` is decided on.
+    predicted state. In a real run ``bytes_freed``/``inodes_freed`` are what statvfs says was
+    given back (``freed_*_measured``, the figures ``target_met`` is decided on), summed over
+    the filesystems the cleaners removed something from, each at least 0: a count cannot see
+    a file held open or a hard link kept elsewhere. ``bytes_freed_claimed`` and
+    ``inodes_freed_claimed`` are what the cleaners counted (in a dry run, the same figures).
     """
 
     stage: str
@@ -76,12 +78,36 @@ class CleanupReport:
     jobs: list = field(default_factory=list)  # job locks seen (forced runs, dry runs)
 
     @property
-    def bytes_freed(self) -> int:
+    def bytes_freed_claimed(self) -> int:
         return sum(c.bytes_freed for c in self.cleaners)
 
     @property
-    def inodes_freed(self) -> int:
+    def inodes_freed_claimed(self) -> int:
         return sum(c.inodes_freed for c in self.cleaners)
+
+    @property
+    def bytes_freed(self) -> int:
+        """Measured in a real run (see the class docstring), predicted in a dry run."""
+        if self.dry_run:
+            return self.bytes_freed_claimed
+        return self._measured("bytes")
+
+    @property
+    def inodes_freed(self) -> int:
+        if self.dry_run:
+            return self.inodes_freed_claimed
+        return self._measured("inodes")
+
+    def _measured(self, unit: str) -> int:
+        """What the filesystems gave back, where the cleaners removed anything; another
+        filesystem's change (someone else's writes or deletes) is not this run's doing."""
+        total = 0
+        for info in self.filesystems.values():
+            touched = info.get("freed_bytes_claimed") or info.get("freed_inodes_claimed")
+            measured = info.get(f"freed_{unit}_measured")
+            if touched and measured is not None:
+                total += max(measured, 0)
+        return total
 
     @property
     def items_removed(self) -> int:
@@ -102,6 +128,8 @@ class CleanupReport:
             "duration": round(self.duration, 3),
             "bytes_freed": self.bytes_freed,
             "inodes_freed": self.inodes_freed,
+            "bytes_freed_claimed": self.bytes_freed_claimed,
+            "inodes_freed_claimed": self.inodes_freed_claimed,
             "items_removed": self.items_removed,
             "target_met": self.target_met,
             "targets": self.targets,
@@ -118,19 +146,27 @@ class CleanupReport:
         for mount, info in sorted(self.filesystems.items()):
             measured = info.get("freed_bytes_measured")
             claimed = info.get("freed_bytes_claimed", 0)
-            if measured is None or measured >= claimed:
-                continue
+            if measured is None or max(measured, 0) >= claimed:
+                continue  # nothing to say (a run that counted nothing did free nothing)
             out.append(
-                f"{mount}: the filesystem reports {format_size(max(measured, 0))} freed, "
+                f"{escape_text(mount)}: the filesystem reports "
+                f"{format_size(max(measured, 0))} freed, "
                 f"the cleaners counted {format_size(claimed)} (files still open, hard links "
                 "elsewhere, or new writes)"
             )
         return out
 
+    def _counted_note(self) -> str:
+        """The cleaners' own count, when the measured headline differs from it by over 1%."""
+        claimed = self.bytes_freed_claimed
+        if self.dry_run or abs(self.bytes_freed - claimed) <= claimed // 100:
+            return ""
+        return f" (cleaners counted {format_size(claimed)})"
+
     def text(self, show_items: int = 20) -> str:
         verb = "would free" if self.dry_run else "freed"
         lines = [
-            f"cleanup stage {self.stage}{' (dry run)' if self.dry_run else ''}"
+            f"cleanup stage {escape_text(self.stage)}{' (dry run)' if self.dry_run else ''}"
             f"{' (forced)' if self.forced else ''}{' (all cleaners)' if self.run_all else ''}"
         ]
         header = ["cleaner", "status", "bytes", "inodes", "items", "errors", "time"]
@@ -150,8 +186,8 @@ class CleanupReport:
             [
                 "TOTAL",
                 "",
-                format_size(self.bytes_freed),
-                str(self.inodes_freed),
+                format_size(self.bytes_freed_claimed),
+                str(self.inodes_freed_claimed),
                 str(self.items_removed),
                 str(sum(len(c.errors) for c in self.cleaners)),
                 f"{self.duration:.2f}s",
@@ -192,7 +228,8 @@ class CleanupReport:
         lines.extend(self._measured_lines())
         lines.append(
             f"{verb} {format_size(self.bytes_freed)} and {self.inodes_freed} inodes in "
-            f"{self.items_removed} items; target {'met' if self.target_met else 'NOT met'}"
+            f"{self.items_removed} items{self._counted_note()}; "
+            f"target {'met' if self.target_met else 'NOT met'}"
         )
         if self.dry_run and show_items:
             listed = [(c.name, i) for c in self.cleaners for i in c.items]
@@ -200,17 +237,26 @@ class CleanupReport:
                 lines.append("")
                 lines.append("would remove:")
                 for name, item in listed[:show_items]:
-                    lines.append(f"  [{name}] {item['path']}  {format_size(item['bytes'])}")
+                    lines.append(
+                        f"  [{escape_text(name)}] {escape_text(item['path'])}  "
+                        f"{format_size(item['bytes'])}"
+                    )
                 if len(listed) > show_items:
                     lines.append(f"  ... and {len(listed) - show_items} more (--json lists all)")
         problems = [(c.name, e) for c in self.cleaners for e in c.errors]
         refusals = [(c.name, r) for c in self.cleaners for r in c.refused]
         for name, ref in refusals:
-            lines.append(f"refused [{name}] {ref['root']}: {ref['reason']}")
+            lines.append(
+                f"refused [{escape_text(name)}] {escape_text(ref['root'])}: "
+                f"{escape_text(ref['reason'])}"
+            )
         for name, err in problems[:10]:
-            lines.append(f"error [{name}] {err.get('path', '')}: {err.get('error', '')}")
+            lines.append(
+                f"error [{escape_text(name)}] {escape_text(err.get('path', ''))}: "
+                f"{escape_text(err.get('error', ''))}"
+            )
         if len(problems) > 10:
             lines.append(f"... and {len(problems) - 10} more errors (--json lists all)")
         for msg in self.notes:
-            lines.append(f"note: {msg}")
+            lines.append(f"note: {escape_text(msg)}")
         return "\n".join(lines)
