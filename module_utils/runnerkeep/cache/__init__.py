@@ -7,26 +7,31 @@ front doors over these. On-disk format: docs/cache-format.md.
 from __future__ import annotations
 
 from .archive import ArchiveError, familiar_ref
+from .entrymac import KeyUnavailable
 from .progress import ProgressLine
 from .prune import list_entries, prune_store, remove_key
-from .restore import export_entry, restore_entry
-from .save import SaveFailed, import_archive, make_room, save_entry
+from .restore import export_entry, export_entry_fd, restore_entry
+from .save import SaveFailed, import_archive, import_archive_fd, make_room, save_entry
 from .settings import CACHE_DEFAULTS, cache_settings, resolve_cache_dir
-from .store import CorruptBlob, CorruptEntry, Store, validate_key
-from .verify import verify_store
+from .store import TRUSTED, CorruptBlob, CorruptEntry, Store, validate_key, validate_scope
+from .verify import sign_entries, verify_store
 
 __all__ = [
     "CACHE_DEFAULTS",
+    "TRUSTED",
     "ArchiveError",
     "CorruptBlob",
     "CorruptEntry",
+    "KeyUnavailable",
     "ProgressLine",
     "SaveFailed",
     "Store",
     "cache_settings",
     "export_entry",
+    "export_entry_fd",
     "familiar_ref",
     "import_archive",
+    "import_archive_fd",
     "list_entries",
     "make_room",
     "prune_store",
@@ -34,6 +39,8 @@ __all__ = [
     "resolve_cache_dir",
     "restore_entry",
     "save_entry",
+    "sign_entries",
     "validate_key",
+    "validate_scope",
     "verify_store",
 ]

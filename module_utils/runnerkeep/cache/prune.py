@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import CacheMiss
 from ..events import record_event
-from .store import CorruptEntry, Store, entry_blobs, validate_key
+from .store import TRUSTED, CorruptEntry, Store, as_store, entry_blobs, split_name, validate_key
 
 
 def _scan(store: Store) -> dict[str, dict[str, Any]]:
@@ -55,7 +55,7 @@ def _empty_prune(store: Store, dry_run: bool) -> dict[str, Any]:
 
 
 def prune_store(
-    store_dir: str,
+    store_dir: str | Store,
     *,
     max_size: int | None = None,
     max_age: float | None = None,
@@ -69,7 +69,7 @@ def prune_store(
     exclusively, so no save can be between writing its blobs and its entry. A dry run
     changes nothing (not even a lock file); a real one records a ``cache`` event in
     ``state_dir`` when given, whichever front door ran it."""
-    store = Store(store_dir)
+    store = as_store(store_dir)
     if not store.exists():
         return _empty_prune(store, dry_run)
     lock = store.read_lock() if dry_run else store.store_lock(exclusive=True)
@@ -170,9 +170,16 @@ def _unique_size(keep: dict[str, dict[str, Any]], on_disk: dict[str, int]) -> in
     return sum(on_disk.get(d, 0) for d in blobs)
 
 
-def list_entries(store_dir: str) -> dict[str, Any]:
-    """Keys, images, logical size, size unique to each entry, created, last used."""
-    store = Store(store_dir)
+def visible_to(name: str, scope: str | None) -> bool:
+    """Whether a job of ``scope`` sees the entry ``name`` (None: the store's owner sees all)."""
+    entry_scope = split_name(name)[0]
+    return scope is None or entry_scope in (TRUSTED, scope)
+
+
+def list_entries(store_dir: str | Store, scope: str | None = None) -> dict[str, Any]:
+    """Keys, images, logical size, size unique to each entry, created, last used. ``scope``:
+    only the trusted entries and that scope's (a job's view); None: every entry."""
+    store = as_store(store_dir)
     if not store.exists():
         return {
             "dir": store.root,
@@ -189,12 +196,16 @@ def list_entries(store_dir: str) -> dict[str, Any]:
         for digest in info["blobs"]:
             users[digest] = users.get(digest, 0) + 1
     rows = []
-    for key, info in sorted(scan.items()):
+    for name, info in sorted(scan.items()):
+        if not visible_to(name, scope):
+            continue
+        entry_scope, key = split_name(name)
         entry = info["entry"]
         if entry is None:
             rows.append(
                 {
                     "key": key,
+                    "scope": entry_scope,
                     "ok": False,
                     "last_used": info["last_used"],
                     "problem": info["problem"],
@@ -204,6 +215,7 @@ def list_entries(store_dir: str) -> dict[str, Any]:
         rows.append(
             {
                 "key": key,
+                "scope": entry_scope,
                 "ok": True,
                 "format": entry.get("archive_format"),
                 "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
@@ -223,10 +235,11 @@ def list_entries(store_dir: str) -> dict[str, Any]:
     }
 
 
-def remove_key(store_dir: str, key: str, *, dry_run: bool = False) -> dict[str, Any]:
-    """Drop a key's entry (state: absent); its blobs go at the next prune unless shared."""
+def remove_key(store_dir: str | Store, key: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Drop a key's trusted entry (state: absent); its blobs go at the next prune unless
+    shared."""
     validate_key(key)
-    store = Store(store_dir)
+    store = as_store(store_dir)
     if not store.exists() or not os.path.exists(store.entry_path(key)):
         return {"key": key, "removed": False}
     if dry_run:

@@ -18,11 +18,14 @@ from ..fsutil import fsync_dir
 from .archive import entry_archive_length, write_entry_archive
 from .save import enlarge_pipe
 from .store import (
+    TRUSTED,
     CorruptBlob,
     CorruptEntry,
     Store,
+    as_store,
     config_diff_ids,
     entry_blobs,
+    entry_name,
     validate_key,
 )
 
@@ -91,6 +94,16 @@ def quarantine_for(store: Store, key: str, exc: Exception) -> list[str]:
     return moved
 
 
+def readable_name(store: Store, key: str, scope: str) -> str:
+    """The entry a job of ``scope`` restores: a trusted job only the trusted entry; an
+    untrusted one its own scope's entry when there is one, else the trusted entry (read-only,
+    like actions/cache for pull requests)."""
+    if scope == TRUSTED:
+        return entry_name(key)
+    own = entry_name(key, scope)
+    return own if os.path.lexists(store.entry_path(own)) else entry_name(key)
+
+
 def daemon_images(ids: list[str]) -> dict[str, list[str]]:
     """image ID -> its RepoTags, for the IDs the daemon holds."""
     proc = run_docker(["image", "inspect", *ids], check=False)
@@ -116,37 +129,42 @@ def _ensure_tags(entry: dict[str, Any], present: dict[str, list[str]]) -> list[s
 
 
 def restore_entry(
-    store_dir: str,
+    store_dir: str | Store,
     key: str,
     *,
+    scope: str = TRUSTED,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Make the entry's images present in the daemon. CacheMiss (exit 3) when there is no usable
-    entry; a corrupt entry or blob is quarantined first."""
+    entry; a corrupt entry or blob is quarantined first. ``scope``: the requester's (see
+    readable_name)."""
     validate_key(key)
+    entry_name(key, scope)
     start = time.monotonic()
-    store = Store(store_dir)
+    store = as_store(store_dir)
     if dry_run:
         state_dir = None  # a dry run records no event
     if not store.exists():
         raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "restore")
     # A dry run creates nothing, not even the lock file (read_lock takes it only if present).
     with store.read_lock() if dry_run else store.store_lock():
+        name = readable_name(store, key, scope)
         try:
-            entry, digest = load_checked_entry(store, key)
+            entry, digest = load_checked_entry(store, name)
         except CacheMiss as exc:
             raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
         except (CorruptEntry, CorruptBlob) as exc:
             raise _reject(
-                store, key, state_dir, start, exc, "restore", quarantine=not dry_run
+                store, name, state_dir, start, exc, "restore", quarantine=not dry_run
             ) from None
         ids = [image["id"] for image in entry["images"]]
         present = daemon_images(ids)
         size = sum(entry_blobs(entry).values())
         result: dict[str, Any] = {
             "key": key,
+            "scope": entry.get("scope", TRUSTED),
             "entry_digest": digest,
             "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
         }
@@ -164,7 +182,7 @@ def restore_entry(
             except CorruptBlob as exc:
                 raise _reject(
                     store,
-                    key,
+                    name,
                     state_dir,
                     start,
                     exc,
@@ -180,7 +198,7 @@ def restore_entry(
             _ensure_tags(entry, present)
             result.update(result="hit", loaded=True, bytes_loaded=sent, loaded_via=via)
         if not dry_run:
-            store.touch_entry(key)
+            store.touch_entry(name)
     result["duration"] = round(time.monotonic() - start, 3)
     if state_dir and not dry_run:
         record_event(
@@ -252,54 +270,80 @@ def _said(outfile) -> str:
 
 
 def export_entry(
-    store_dir: str,
+    store_dir: str | Store,
     key: str,
     output: str,
     *,
+    scope: str = TRUSTED,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Write the entry as a plain archive `docker load` accepts; atomically (temp + rename)."""
     validate_key(key)
-    start = time.monotonic()
-    store = Store(store_dir)
+    store = as_store(store_dir)
     if not store.exists():
-        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "export")
+        raise _miss(
+            store, key, state_dir, time.monotonic(), f"no cache at {store.root}", False, "export"
+        )
     output = os.path.abspath(output)
     directory = os.path.dirname(output)
-    with store.store_lock():
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
+    try:
         try:
-            entry, digest = load_checked_entry(store, key)
+            result = export_entry_fd(
+                store, key, fd, scope=scope, state_dir=state_dir, progress=progress
+            )
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+    result["output"] = output
+    return result
+
+
+def export_entry_fd(
+    store_dir: str | Store,
+    key: str,
+    fd: int,
+    *,
+    scope: str = TRUSTED,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the entry's archive into ``fd`` (a file or pipe the caller opened: the cache
+    service writes into a job's file without opening the job's path)."""
+    validate_key(key)
+    entry_name(key, scope)
+    start = time.monotonic()
+    store = as_store(store_dir)
+    if not store.exists():
+        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "export")
+    with store.store_lock():
+        name = readable_name(store, key, scope)
+        try:
+            entry, digest = load_checked_entry(store, name)
         except CacheMiss as exc:
             raise _miss(store, key, state_dir, start, str(exc), False, "export") from None
         except (CorruptEntry, CorruptBlob) as exc:
-            raise _reject(store, key, state_dir, start, exc, "export") from None
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
+            raise _reject(store, name, state_dir, start, exc, "export") from None
         try:
-            try:
-                size = write_entry_archive(entry, store, fd, progress)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, output)
+            size = write_entry_archive(entry, store, fd, progress)
         except CorruptBlob as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise _reject(store, key, state_dir, start, exc, "export") from None
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(directory)
-        store.touch_entry(key)
+            raise _reject(store, name, state_dir, start, exc, "export") from None
+        store.touch_entry(name)
     return {
         "key": key,
+        "scope": entry.get("scope", TRUSTED),
         "result": "exported",
-        "output": output,
         "bytes": size,
         "entry_digest": digest,
         "duration": round(time.monotonic() - start, 3),
     }
 
 
-__all__ = ["RunnerkeepError", "export_entry", "restore_entry"]
+__all__ = ["RunnerkeepError", "export_entry", "export_entry_fd", "restore_entry"]

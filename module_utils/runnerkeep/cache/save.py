@@ -33,11 +33,14 @@ from .archive import (
     read_archive_stream,
 )
 from .store import (
+    TRUSTED,
     CorruptBlob,
     CorruptEntry,
     Store,
+    as_store,
     config_diff_ids,
     entry_blobs,
+    entry_name,
     is_no_space,
     validate_key,
 )
@@ -206,12 +209,17 @@ def _entry_is_current(store: Store, key: str, ids: set[str], tags: dict[str, str
 
 
 def _new_entry(
-    key: str, archive_format: str, images: list[dict[str, Any]], source: list[str]
+    key: str,
+    archive_format: str,
+    images: list[dict[str, Any]],
+    source: list[str],
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
-    """An entry as written to entries/KEY.json (without its checksum), created now."""
+    """An entry as written to entries/NAME.json (without checksum and mac), created now."""
     return {
         "format": 1,
         "key": key,
+        "scope": scope,
         "archive_format": archive_format,
         "created": time.time(),
         "images": images,
@@ -221,7 +229,12 @@ def _new_entry(
 
 
 def commit_parsed(
-    store: Store, key: str, parsed: ParsedArchive, area: str, source: list[str]
+    store: Store,
+    key: str,
+    parsed: ParsedArchive,
+    area: str,
+    source: list[str],
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
     """Move new blobs into place, then write the entry (the commit point)."""
     written = reused = 0
@@ -243,7 +256,7 @@ def commit_parsed(
                 )
             written += member.size
         fsync_dir(store.blob_dir)
-        entry = _new_entry(key, parsed.format, parsed.images, source)
+        entry = _new_entry(key, parsed.format, parsed.images, source, scope)
         digest = store.write_entry(entry)
     except OSError as exc:
         if is_no_space(exc):
@@ -333,10 +346,11 @@ def _docker_said(rc: int | None, errfile) -> str:
 
 
 def save_entry(
-    store_dir: str,
+    store_dir: str | Store,
     key: str,
     refs: list[str],
     *,
+    scope: str = TRUSTED,
     reserve: int = 0,
     check_space: bool = True,
     make_room_config: dict[str, Any] | None = None,
@@ -346,10 +360,12 @@ def save_entry(
     progress: Callable[[int], None] | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Save ``refs`` under ``key``. Nothing is committed unless every check passed."""
+    """Save ``refs`` under ``key`` in ``scope`` (an untrusted job's saves never touch the
+    trusted entry). Nothing is committed unless every check passed."""
     validate_key(key)
+    name = entry_name(key, scope)
     start = time.monotonic()
-    store = Store(store_dir)
+    store = as_store(store_dir)
     # `docker info` (for the space check) runs beside `docker image inspect`: each is a CLI
     # round trip of ~0.1 s, and a save of stored blobs should cost no more than docker save.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
@@ -360,16 +376,16 @@ def save_entry(
             engine = _engine_result(engine_future)
     if dry_run:
         return _dry_run_save(
-            store, key, infos, ids, tags, engine, reserve, check_space, make_room_first
+            store, key, infos, ids, tags, engine, reserve, check_space, make_room_first, name
         )
     result: dict[str, Any]
     try:
         store.ensure()
-        with store.key_lock(key), store.store_lock():
+        with store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
-            current = _entry_is_current(store, key, ids, tags)
+            current = _entry_is_current(store, name, ids, tags)
             if current:
-                store.touch_entry(key)
+                store.touch_entry(name)
                 result = {
                     "result": "unchanged",
                     "entry_digest": current["entry_digest"],
@@ -377,7 +393,7 @@ def save_entry(
                     "bytes_reused": sum(entry_blobs(current["entry"]).values()),
                     "images": _image_summary(current["entry"]),
                 }
-            elif stored := _save_from_store(store, key, refs, infos, tags):
+            elif stored := _save_from_store(store, key, refs, infos, tags, scope):
                 result = stored
             else:
                 plan = []
@@ -392,17 +408,18 @@ def save_entry(
                         raise FreeSpaceError(_space_message(plan))
                 if progress is not None and getattr(progress, "total", 0) is None:
                     progress.total = sum(int(i.get("Size") or 0) for i in infos)  # for the ETA
-                result = _save_locked(store, key, refs, infos, ids, tags, progress)
+                result = _save_locked(store, key, refs, infos, ids, tags, progress, scope)
                 result["space"] = plan
     except RunnerkeepError as exc:
         _event(state_dir, op="save", result="failed", key=key, error=str(exc), start=start)
         raise
     result["key"] = key
+    result["scope"] = scope
     result["duration"] = round(time.monotonic() - start, 3)
     if max_size is not None and result["result"] == "saved":
         from .prune import prune_store
 
-        result["prune"] = prune_store(store_dir, max_size=max_size, protect={key})
+        result["prune"] = prune_store(store, max_size=max_size, protect={name})
     _event(
         state_dir,
         op="save",
@@ -425,11 +442,12 @@ def _dry_run_save(
     reserve: int,
     check_space: bool,
     make_room_first: bool,
+    name: str,
 ) -> dict[str, Any]:
     """What a save would do, found by reading only: no store layout, lock file, temp cleanup,
     cleanup run or event (a store never written to reads as empty)."""
     with store.read_lock():
-        current = _entry_is_current(store, key, ids, tags)
+        current = _entry_is_current(store, name, ids, tags)
         if current:
             return {
                 "result": "unchanged",
@@ -472,7 +490,12 @@ def _hash_or_none(path: str) -> str | None:
 
 
 def _save_from_store(
-    store: Store, key: str, refs: list[str], infos: list[dict[str, Any]], tags: dict[str, str]
+    store: Store,
+    key: str,
+    refs: list[str],
+    infos: list[dict[str, Any]],
+    tags: dict[str, str],
+    scope: str = TRUSTED,
 ) -> dict[str, Any] | None:
     """Commit an entry without `docker save` when every blob of the images is already stored.
 
@@ -526,7 +549,7 @@ def _save_from_store(
         store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
     if bad:
         return None
-    entry = _new_entry(key, "docker-archive", images, list(refs))
+    entry = _new_entry(key, "docker-archive", images, list(refs), scope)
     digest = store.write_entry(entry)
     return {
         "result": "saved",
@@ -549,7 +572,7 @@ def _engine_result(future: concurrent.futures.Future | None) -> Any:
         return exc
 
 
-def _save_locked(store, key, refs, infos, ids, tags, progress) -> dict[str, Any]:
+def _save_locked(store, key, refs, infos, ids, tags, progress, scope=TRUSTED) -> dict[str, Any]:
     candidates = _reuse_candidates(store, infos)
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         for attempt in (1, 2):
@@ -571,7 +594,7 @@ def _save_locked(store, key, refs, infos, ids, tags, progress) -> dict[str, Any]
                     candidates = {}
                     continue
                 check_image_set(parsed, ids, tags)
-                committed = commit_parsed(store, key, parsed, area, list(refs))
+                committed = commit_parsed(store, key, parsed, area, list(refs), scope)
                 break
     return {
         "result": "saved",
@@ -585,34 +608,64 @@ def _save_locked(store, key, refs, infos, ids, tags, progress) -> dict[str, Any]
 
 
 def import_archive(
-    store_dir: str,
+    store_dir: str | Store,
     key: str,
     path: str,
     *,
+    scope: str = TRUSTED,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Verify, then store, an archive file that came from elsewhere. A bad one stores nothing."""
     validate_key(key)
-    start = time.monotonic()
-    store = Store(store_dir)
-    store.ensure()
+    entry_name(key, scope)
     try:
         handle: BinaryIO = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise SaveFailed(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        return import_archive_fd(
+            store_dir,
+            key,
+            handle.fileno(),
+            os.path.abspath(path),
+            scope=scope,
+            state_dir=state_dir,
+            progress=progress,
+        )
+
+
+def import_archive_fd(
+    store_dir: str | Store,
+    key: str,
+    fd: int,
+    source: str,
+    *,
+    scope: str = TRUSTED,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Verify, then store, the archive read from ``fd`` (the cache service reads a job's file
+    or pipe through the fd the job passed; it never opens the job's path). ``source`` is what
+    the entry records as where it came from."""
+    validate_key(key)
+    name = entry_name(key, scope)
+    start = time.monotonic()
+    store = as_store(store_dir)
+    store.ensure()
+    handle: BinaryIO = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
     try:
-        with handle, store.key_lock(key), store.store_lock():
+        with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
             with store.temp_area() as area:
                 try:
                     stats = read_archive_stream(handle, store, area, None, progress)
                     parsed = analyze(stats)
                 except ArchiveError as exc:
-                    raise SaveFailed(f"{path} was refused, nothing stored: {exc}") from None
+                    raise SaveFailed(f"{source} was refused, nothing stored: {exc}") from None
                 except NoSpaceWhileWriting as exc:
                     raise SaveFailed(str(exc)) from None
-                committed = commit_parsed(store, key, parsed, area, [os.path.abspath(path)])
+                committed = commit_parsed(store, key, parsed, area, [source], scope)
     except RunnerkeepError as exc:
         _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
         raise
@@ -628,6 +681,7 @@ def import_archive(
     return {
         "result": "saved",
         "key": key,
+        "scope": scope,
         "format": parsed.format,
         "entry_digest": committed["entry_digest"],
         "bytes_written": committed["bytes_written"],

@@ -51,6 +51,8 @@ def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
             section["quarantine_retention"], "cache.quarantine_retention"
         ),
         "verify_workers": _workers(section["verify_workers"]),
+        "service_socket": section["service_socket"] or None,
+        "key_file": section["key_file"] or None,
     }
 
 

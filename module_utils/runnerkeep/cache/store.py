@@ -5,7 +5,9 @@ Layout (documented in docs/cache-format.md)::
     DIR/store.lock            flock: shared for save/restore/verify, exclusive for prune
     DIR/locks/KEY.lock        flock: one save/import/removal of a key at a time
     DIR/blobs/sha256/HEX      one file per layer/config/manifest blob, named by its sha256
-    DIR/entries/KEY.json      an entry; its mtime is the "last used" time
+    DIR/entries/KEY.json      an entry of the trusted scope; its mtime is the "last used" time
+    DIR/entries/@SCOPE@KEY.json  an entry written by an untrusted job of SCOPE (pr-12, mr-3, ...):
+                              '@' is not a key character, so it can never name a trusted entry
     DIR/tmp/PID-RAND/         one directory per running operation (temp blobs)
     DIR/tmp/PID-RAND.lock     held (flock) by that operation while it runs
     DIR/quarantine/           rejected entries and blobs, with log.jsonl saying why
@@ -29,9 +31,14 @@ from typing import Any
 
 from ..errors import CacheMiss, ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, fsync_dir
+from .entrymac import DEFAULT_KEY_FILE, entry_mac, load_entry_key, mac_matches
 
 ENTRY_FORMAT = 1
 KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+TRUSTED = "trusted"
+SCOPE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# The file name (without .json) of an entry: KEY for the trusted scope, @SCOPE@KEY otherwise.
+NAME_RE = re.compile(r"(?:@([a-z0-9][a-z0-9-]{0,62})@)?([A-Za-z0-9._-]{1,128})")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # atomic_write's temp files in entries/ older than this belong to a dead process: an entry
 # write takes milliseconds.
@@ -117,6 +124,36 @@ def validate_key(key: str) -> str:
     return key
 
 
+def validate_scope(scope: str) -> str:
+    """Scopes name files too: lower-case letters, digits and '-' (e.g. trusted, pr-12, mr-3)."""
+    if not isinstance(scope, str) or not SCOPE_RE.fullmatch(scope):
+        raise ConfigError(
+            f"invalid cache scope {scope!r}: use 1-63 lower-case letters, digits or '-'"
+        )
+    return scope
+
+
+def entry_name(key: str, scope: str = TRUSTED) -> str:
+    """The name an entry is filed under: the key itself in the trusted scope."""
+    validate_key(key)
+    return key if validate_scope(scope) == TRUSTED else f"@{scope}@{key}"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(scope, key) of an entry name; ConfigError when it is none (``@trusted@KEY`` included:
+    one entry has one name)."""
+    match = NAME_RE.fullmatch(name) if isinstance(name, str) else None
+    if not match or match.group(1) == TRUSTED:
+        raise ConfigError(f"invalid cache entry name {name!r}")
+    validate_key(match.group(2))
+    return match.group(1) or TRUSTED, match.group(2)
+
+
+def validate_name(name: str) -> str:
+    split_name(name)
+    return name
+
+
 def entry_checksum(body: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of an entry without its checksum field."""
     clean = {k: v for k, v in body.items() if k != "checksum"}
@@ -162,13 +199,25 @@ def config_diff_ids(store: Store, digest: str) -> tuple[list[str], int]:
 class Store:
     """One cache directory. Cheap to create; ``ensure()`` creates the directories."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, key_file: str | None = DEFAULT_KEY_FILE) -> None:
+        """``key_file``: the HMAC key of the entries (None or absent: unsigned entries)."""
         self.root = os.path.abspath(root)
+        self.key_file = key_file
+        self._mac_key: bytes | None = None
+        self._mac_key_loaded = False
         self.blob_dir = os.path.join(self.root, "blobs", "sha256")
         self.entry_dir = os.path.join(self.root, "entries")
         self.lock_dir = os.path.join(self.root, "locks")
         self.tmp_dir = os.path.join(self.root, "tmp")
         self.quarantine_dir = os.path.join(self.root, "quarantine")
+
+    @property
+    def mac_key(self) -> bytes | None:
+        """Loaded on first use, so commands that never read an entry need no key."""
+        if not self._mac_key_loaded:
+            self._mac_key = load_entry_key(self.key_file)
+            self._mac_key_loaded = True
+        return self._mac_key
 
     # -- layout -------------------------------------------------------------------------
     def ensure(self) -> None:
@@ -206,8 +255,9 @@ class Store:
             raise CorruptEntry(f"invalid blob digest {digest!r}")
         return os.path.join(self.blob_dir, digest[len("sha256:") :])
 
-    def entry_path(self, key: str) -> str:
-        return os.path.join(self.entry_dir, validate_key(key) + ".json")
+    def entry_path(self, name: str) -> str:
+        """The file of the entry ``name`` (see entry_name)."""
+        return os.path.join(self.entry_dir, validate_name(name) + ".json")
 
     def blob_size(self, digest: str) -> int | None:
         """The size of a stored blob; None when absent or not a regular file (a symlink or
@@ -233,10 +283,11 @@ class Store:
         return out
 
     def list_keys(self) -> list[str]:
+        """Entry names of every scope (plain keys are the trusted ones)."""
         keys = []
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for name in os.listdir(self.entry_dir):
-                if name.endswith(".json") and KEY_RE.fullmatch(name[:-5]):
+                if name.endswith(".json") and _is_name(name[:-5]):
                     keys.append(name[:-5])
         return sorted(keys)
 
@@ -286,7 +337,7 @@ class Store:
     def key_lock(self, key: str):
         """Serialises saves (and removals) of one key; always taken before the store lock."""
         self.ensure()
-        return self._flock(os.path.join(self.lock_dir, validate_key(key) + ".lock"), fcntl.LOCK_EX)
+        return self._flock(os.path.join(self.lock_dir, validate_name(key) + ".lock"), fcntl.LOCK_EX)
 
     # -- temp space ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -405,11 +456,16 @@ class Store:
     def write_entry(self, entry: dict[str, Any]) -> str:
         """The commit point: atomic write (temp, fsync, rename, fsync dir). Returns its digest."""
         body = dict(entry)
+        body.setdefault("scope", TRUSTED)
+        body.pop("mac", None)
+        body.pop("checksum", None)
+        if self.mac_key is not None:
+            body["mac"] = entry_mac(body, self.mac_key)
         body["checksum"] = entry_checksum(body)
         data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
         # Group-writable in a shared store, so other members can record a use (utime).
         mode = 0o664 if self.shared_dir_mode() else 0o644
-        path = self.entry_path(entry["key"])
+        path = self.entry_path(entry_name(entry["key"], body["scope"]))
         if _is_real_dir(path):
             # rename() cannot replace a directory with a file: move the damage aside first.
             self.quarantine("entry", path, "a directory in place of an entry file")
@@ -427,7 +483,8 @@ class Store:
             raise CorruptEntry(
                 f"entry for key '{key}' cannot be read: {describe_os_error(exc)}"
             ) from None
-        return check_entry(data, key), "sha256:" + hashlib.sha256(data).hexdigest()
+        entry = check_entry(data, key, self.mac_key)
+        return entry, "sha256:" + hashlib.sha256(data).hexdigest()
 
     def touch_entry(self, key: str) -> None:
         """Record a use: the entry file's mtime is "last used" (no rewrite of the commit point)."""
@@ -505,12 +562,14 @@ class Store:
         return freed
 
 
-def check_entry(data: bytes, key: str) -> dict[str, Any]:
-    """Parse and check an entry file's bytes against the key it is filed under.
+def check_entry(data: bytes, key: str, mac_key: bytes | None = None) -> dict[str, Any]:
+    """Parse and check an entry file's bytes against the name (``key``) it is filed under.
 
-    The checksum only catches accidents (anyone who can write an entry can recompute it), so
-    every field a reader uses is type-checked too: a forged or damaged entry is a CorruptEntry,
-    never an exception in whatever reads it later."""
+    The checksum only catches accidents (anyone who can write an entry can recompute it): with
+    ``mac_key`` the entry must carry the MAC of that key, else it is a forgery or an edit. Every
+    field a reader uses is type-checked too: a forged or damaged entry is a CorruptEntry, never
+    an exception in whatever reads it later."""
+    scope, plain_key = split_name(key)
     try:
         entry = json.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -523,15 +582,38 @@ def check_entry(data: bytes, key: str) -> dict[str, Any]:
         checksum = None
     if checksum is None or entry.get("checksum") != checksum:
         raise CorruptEntry(f"entry for key '{key}' fails its checksum (damaged on disk)")
-    if entry.get("key") != key:
+    if mac_key is not None and not mac_matches(entry, mac_key):
+        raise CorruptEntry(
+            f"entry for key '{key}' has no valid MAC (edited, forged, or written before the "
+            "store had a key and never signed: runnerkeep cache sign-entries)"
+        )
+    if entry.get("key") != plain_key:
         raise CorruptEntry(
             f"entry filed under key '{key}' belongs to key '{entry.get('key')}' (swapped or copied)"
+        )
+    if entry.get("scope", TRUSTED) != scope:
+        raise CorruptEntry(
+            f"entry filed under key '{key}' was written for scope {entry.get('scope')!r}, "
+            f"not {scope!r} (copied across scopes)"
         )
     try:
         _check_entry_fields(entry)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptEntry(f"entry for key '{key}' is malformed: {exc}") from None
     return entry
+
+
+def _is_name(name: str) -> bool:
+    try:
+        split_name(name)
+    except ConfigError:
+        return False
+    return True
+
+
+def as_store(store_dir: str | Store) -> Store:
+    """A Store for a path (with the default key file), or the one given (its key file and all)."""
+    return store_dir if isinstance(store_dir, Store) else Store(store_dir)
 
 
 def _check_entry_fields(entry: dict[str, Any]) -> None:

@@ -8,9 +8,20 @@ import os
 import time
 from typing import Any, Callable
 
-from ..errors import CacheMiss
+from ..errors import CacheMiss, ConfigError
 from .restore import load_checked_entry, quarantine_for
-from .store import CorruptBlob, CorruptEntry, Store, entry_blobs, open_regular, validate_key
+from .store import (
+    MAX_ENTRY_BYTES,
+    CorruptBlob,
+    CorruptEntry,
+    Store,
+    as_store,
+    check_entry,
+    entry_blobs,
+    open_regular,
+    read_regular,
+    validate_name,
+)
 
 CHUNK = 1 << 20
 
@@ -38,7 +49,7 @@ def hash_file(path: str) -> tuple[str, int]:
 
 
 def verify_store(
-    store_dir: str,
+    store_dir: str | Store,
     key: str | None = None,
     *,
     workers: int = 2,
@@ -51,7 +62,7 @@ def verify_store(
     threads use both cores. Without ``repair`` nothing is written, not even a lock file; a
     store never written to is an empty, good store (unless a ``key`` is asked for)."""
     start = time.monotonic()
-    store = Store(store_dir)
+    store = as_store(store_dir)
     if not store.exists():
         if key:
             raise CacheMiss(f"no cache at {store.root}")
@@ -59,7 +70,7 @@ def verify_store(
     bad_entries: list[dict[str, str]] = []
     bad_blobs: dict[str, str] = {}
     with store.store_lock() if repair else store.read_lock():
-        keys = [validate_key(key)] if key else store.list_keys()
+        keys = [validate_name(key)] if key else store.list_keys()
         entries: dict[str, dict[str, Any]] = {}
         for k in keys:
             try:
@@ -149,4 +160,51 @@ def _empty_report(store: Store) -> dict[str, Any]:
     }
 
 
-__all__ = ["hash_file", "quarantine_for", "verify_store"]
+def sign_entries(store_dir: str | Store, *, workers: int = 2) -> dict[str, Any]:
+    """The migration of a store written before it had a key: every unsigned entry whose blobs
+    all re-hash to their digests is re-written with its MAC (its "last used" time kept); one
+    that fails is quarantined. Entries already signed with this key are left as they are."""
+    store = as_store(store_dir)
+    if store.mac_key is None:
+        raise ConfigError(
+            f"no cache key at {store.key_file}: create it first (the image_cache role does)"
+        )
+    report: dict[str, Any] = {"dir": store.root, "signed": [], "already_signed": 0, "bad": []}
+    if not store.exists():
+        return report
+    unsigned_view = Store(store.root, key_file=None)
+    with store.store_lock(exclusive=True):
+        for name in store.list_keys():
+            try:
+                data = read_regular(store.entry_path(name), MAX_ENTRY_BYTES)
+                check_entry(data, name, store.mac_key)
+                report["already_signed"] += 1
+                continue
+            except (CorruptEntry, OSError):
+                pass
+            try:
+                _sign_one(store, unsigned_view, name, workers)
+                report["signed"].append(name)
+            except (CacheMiss, CorruptEntry, CorruptBlob, OSError) as exc:
+                reason = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
+                moved = quarantine_for(store, name, exc) if not isinstance(exc, CacheMiss) else []
+                report["bad"].append({"key": name, "reason": reason, "quarantined": moved})
+    report["ok"] = not report["bad"]
+    return report
+
+
+def _sign_one(store: Store, unsigned_view: Store, name: str, workers: int) -> None:
+    entry, _digest = load_checked_entry(unsigned_view, name)
+    blobs = entry_blobs(entry)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(hash_file, store.blob_path(d)): d for d in blobs}
+        for fut, digest in futures.items():
+            actual, size = fut.result()
+            if actual != digest or size != blobs[digest]:
+                raise CorruptBlob(digest, f"blob {digest} fails its sha256 or size check")
+    last_used = store.entry_times(name)
+    store.write_entry(entry)
+    os.utime(store.entry_path(name), (last_used, last_used))
+
+
+__all__ = ["hash_file", "quarantine_for", "sign_entries", "verify_store"]

@@ -1,0 +1,560 @@
+"""The cache service: one connection from a CI job, served as the store's owner.
+
+systemd's ``runnerkeep-cache.socket`` (Accept=yes) starts ``runnerkeep cache serve-connection``
+per connection with the connected socket on fd 0. Protocol (one request per connection)::
+
+    client -> {"v": 1, "op": "save"|"restore"|"import"|"export"|"list"|"register-job",
+               "args": {...}}\\n        (import/export: the file's fd with SCM_RIGHTS)
+    service -> {"exit_code": N, "data": {...}, "text": "...", "error": "..."}\\n
+
+Who asks is SO_PEERCRED's pid and uid, never anything the client says. The scope a request
+works in comes from the job registry: the job-start hook registers its parent (the runner's
+worker for this job) with the trust facts the runner set before job code ran; a request's
+process is mapped to a job by walking up its ancestry to a registered worker.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import struct
+import time
+from typing import Any, Callable
+
+from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, RunnerkeepError
+from ..procutil import same_process
+from .store import TRUSTED, Store, validate_key, validate_scope
+from .trust import UNREGISTERED
+
+PROTOCOL = 1
+OPS = ("save", "restore", "import", "export", "list", "register-job")
+# A request line is small JSON: a client that drips it or never finishes must not hold a
+# service instance (and a systemd connection slot) for longer than this.
+REQUEST_DEADLINE = 10.0
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+RESPONSE_SEND_TIMEOUT = 30.0
+MAX_ANCESTRY = 64
+MAX_RECORD_BYTES = 4096
+MAX_SOURCE_CHARS = 1024
+DEFAULT_STATE_DIR = "/var/lib/runnerkeep/cache-service"
+_RECORD_PREFIX = "worker-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class ProtocolError(ConfigError):
+    """A request that is not one (malformed, too big, too slow, wrong fds)."""
+
+
+class ServiceError(RunnerkeepError):
+    """An error the service reported; carries the exit code the direct command would have."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- peers and processes -----------------------------------------------------------------
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process; None when gone, a zombie or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read(4096).decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = data[data.rfind(")") + 2 :].split()
+    if len(rest) < 20 or rest[0] in ("Z", "X"):
+        return None
+    try:
+        return int(rest[1]), rest[19]
+    except ValueError:
+        return None
+
+
+def process_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def ancestry(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of ``pid`` and its ancestors, nearest first, up to init. A parent
+    younger than its child is a recycled pid (the real parent died): the walk stops there."""
+    chain: list[tuple[int, str]] = []
+    current = pid
+    for _ in range(MAX_ANCESTRY):
+        info = proc_stat(current)
+        if info is None:
+            break
+        ppid, start = info
+        if chain and int(start) > int(chain[-1][1]):
+            break
+        chain.append((current, start))
+        if ppid <= 0 or current == 1:
+            break
+        current = ppid
+    return chain
+
+
+# -- the job registry --------------------------------------------------------------------
+class Registry:
+    """One small JSON file per registered worker, ``worker-PID-START.json``, in a directory
+    only the service user can write. Created with link() so the first registration wins."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def _dir_fd(self) -> int:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise RunnerkeepError(
+                f"cache service state dir {self.directory}: {exc.strerror}"
+            ) from None
+        return os.open(self.directory, _DIR_FLAGS)
+
+    @staticmethod
+    def _name(pid: int, start: str) -> str:
+        return f"{_RECORD_PREFIX}{pid}-{start}.json"
+
+    def lookup(self, pid: int, start: str) -> dict[str, Any] | None:
+        dfd = self._dir_fd()
+        try:
+            return _read_record(dfd, self._name(pid, start))
+        finally:
+            os.close(dfd)
+
+    def register(self, pid: int, start: str, record: dict[str, Any]) -> bool:
+        """False when this worker is registered already."""
+        data = json.dumps(record, sort_keys=True).encode()
+        dfd = self._dir_fd()
+        tmp = f".tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd
+            )
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self._name(pid, start), src_dir_fd=dfd, dst_dir_fd=dfd)
+            except FileExistsError:
+                return False
+            os.fsync(dfd)
+            return True
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            os.close(dfd)
+
+    def expire(self) -> int:
+        """Remove the records of workers that ended (their pid is gone or reused)."""
+        removed = 0
+        dfd = self._dir_fd()
+        try:
+            for name in os.listdir(dfd):
+                parsed = _parse_record_name(name)
+                if parsed is None or same_process(*parsed):
+                    continue
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        finally:
+            os.close(dfd)
+        return removed
+
+
+def _parse_record_name(name: str) -> tuple[int, str] | None:
+    if not (name.startswith(_RECORD_PREFIX) and name.endswith(".json")):
+        return None
+    pid, _, start = name[len(_RECORD_PREFIX) : -len(".json")].partition("-")
+    if not (pid.isdigit() and start.isdigit()):
+        return None
+    return int(pid), start
+
+
+def _read_record(dfd: int, name: str) -> dict[str, Any] | None:
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # a symlink or worse where a record belongs: no registration
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
+            return None
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("trusted"), bool):
+        return None
+    try:
+        validate_scope(record.get("scope"))
+    except ConfigError:
+        return None
+    return record
+
+
+def job_of(registry: Registry, pid: int) -> dict[str, Any]:
+    """The registration governing process ``pid``: the OUTERMOST registered ancestor, so a
+    process inside a job can never shadow its job's registration with one of its own."""
+    found = None
+    for ancestor, start in ancestry(pid):
+        record = registry.lookup(ancestor, start)
+        if record is not None:
+            found = record
+    if found is None:
+        return {"trusted": False, "scope": UNREGISTERED, "reason": "no job registration"}
+    return found
+
+
+def scope_of(registry: Registry, pid: int) -> str:
+    record = job_of(registry, pid)
+    return TRUSTED if record["trusted"] else record["scope"]
+
+
+def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[str, Any]) -> dict:
+    """Bind the trust facts to the hook's parent (the worker). Refused when the worker, or any
+    process above it, is registered already: job code runs below a registered worker."""
+    trusted = args.get("trusted")
+    scope = args.get("scope")
+    reason = args.get("reason")
+    if not isinstance(trusted, bool) or not isinstance(reason, str):
+        raise ProtocolError("register-job needs trusted (true/false) and reason")
+    validate_scope(scope)
+    if trusted != (scope == TRUSTED):
+        raise ProtocolError("register-job: a trusted job has scope 'trusted', no other does")
+    chain = ancestry(peer_pid)
+    if len(chain) < 2:
+        raise RunnerkeepError("register-job: the caller's parent process is gone")
+    worker, start = chain[1]
+    if worker == 1:
+        raise RunnerkeepError("register-job: the caller's parent is init, not a runner worker")
+    if process_uid(worker) != peer_uid:
+        raise RunnerkeepError("register-job: the caller's parent runs as another user")
+    for ancestor, ancestor_start in chain[1:]:
+        if registry.lookup(ancestor, ancestor_start) is not None:
+            raise RunnerkeepError(
+                f"register-job refused: process {ancestor} is registered already (a job "
+                "cannot change its trust once its job-start hook ran)"
+            )
+    registry.expire()
+    record = {
+        "pid": worker,
+        "start_time": start,
+        "uid": peer_uid,
+        "trusted": trusted,
+        "scope": scope,
+        "reason": reason[:200],
+        "registered": time.time(),
+    }
+    if not registry.register(worker, start, record):
+        raise RunnerkeepError(f"register-job refused: worker {worker} is registered already")
+    return {"result": "registered", "worker_pid": worker, "trusted": trusted, "scope": scope}
+
+
+# -- one connection ------------------------------------------------------------------------
+def read_request(
+    sock: socket.socket, deadline: float = REQUEST_DEADLINE
+) -> tuple[dict[str, Any], list[int]]:
+    """The request and the fds that came with it; ProtocolError when it is not complete
+    within ``deadline`` seconds in all (however slowly it drips), too big, or malformed."""
+    end = time.monotonic() + deadline
+    buf = bytearray()
+    fds: list[int] = []
+    try:
+        while b"\n" not in buf:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise ProtocolError(f"no complete request within {deadline:g} s")
+            sock.settimeout(remaining)
+            try:
+                data, ancdata, flags, _addr = sock.recvmsg(
+                    4096, socket.CMSG_SPACE(4 * struct.calcsize("i"))
+                )
+            except socket.timeout:
+                raise ProtocolError(f"no complete request within {deadline:g} s") from None
+            fds.extend(_fds_in(ancdata))
+            if flags & socket.MSG_CTRUNC:
+                raise ProtocolError("too many file descriptors in the request")
+            if not data:
+                raise ProtocolError("the connection closed before a complete request")
+            buf += data
+            if len(buf) > MAX_REQUEST_BYTES:
+                raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+        request = _parse_request(bytes(buf[: buf.index(b"\n")]))
+        if len(fds) > 1:
+            raise ProtocolError("at most one file descriptor per request")
+        return request, fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def _fds_in(ancdata: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+def _parse_request(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ProtocolError("the request is not JSON") from None
+    if not isinstance(request, dict) or request.get("v") != PROTOCOL:
+        raise ProtocolError(f"unknown request (protocol version {PROTOCOL} expected)")
+    if request.get("op") not in OPS:
+        raise ProtocolError(f"unknown operation {request.get('op')!r}")
+    if not isinstance(request.get("args", {}), dict):
+        raise ProtocolError("args must be an object")
+    request.setdefault("args", {})
+    return request
+
+
+def check_passed_fd(fd: int, writable: bool) -> None:
+    """The job's file for import/export: a regular file or a pipe, opened the right way round
+    (never a device, socket or directory the service would act on)."""
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise ProtocolError("the file passed must be a regular file or a pipe")
+    mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    wanted = (os.O_WRONLY, os.O_RDWR) if writable else (os.O_RDONLY, os.O_RDWR)
+    if mode not in wanted:
+        way = "writing" if writable else "reading"
+        raise ProtocolError(f"the file passed is not open for {way}")
+
+
+def _int_arg(args: dict[str, Any], name: str) -> int | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _bool_arg(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{name} must be true or false")
+    return value
+
+
+def _key_arg(args: dict[str, Any]) -> str:
+    key = args.get("key")
+    if not isinstance(key, str):
+        raise ProtocolError("key missing")
+    return validate_key(key)
+
+
+def _source_arg(args: dict[str, Any]) -> str:
+    source = args.get("source")
+    if not isinstance(source, str):
+        return "fd"
+    # Recorded in the entry as metadata only: printable, bounded.
+    clean = "".join(c if c.isprintable() else "?" for c in source[:MAX_SOURCE_CHARS])
+    return f"job:{clean}"
+
+
+def dispatch(
+    op: str,
+    args: dict[str, Any],
+    fds: list[int],
+    scope: str,
+    store: Store,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Run one operation for a job of ``scope``; returns its data (raises like the core)."""
+    from .prune import list_entries
+    from .restore import export_entry_fd, restore_entry
+    from .save import import_archive_fd, save_entry
+
+    if op in ("import", "export"):
+        if len(fds) != 1:
+            raise ProtocolError(f"{op} needs the file passed as a descriptor")
+        check_passed_fd(fds[0], writable=op == "export")
+    elif fds:
+        raise ProtocolError(f"{op} takes no file descriptor")
+    if op == "list":
+        return list_entries(store, scope=scope)
+    key = _key_arg(args)
+    if op == "restore":
+        return restore_entry(store, key, scope=scope, dry_run=_bool_arg(args, "dry_run"))
+    if op == "export":
+        return export_entry_fd(store, key, fds[0], scope=scope)
+    if op == "import":
+        return import_archive_fd(store, key, fds[0], _source_arg(args), scope=scope)
+    images = args.get("images")
+    if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
+        raise ProtocolError("save needs images: a list of image references")
+    if _bool_arg(args, "make_room"):
+        raise ConfigError("--make-room is not available through the cache service")
+    # A job may ask for more free space to be left, never for less than the host's setting.
+    reserve = max(_int_arg(args, "reserve") or 0, settings["reserve"])
+    return save_entry(
+        store,
+        key,
+        images,
+        scope=scope,
+        reserve=reserve,
+        check_space=not _bool_arg(args, "skip_space_check"),
+        max_size=settings["max_size"],
+        dry_run=_bool_arg(args, "dry_run"),
+    )
+
+
+def serve_connection(
+    sock: socket.socket,
+    store: Store,
+    settings: dict[str, Any],
+    registry: Registry,
+    formatter: Callable[[str, dict[str, Any], dict[str, Any]], str] | None = None,
+    deadline: float = REQUEST_DEADLINE,
+) -> dict[str, Any]:
+    """Serve the one request on ``sock`` and send its response; returns the response. Every
+    failure is a response with an exit code and a one-line error, never a traceback."""
+    fds: list[int] = []
+    response: dict[str, Any]
+    try:
+        pid, uid, _gid = peer_credentials(sock)
+        request, fds = read_request(sock, deadline)
+        op, args = request["op"], request["args"]
+        if op == "register-job":
+            data = register_job(registry, pid, uid, args)
+        else:
+            data = dispatch(op, args, fds, scope_of(registry, pid), store, settings)
+        text = formatter(op, args, data) if formatter else ""
+        response = {"exit_code": EXIT_OK, "data": data, "text": text, "error": None}
+    except RunnerkeepError as exc:
+        response = {"exit_code": exc.exit_code, "data": None, "text": "", "error": str(exc)}
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        message = f"{exc.strerror or exc}{where}"
+        response = {"exit_code": EXIT_FAILURE, "data": None, "text": "", "error": message}
+    except Exception as exc:  # the guard: a job gets one line, never a traceback
+        message = f"internal error in the cache service: {type(exc).__name__}: {exc}"
+        response = {"exit_code": EXIT_FAILURE, "data": None, "text": "", "error": message}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    _send_response(sock, response)
+    return response
+
+
+def _send_response(sock: socket.socket, response: dict[str, Any]) -> None:
+    data = (json.dumps(response, sort_keys=True, default=str) + "\n").encode()
+    try:
+        sock.settimeout(RESPONSE_SEND_TIMEOUT)
+        sock.sendall(data)
+    except OSError:
+        pass  # the client went away; nothing else to tell it
+
+
+# -- the client side -----------------------------------------------------------------------
+def call_service(
+    socket_path: str,
+    op: str,
+    args: dict[str, Any],
+    fd: int | None = None,
+    connect_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Send one request; the response's data, or ServiceError with the exit code and message
+    the direct command would have given. No timeout on the answer: a restore takes minutes."""
+    line = (json.dumps({"v": PROTOCOL, "op": op, "args": args}) + "\n").encode()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(socket_path)
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot reach the cache service at {socket_path}: {exc.strerror or exc}",
+                EXIT_FAILURE,
+            ) from None
+        if fd is None:
+            sock.sendall(line)
+        else:
+            socket.send_fds(sock, [line], [fd])
+        sock.settimeout(None)
+        raw = _read_response(sock)
+    finally:
+        sock.close()
+    try:
+        response = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ServiceError("the cache service sent no valid answer", EXIT_FAILURE) from None
+    if not isinstance(response, dict) or type(response.get("exit_code")) is not int:
+        raise ServiceError("the cache service sent no valid answer", EXIT_FAILURE)
+    if response.get("error") or response["exit_code"] != EXIT_OK:
+        raise ServiceError(str(response.get("error") or "failed"), response["exit_code"])
+    data = response.get("data")
+    return data if isinstance(data, dict) else {}
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    chunks = []
+    total = 0
+    while True:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > MAX_RESPONSE_BYTES:
+            raise ServiceError("the cache service's answer is too large", EXIT_FAILURE)
+        chunks.append(chunk)
+    if not chunks:
+        raise ServiceError(
+            "the cache service closed the connection without an answer", EXIT_FAILURE
+        )
+    return b"".join(chunks)
+
+
+def is_socket(path: str | None) -> bool:
+    try:
+        return bool(path) and stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def store_writable_directly(store_dir: str) -> bool:
+    """Root and the store's owner use the store directly; anyone else goes through the
+    service. A store that does not exist yet is a single-user machine's: direct."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        return os.stat(store_dir).st_uid == os.geteuid()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        return exc.errno not in (errno.EACCES, errno.EPERM)
