@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
+import socket
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
 from runnerkeep.cache import (
+    CACHE_DEFAULTS,
     ProgressLine,
+    SaveFailed,
+    Store,
     cache_settings,
     export_entry,
     import_archive,
@@ -19,10 +25,14 @@ from runnerkeep.cache import (
     resolve_cache_dir,
     restore_entry,
     save_entry,
+    service,
+    sign_entries,
     verify_store,
 )
-from runnerkeep.config import load_config
-from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK
+from runnerkeep.cache.trust import trust_from_env
+from runnerkeep.config import load_config, merge_section
+from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, RunnerkeepError
+from runnerkeep.fsutil import fsync_dir
 from runnerkeep.units import format_size, parse_duration, parse_size
 
 from runnerkeep_cli.output import CommandResult, table
@@ -52,19 +62,47 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         help="cache directory (default: $RUNNERKEEP_CACHE_DIR, else config paths.cache_dir)",
     )
 
-    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    via = argparse.ArgumentParser(add_help=False)
+    mode = via.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--service",
+        dest="service",
+        action="store_const",
+        const=True,
+        default=None,
+        help="go through the cache service (default: when its socket exists and this user "
+        "cannot write the store)",
+    )
+    mode.add_argument(
+        "--no-service",
+        dest="service",
+        action="store_const",
+        const=False,
+        help="use the store directly, never the cache service",
+    )
+
+    def add(
+        name: str, handler: Callable, help_text: str, job_op: bool = False, hidden: bool = False
+    ) -> argparse.ArgumentParser:
+        parents = [common, store, via] if job_op else [common, store]
+        extra = {} if hidden else {"help": help_text}
         p = sub.add_parser(
             name,
-            parents=[common, store],
-            help=help_text,
+            parents=parents,
             description=help_text,
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            **extra,
         )
         p.set_defaults(handler=handler)
         return p
 
-    p = add("save", cmd_save, "save images under a key (docker save, verified, then committed)")
+    p = add(
+        "save",
+        cmd_save,
+        "save images under a key (docker save, verified, then committed)",
+        job_op=True,
+    )
     p.add_argument("--key", required=True, help="cache key: letters, digits, . _ - (max 128)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image references to save")
     p.add_argument(
@@ -80,7 +118,9 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("--reserve", metavar="SIZE", help="free space to leave (config cache.reserve)")
     p.add_argument("--dry-run", action="store_true", help="check space, write nothing")
 
-    p = add("restore", cmd_restore, "load a key's images into the daemon (exit 3 = miss)")
+    p = add(
+        "restore", cmd_restore, "load a key's images into the daemon (exit 3 = miss)", job_op=True
+    )
     p.add_argument("--key", required=True)
     p.add_argument("--dry-run", action="store_true", help="say whether a load would happen")
 
@@ -90,13 +130,25 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         "--repair", action="store_true", help="move bad entries and blobs to the quarantine"
     )
 
-    add("list", cmd_list, "keys, images, sizes (logical and unique), created, last used")
+    add(
+        "list",
+        cmd_list,
+        "keys, images, sizes (logical and unique), created, last used",
+        job_op=True,
+    )
 
-    p = add("export", cmd_export, "write a key's images as an archive `docker load` accepts")
+    p = add(
+        "export",
+        cmd_export,
+        "write a key's images as an archive `docker load` accepts",
+        job_op=True,
+    )
     p.add_argument("--key", required=True)
     p.add_argument("-o", "--output", required=True, metavar="FILE.tar")
 
-    p = add("import", cmd_import, "verify, then store, an archive (docker-archive or OCI)")
+    p = add(
+        "import", cmd_import, "verify, then store, an archive (docker-archive or OCI)", job_op=True
+    )
     p.add_argument("--key", required=True)
     p.add_argument("archive", metavar="FILE.tar")
 
@@ -105,15 +157,64 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("--max-age", metavar="DURATION", help="evict entries unused this long")
     p.add_argument("--dry-run", action="store_true", help="report what would go")
 
+    add(
+        "sign-entries",
+        cmd_sign_entries,
+        "sign the entries written before the store had a key (blobs re-hashed first; "
+        "bad ones quarantined)",
+    )
+
+    p = add(
+        "register-job",
+        cmd_register_job,
+        "job-start hook: register this job's trust (from the runner's environment) with the "
+        "cache service; run it with exec so its parent is the runner's worker",
+    )
+    p.add_argument("--socket", metavar="PATH", help="service socket (config cache.service_socket)")
+
+    p = add(
+        "serve-connection",
+        cmd_serve_connection,
+        "internal: serve the cache service connection on fd 0 (runnerkeep-cache@.service)",
+        hidden=True,
+    )
+    p.add_argument(
+        "--state-dir",
+        default=service.DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="the service's own state (job registry)",
+    )
+
 
 # ---------------------------------------------------------------------------------------
-def _context(args: argparse.Namespace) -> tuple[str, dict[str, Any], str]:
-    """Store dir, config, state dir. The commands that use ``cache_settings`` (save, verify,
-    prune) compute it themselves: without ``cache.max_size`` it measures the disk budget."""
+def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
+    """Store (with the entry key file), config, state dir. The commands that use
+    ``cache_settings`` (save, verify, prune) compute it themselves: without
+    ``cache.max_size`` it measures the disk budget."""
     config = load_config(args.config)
-    store_dir = resolve_cache_dir(args.dir, config)
+    store = Store(resolve_cache_dir(args.dir, config), key_file=_section(config)["key_file"])
     state_dir = (config.get("paths") or {}).get("state_dir") or "/var/lib/runnerkeep"
-    return store_dir, config, state_dir
+    return store, config, state_dir
+
+
+def _section(config: dict[str, Any]) -> dict[str, Any]:
+    section = merge_section(config, "cache", CACHE_DEFAULTS)
+    return {
+        "key_file": section["key_file"] or None,
+        "service_socket": section["service_socket"] or None,
+    }
+
+
+def _service_socket(args: argparse.Namespace, store: Store, config: dict[str, Any]) -> str | None:
+    """The service socket when this command goes through the service, else None (direct)."""
+    socket_path = _section(config)["service_socket"]
+    if args.service is False:
+        return None
+    if args.service is True:
+        return socket_path
+    if service.is_socket(socket_path) and not service.store_writable_directly(store.root):
+        return socket_path
+    return None
 
 
 @contextlib.contextmanager
@@ -145,17 +246,29 @@ def _images_text(images: list[dict[str, Any]]) -> str:
 
 
 def cmd_save(args: argparse.Namespace) -> CommandResult:
-    store_dir, config, state_dir = _context(args)
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    reserve = parse_size(args.reserve, "--reserve") if args.reserve else None
+    if socket_path:
+        request = {
+            "key": args.key,
+            "images": args.images,
+            "make_room": args.make_room,
+            "skip_space_check": args.skip_space_check,
+            "reserve": reserve,
+            "dry_run": args.dry_run,
+        }
+        result = service.call_service(socket_path, "save", request)
+        return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
     settings = cache_settings(config)
-    reserve = parse_size(args.reserve, "--reserve") if args.reserve else settings["reserve"]
     progress = ProgressLine(f"saving {args.key}")
     try:
         with _terminable():
             result = save_entry(
-                store_dir,
+                store,
                 args.key,
                 args.images,
-                reserve=reserve,
+                reserve=settings["reserve"] if reserve is None else reserve,
                 check_space=not args.skip_space_check,
                 make_room_config=config,
                 make_room_first=args.make_room,
@@ -166,54 +279,63 @@ def cmd_save(args: argparse.Namespace) -> CommandResult:
             )
     finally:
         progress.close()
+    return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
+
+
+def save_text(key: str, store_dir: str, result: dict[str, Any]) -> str:
     if result["result"] == "would_save":
         if result.get("would_make_room"):
-            text = (
+            return (
                 f"would run the post-build cleanup stage (space short), then save key "
-                f"'{args.key}' to {store_dir}"
+                f"'{key}' to {store_dir}"
             )
-        else:
-            text = f"would save key '{args.key}' to {store_dir} (space ok)"
-    elif result["result"] == "unchanged":
-        text = f"key '{args.key}' already holds these images ({_images_text(result['images'])})"
-    else:
-        text = (
-            f"saved key '{args.key}': {_images_text(result['images'])}; "
-            f"{format_size(result['bytes_written'])} written, "
-            f"{format_size(result['bytes_reused'])} already stored, {result['duration']:.1f}s"
-        )
-    return CommandResult(result, text, EXIT_OK)
+        return f"would save key '{key}' to {store_dir} (space ok)"
+    if result["result"] == "unchanged":
+        return f"key '{key}' already holds these images ({_images_text(result['images'])})"
+    return (
+        f"saved key '{key}': {_images_text(result['images'])}; "
+        f"{format_size(result['bytes_written'])} written, "
+        f"{format_size(result['bytes_reused'])} already stored, {result['duration']:.1f}s"
+    )
 
 
 def cmd_restore(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, state_dir = _context(args)
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    if socket_path:
+        request = {"key": args.key, "dry_run": args.dry_run}
+        result = service.call_service(socket_path, "restore", request)
+        return CommandResult(result, restore_text(args.key, result), EXIT_OK)
     progress = ProgressLine(f"restoring {args.key}")
     try:
         with _terminable():
             result = restore_entry(
-                store_dir, args.key, state_dir=state_dir, progress=progress, dry_run=args.dry_run
+                store, args.key, state_dir=state_dir, progress=progress, dry_run=args.dry_run
             )
     finally:
         progress.close()
+    return CommandResult(result, restore_text(args.key, result), EXIT_OK)
+
+
+def restore_text(key: str, result: dict[str, Any]) -> str:
     if result["result"] == "would_load":
-        text = f"would load {format_size(result['bytes_loaded'])} for key '{args.key}'"
-    elif result["loaded"]:
-        text = (
-            f"restored key '{args.key}': loaded {_images_text(result['images'])} "
+        return f"would load {format_size(result['bytes_loaded'])} for key '{key}'"
+    if result["loaded"]:
+        return (
+            f"restored key '{key}': loaded {_images_text(result['images'])} "
             f"({format_size(result['bytes_loaded'])}, {result['duration']:.1f}s)"
         )
-    else:
-        text = f"key '{args.key}': images already present ({_images_text(result['images'])})"
-    return CommandResult(result, text, EXIT_OK)
+    return f"key '{key}': images already present ({_images_text(result['images'])})"
 
 
 def cmd_verify(args: argparse.Namespace) -> CommandResult:
-    store_dir, config, _state = _context(args)
+    store, config, _state = _context(args)
+    store_dir = store.root
     settings = cache_settings(config)
     progress = ProgressLine("verifying")
     try:
         report = verify_store(
-            store_dir,
+            store,
             args.key,
             workers=settings["verify_workers"],
             repair=args.repair,
@@ -245,19 +367,25 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, _state = _context(args)
-    data = list_entries(store_dir)
+    store, config, _state = _context(args)
+    socket_path = _service_socket(args, store, config)
+    data = service.call_service(socket_path, "list", {}) if socket_path else list_entries(store)
     _warn(data)
+    return CommandResult(data, list_text(data), EXIT_OK)
+
+
+def list_text(data: dict[str, Any]) -> str:
     if not data["entries"] and not data["store_bytes"]:
-        return CommandResult(data, f"no cache entries in {data['dir']}", EXIT_OK)
+        return f"no cache entries in {data['dir']}"
     rows = []
     for row in data["entries"]:
+        key = row["key"] if row.get("scope", "trusted") == "trusted" else _scoped(row)
         if not row["ok"]:
-            rows.append([row["key"], "(unreadable entry)", "-", "-", "-", _when(row["last_used"])])
+            rows.append([key, "(unreadable entry)", "-", "-", "-", _when(row["last_used"])])
             continue
         rows.append(
             [
-                row["key"],
+                key,
                 _images_text(row["images"]),
                 format_size(row["logical_bytes"]),
                 format_size(row["unique_bytes"]),
@@ -270,47 +398,95 @@ def cmd_list(args: argparse.Namespace) -> CommandResult:
         f"\n{len(rows)} entries; {format_size(data['logical_bytes'])} logical, "
         f"{format_size(data['store_bytes'])} on disk in {data['dir']}"
     )
-    return CommandResult(data, text, EXIT_OK)
+    return text
+
+
+def _scoped(row: dict[str, Any]) -> str:
+    return f"{row['key']} [{row['scope']}]"
 
 
 def cmd_export(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, state_dir = _context(args)
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    if socket_path:
+        result = _export_through(socket_path, args.key, args.output)
+        return CommandResult(result, export_text(args.key, result), EXIT_OK)
     progress = ProgressLine(f"exporting {args.key}")
     try:
         with _terminable():
             result = export_entry(
-                store_dir, args.key, args.output, state_dir=state_dir, progress=progress
+                store, args.key, args.output, state_dir=state_dir, progress=progress
             )
     finally:
         progress.close()
-    text = f"exported key '{args.key}' to {result['output']} ({format_size(result['bytes'])})"
-    return CommandResult(result, text, EXIT_OK)
+    return CommandResult(result, export_text(args.key, result), EXIT_OK)
+
+
+def _export_through(socket_path: str, key: str, output: str) -> dict[str, Any]:
+    """The job creates the file (as itself, next to the output) and passes its fd; the
+    service writes into it. Renamed into place only when the service says it succeeded."""
+    output = os.path.abspath(output)
+    directory = os.path.dirname(output)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
+    try:
+        try:
+            result = service.call_service(socket_path, "export", {"key": key}, fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+    result["output"] = output
+    return result
+
+
+def export_text(key: str, result: dict[str, Any]) -> str:
+    return f"exported key '{key}' to {result['output']} ({format_size(result['bytes'])})"
 
 
 def cmd_import(args: argparse.Namespace) -> CommandResult:
-    store_dir, _config, state_dir = _context(args)
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    if socket_path:
+        try:
+            fd = os.open(args.archive, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise SaveFailed(f"cannot read {args.archive}: {exc.strerror}") from None
+        try:
+            request = {"key": args.key, "source": os.path.abspath(args.archive)}
+            result = service.call_service(socket_path, "import", request, fd=fd)
+        finally:
+            os.close(fd)
+        return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
     progress = ProgressLine(f"importing {args.key}")
     try:
         with _terminable():
             result = import_archive(
-                store_dir, args.key, args.archive, state_dir=state_dir, progress=progress
+                store, args.key, args.archive, state_dir=state_dir, progress=progress
             )
     finally:
         progress.close()
-    text = (
-        f"imported {args.archive} as key '{args.key}' ({result['format']}): "
+    return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
+
+
+def import_text(key: str, archive: str, result: dict[str, Any]) -> str:
+    return (
+        f"imported {archive} as key '{key}' ({result['format']}): "
         f"{_images_text(result['images'])}; {format_size(result['bytes_written'])} written"
     )
-    return CommandResult(result, text, EXIT_OK)
 
 
 def cmd_prune(args: argparse.Namespace) -> CommandResult:
-    store_dir, config, state_dir = _context(args)
+    store, config, state_dir = _context(args)
     settings = cache_settings(config)
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else settings["max_size"]
     max_age = parse_duration(args.max_age, "--max-age") if args.max_age else settings["max_age"]
     result = prune_store(
-        store_dir,
+        store,
         max_size=max_size,
         max_age=max_age,
         quarantine_retention=settings["quarantine_retention"],
@@ -329,3 +505,77 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
         f"store now {format_size(result['size_after'])}"
     )
     return CommandResult(result, "\n".join(lines), EXIT_OK)
+
+
+def cmd_sign_entries(args: argparse.Namespace) -> CommandResult:
+    store, config, _state = _context(args)
+    report = sign_entries(store, workers=cache_settings(config)["verify_workers"])
+    lines = [f"signed {name}" for name in report["signed"]]
+    lines += [f"BAD entry {bad['key']}: {bad['reason']} (quarantined)" for bad in report["bad"]]
+    lines.append(
+        f"{len(report['signed'])} signed, {report['already_signed']} already signed, "
+        f"{len(report['bad'])} quarantined in {report['dir']}"
+    )
+    return CommandResult(report, "\n".join(lines), EXIT_OK if report["ok"] else EXIT_CHECK_FAILED)
+
+
+def _read_event_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.read(fd, 16 * 1024 * 1024 + 1)
+    finally:
+        os.close(fd)
+
+
+def cmd_register_job(args: argparse.Namespace) -> CommandResult:
+    """Never fails the job: a registration that cannot be made leaves the job untrusted
+    ("unregistered"), which costs cache hits, not safety."""
+    config = load_config(args.config)
+    socket_path = args.socket or _section(config)["service_socket"]
+    trusted, scope, reason = trust_from_env(os.environ, _read_event_file)
+    data: dict[str, Any] = {"trusted": trusted, "scope": scope, "reason": reason}
+    if not service.is_socket(socket_path):
+        data["result"] = "no cache service"
+        return CommandResult(data, f"no cache service at {socket_path}: nothing registered")
+    try:
+        data.update(service.call_service(socket_path, "register-job", dict(data)))
+    except RunnerkeepError as exc:
+        print(f"runnerkeep: warning: job not registered: {exc}", file=sys.stderr)
+        data["result"] = "not registered"
+        data["error"] = str(exc)
+        return CommandResult(data, "job not registered (it counts as untrusted)")
+    kind = "trusted" if trusted else f"untrusted, scope {scope}"
+    return CommandResult(data, f"registered job (worker {data['worker_pid']}): {kind} ({reason})")
+
+
+def cmd_serve_connection(args: argparse.Namespace) -> CommandResult:
+    """fd 0 is the connection (StandardInput=socket). Nothing may go to stdout: it is the
+    connection too; the response is the only thing written."""
+    sock = socket.socket(fileno=os.dup(0))
+    try:
+        try:
+            config = load_config(args.config)
+            store = Store(resolve_cache_dir(None, config), key_file=_section(config)["key_file"])
+            settings = cache_settings(config)
+        except RunnerkeepError as exc:
+            service.send_error(sock, exc)
+            return CommandResult({}, "", EXIT_OK)
+        service.serve_connection(
+            sock, store, settings, service.Registry(args.state_dir), formatter=_service_text
+        )
+    finally:
+        sock.close()
+    return CommandResult({}, "", EXIT_OK)
+
+
+def _service_text(op: str, request: dict[str, Any], data: dict[str, Any]) -> str:
+    key = request.get("key", "")
+    if op == "save":
+        return save_text(key, data.get("dir", ""), data)
+    if op == "restore":
+        return restore_text(key, data)
+    if op == "list":
+        return list_text(data)
+    if op == "import":
+        return import_text(key, request.get("source", "archive"), data)
+    return ""

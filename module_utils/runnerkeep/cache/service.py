@@ -16,6 +16,7 @@ process is mapped to a job by walking up its ancestry to a registered worker.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import json
@@ -159,10 +160,8 @@ class Registry:
             os.fsync(dfd)
             return True
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dfd)
-            except FileNotFoundError:
-                pass
             os.close(dfd)
 
     def expire(self) -> int:
@@ -470,6 +469,11 @@ def serve_connection(
             os.close(fd)
     _send_response(sock, response)
     return response
+
+
+def send_error(sock: socket.socket, exc: RunnerkeepError) -> None:
+    """Answer with an error before any request was read (e.g. the service's config is bad)."""
+    _send_response(sock, {"exit_code": exc.exit_code, "data": None, "text": "", "error": str(exc)})
 
 
 def _send_response(sock: socket.socket, response: dict[str, Any]) -> None:
