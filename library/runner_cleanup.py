@@ -105,12 +105,23 @@ EXAMPLES = r"""
 
 RETURN = r"""
 bytes_freed:
-  description: Bytes freed (check mode, would be freed) by all cleaners.
+  description:
+    - Bytes the filesystems gave back (statvfs after removal), summed over the filesystems the
+      cleaners removed something from, never negative. In check mode, the prediction.
+    - C(cleaners[].bytes_freed) and RV(bytes_freed_claimed) are what the cleaners counted.
   returned: success
   type: int
   sample: 3221225472
 inodes_freed:
-  description: Inodes freed (or would be) by all cleaners.
+  description: Inodes the filesystems gave back, measured like RV(bytes_freed).
+  returned: success
+  type: int
+bytes_freed_claimed:
+  description: Bytes the cleaners counted as freed (in check mode, would free).
+  returned: success
+  type: int
+inodes_freed_claimed:
+  description: Inodes the cleaners counted as freed.
   returned: success
   type: int
 items_removed:
@@ -245,6 +256,8 @@ def main():
         busy=False,
         bytes_freed=report.bytes_freed,
         inodes_freed=report.inodes_freed,
+        bytes_freed_claimed=report.bytes_freed_claimed,
+        inodes_freed_claimed=report.inodes_freed_claimed,
         items_removed=total,
         target_met=report.target_met,
         cleaners=[
