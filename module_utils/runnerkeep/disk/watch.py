@@ -525,7 +525,7 @@ class _Cycle:
             state["since"] = now
             message = (
                 f"disk {previous} -> {new} on {budget.path}: "
-                f"{format_size(inputs.free_bytes)} free ({inputs.free_inodes:,} inodes); "
+                f"{format_size(inputs.free_bytes)} free ({inputs.free_inodes or 0:,} inodes); "
                 f"warning/critical/emergency below {format_size(budget.warning_free_bytes)}/"
                 f"{format_size(budget.critical_free_bytes)}/{format_size(budget.emergency_free_bytes)}"
             )
