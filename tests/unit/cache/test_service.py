@@ -1,0 +1,376 @@
+"""The cache service end to end over a real unix socket: SO_PEERCRED, the job registry bound to
+a real worker process, scopes, fd passing, and the request deadline against a dripping client.
+
+The service runs in a thread of this process; clients are real child processes (the CLI), so
+the peer credentials and the process ancestry the service walks are the kernel's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from cachetest_helpers import legacy_archive, random_layer
+from runnerkeep.cache import Store, cache_settings, export_entry, import_archive, service
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+LAYER_TRUSTED = random_layer(20_000, "trusted")
+LAYER_EVIL = random_layer(20_000, "evil")
+PYPATH = os.pathsep.join(os.path.join(REPO, p) for p in ("module_utils", "cli", "tests"))
+CLIENT_TIMEOUT = 60
+
+
+class Service:
+    """A listening socket served by serve_connection, one thread per connection."""
+
+    def __init__(self, tmp_path, deadline=service.REQUEST_DEADLINE):
+        self.key_file = tmp_path / "cache.key"
+        self.key_file.write_bytes(os.urandom(32))
+        self.socket_path = str(tmp_path / "cache.sock")
+        self.config_path = tmp_path / "config.json"
+        self.config = {
+            "paths": {"cache_dir": str(tmp_path / "store"), "state_dir": str(tmp_path / "state")},
+            "cache": {"service_socket": self.socket_path, "key_file": str(self.key_file)},
+        }
+        self.config_path.write_text(json.dumps(self.config))
+        self.store = Store(str(tmp_path / "store"), key_file=str(self.key_file))
+        self.registry = service.Registry(str(tmp_path / "service-state"))
+        self.deadline = deadline
+        self.responses: list[dict] = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.socket_path)
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        settings = cache_settings(self.config)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+            def serve(conn=conn):
+                with conn:
+                    self.responses.append(
+                        service.serve_connection(
+                            conn, self.store, settings, self.registry, deadline=self.deadline
+                        )
+                    )
+
+            threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def svc(tmp_path):
+    s = Service(tmp_path)
+    yield s
+    s.close()
+
+
+def cli(svc, *words):
+    return [sys.executable, "-m", "runnerkeep_cli", *words, "--config", str(svc.config_path)]
+
+
+def run_under_worker(commands, env_extra=None):
+    """Run ``commands`` one after another as children of one stand-in worker process (what the
+    runner agent's Runner.Worker is for a job's hook and steps). Returns [(rc, out, err)]."""
+    worker = (
+        "import json, subprocess, sys\n"
+        "out = []\n"
+        "for cmd in json.loads(sys.argv[1]):\n"
+        f"    r = subprocess.run(cmd, capture_output=True, text=True, timeout={CLIENT_TIMEOUT})\n"
+        "    out.append([r.returncode, r.stdout, r.stderr])\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": PYPATH, **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-c", worker, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=CLIENT_TIMEOUT * (len(commands) + 1),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def archive(tmp_path, layers, tag):
+    path = tmp_path / f"a-{os.urandom(3).hex()}.tar"
+    path.write_bytes(legacy_archive([([tag], layers)]))
+    return str(path)
+
+
+FORK_PR = {"GITHUB_EVENT_NAME": "pull_request", "GITHUB_REPOSITORY": "me/app"}
+
+
+def fork_event(tmp_path):
+    path = tmp_path / "event.json"
+    path.write_text(
+        json.dumps(
+            {
+                "pull_request": {
+                    "number": 7,
+                    "head": {"repo": {"fork": True, "full_name": "evil/app"}},
+                    "base": {"repo": {"fork": False, "full_name": "me/app"}},
+                }
+            }
+        )
+    )
+    return {**FORK_PR, "GITHUB_EVENT_PATH": str(path)}
+
+
+# -- registration and scopes ----------------------------------------------------------------
+def test_fork_pr_import_cannot_change_what_a_trusted_restore_loads(tmp_path, svc):
+    trusted = import_archive(svc.store, "app-main", archive(tmp_path, [LAYER_TRUSTED], "app:main"))
+    evil = archive(tmp_path, [LAYER_EVIL], "app:main")
+    results = run_under_worker(
+        [
+            cli(svc, "cache", "register-job", "--json"),
+            cli(svc, "cache", "import", "--service", "--json", "--key", "app-main", evil),
+            # job code trying to register its way to trust: refused (its worker is registered)
+            cli(svc, "cache", "register-job", "--json"),
+        ],
+        env_extra=fork_event(tmp_path),
+    )
+    (rc1, out1, _), (rc2, out2, err2), (rc3, out3, err3) = results
+    assert rc1 == 0 and json.loads(out1)["result"] == "registered"
+    assert json.loads(out1)["scope"].startswith("pr-7-")
+    assert rc2 == 0, err2
+    assert json.loads(out2)["scope"].startswith("pr-7-")
+    assert rc3 == 0 and json.loads(out3)["result"] == "not registered"
+    assert "registered already" in err3
+    # The trusted entry is the one it was; a trusted export still gets it.
+    result = export_entry(svc.store, "app-main", str(tmp_path / "out.tar"))
+    assert result["entry_digest"] == trusted["entry_digest"] and result["scope"] == "trusted"
+
+
+def test_trusted_job_saves_to_trusted_and_unregistered_job_does_not(tmp_path, svc):
+    good = archive(tmp_path, [LAYER_TRUSTED], "app:main")
+    results = run_under_worker(
+        [
+            cli(svc, "cache", "register-job", "--json"),
+            cli(svc, "cache", "import", "--service", "--json", "--key", "app-main", good),
+        ],
+        env_extra={"GITHUB_EVENT_NAME": "push"},
+    )
+    assert [r[0] for r in results] == [0, 0], results
+    assert json.loads(results[1][1])["scope"] == "trusted"
+    assert svc.store.read_entry("app-main")[0]["scope"] == "trusted"
+    # A process under no registered worker is "unregistered": its import lands there.
+    evil = archive(tmp_path, [LAYER_EVIL], "app:main")
+    proc = subprocess.run(
+        cli(svc, "cache", "import", "--service", "--json", "--key", "other", evil),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": PYPATH},
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["scope"] == "unregistered"
+    assert os.path.exists(svc.store.entry_path("@unregistered@other"))
+    assert not os.path.exists(svc.store.entry_path("other"))
+
+
+def test_list_and_export_through_the_service_match_direct_mode(tmp_path, svc):
+    import_archive(svc.store, "app-main", archive(tmp_path, [LAYER_TRUSTED], "app:main"))
+    env = {**os.environ, "PYTHONPATH": PYPATH}
+    via = subprocess.run(
+        cli(svc, "cache", "list", "--service", "--json"), capture_output=True, text=True, env=env
+    )
+    direct = subprocess.run(
+        cli(svc, "cache", "list", "--no-service", "--json"), capture_output=True, text=True, env=env
+    )
+    assert via.returncode == direct.returncode == 0, via.stderr
+    assert json.loads(via.stdout)["entries"] == json.loads(direct.stdout)["entries"]
+    out = tmp_path / "export.tar"
+    exp = subprocess.run(
+        cli(svc, "cache", "export", "--service", "--key", "app-main", "-o", str(out)),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert exp.returncode == 0, exp.stderr
+    assert exp.stdout.startswith("exported key 'app-main' to ")
+    assert out.stat().st_size > 20_000
+    miss = subprocess.run(
+        cli(svc, "cache", "export", "--service", "--key", "nope", "-o", str(tmp_path / "n.tar")),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert miss.returncode == 3 and "no cache entry for key 'nope'" in miss.stderr
+    assert "Traceback" not in miss.stderr
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-export-")]
+
+
+# -- the connection itself ------------------------------------------------------------------
+def raw_request(svc, payload: bytes, fds=()):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(svc.socket_path)
+        if fds:
+            socket.send_fds(sock, [payload], list(fds))
+        else:
+            sock.sendall(payload)
+        return json.loads(service._read_response(sock))
+
+
+def test_dripping_client_is_cut_at_the_deadline(tmp_path):
+    svc = Service(tmp_path, deadline=2.0)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(svc.socket_path)
+            start = time.monotonic()
+            sock.settimeout(0.1)
+            answer = b""
+            for byte in b'{"v": 1, "op": "list", "args": {}}':
+                with contextlib.suppress(OSError):
+                    sock.sendall(bytes([byte]))
+                with contextlib.suppress(socket.timeout, OSError):
+                    answer += sock.recv(4096)
+                if answer.endswith(b"\n") or time.monotonic() - start > 10:
+                    break
+                time.sleep(0.3)
+            elapsed = time.monotonic() - start
+        response = json.loads(answer)
+        assert response["exit_code"] == 2
+        assert "no complete request within 2 s" in response["error"]
+        assert elapsed < 2.0 + 1.0
+    finally:
+        svc.close()
+
+
+def test_silent_client_is_cut_at_the_deadline(tmp_path):
+    svc = Service(tmp_path, deadline=1.0)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(svc.socket_path)
+            sock.settimeout(5)
+            start = time.monotonic()
+            response = json.loads(service._read_response(sock))
+            assert time.monotonic() - start < 1.0 + 1.0
+        assert "no complete request" in response["error"]
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"not json\n", "not JSON"),
+        (b'{"v": 2, "op": "list"}\n', "protocol version"),
+        (b'{"v": 1, "op": "prune"}\n', "unknown operation"),
+        (b'{"v": 1, "op": "restore", "args": {"key": "../x"}}\n', "invalid cache key"),
+        (b'{"v": 1, "op": "save", "args": {"key": "k", "images": "x"}}\n', "images"),
+        (b"x" * (service.MAX_REQUEST_BYTES + 10), "larger than"),
+    ],
+)
+def test_bad_requests_get_one_line_errors(svc, payload, message):
+    response = raw_request(svc, payload)
+    assert response["exit_code"] == 2
+    assert message in response["error"]
+    assert "Traceback" not in response["error"]
+
+
+def test_register_job_with_bad_facts_is_refused(svc):
+    bad = {"v": 1, "op": "register-job", "args": {"trusted": True, "scope": "pr-1", "reason": ""}}
+    response = raw_request(svc, (json.dumps(bad) + "\n").encode())
+    assert response["exit_code"] == 2 and "scope 'trusted'" in response["error"]
+
+
+def test_import_fd_must_be_a_file_or_pipe_open_for_reading(tmp_path, svc):
+    line = b'{"v": 1, "op": "import", "args": {"key": "k"}}\n'
+    dir_fd = os.open(str(tmp_path), os.O_RDONLY)
+    try:
+        response = raw_request(svc, line, [dir_fd])
+    finally:
+        os.close(dir_fd)
+    assert "regular file or a pipe" in response["error"]
+    write_only = os.open(str(tmp_path / "w"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        response = raw_request(svc, line, [write_only])
+    finally:
+        os.close(write_only)
+    assert "not open for reading" in response["error"]
+    assert not os.path.exists(svc.store.entry_path("@unregistered@k"))
+
+
+def test_import_through_a_pipe_fd(tmp_path, svc):
+    data = legacy_archive([(["app:pipe"], [LAYER_TRUSTED])])
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    line = b'{"v": 1, "op": "import", "args": {"key": "piped", "source": "stdin\\n"}}\n'
+    try:
+        writer.start()
+        response = raw_request(svc, line, [read_end])
+    finally:
+        os.close(read_end)
+        writer.join(10)
+    assert response["exit_code"] == 0, response
+    assert response["data"]["scope"] == "unregistered"
+    entry, _ = svc.store.read_entry("@unregistered@piped")
+    assert entry["source"] == ["job:stdin?"]
+
+
+def test_peer_credentials_are_the_kernels():
+    a, b = socket.socketpair()
+    with a, b:
+        assert service.peer_credentials(a) == (os.getpid(), os.getuid(), os.getgid())
+
+
+def test_ancestry_reaches_this_process_from_a_child():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(100):
+            chain = service.ancestry(child.pid)
+            if len(chain) >= 2:
+                break
+            time.sleep(0.05)
+        assert [pid for pid, _ in chain[:2]] == [child.pid, os.getpid()]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_registry_first_registration_wins_and_dead_workers_expire(tmp_path):
+    registry = service.Registry(str(tmp_path / "reg"))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        start = service.proc_stat(child.pid)[1]
+        record = {"trusted": False, "scope": "pr-1", "reason": "x"}
+        assert registry.register(child.pid, start, record)
+        assert not registry.register(child.pid, start, {**record, "trusted": True})
+        assert registry.lookup(child.pid, start)["trusted"] is False
+    finally:
+        child.kill()
+        child.wait()
+    assert registry.expire() == 1
+    assert registry.lookup(child.pid, start) is None
+
+
+def test_registry_ignores_a_planted_symlink(tmp_path):
+    registry = service.Registry(str(tmp_path / "reg"))
+    target = tmp_path / "fake.json"
+    target.write_text(json.dumps({"trusted": True, "scope": "trusted"}))
+    os.makedirs(registry.directory)
+    os.symlink(target, os.path.join(registry.directory, "worker-1-1.json"))
+    assert registry.lookup(1, "1") is None
