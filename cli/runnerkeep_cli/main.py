@@ -12,6 +12,7 @@ import traceback
 
 from runnerkeep import __version__
 from runnerkeep.errors import EXIT_CODES, EXIT_FAILURE, RunnerkeepError
+from runnerkeep.textutil import escape_text
 
 from runnerkeep_cli.options import common_options
 from runnerkeep_cli.output import emit
@@ -173,7 +174,8 @@ def report_error(message: str, code: int, as_json: bool) -> int:
     if as_json:
         json.dump({"error": message, "exit_code": code}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    print(f"runnerkeep: error: {message}", file=sys.stderr)
+    # Messages carry paths and names a CI job may have chosen: one escaped line, always.
+    print(f"runnerkeep: error: {escape_text(message)}", file=sys.stderr)
     return code
 
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from runnerkeep.textutil import table
+from runnerkeep.textutil import neutralize_controls, table
 
 __all__ = ["CommandResult", "emit", "table"]
 
@@ -24,4 +24,5 @@ def emit(result: CommandResult, as_json: bool) -> None:
         json.dump(result.data, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
     elif result.text:
-        sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
+        text = neutralize_controls(result.text)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")

@@ -44,6 +44,20 @@ def escape_text(value: object) -> str:
     return "".join(_escape_char(char) for char in text)
 
 
+def neutralize_controls(text: str) -> str:
+    """``text`` with line breaks and tabs kept and every other invisible character escaped.
+
+    The last line of defence for whole blocks of human output: whatever a command forgot to
+    pass through ``escape_text``, no ESC sequence, carriage return or bidi override reaches the
+    terminal. (A forged line break is only prevented by ``escape_text`` on the string itself.)
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char in "\n\t" or char.isprintable() else _escape_char(char) for char in text
+    )
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     """A plain left-aligned text table (numbers are pre-formatted by the caller).
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..docker_cli import docker_json_lines, engine_info, run_docker
 from ..errors import DockerCommandError, RunnerkeepError
 from ..fsutil import filesystem_usage
-from ..textutil import table
+from ..textutil import escape_text, table
 from ..units import format_size
 from .settings import as_int, disk_settings, expand, paths_of
 from .sizing import largest_dirs, tree_size
@@ -264,7 +264,9 @@ def render_report(report: dict[str, Any]) -> str:
     ]
     lines.append(table(rows, ["mount", "size", "free", "free inodes", "holds"]))
     for err in report.get("filesystem_errors", []):
-        lines.append(f"  unreadable: {err['path']} ({err['role']}): {err['error']}")
+        lines.append(
+            f"  unreadable: {escape_text(err['path'])} ({err['role']}): {escape_text(err['error'])}"
+        )
     docker = report.get("docker")
     if docker is not None:
         lines.append("")
@@ -287,12 +289,15 @@ def render_report(report: dict[str, Any]) -> str:
                 for image in details["largest_images"]:
                     used = f", used by {image['containers']}" if image["containers"] else ""
                     lines.append(
-                        f"  {format_size(image['unique_bytes']):>10}  {image['image']}{used}"
+                        f"  {format_size(image['unique_bytes']):>10}  "
+                        f"{escape_text(image['image'])}{escape_text(used)}"
                     )
             if details and details["largest_volumes"]:
                 lines.append("Largest volumes:")
                 for volume in details["largest_volumes"]:
-                    lines.append(f"  {format_size(volume['size_bytes']):>10}  {volume['name']}")
+                    lines.append(
+                        f"  {format_size(volume['size_bytes']):>10}  {escape_text(volume['name'])}"
+                    )
         else:
             lines.append(f"Docker usage: unavailable ({docker.get('error')})")
     cache = report["cache"]
@@ -307,12 +312,15 @@ def render_report(report: dict[str, Any]) -> str:
     for entry in report.get("largest_dirs", []):
         lines.append("")
         if not entry["exists"]:
-            lines.append(f"Largest under {entry['root']}: (does not exist)")
+            lines.append(f"Largest under {escape_text(entry['root'])}: (does not exist)")
             continue
-        lines.append(f"Largest under {entry['root']} ({format_size(entry['disk_bytes'])} total):")
+        lines.append(
+            f"Largest under {escape_text(entry['root'])} "
+            f"({format_size(entry['disk_bytes'])} total):"
+        )
         for item in entry["dirs"]:
-            lines.append(f"  {format_size(item['disk_bytes']):>10}  {item['path']}")
+            lines.append(f"  {format_size(item['disk_bytes']):>10}  {escape_text(item['path'])}")
     if report["errors"]:
         lines.append("")
-        lines += [f"error: {e}" for e in report["errors"]]
+        lines += [f"error: {escape_text(e)}" for e in report["errors"]]
     return "\n".join(lines)

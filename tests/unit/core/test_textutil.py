@@ -9,7 +9,7 @@ import unicodedata
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from runnerkeep.textutil import escape_text, table
+from runnerkeep.textutil import escape_text, neutralize_controls, table
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,18 @@ def test_table_cells_cannot_add_lines():
     assert "\x1b" not in text
     # columns are aligned on the escaped text
     assert lines[1].rindex("1") == lines[2].rindex("2") == lines[0].rindex("n")
+
+
+def test_neutralize_controls_keeps_lines_and_tabs_and_escapes_the_rest():
+    text = "line one\tcol\nline \x1b[31mtwo\r\u202e\udcff"
+    out = neutralize_controls(text)
+    assert out.split("\n") == ["line one\tcol", "line \\x1b[31mtwo\\x0d\\u202e\\xff"]
+    assert neutralize_controls("plain \\n text\n") == "plain \\n text\n"  # no double escaping
+
+
+def test_cli_text_output_never_carries_a_raw_escape_sequence(tmp_path, capsys):
+    from runnerkeep_cli.output import CommandResult, emit
+
+    emit(CommandResult({}, "cache key \x1b]0;owned\x07 restored"), as_json=False)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\\x1b]0;owned\\x07" in out
