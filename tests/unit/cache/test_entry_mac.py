@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from cachetest_helpers import legacy_archive, random_layer
@@ -52,7 +53,7 @@ def exported_tags(tmp_path, store, key, scope="trusted"):
 # -- the MAC ------------------------------------------------------------------------------
 def test_entries_are_written_with_a_mac(tmp_path, store):
     put(tmp_path, store, "app-main", [LAYER_TRUSTED], "app:main")
-    body = json.loads(open(entry_file(store, "app-main"), "rb").read())
+    body = json.loads(Path(entry_file(store, "app-main")).read_bytes())
     assert body["mac"].startswith("hmac-sha256:")
     assert body["scope"] == "trusted"
 
@@ -60,7 +61,7 @@ def test_entries_are_written_with_a_mac(tmp_path, store):
 def test_edit_with_recomputed_checksum_is_a_miss_and_quarantined(tmp_path, store):
     put(tmp_path, store, "app-main", [LAYER_TRUSTED], "app:main")
     path = entry_file(store, "app-main")
-    body = json.loads(open(path, "rb").read())
+    body = json.loads(Path(path).read_bytes())
     body["images"][0]["tags"] = ["evil:latest"]
     body["checksum"] = entry_checksum(body)  # what a job could always do
     with open(path, "w") as handle:
@@ -76,7 +77,7 @@ def test_edit_with_recomputed_checksum_is_a_miss_and_quarantined(tmp_path, store
 def test_unsigned_entry_is_rejected_once_a_key_exists(tmp_path, store, key_file):
     unsigned = Store(store.root, key_file=None)
     put(tmp_path, unsigned, "old", [LAYER_TRUSTED], "app:old")
-    assert "mac" not in json.loads(open(entry_file(store, "old"), "rb").read())
+    assert "mac" not in json.loads(Path(entry_file(store, "old")).read_bytes())
     with pytest.raises(CorruptEntry, match="MAC"):
         store.read_entry("old")
     # ... while a store without a key (single-user machine) reads it as before
