@@ -153,6 +153,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.cache import (
+        Store,
         cache_settings,
         prune_store,
         remove_key,
@@ -177,11 +178,14 @@ def run(module):
     for name in ("reserve", "max_size", "max_age"):  # options that stand for cache.* keys
         if p[name]:
             check_option("cache", name, p[name], f"option {name}")
-    store_dir = resolve_cache_dir(p["dir"], config)
+    cache_dir = resolve_cache_dir(p["dir"], config)
+    # The entries' HMAC key (cache.key_file): a key this module ignored would let it accept
+    # forged entries and write unsigned ones every later reader rejects.
+    store_dir = Store(cache_dir, key_file=cache_settings(config)["key_file"])
     state_dir = (config.get("paths") or {}).get("state_dir")
     check = module.check_mode
     state = p["state"]
-    out = {"changed": False, "cache_dir": store_dir}
+    out = {"changed": False, "cache_dir": cache_dir}
 
     if state == "saved":
         settings = cache_settings(config)

@@ -168,9 +168,16 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         "register-job",
         cmd_register_job,
         "job-start hook: register this job's trust (from the runner's environment) with the "
-        "cache service; run it with exec so its parent is the runner's worker",
+        "cache service, bound to the job's worker process (--worker-pid, else the parent)",
     )
     p.add_argument("--socket", metavar="PATH", help="service socket (config cache.service_socket)")
+    p.add_argument(
+        "--worker-pid",
+        type=int,
+        metavar="PID",
+        help="the job's worker process (the GitHub hook passes $PPID); default: this "
+        "command's parent",
+    )
 
     p = add(
         "serve-connection",
@@ -538,7 +545,8 @@ def cmd_register_job(args: argparse.Namespace) -> CommandResult:
         data["result"] = "no cache service"
         return CommandResult(data, f"no cache service at {socket_path}: nothing registered")
     try:
-        data.update(service.call_service(socket_path, "register-job", dict(data)))
+        request = {**data, "worker_pid": args.worker_pid}
+        data.update(service.call_service(socket_path, "register-job", request))
     except RunnerkeepError as exc:
         print(f"runnerkeep: warning: job not registered: {exc}", file=sys.stderr)
         data["result"] = "not registered"

@@ -238,8 +238,11 @@ def scope_of(registry: Registry, pid: int) -> str:
 
 
 def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[str, Any]) -> dict:
-    """Bind the trust facts to the hook's parent (the worker). Refused when the worker, or any
-    process above it, is registered already: job code runs below a registered worker."""
+    """Bind the trust facts to the job's worker: ``worker_pid`` when given (the GitHub hook
+    passes its $PPID, the Runner.Worker), else the caller's parent (GitLab's pre-build snippet
+    runs in the job's shell). Refused when any process above the caller is registered
+    already: job code always runs below its registered worker, so it can neither change its
+    job's trust nor register a process further up (which would govern later jobs)."""
     trusted = args.get("trusted")
     scope = args.get("scope")
     reason = args.get("reason")
@@ -249,19 +252,24 @@ def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[st
     if trusted != (scope == TRUSTED):
         raise ProtocolError("register-job: a trusted job has scope 'trusted', no other does")
     chain = ancestry(peer_pid)
-    if len(chain) < 2:
+    above = chain[1:]
+    if not above:
         raise RunnerkeepError("register-job: the caller's parent process is gone")
-    worker, start = chain[1]
-    if worker == 1:
-        raise RunnerkeepError("register-job: the caller's parent is init, not a runner worker")
-    if process_uid(worker) != peer_uid:
-        raise RunnerkeepError("register-job: the caller's parent runs as another user")
-    for ancestor, ancestor_start in chain[1:]:
+    for ancestor, ancestor_start in above:
         if registry.lookup(ancestor, ancestor_start) is not None:
             raise RunnerkeepError(
                 f"register-job refused: process {ancestor} is registered already (a job "
                 "cannot change its trust once its job-start hook ran)"
             )
+    wanted = _int_arg(args, "worker_pid")
+    matches = [item for item in above if wanted is None or item[0] == wanted]
+    if not matches:
+        raise RunnerkeepError(f"register-job: process {wanted} is not an ancestor of the caller")
+    worker, start = matches[0]
+    if worker == 1:
+        raise RunnerkeepError("register-job: the worker cannot be init")
+    if process_uid(worker) != peer_uid:
+        raise RunnerkeepError("register-job: the worker runs as another user than the caller")
     registry.expire()
     record = {
         "pid": worker,

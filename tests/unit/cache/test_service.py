@@ -374,3 +374,29 @@ def test_registry_ignores_a_planted_symlink(tmp_path):
     os.makedirs(registry.directory)
     os.symlink(target, os.path.join(registry.directory, "worker-1-1.json"))
     assert registry.lookup(1, "1") is None
+
+
+def test_hook_registers_the_worker_named_by_pid_and_job_code_cannot_register_above_it(
+    tmp_path, svc
+):
+    """The GitHub hook is a script (sh) under the worker: it names the worker ($PPID). Job code
+    later naming a process further up (the runner listener, here this test process) is refused:
+    its worker is registered."""
+    hook = ["sh", "-c", '"$@" --worker-pid "$PPID"', "hook"]
+    results = run_under_worker(
+        [
+            [*hook, *cli(svc, "cache", "register-job", "--json")],
+            cli(svc, "cache", "register-job", "--json", "--worker-pid", str(os.getpid())),
+            ["sh", "-c", 'echo "$PPID"'],
+        ],
+        env_extra=fork_event(tmp_path),
+    )
+    first, second, worker = results
+    assert json.loads(first[1])["result"] == "registered", first
+    assert json.loads(first[1])["worker_pid"] == int(worker[1])  # the worker, not the hook's sh
+    assert json.loads(second[1])["result"] == "not registered"
+    assert "registered already" in second[2]
+    # Only the worker's record exists: this process (the "listener") is not registered.
+    from runnerkeep.cache.service import proc_stat
+
+    assert svc.registry.lookup(os.getpid(), proc_stat(os.getpid())[1]) is None
