@@ -260,7 +260,10 @@ def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
     job_id = _job_id(args)
     record = job_start(state_dir_of(config), job_id, args.pid)
     data = {"job_id": job_id, "lock": record}
-    text = f"job {escape_text(job_id)} holds the runner lock (pid {record['pid']})"
+    if record.get("recorded") is False:  # the core has said why, on stderr
+        text = f"job {escape_text(job_id)}: job lock not recorded"
+    else:
+        text = f"job {escape_text(job_id)} holds the runner lock (pid {record['pid']})"
     if args.no_pre:
         return CommandResult(data, text, EXIT_OK)
     result = _run(args, config, "pre")
@@ -273,12 +276,14 @@ def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     job_id = _job_id(args)
     record = job_end(state_dir_of(config), job_id)
-    data = {"job_id": job_id, "released": record is not None}
-    text = (
-        f"job {escape_text(job_id)} released the runner lock"
-        if record
-        else f"job {escape_text(job_id)} held no lock (nothing to release)"
-    )
+    released = record is not None and record.get("released") is not False
+    data = {"job_id": job_id, "released": released}
+    if released:
+        text = f"job {escape_text(job_id)} released the runner lock"
+    elif record is not None:  # the core has said why, on stderr
+        text = f"job {escape_text(job_id)}: the runner lock could not be removed (stale later)"
+    else:
+        text = f"job {escape_text(job_id)} held no lock (nothing to release)"
     if args.no_post:
         return CommandResult(data, text, EXIT_OK)
     live, _ = active_jobs(state_dir_of(config))

@@ -87,10 +87,11 @@ def test_tiny_disk_is_a_clear_error_not_a_negative_quota():
     assert "larger disk" in message
 
 
-def test_quota_below_minimum_is_an_error():
-    # 30 GiB: post target = 1.5 + 20 + 0.3 = 21.8 GiB, quota = 4.1 GiB < 8 GiB.
-    with pytest.raises(ConfigError, match=r"cache quota would be 4\.1 GiB, below"):
-        compute_budget(inputs(capacity=30 * GiB), settings(cache_quota_min="8GiB"))
+def test_quota_below_minimum_is_raised_to_it_with_a_warning():
+    # 30 GiB: post target = 1.5 + 20 + 0.3 = 21.8 GiB, quota = 4.1 GiB < 8 GiB: a fleet-wide
+    # minimum that fits this host raises the quota (and says so) instead of failing the budget.
+    b = compute_budget(inputs(capacity=30 * GiB), settings(cache_quota_min="8GiB"))
+    assert b.cache_quota_bytes == 8 * GiB and b.warnings
     b = compute_budget(inputs(capacity=30 * GiB), settings(cache_quota_min="1GiB"))
     assert b.cache_quota_bytes > 0
 
