@@ -162,6 +162,7 @@ try:
         save_entry,
         verify_store,
     )
+    from ansible.module_utils.runnerkeep.cache.owner import drop_to_store_owner
     from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.errors import CacheMiss, RunnerkeepError
     from ansible.module_utils.runnerkeep.schema import check_option
@@ -182,6 +183,9 @@ def run(module):
     # The entries' HMAC key (cache.key_file): a key this module ignored would let it accept
     # forged entries and write unsigned ones every later reader rejects.
     store_dir = Store(cache_dir, key_file=cache_settings(config)["key_file"])
+    # Root acts in the store as its owner (runnerkeep), never as root: files it created there
+    # would be ones the service and the maintenance timer cannot replace.
+    drop_to_store_owner(cache_dir)
     state_dir = (config.get("paths") or {}).get("state_dir")
     check = module.check_mode
     state = p["state"]

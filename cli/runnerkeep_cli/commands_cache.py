@@ -29,6 +29,7 @@ from runnerkeep.cache import (
     sign_entries,
     verify_store,
 )
+from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.trust import trust_from_env
 from runnerkeep.config import load_config, merge_section
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, RunnerkeepError
@@ -200,6 +201,9 @@ def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
     ``cache.max_size`` it measures the disk budget."""
     config = load_config(args.config)
     store = Store(resolve_cache_dir(args.dir, config), key_file=_section(config)["key_file"])
+    if getattr(args, "service", None) is not True:
+        # Root in direct mode acts as the store's owner (runnerkeep), never as root.
+        drop_to_store_owner(store.root)
     state_dir = (config.get("paths") or {}).get("state_dir") or "/var/lib/runnerkeep"
     return store, config, state_dir
 

@@ -400,3 +400,28 @@ def test_hook_registers_the_worker_named_by_pid_and_job_code_cannot_register_abo
     from runnerkeep.cache.service import proc_stat
 
     assert svc.registry.lookup(os.getpid(), proc_stat(os.getpid())[1]) is None
+
+
+def test_root_becomes_the_store_owner_before_touching_it(tmp_path):
+    """Root in direct mode acts as the store's owner: what it creates there the service (that
+    user) can still replace, and nothing runs as root inside the store."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (it checks what root does)")
+    from runnerkeep.cache.owner import drop_to_store_owner
+
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    os.chown(store_dir, 65534, 65534)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe
+        try:
+            dropped = drop_to_store_owner(str(store_dir))
+            os.write(write, f"{dropped} {os.geteuid()} {os.getuid()} {os.getegid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as handle:
+        assert handle.read() == "True 65534 65534 65534"
+    assert drop_to_store_owner(str(tmp_path)) is False  # root's own dir: stays root
