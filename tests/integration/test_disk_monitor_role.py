@@ -52,6 +52,9 @@ def _playbook(tmp_path) -> str:
                         "disk_monitor_webhook_url": f"http://127.0.0.1:{HOOK_PORT}/alerts",
                         "disk_monitor_webhook_timeout": "2s",
                         "disk_monitor_webhook_retries": 1,
+                        # The test adds a cleaner root there after the role ran: the hardened
+                        # watch unit (ProtectSystem=strict) writes only where it is told.
+                        "disk_monitor_writable_paths": ["/srv/small"],
                         "disk_monitor_settings": {
                             "path": "/srv/small",
                             "reserve": "10%",
