@@ -32,7 +32,7 @@ from runnerkeep.cache import (
 from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.trust import trust_from_env
 from runnerkeep.config import load_config, merge_section
-from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, RunnerkeepError
+from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import fsync_dir
 from runnerkeep.units import format_size, parse_duration, parse_size
 
@@ -204,6 +204,8 @@ def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
     if getattr(args, "service", None) is not True:
         # Root in direct mode acts as the store's owner (runnerkeep), never as root.
         drop_to_store_owner(store.root)
+    if not hasattr(args, "service"):  # commands the service does not offer
+        _check_access(store)
     state_dir = (config.get("paths") or {}).get("state_dir") or "/var/lib/runnerkeep"
     return store, config, state_dir
 
@@ -219,13 +221,25 @@ def _section(config: dict[str, Any]) -> dict[str, Any]:
 def _service_socket(args: argparse.Namespace, store: Store, config: dict[str, Any]) -> str | None:
     """The service socket when this command goes through the service, else None (direct)."""
     socket_path = _section(config)["service_socket"]
-    if args.service is False:
-        return None
     if args.service is True:
         return socket_path
-    if service.is_socket(socket_path) and not service.store_writable_directly(store.root):
+    if (
+        args.service is None
+        and service.is_socket(socket_path)
+        and not service.store_writable_directly(store.root)
+    ):
         return socket_path
+    _check_access(store)
     return None
+
+
+def _check_access(store: Store) -> None:
+    """A store this user cannot enter would read as empty: say what is wrong instead."""
+    if os.path.exists(store.root) and not os.access(store.root, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"the cache store {store.root} is not accessible to this user: use the cache "
+            "service (leave out --no-service)"
+        )
 
 
 @contextlib.contextmanager

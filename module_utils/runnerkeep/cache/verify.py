@@ -169,7 +169,13 @@ def sign_entries(store_dir: str | Store, *, workers: int = 2) -> dict[str, Any]:
         raise ConfigError(
             f"no cache key at {store.key_file}: create it first (the image_cache role does)"
         )
-    report: dict[str, Any] = {"dir": store.root, "signed": [], "already_signed": 0, "bad": []}
+    report: dict[str, Any] = {
+        "dir": store.root,
+        "signed": [],
+        "already_signed": 0,
+        "bad": [],
+        "ok": True,
+    }
     if not store.exists():
         return report
     unsigned_view = Store(store.root, key_file=None)

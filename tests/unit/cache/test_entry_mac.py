@@ -236,3 +236,8 @@ def test_list_shows_a_job_trusted_and_its_own_scope_only(tmp_path, store):
     trusted_view = list_entries(store, scope="trusted")["entries"]
     assert {(r["key"], r["scope"]) for r in trusted_view} == {("app-main", "trusted")}
     assert len(list_entries(store)["entries"]) == 3  # the owner sees everything
+
+
+def test_sign_entries_of_a_store_not_yet_written_is_ok(tmp_path, key_file):
+    report = sign_entries(Store(str(tmp_path / "new"), key_file=key_file))
+    assert report["ok"] is True and report["signed"] == []
