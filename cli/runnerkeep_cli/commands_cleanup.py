@@ -31,6 +31,7 @@ from runnerkeep.cleanup import (
 from runnerkeep.cleanup.catalog import STAGES, TOOLCHAINS
 from runnerkeep.config import load_config
 from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
+from runnerkeep.spool import spool_dir_of
 from runnerkeep.textutil import escape_text
 from runnerkeep.units import parse_duration
 
@@ -248,8 +249,9 @@ def cleanup_run(args: argparse.Namespace) -> CommandResult:
     wait = getattr(args, "wait_lock", None)
     if wait and not getattr(args, "force", False) and not getattr(args, "dry_run", False):
         state_dir = state_dir_of(config)
-        if not wait_for_jobs(state_dir, parse_duration(wait, "--wait-lock")):
-            live, _ = active_jobs(state_dir)
+        spool_dir = spool_dir_of(config)
+        if not wait_for_jobs(state_dir, parse_duration(wait, "--wait-lock"), spool_dir=spool_dir):
+            live, _ = active_jobs(state_dir, spool_dir=spool_dir)
             jobs = ", ".join(escape_text(r.get("job_id")) for r in live)
             raise LockHeldError(f"CI job(s) {jobs} still hold the runner lock after {wait}")
     return _run(args, config, stage)
@@ -258,7 +260,7 @@ def cleanup_run(args: argparse.Namespace) -> CommandResult:
 def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     job_id = _job_id(args)
-    record = job_start(state_dir_of(config), job_id, args.pid)
+    record = job_start(state_dir_of(config), job_id, args.pid, spool_dir=spool_dir_of(config))
     data = {"job_id": job_id, "lock": record}
     if record.get("recorded") is False:  # the core has said why, on stderr
         text = f"job {escape_text(job_id)}: job lock not recorded"
@@ -275,7 +277,7 @@ def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
 def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     job_id = _job_id(args)
-    record = job_end(state_dir_of(config), job_id)
+    record = job_end(state_dir_of(config), job_id, spool_dir=spool_dir_of(config))
     released = record is not None and record.get("released") is not False
     data = {"job_id": job_id, "released": released}
     if released:
@@ -286,7 +288,7 @@ def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
         text = f"job {escape_text(job_id)} held no lock (nothing to release)"
     if args.no_post:
         return CommandResult(data, text, EXIT_OK)
-    live, _ = active_jobs(state_dir_of(config))
+    live, _ = active_jobs(state_dir_of(config), spool_dir=spool_dir_of(config))
     if live:
         data["post"] = "skipped: other jobs hold the lock"
         text += f"\npost stage skipped: {len(live)} other job(s) still running"
@@ -299,13 +301,22 @@ def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
 
 def cleanup_status(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
-    live, stale = active_jobs(state_dir_of(config))
+    live, stale = active_jobs(state_dir_of(config), spool_dir=spool_dir_of(config))
     now = time.time()
     rows = [
-        [str(r.get("job_id")), str(r.get("pid")), f"{now - float(r.get('started', now)):.0f}s"]
+        [
+            str(r.get("job_id")),
+            str(r.get("pid")),
+            f"{now - float(r.get('started', now)):.0f}s",
+            "root" if r.get("uid") is None else f"spool (uid {r['uid']})",
+        ]
         for r in live
     ]
-    text = table(rows, ["job", "pid", "running for"]) if rows else "no job holds the lock"
+    text = (
+        table(rows, ["job", "pid", "running for", "recorded by"])
+        if rows
+        else "no job holds the lock"
+    )
     for r in stale:
         text += (
             f"\nremoved stale lock of job {escape_text(r.get('job_id'))}: "

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import LockHeldError
+from .procutil import process_start_time, same_process
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 KEEP_CORRUPT = 3
@@ -156,6 +157,14 @@ def read_bounded(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, 
     Raises FileNotFoundError when absent, Unreadable when not a regular file (symlink, FIFO,
     device, directory), OSError for the rest.
     """
+    data, rest, _info = read_regular(path, max_bytes)
+    return data, rest
+
+
+def read_regular(
+    path: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[bytes, int, os.stat_result]:
+    """``read_bounded`` plus the ``fstat`` of what was read (owner and mode checks)."""
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
@@ -166,18 +175,23 @@ def read_bounded(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[bytes, 
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise Unreadable(_kind_of(path))
-        chunks = []
-        left = max_bytes
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        return data, max(0, os.fstat(fd).st_size - len(data))
+        data = read_fd(fd, max_bytes)
+        return data, max(0, os.fstat(fd).st_size - len(data)), info
     finally:
         os.close(fd)
+
+
+def read_fd(fd: int, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` from ``fd`` (an endless file costs no more than that)."""
+    chunks = []
+    left = max_bytes
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _kind_of(path: str) -> str:
@@ -359,12 +373,23 @@ def _open_regular(path: str, flags: int, mode: int = 0o644) -> int:
             if exc.errno not in _DAMAGED_ERRNOS or attempt or not quarantine(path):
                 raise
             continue
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            if flags == _LOCK_FLAGS:
+                _make_private(fd, info)
             return fd
         os.close(fd)
         if attempt or not quarantine(path):
             break
     raise OSError(errno.EINVAL, f"{path} is not a regular file")
+
+
+def _make_private(fd: int, info: os.stat_result) -> None:
+    """A lock file only its owner may open: anyone who can open a file can flock it, and a
+    lock held by a job must not stop root's work (an older 0644 lock file is fixed by fd)."""
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o600)
 
 
 def append_line(path: str, line: bytes) -> None:
@@ -383,7 +408,7 @@ def open_lock_file(path: str, create: bool = True) -> int | None:
     flock, and a lock file that is not a regular file is simply not used.
     """
     if create:
-        return _open_regular(path, _LOCK_FLAGS)
+        return _open_regular(path, _LOCK_FLAGS, 0o600)
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError:
@@ -415,6 +440,46 @@ def flock_bounded(fd: int, what: str, timeout: float = LOCK_WAIT_SECONDS) -> Non
             )
         time.sleep(min(pause, left))
         pause = min(pause * 2, 0.2)
+
+
+def take_owned_lock(fd: int, what: str, timeout: float = 0.0) -> bool:
+    """flock ``fd`` (bounded) and write our pid and start time into it; True when held.
+
+    When the lock stays held, the holder is judged by the pid the last taker wrote: that
+    process still running (same start time), or no taker known, is another run
+    (LockHeldError); a file whose last taker is gone but that someone still holds (a job that
+    opened it while it was readable) is no reason to stop protective work: a warning, and
+    False (the caller goes on unlocked).
+    """
+    try:
+        flock_bounded(fd, what, timeout)
+    except LockHeldError:
+        pid, start = _lock_holder(fd)
+        if not pid or same_process(pid, start):
+            raise
+        warn(f"{what} is held by a process that is not a runnerkeep run; going on without it")
+        return False
+    with contextlib.suppress(OSError):
+        me = os.getpid()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{me} {process_start_time(me) or ''}\n".encode(), 0)
+    return True
+
+
+def _lock_holder(fd: int) -> tuple[int | None, str | None]:
+    try:
+        fields = os.pread(fd, 64, 0).decode("ascii", errors="replace").split()
+    except OSError:
+        return None, None  # a directory fd (the last fallback) holds nothing
+    if not fields or not fields[0].isdigit():
+        return None, None
+    return int(fields[0]), fields[1] if len(fields) > 1 else None
+
+
+def lock_holder_pid(fd: int) -> str:
+    """The pid written by the last taker of a lock file, for messages ("" when unknown)."""
+    pid, _start = _lock_holder(fd)
+    return str(pid) if pid else ""
 
 
 # --- the run dir: where state goes when the state dir cannot be written ---------------------
@@ -457,7 +522,7 @@ def open_lock_fallback(path: str, fallback: str, create: bool = True) -> int | N
         return fd if fd is not None else open_lock_file(fallback, create=False)
     with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return _open_regular(path, _LOCK_FLAGS)
+        return _open_regular(path, _LOCK_FLAGS, 0o600)
     fd = open_lock_file(path, create=False)
     if fd is not None:
         return fd
@@ -478,7 +543,7 @@ def open_lock_fallback(path: str, fallback: str, create: bool = True) -> int | N
 @contextlib.contextmanager
 def locked(path: str, what: str | None = None, timeout: float = LOCK_WAIT_SECONDS) -> Iterator[int]:
     """Hold an exclusive bounded flock on ``path`` (created) for a ``with`` block."""
-    fd = _open_regular(path, _LOCK_FLAGS)
+    fd = _open_regular(path, _LOCK_FLAGS, 0o600)
     try:
         flock_bounded(fd, what or path, timeout)
         yield fd

@@ -28,13 +28,24 @@ job: the guard and ``cleanup.lock`` fall back to the run dir (``statefile.open_l
 and a job lock that cannot be written to ``job-locks/`` is written to
 ``$RUNNERKEEP_RUN_DIR/job-locks-<hash of state dir>/``; ``active_jobs`` reads both, so a
 cleanup still sees the job. When neither can take it, the hooks warn in one line and go on.
+
+Hooks that run as the CI user cannot write the state dir (root:root 0755): their job lock is a
+spool record, ``<spool>/job-<id>.json`` (``runnerkeep.spool``). Root merges three sources into
+the registry it trusts: its own ``job-locks/``, the run-dir fallback, and the spool. A spool
+record says nothing root believes but its file's owner uid: it is a live job only when the pid
+it names runs now with the recorded start time AS THAT OWNER (real uid), and its start is
+neither in the future (beyond ``CLOCK_SKEW``) nor older than ``lock_max_age``. So a job can
+hold the lock only with a living process of its own, for at most ``lock_max_age``. Anything
+else is stale: reported, and (not in dry runs) removed relative to the spool's fd.
+
+The guard and ``cleanup.lock`` are private (0600) and a hold that outlasts its wait is judged
+by the pid the last taker wrote (``statefile.take_owned_lock``): a lock held by anyone but a
+running runnerkeep process never stops a cleanup.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
 import os
@@ -44,10 +55,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .. import statefile
+from .. import spool, statefile
 from ..errors import LockHeldError
 from ..fsutil import atomic_write
-from ..procutil import process_alive, process_start_time
+from ..procutil import process_alive, process_start_time, same_process
 
 LOCK_DIR = "job-locks"
 GUARD = ".guard"
@@ -55,6 +66,7 @@ RUN_LOCK = "cleanup.lock"
 DEFAULT_MAX_AGE = 24 * 3600.0
 BLOCKED_STAGES = ("post", "emergency")
 GUARD_WAIT = 10.0  # seconds a hook waits for the guard before LockHeldError
+RUN_LOCK_WAIT = 1.0  # seconds before cleanup.lock is judged by its holder
 CLOCK_SKEW = 300.0  # seconds a lock's start may lie in the future (clocks of hook and host)
 
 
@@ -80,14 +92,17 @@ def _safe_id(job_id: str) -> str:
 def _guard(state_dir: str, create: bool = True) -> Iterator[None]:
     """Serialize access to the lock directories; ``create=False`` (dry runs) makes nothing and
     reads unguarded when there is no usable guard file yet. A state dir that cannot take the
-    guard puts it in the run dir; when nothing can be opened at all, access is unguarded
-    rather than refused (a hook must not fail a job, a cleanup must not stop)."""
+    guard puts it in the run dir; when nothing can be opened at all, or the guard is held past
+    ``GUARD_WAIT`` by anything but a running runnerkeep process, access is unguarded rather
+    than refused (a hook must not fail a job, a cleanup must not stop)."""
     path = os.path.join(lock_dir(state_dir), GUARD)
     fallback = os.path.join(fallback_lock_dir(state_dir), GUARD)
-    fd = statefile.open_lock_fallback(path, fallback, create=create)
+    fd = (
+        None if spool.use_spool(state_dir) else statefile.open_lock_fallback(path, fallback, create)
+    )
     try:
         if fd is not None:
-            statefile.flock_bounded(fd, f"the job lock guard {path}", GUARD_WAIT)
+            statefile.take_owned_lock(fd, f"the job lock guard {path}", GUARD_WAIT)
         yield
     finally:
         if fd is not None:
@@ -118,10 +133,20 @@ def _write_record(state_dir: str, name: str, record: dict[str, Any]) -> str:
     return primary
 
 
+def _spool_name(job_id: Any) -> str:
+    return f"job-{spool.safe_id(job_id)}.json"
+
+
 def job_start(
-    state_dir: str, job_id: str, pid: int | None = None, now: float | None = None
+    state_dir: str,
+    job_id: str,
+    pid: int | None = None,
+    now: float | None = None,
+    spool_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Take the job lock for ``job_id`` (idempotent: a repeated start refreshes the record)."""
+    """Take the job lock for ``job_id`` (idempotent: a repeated start refreshes the record).
+
+    As the CI user (the state dir is root's) the lock is a record in the spool."""
     pid = os.getppid() if pid is None else int(pid)
     record = {
         "job_id": str(job_id),
@@ -130,6 +155,8 @@ def job_start(
         "started": time.time() if now is None else now,
         "host": socket.gethostname(),
     }
+    if spool.use_spool(state_dir):
+        return _spool_start(spool_dir or spool.default_spool(state_dir), record)
     with _guard(state_dir):
         try:
             where = _write_record(state_dir, _safe_id(job_id) + ".json", record)
@@ -147,12 +174,36 @@ def job_start(
     return {**record, "lock_file": where}
 
 
-def job_end(state_dir: str, job_id: str) -> dict[str, Any] | None:
+def _spool_start(spool_dir: str, record: dict[str, Any]) -> dict[str, Any]:
+    try:
+        where = spool.write_record(spool_dir, _spool_name(record["job_id"]), record)
+    except OSError as exc:
+        message = (
+            f"cannot record the job lock of {record['job_id']} in the spool {spool_dir} "
+            f"({exc.strerror or exc}); cleanup will not know that this job runs"
+        )
+        statefile.warn(message)
+        return {**record, "recorded": False, "warning": message}
+    return {**record, "lock_file": where}
+
+
+def job_end(state_dir: str, job_id: str, spool_dir: str | None = None) -> dict[str, Any] | None:
     """Release the job lock; returns the record removed, None when there was none.
 
     A lock that cannot be removed (read-only state dir) is returned with ``released``
     False and a warning (one line on stderr): it stays until it is stale.
     """
+    if spool.use_spool(state_dir):
+        directory = spool_dir or spool.default_spool(state_dir)
+        name = _spool_name(job_id)
+        record = spool.read_own(directory, name, valid_record)
+        try:
+            removed = spool.remove_own(directory, name)
+        except OSError as exc:
+            message = f"cannot remove the job lock {name} in {directory} ({exc.strerror or exc})"
+            statefile.warn(message)
+            return {"job_id": job_id, "released": False, "warning": message}
+        return (record or {"job_id": job_id}) if removed else None
     name = _safe_id(job_id) + ".json"
     removed: dict[str, Any] | None = None
     refused: list[str] = []
@@ -227,35 +278,96 @@ def stale_reason(record: dict[str, Any] | None, max_age: float, now: float) -> s
     return None
 
 
+def spool_stale_reason(
+    record: dict[str, Any] | None, owner: int | None, max_age: float, now: float
+) -> str | None:
+    """Why a spool job record is not a live job (None: it is). Only the file's owner is
+    trusted; the process it names must be alive, be that process (start time) and run as
+    that owner."""
+    reason = stale_reason(record, max_age, now)
+    if reason:
+        return reason
+    pid = record["pid"]
+    if not same_process(pid, record.get("pid_start")):
+        return f"process {pid} is gone or is another process"
+    uid = spool.process_real_uid(pid)
+    if owner is None or uid != owner:
+        return f"process {pid} does not run as the record's owner (uid {owner})"
+    return None
+
+
 def active_jobs(
     state_dir: str,
     max_age: float = DEFAULT_MAX_AGE,
     now: float | None = None,
     remove_stale: bool = True,
+    spool_dir: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(live job records, stale records: removed just now unless ``remove_stale`` is False).
 
-    ``remove_stale=False`` is for dry runs: nothing is removed or created.
+    Root's own lock dirs and the spool's job records (``spool_dir``, default ``<state
+    dir>/spool``). ``remove_stale=False`` is for dry runs: nothing is removed or created.
     """
     now = time.time() if now is None else now
-    directories = [d for d in _lock_dirs(state_dir) if os.path.isdir(d)]
-    if not directories:
-        return [], []
     live: dict[str, dict[str, Any]] = {}
     stale: list[dict[str, Any]] = []
-    with _guard(state_dir, create=remove_stale):
-        for directory in directories:
-            for name, path in _lock_files(directory):
-                record = _read(path)
-                reason = stale_reason(record, max_age, now)
-                if reason:
-                    if remove_stale:
-                        with contextlib.suppress(OSError):
-                            os.unlink(path)
-                    stale.append({**(record or {"file": name}), "stale": reason})
-                elif name not in live or record["started"] > live[name]["started"]:
-                    live[name] = record  # the same job in both dirs: its newest start
+    directories = [d for d in _lock_dirs(state_dir) if os.path.isdir(d)]
+    if directories:
+        with _guard(state_dir, create=remove_stale and not spool.use_spool(state_dir)):
+            for directory in directories:
+                _root_locks(directory, max_age, now, remove_stale, live, stale)
+    spooled = _spool_jobs(spool_dir or spool.default_spool(state_dir), max_age, now, remove_stale)
+    for record in spooled:
+        if "stale" in record:
+            stale.append(record)
+            continue
+        key = "spool:" + _safe_id(record.get("job_id")) + ".json"
+        live[key] = record
     return [live[name] for name in sorted(live)], stale
+
+
+def _root_locks(
+    directory: str,
+    max_age: float,
+    now: float,
+    remove_stale: bool,
+    live: dict[str, dict[str, Any]],
+    stale: list[dict[str, Any]],
+) -> None:
+    for name, path in _lock_files(directory):
+        record = _read(path)
+        reason = stale_reason(record, max_age, now)
+        if reason:
+            if remove_stale:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            stale.append({**(record or {"file": name}), "stale": reason})
+        elif name not in live or record["started"] > live[name]["started"]:
+            live[name] = record  # the same job in both dirs: its newest start
+
+
+def _spool_jobs(
+    spool_dir: str, max_age: float, now: float, remove_stale: bool
+) -> list[dict[str, Any]]:
+    """The spool's job records, each judged; stale ones carry ``stale`` (and are removed)."""
+    judged = []
+    with spool.opened(spool_dir) as opened:
+        if opened is None:
+            return []
+        for entry in opened.read("job", valid_record):
+            reason = entry.problem or spool_stale_reason(entry.record, entry.uid, max_age, now)
+            shown = {
+                **(entry.record or {"job_id": entry.key}),
+                "source": "spool",
+                "file": entry.name,
+                "uid": entry.uid,
+            }
+            if reason:
+                if remove_stale:
+                    opened.remove(entry.name)
+                shown["stale"] = reason
+            judged.append(shown)
+    return judged
 
 
 def _lock_files(directory: str) -> list[tuple[str, str]]:
@@ -267,10 +379,14 @@ def _lock_files(directory: str) -> list[tuple[str, str]]:
 
 
 def check_job_lock(
-    state_dir: str, stage: str, force: bool = False, max_age: float = DEFAULT_MAX_AGE
+    state_dir: str,
+    stage: str,
+    force: bool = False,
+    max_age: float = DEFAULT_MAX_AGE,
+    spool_dir: str | None = None,
 ) -> list[dict[str, Any]]:
     """Raise LockHeldError when a job holds the lock and ``stage`` must wait; return live jobs."""
-    live, _stale = active_jobs(state_dir, max_age)
+    live, _stale = active_jobs(state_dir, max_age, spool_dir=spool_dir)
     if live and stage in BLOCKED_STAGES and not force:
         jobs = ", ".join(f"{r.get('job_id')} (pid {r.get('pid')})" for r in live)
         raise LockHeldError(
@@ -281,12 +397,16 @@ def check_job_lock(
 
 
 def wait_for_jobs(
-    state_dir: str, timeout: float, max_age: float = DEFAULT_MAX_AGE, poll: float = 5.0
+    state_dir: str,
+    timeout: float,
+    max_age: float = DEFAULT_MAX_AGE,
+    poll: float = 5.0,
+    spool_dir: str | None = None,
 ) -> bool:
     """Wait until no job holds the lock; True when free, False on timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        live, _ = active_jobs(state_dir, max_age)
+        live, _ = active_jobs(state_dir, max_age, spool_dir=spool_dir)
         if not live:
             return True
         if time.monotonic() >= deadline:
@@ -321,25 +441,13 @@ def run_lock(state_dir: str) -> Iterator[None]:
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                other = _holder(fd)
-                raise LockHeldError(
-                    f"another cleanup run is in progress (pid {other or '?'}); try again later"
-                ) from None
-            raise
-        # The pid is for the message above; a full or read-only disk may refuse it.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # A second's wait lets a run that has just taken the lock write its pid.
+            statefile.take_owned_lock(fd, f"the cleanup lock {path}", RUN_LOCK_WAIT)
+        except LockHeldError:
+            other = statefile.lock_holder_pid(fd)
+            raise LockHeldError(
+                f"another cleanup run is in progress (pid {other or '?'}); try again later"
+            ) from None
         yield
     finally:
         os.close(fd)
-
-
-def _holder(fd: int) -> str:
-    try:
-        return os.pread(fd, 64, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""  # a directory fd (the last fallback) has no content

@@ -1,0 +1,138 @@
+"""Secrets stay secret: URLs redacted in everything runnerkeep says, the webhook URL in a
+root-only file.
+
+A webhook URL often carries its credential (``https://user:token@host/...``, ``?token=...``).
+Everything the watch produces is read by people and programs that must not learn it: the
+journal (stdout of the unit), syslog, the metrics textfile, ``--json`` output and the state
+dir (world-readable by design). So every message that may hold the URL goes through
+``redact_text`` with the URL's secrets, and a URL shown on purpose goes through ``redact_url``.
+
+``disk.webhook_url_file`` names a file (``/etc/runnerkeep/secrets.d/...``, root 0600) whose
+first line is the URL: only the root watch reads it, through the safe reader (no symlink, no
+FIFO, bounded), and refuses it unless it is a regular file owned by root (or the reader) with
+no permission for group or other. The job hooks never call ``webhook_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from . import statefile
+from .errors import ConfigError
+from .schema import check_option
+
+MASK = "***"
+SECRET_FILE_BOUND = 4096
+# Shorter fragments (a query value "1") would mask ordinary words in messages.
+MIN_SECRET_LEN = 4
+
+
+def redact_url(url: Any) -> str:
+    """``scheme://host[:port]/path``: userinfo as ``***``, query and fragment dropped."""
+    text = str(url)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK  # not even a URL: nothing of it is safe to show
+    if not parts.scheme or not host:
+        return MASK
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    if "@" in parts.netloc:
+        netloc = f"{MASK}@{netloc}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+def url_secrets(url: Any) -> list[str]:
+    """What of ``url`` must never be shown: the URL itself, its userinfo, query, fragment and
+    each query value (raw and percent-decoded)."""
+    if not url:
+        return []
+    text = str(url)
+    found = [text]
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return found
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    found += [userinfo, *userinfo.split(":", 1), parts.query, parts.fragment]
+    for raw in parts.query.split("&"):
+        found.append(raw.partition("=")[2])
+    found += [value for _key, value in parse_qsl(parts.query, keep_blank_values=True)]
+    found += [unquote(s) for s in list(found)]
+    unique = {s for s in found if len(s) >= MIN_SECRET_LEN}
+    # Longest first: the whole URL is masked before a part of it could split it.
+    return sorted(unique, key=len, reverse=True)
+
+
+def redact_text(text: Any, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``."""
+    result = str(text)
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        result = result.replace(secret, MASK)
+    return result
+
+
+def redact_data(data: Any, secrets: Iterable[str]) -> Any:
+    """A copy of a JSON-like value with every string redacted (``--json`` output, state)."""
+    secrets = list(secrets)
+    if not secrets:
+        return data
+    if isinstance(data, str):
+        return redact_text(data, secrets)
+    if isinstance(data, dict):
+        return {redact_text(k, secrets): redact_data(v, secrets) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [redact_data(v, secrets) for v in data]
+    return data
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The first line of a secret file; ConfigError (naming the file and the fix) unless it is
+    a regular file owned by root (or by the reader) that neither group nor other may use."""
+    fix = f"chown root:root {path} && chmod 600 {path}"
+    try:
+        data, _rest, info = statefile.read_regular(path, SECRET_FILE_BOUND)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{what}: {path} does not exist; create it (mode 600) or unset it"
+        ) from None
+    except statefile.Unreadable as exc:
+        raise ConfigError(f"{what}: {path} is {exc}, not a regular file; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    if info.st_uid not in (0, os.geteuid()):
+        raise ConfigError(f"{what}: {path} is owned by uid {info.st_uid}, not root; {fix}")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ConfigError(
+            f"{what}: {path} is accessible to group or other "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
+        )
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def webhook_url(settings: dict[str, Any], source: str = "the runnerkeep config") -> str | None:
+    """The webhook URL: ``disk.webhook_url``, or the first line of ``disk.webhook_url_file``
+    (root watch only). Both set is a ConfigError, and so is an unusable file or URL."""
+    inline = settings.get("webhook_url") or None
+    path = settings.get("webhook_url_file") or None
+    if inline and path:
+        raise ConfigError(
+            "disk.webhook_url and disk.webhook_url_file are both set; keep only "
+            f"disk.webhook_url_file ({path}) so the URL stays out of the config"
+        )
+    if not path:
+        return inline
+    url = read_secret_file(path, "disk.webhook_url_file")
+    if not url:
+        raise ConfigError(f"disk.webhook_url_file: {path} is empty; its first line is the URL")
+    check_option("disk", "webhook_url", url, path)
+    return url
