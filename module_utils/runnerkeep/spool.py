@@ -56,7 +56,7 @@ _SAFE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}"
 KINDS = {
     "job": re.compile(rf"^job-({_SAFE})\.json$"),
     "disk": re.compile(rf"^disk-({_SAFE})\.json$"),
-    "done": re.compile(rf"^done-({_SAFE})\.json$"),
+    "done": re.compile(r"^done-([A-Za-z0-9][A-Za-z0-9._-]{0,159})\.json$"),
     "events": re.compile(r"^events-([0-9]{1,10})\.jsonl$"),
 }
 

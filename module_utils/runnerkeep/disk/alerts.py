@@ -8,7 +8,10 @@ endpoint never holds the watch longer than its own timeout.
 urllib's timeout is per socket operation (a server dripping one byte a second never trips it)
 and name lookup (getaddrinfo) cannot be timed out at all, so the POST runs in a child Python
 process (``_SENDER``, standard library only) that the caller kills at the deadline: the
-deadline covers lookup, connect, send and read of every attempt together.
+deadline covers lookup, connect, send and read of every attempt together. The URL goes to the
+child on stdin (never in its argv, which every user can read in /proc), and what comes back is
+redacted with the URL's secrets (``secrets.redact_text``): an error naming the URL cannot leak
+its token into a message.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from ..secrets import redact_data, url_secrets
 
 PRIORITIES = {
     "ok": "notice",
@@ -129,7 +134,15 @@ def post_webhook(
     url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
 ) -> dict[str, Any]:
     """POST ``body`` as JSON; at most ``1 + retries`` attempts, never past ``deadline``
-    (a ``time.monotonic()`` value). Returns {"ok", "attempts", "status", "error"}."""
+    (a ``time.monotonic()`` value). Returns {"ok", "attempts", "status", "error"}, the error
+    redacted."""
+    result = _post(url, body, timeout=timeout, retries=retries, deadline=deadline)
+    return redact_data(result, url_secrets(url))
+
+
+def _post(
+    url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
+) -> dict[str, Any]:
     remaining = deadline - time.monotonic()
     if remaining <= 0.05:
         return _failed(0, None, "no time left within the watch timeout")

@@ -10,6 +10,13 @@ which keeps the newest ``disk.history_max_jobs`` records.
 
 Peaks are growth: ``peak used - used at start`` in bytes and inodes, never negative.
 
+A job hook running as the CI user cannot write the state dir (root's): its job file, pid file
+and the sampler's peaks live in the spool (``<spool>/disk-<id>.json``, ``.pid``), and
+``job_end`` leaves a ``done-<id>-<time>.json`` record there instead of appending to the history.
+The root watch ingests done records each cycle (``ingest_spool``): validated (integers bounded,
+times sane, peaks recomputed from the used figures and clamped to the filesystem's size, the
+job id escaped), the owner uid recorded, appended to ``disk-history.jsonl`` and removed.
+
 Every file here is read through ``statefile``: records of the wrong shape are skipped and
 counted, a job or pid file that cannot be used is moved aside, and the history lock is taken
 with a bounded wait (past it the record is appended unlocked: O_APPEND keeps lines whole).
@@ -26,12 +33,15 @@ import sys
 import time
 from typing import Any
 
-from .. import events, statefile
+from .. import events, spool, statefile
 from ..errors import ConfigError, LockHeldError
 from ..fsutil import atomic_write, filesystem_usage
 from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
+from ..textutil import escape_text
 from .settings import as_int, budget_path, disk_settings, expand, seconds, state_dir
+
+DONE_SKEW = 300.0  # seconds a done record's end may lie in the future (clocks)
 
 HISTORY_FILE = "disk-history.jsonl"
 JOBS_DIR = "disk-jobs"
@@ -45,14 +55,23 @@ def history_path(sdir: str) -> str:
     return os.path.join(sdir, HISTORY_FILE)
 
 
-def _job_paths(sdir: str, job_id: str) -> tuple[str, str]:
+def _job_paths(sdir: str, job_id: str, spool_dir: str | None = None) -> tuple[str, str]:
+    """The job and pid files: in ``disk-jobs/``, or in ``spool_dir`` (a CI user's hook)."""
     if not _JOB_ID_RE.match(job_id or ""):
         raise ConfigError(
             f"job id {job_id!r} is not usable: use letters, digits and . _ : @ - (max 128)"
         )
+    if spool_dir:
+        base = os.path.join(spool_dir, "disk-" + spool.safe_id(job_id))
+        return base + ".json", base + ".pid"
     safe = job_id.replace(":", "_").replace("@", "_")
     base = os.path.join(sdir, JOBS_DIR, safe)
     return base + ".json", base + ".pid"
+
+
+def _spool_of(config: dict[str, Any]) -> str | None:
+    """The spool when this process writes there (not the state dir's owner), else None."""
+    return spool.spool_dir_of(config) if spool.use_spool(state_dir(config)) else None
 
 
 def sample(path: str) -> dict[str, int]:
@@ -116,6 +135,10 @@ def _read_json(
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
+    if os.path.basename(os.path.dirname(path)) != JOBS_DIR:
+        # The job's own spool record: created O_EXCL|O_NOFOLLOW 0600, renamed over its last.
+        spool.write_record(os.path.dirname(path), os.path.basename(path), data)
+        return
     atomic_write(path, (json.dumps(data, sort_keys=True) + "\n").encode())
 
 
@@ -135,11 +158,14 @@ def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dic
     """Record the start of a job and (by default) start its background peak sampler."""
     settings = disk_settings(config)
     sdir = state_dir(config)
-    job_file, pid_file = _job_paths(sdir, job_id)
-    os.makedirs(os.path.dirname(job_file), exist_ok=True)
+    spooled = _spool_of(config)
+    job_file, pid_file = _job_paths(sdir, job_id, spooled)
+    if not spooled:
+        os.makedirs(os.path.dirname(job_file), exist_ok=True)
     _stop_sampler(pid_file)
     lifetime = seconds(settings, "sampler_max_lifetime")
-    reap_stale_jobs(sdir, 2 * lifetime)
+    if not spooled:  # the spool's stale records are root's to judge (ingest_spool)
+        reap_stale_jobs(sdir, 2 * lifetime)
     path = expand(budget_path(config))
     now = sample(path)
     job = {
@@ -257,9 +283,10 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Stop the sampler, take the last sample and append the job's record to the history."""
     settings = disk_settings(config)
     sdir = state_dir(config)
-    job_file, pid_file = _job_paths(sdir, job_id)
+    spooled = _spool_of(config)
+    job_file, pid_file = _job_paths(sdir, job_id, spooled)
     _stop_sampler(pid_file)
-    job, report = statefile.read_json_object(job_file, valid_job)
+    job, report = statefile.read_json_object(job_file, valid_job, max_bytes=spool.RECORD_BOUND)
     if job is None and report.unreadable:
         # Damaged state must not fail a job hook: say so, record nothing, carry on.
         return {
@@ -296,6 +323,8 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
         "samples": job.get("samples", 1) + 1,
     }
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
+    if spooled:
+        return _spool_done(spooled, job_file, record)
     append_history(sdir, record, max_jobs)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(job_file)
@@ -308,6 +337,119 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
         duration_seconds=record["duration_seconds"],
     )
     return record
+
+
+def _spool_done(spool_dir: str, job_file: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A CI user's job end: the record goes to the spool for the root watch to ingest."""
+    name = f"done-{spool.safe_id(record['job_id'])}-{time.time_ns()}.json"
+    try:
+        where = spool.write_record(spool_dir, name, record)
+    except OSError as exc:
+        return {
+            **record,
+            "recorded": False,
+            "warning": f"cannot leave the record of job {record['job_id']!r} in the spool "
+            f"{spool_dir} ({exc.strerror or exc}): this job's peak is not recorded",
+        }
+    with contextlib.suppress(OSError):
+        os.unlink(job_file)
+    return {**record, "spooled": where}
+
+
+def valid_done(record: Any) -> dict[str, Any] | None:
+    """A done record from the spool, with every figure root computes with usable."""
+    if not isinstance(record, dict) or not isinstance(record.get("job_id"), str):
+        return None
+    if not (
+        statefile.timestamp(record.get("start_time"))
+        and statefile.timestamp(record.get("end_time"))
+    ):
+        return None
+    if record["end_time"] < record["start_time"]:
+        return None
+    used = (*_JOB_INTS, "end_used_bytes", "end_used_inodes")
+    if not all(statefile.plain_int(record.get(key)) for key in used):
+        return None
+    return record
+
+
+def _ingested(
+    record: dict[str, Any], uid: int | None, path: str, capacity: tuple[int, int] | None
+) -> dict[str, Any]:
+    """Root's history record of a job's done record: recomputed, clamped, the owner added."""
+    peak_bytes = max(0, record["peak_used_bytes"] - record["start_used_bytes"])
+    peak_inodes = max(0, record["peak_used_inodes"] - record["start_used_inodes"])
+    if capacity:
+        # A job's claim cannot make the budget reserve more than the disk holds.
+        peak_bytes, peak_inodes = min(peak_bytes, capacity[0]), min(peak_inodes, capacity[1])
+    start, end = record["start_time"], record["end_time"]
+    return {
+        "job_id": escape_text(record["job_id"])[:128],
+        "path": path,
+        "start_time": start,
+        "end_time": end,
+        "duration_seconds": round(end - start, 3),
+        "start_used_bytes": record["start_used_bytes"],
+        "peak_used_bytes": record["peak_used_bytes"],
+        "end_used_bytes": record["end_used_bytes"],
+        "start_used_inodes": record["start_used_inodes"],
+        "peak_used_inodes": record["peak_used_inodes"],
+        "end_used_inodes": record["end_used_inodes"],
+        "peak_bytes": peak_bytes,
+        "peak_inodes": peak_inodes,
+        "uid": uid,
+        "source": "spool",
+    }
+
+
+def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    """Move the spool's done records into the history (root's watch, each cycle).
+
+    Returns {"ingested": [records], "rejected": [{"file", "uid", "problem"}]}; ``dry_run``
+    reads only."""
+    settings = disk_settings(config)
+    sdir = state_dir(config)
+    max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
+    path = expand(budget_path(config))
+    try:
+        usage = filesystem_usage(path)
+        capacity: tuple[int, int] | None = (usage.total_bytes, usage.total_inodes)
+    except OSError:
+        capacity = None
+    now = time.time()
+    result: dict[str, Any] = {"ingested": [], "rejected": []}
+    with spool.opened(spool.spool_dir_of(config)) as opened:
+        if opened is None:
+            return result
+        for entry in opened.read("done", valid_done):
+            problem = entry.problem
+            if not problem and entry.record["end_time"] > now + DONE_SKEW:
+                problem = "ends in the future"
+            if problem:
+                result["rejected"].append(
+                    {"file": entry.name, "uid": entry.uid, "problem": problem}
+                )
+            else:
+                record = _ingested(entry.record, entry.uid, path, capacity)
+                if not dry_run:
+                    append_history(sdir, record, max_jobs)
+                    _record_job_event(sdir, record)
+                result["ingested"].append(record)
+            if not dry_run:
+                opened.remove(entry.name)
+    return result
+
+
+def _record_job_event(sdir: str, record: dict[str, Any]) -> None:
+    events.record_event(
+        sdir,
+        "job",
+        job_id=record["job_id"],
+        peak_bytes=record["peak_bytes"],
+        peak_inodes=record["peak_inodes"],
+        duration_seconds=record["duration_seconds"],
+        uid=record.get("uid"),
+    )
 
 
 def append_history(sdir: str, record: dict[str, Any], max_jobs: int) -> None:
@@ -361,18 +503,24 @@ def reap_stale_jobs(sdir: str, max_age: float) -> list[str]:
     return reaped
 
 
-def running_jobs(sdir: str) -> list[dict[str, Any]]:
+def running_jobs(sdir: str, spool_dir: str | None = None) -> list[dict[str, Any]]:
+    """Jobs started and not ended: root's ``disk-jobs/`` and, when ``spool_dir`` is given,
+    the spool's disk records (with their owner uid; for display, never trusted further)."""
     directory = os.path.join(sdir, JOBS_DIR)
     try:
         names = sorted(os.listdir(directory))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        names = []
     jobs = []
     for name in names:
         if name.endswith(".json"):
-            job = _read_json(os.path.join(directory, name))
+            job = _read_json(os.path.join(directory, name), repair=not spool.use_spool(sdir))
             if job:
                 jobs.append(job)
+    if spool_dir:
+        for entry in spool.read_spool(spool_dir, "disk", valid_job):
+            if entry.usable:
+                jobs.append({**entry.record, "uid": entry.uid, "source": "spool"})
     return jobs
 
 

@@ -4,7 +4,8 @@ The watermark state machine (ok < warning < critical < emergency) lives in
 ``<state_dir>/disk-watch.json``. A state is entered as soon as free bytes *or* free inodes
 of the budget filesystem drop below its watermark; it is left only when free space is the
 budget's hysteresis above the watermark. Alerts go out on state changes only: syslog/journal
-always, the webhook when ``disk.webhook_url`` is set (timeout, bounded retries, all inside
+always, the webhook when ``disk.webhook_url`` or ``disk.webhook_url_file`` (a root-only file,
+read here and nowhere else) is set (timeout, bounded retries, all inside
 ``disk.watch_timeout``; alerts it failed to take are kept in the state, the newest 20, and
 sent again, oldest first and marked ``resent``, at the start of later cycles). Entering
 emergency runs the cleanup core's emergency stage towards the post-stage target (again at
@@ -35,24 +36,34 @@ in this process (``--loop``) and written to ``$RUNNERKEEP_RUN_DIR`` (default ``/
 a tmpfs that is writable when the state disk is not) as ``disk-watch-<hash of state dir>.json``;
 the next run takes whichever of the two is newer. Only when both are unwritable can separate
 runs (not ``--loop``) alert again.
+
+Job hooks running as the CI user leave their records in the spool: each cycle first ingests
+finished jobs' records into the history (before the budget, which uses them) and their event
+lines into the event log (``history.ingest_spool``, ``events.ingest_spool``).
+
+Secrets: the webhook URL may carry a token. Every message, syslog line, state field and
+``--json`` field of the cycle goes through ``secrets.redact_text`` with the URL's secrets; the
+URL itself is shown only as ``secrets.redact_url``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
 import time
 from typing import Any, Callable
 
-from .. import statefile
+from .. import events, statefile
 from ..docker_cli import engine_info
-from ..errors import ConfigError, RunnerkeepError
+from ..errors import ConfigError, LockHeldError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
+from ..secrets import redact_data, redact_text, redact_url, url_secrets, webhook_url
+from ..spool import spool_dir_of
+from ..textutil import escape_text
 from ..units import format_size
-from . import alerts
+from . import alerts, history
 from .budget import (
     LEVELS,
     Budget,
@@ -73,6 +84,8 @@ DEFAULT_RUN_DIR = statefile.DEFAULT_RUN_DIR
 STATE_READ_BOUND = 4 * 1024 * 1024
 # The watch's latest state per state dir, kept only while it cannot be saved there (--loop).
 _unsaved: dict[str, dict[str, Any]] = {}
+# The secrets of the last cycle's webhook URL: the CLI redacts what it prints with them.
+last_secrets: list[str] = []
 
 
 # --- the state machine (pure) -------------------------------------------------------------
@@ -269,6 +282,21 @@ class _Cycle:
         self.tag = str(self.settings["syslog_tag"])
         self.queued: list[tuple[dict[str, Any], str]] = []
         self.skipped_before = statefile.skipped_totals()
+        self.secrets = url_secrets(self.settings.get("webhook_url"))
+        try:
+            self.url = webhook_url(self.settings)
+        except ConfigError as exc:
+            # The disk still needs watching: the cycle runs, without the webhook, and says so.
+            self.url = None
+            self.errors.append(f"webhook: {redact_text(exc, self.secrets)}")
+        self.secrets = sorted(set(self.secrets) | set(url_secrets(self.url)), key=len)[::-1]
+        last_secrets[:] = self.secrets
+
+    def redact(self, text: Any) -> str:
+        return redact_text(text, self.secrets)
+
+    def syslog(self, message: str, severity: str) -> str:
+        return alerts.syslog(self.redact(message), severity, self.tag)
 
     def remaining(self, cap: float) -> float:
         return max(1.0, min(cap, self.deadline - time.monotonic()))
@@ -289,10 +317,10 @@ class _Cycle:
         counts = state.setdefault("alert_counts", {})
         sent: dict[str, Any] = {"message": body["message"], "event": body["event"]}
         if self.settings["syslog"]:
-            sent["syslog"] = alerts.syslog(body["message"], severity, self.tag)
+            sent["syslog"] = self.syslog(body["message"], severity)
             key = "syslog:sent"
             counts[key] = counts.get(key, 0) + 1
-        url = self.settings["webhook_url"]
+        url = self.url
         if url:
             result = self._post(
                 body, as_int(self.settings["webhook_retries"], "disk.webhook_retries")
@@ -305,13 +333,14 @@ class _Cycle:
                 pending = state.setdefault("webhook_pending", [])
                 pending.append(body)
                 del pending[:-PENDING_WEBHOOK_ALERTS]
-                message = (
-                    f"disk watch: webhook {url} failed after {result['attempts']} attempt(s): "
-                    f"{result['error']}; kept to send again next cycle"
+                message = self.redact(
+                    f"disk watch: webhook {redact_url(url)} failed after "
+                    f"{result['attempts']} attempt(s): {result['error']}; "
+                    "kept to send again next cycle"
                 )
                 self.errors.append(message)
                 if self.settings["syslog"]:
-                    alerts.syslog(message, "error", self.tag)
+                    self.syslog(message, "error")
         self.alerts.append(sent)
         return sent
 
@@ -322,7 +351,7 @@ class _Cycle:
         the round so a dead receiver costs one timeout per cycle, not one per alert.
         """
         pending = state.get("webhook_pending") or []
-        url = self.settings["webhook_url"]
+        url = self.url
         if not pending or not url:
             return
         counts = state.setdefault("alert_counts", {})
@@ -331,8 +360,10 @@ class _Cycle:
             result = self._post(body, retries=0)
             if not result["ok"]:
                 self.errors.append(
-                    f"disk watch: webhook {url} still failing ({result['error']}); "
-                    f"{len(pending)} alert(s) waiting"
+                    self.redact(
+                        f"disk watch: webhook {redact_url(url)} still failing "
+                        f"({result['error']}); {len(pending)} alert(s) waiting"
+                    )
                 )
                 state["webhook_ok"] = False
                 return
@@ -343,13 +374,14 @@ class _Cycle:
 
     def _post(self, body: dict[str, Any], retries: int) -> dict[str, Any]:
         """POST ``body`` to the webhook within the cycle's deadline (``alerts.post_webhook``)."""
-        return alerts.post_webhook(
-            self.settings["webhook_url"],
+        result = alerts.post_webhook(
+            self.url,
             body,
             timeout=seconds(self.settings, "webhook_timeout"),
             retries=retries,
             deadline=self.deadline,
         )
+        return redact_data(result, self.secrets)
 
     def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -414,6 +446,30 @@ class _Cycle:
             "report": data,
         }
 
+    def ingest_spool(self) -> None:
+        """Finished jobs' records and event lines the CI user's hooks left in the spool."""
+        try:
+            done = history.ingest_spool(self.config)
+            events.ingest_spool(self.sdir, spool_dir_of(self.config))
+        except (RunnerkeepError, OSError) as exc:
+            self.errors.append(f"spool: {exc}")
+            return
+        self.metrics.add(
+            "runnerkeep_spool_records_ingested",
+            len(done["ingested"]),
+            help="finished-job records taken from the spool this cycle",
+        )
+        self.metrics.add(
+            "runnerkeep_spool_records_rejected",
+            len(done["rejected"]),
+            help="spool records that could not be used this cycle (removed)",
+        )
+        for bad in done["rejected"][:5]:
+            statefile.warn(
+                f"spool record {escape_text(bad['file'])} (uid {bad['uid']}) rejected: "
+                f"{bad['problem']}"
+            )
+
     def measure(self) -> tuple[BudgetInputs | None, Budget | None]:
         """The budget; when it cannot be computed, fallback watermarks (``budget.error`` set):
         a config that does not fit this disk must not hide that the disk is full."""
@@ -436,6 +492,7 @@ class _Cycle:
         now = time.time()
         m = self.metrics
 
+        self.ingest_spool()
         inputs, budget = self.measure()
 
         # Docker and the filesystems.
@@ -591,10 +648,10 @@ class _Cycle:
         if settings["syslog"]:
             for err in current:
                 if err not in previous_errors:
-                    alerts.syslog(f"disk watch: {err}", "error", self.tag)
+                    self.syslog(f"disk watch: {err}", "error")
             if previous_errors and not current:
-                alerts.syslog("disk watch: all checks answer again", "info", self.tag)
-        state["errors"] = current
+                self.syslog("disk watch: all checks answer again", "info")
+        state["errors"] = [self.redact(e) for e in current]
 
         state["last_run"] = now
         self._state_metrics(state, budget, inputs, counters)
@@ -626,11 +683,19 @@ class _Cycle:
             message = f"cannot write metrics to {settings['textfile_dir']}: {exc.strerror}"
             self.errors.append(message)
             if settings["syslog"]:
-                alerts.syslog(f"disk watch: {message}", "error", self.tag)
+                self.syslog(f"disk watch: {message}", "error")
         unsaved = persist_state(self.sdir, state)
         if unsaved:
             self.errors.append(unsaved)
-        return {
+        return self._result(
+            previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
+        )
+
+    def _result(
+        self, previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
+    ) -> dict[str, Any]:
+        """What the cycle returns (``--json``), every string redacted."""
+        result = {
             "previous": previous,
             "state": new,
             "changed": changed,
@@ -647,6 +712,7 @@ class _Cycle:
             "metrics_file": metrics_path,
             "duration_seconds": round(time.monotonic() - self.started, 3),
         }
+        return redact_data(result, self.secrets)
 
     def _budget_error_metrics(self, budget: Budget | None) -> None:
         failed = budget is None or budget.error is not None
@@ -789,7 +855,7 @@ class _Cycle:
                 kind="counter",
                 help="alerts sent or failed, per channel",
             )
-        if self.settings["webhook_url"]:
+        if self.url:
             m.add(
                 "runnerkeep_disk_webhook_up",
                 1 if state.get("webhook_ok", True) else 0,
@@ -836,8 +902,8 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
     try:
         if fd is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                statefile.take_owned_lock(fd, f"the watch lock in {sdir}", 0.0)
+            except LockHeldError:
                 return {
                     "skipped": True,
                     "reason": "another disk watch cycle is running",
