@@ -9,6 +9,9 @@ import time
 
 from runnerkeep.config import load_config
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
+from runnerkeep.secrets import redact_text
+from runnerkeep.spool import spool_dir_of
+from runnerkeep.textutil import escape_text
 from runnerkeep.units import format_size, parse_duration
 
 from runnerkeep_cli.output import CommandResult, table
@@ -111,13 +114,16 @@ def history(args: argparse.Namespace) -> CommandResult:
     sdir = state_dir(config)
     records, skipped = read_history_report(sdir)
     shown = records[-args.limit :] if args.limit > 0 else records
-    running = running_jobs(sdir)
+    running = running_jobs(sdir, spool_dir_of(config))
     rows = [_history_row(r) for r in shown]
     text = f"{len(records)} job(s) recorded in {sdir}"
     if rows:
         text += "\n" + table(rows, ["start", "job", "took", "peak", "peak inodes", "left at end"])
     for job in running:
-        text += f"\nrunning: {job['job_id']} since {time.ctime(job['start_time'])}"
+        who = f" (uid {job['uid']})" if job.get("uid") is not None else ""
+        text += (
+            f"\nrunning: {escape_text(job['job_id'])}{who} since {time.ctime(job['start_time'])}"
+        )
     if skipped.damaged:
         text += "\nwarning: " + skipped.describe()
     data = {
@@ -214,11 +220,11 @@ def watch(args: argparse.Namespace) -> CommandResult:
             text = _watch_text(result)
         except (RunnerkeepError, OSError) as exc:
             # A bad config or a failed cycle is reported; the loop keeps watching.
-            result = {"error": str(exc)}
-            text = f"error: {exc}"
+            result = {"error": _redacted(exc)}
+            text = f"error: {result['error']}"
         except Exception as exc:
             # A bug in one cycle must not end the watching: one line, and the next cycle.
-            result = {"error": f"{exc.__class__.__name__}: {exc}"}
+            result = {"error": f"{exc.__class__.__name__}: {_redacted(exc)}"}
             text = f"error: unexpected {result['error']} (run once with --debug for details)"
         cycles += 1
         if args.json:
@@ -235,6 +241,13 @@ def watch(args: argparse.Namespace) -> CommandResult:
     return CommandResult({}, f"{cycles} watch cycle(s) run", EXIT_OK)
 
 
+def _redacted(exc: BaseException) -> str:
+    """An error of a watch cycle without the webhook URL's secrets (the journal reads it)."""
+    from runnerkeep.disk import watch as watch_mod
+
+    return redact_text(exc, watch_mod.last_secrets)
+
+
 def _check_code(args: argparse.Namespace, result: dict) -> int:
     """--check: a state that is not ok, or a budget that failed, is a failed check."""
     if not args.check:
@@ -249,7 +262,10 @@ def job_start(args: argparse.Namespace) -> CommandResult:
 
     result = start(load_config(args.config), args.job_id, spawn=not args.no_sampler)
     job = result["job"]
-    text = f"job {args.job_id}: {format_size(job['start_used_bytes'])} used on {job['path']}"
+    text = (
+        f"job {escape_text(args.job_id)}: {format_size(job['start_used_bytes'])} used on "
+        f"{escape_text(job['path'])}"
+    )
     if result["sampler_pid"]:
         text += f"; peak sampler pid {result['sampler_pid']}"
     return CommandResult(result, text, EXIT_OK)
@@ -263,8 +279,10 @@ def job_end(args: argparse.Namespace) -> CommandResult:
         print(f"runnerkeep: warning: {record['warning']}", file=sys.stderr)
         return CommandResult(record, "", EXIT_OK)
     text = (
-        f"job {args.job_id}: peak +{format_size(record['peak_bytes'])} "
+        f"job {escape_text(args.job_id)}: peak +{format_size(record['peak_bytes'])} "
         f"(+{record['peak_inodes']:,} inodes) over {record['duration_seconds']:.0f}s; "
         f"{format_size(record['end_used_bytes'] - record['start_used_bytes'])} left at the end"
     )
+    if record.get("spooled"):
+        text += "; left in the spool for the disk watch"
     return CommandResult(record, text, EXIT_OK)

@@ -62,7 +62,9 @@ def url_secrets(url: Any) -> list[str]:
     except ValueError:
         return found
     userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    found += [userinfo, *userinfo.split(":", 1), parts.query, parts.fragment]
+    # A user name alone is not masked in text ("alert" would mask "alerts"); its password is,
+    # and a userinfo without a password is a token.
+    found += [userinfo, userinfo.partition(":")[2], parts.query, parts.fragment]
     for raw in parts.query.split("&"):
         found.append(raw.partition("=")[2])
     found += [value for _key, value in parse_qsl(parts.query, keep_blank_values=True)]
@@ -88,7 +90,7 @@ def redact_data(data: Any, secrets: Iterable[str]) -> Any:
     if isinstance(data, str):
         return redact_text(data, secrets)
     if isinstance(data, dict):
-        return {redact_text(k, secrets): redact_data(v, secrets) for k, v in data.items()}
+        return {k: redact_data(v, secrets) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
         return [redact_data(v, secrets) for v in data]
     return data

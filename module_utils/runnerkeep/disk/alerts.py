@@ -79,9 +79,21 @@ def syslog(message: str, severity: str = "info", tag: str = "runnerkeep") -> str
 # "attempt" line as each attempt starts, so a killed child still tells how far it got, and the
 # result as a JSON line at the end.
 _SENDER = r"""
-import json, sys, time, urllib.error, urllib.request
+import base64, json, sys, time, urllib.error, urllib.parse, urllib.request
+
+def split_auth(url):
+    # urllib does not send a URL's userinfo: it becomes a Basic Authorization header.
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = ":".join([urllib.parse.unquote(user), urllib.parse.unquote(password)])
+    header = "Basic " + base64.b64encode(token.encode()).decode()
+    return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), {"Authorization": header}
 
 def send(url, data, timeout, retries, deadline, note):
+    url, auth = split_auth(url)
     attempts = 0
     error = None
     status = None
@@ -94,7 +106,8 @@ def send(url, data, timeout, retries, deadline, note):
         note()
         request = urllib.request.Request(
             url, data=data, method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "runnerkeep-disk-watch"},
+            headers={"Content-Type": "application/json", "User-Agent": "runnerkeep-disk-watch",
+                     **auth},
         )
         try:
             with urllib.request.urlopen(request, timeout=min(timeout, remaining)) as response:

@@ -154,3 +154,129 @@ def test_use_spool_only_for_a_process_that_does_not_own_the_state_dir(tmp_path):
             os._exit(code)
     _pid, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# --- ingest: root moves done records and event lines into its own state ---------------------
+
+
+def done_record(job_id="j1", **over):
+    record = {
+        "job_id": job_id,
+        "start_time": 1000.0,
+        "end_time": 1100.0,
+        "start_used_bytes": 100,
+        "peak_used_bytes": 600,
+        "end_used_bytes": 200,
+        "start_used_inodes": 10,
+        "peak_used_inodes": 15,
+        "end_used_inodes": 12,
+        "peak_bytes": 1,
+    }
+    record.update(over)
+    return json.dumps(record)
+
+
+@pytest.fixture
+def host_config(tmp_path, sp):
+    state = tmp_path / "state"
+    state.mkdir()
+    return {
+        "paths": {"state_dir": str(state), "spool_dir": sp, "cache_dir": str(tmp_path)},
+        "disk": {"path": str(tmp_path)},
+    }
+
+
+def test_done_records_are_ingested_validated_and_removed(host_config, sp):
+    from runnerkeep.disk import history
+
+    write(os.path.join(sp, "done-j1-1.json"), done_record())
+    write(os.path.join(sp, "done-big-1.json"), done_record("big", peak_used_bytes=2**61))
+    write(os.path.join(sp, "done-inf-1.json"), done_record("inf").replace("600", "1e999"))
+    write(os.path.join(sp, "done-fut-1.json"), done_record("fut", end_time=4102444800.0))
+    write(os.path.join(sp, "done-neg-1.json"), done_record("neg", start_used_bytes=-5))
+    write(os.path.join(sp, "done-esc-1.json"), done_record("a\x1b[2Jb"))
+    os.symlink("/etc/passwd", os.path.join(sp, "done-link-1.json"))
+    result = history.ingest_spool(host_config)
+    assert sorted(r["job_id"] for r in result["ingested"]) == ["a\\x1b[2Jb", "big", "j1"]
+    assert len(result["rejected"]) == 4
+    assert [n for n in os.listdir(sp)] == []
+    records = {r["job_id"]: r for r in history.read_history(host_config["paths"]["state_dir"])}
+    assert records["j1"]["peak_bytes"] == 500 and records["j1"]["uid"] == JOB_UID
+    capacity = os.statvfs(sp).f_blocks * os.statvfs(sp).f_frsize
+    assert records["big"]["peak_bytes"] <= capacity
+    assert records["j1"]["path"] == host_config["disk"]["path"]
+    from runnerkeep import events
+
+    jobs = list(events.read_events(host_config["paths"]["state_dir"], "job"))
+    assert {e["job_id"] for e in jobs} == set(records) and all(e["uid"] == JOB_UID for e in jobs)
+
+
+def test_a_dry_ingest_changes_nothing(host_config, sp):
+    from runnerkeep import events
+    from runnerkeep.disk import history
+
+    write(os.path.join(sp, "done-j1-1.json"), done_record())
+    write(os.path.join(sp, f"events-{JOB_UID}.jsonl"), json.dumps({"time": 1.0, "kind": "x"}))
+    before = sorted(os.listdir(sp))
+    assert len(history.ingest_spool(host_config, dry_run=True)["ingested"]) == 1
+    assert events.ingest_spool(host_config["paths"]["state_dir"], sp, dry_run=True) == 0
+    assert sorted(os.listdir(sp)) == before
+    assert os.listdir(host_config["paths"]["state_dir"]) == []
+
+
+def test_spooled_events_are_stamped_by_root_and_reduced(host_config, sp):
+    from runnerkeep import events
+
+    lines = [
+        {"time": 4102444800.0, "kind": "cache", "result": "hit", "n": 3, "o": {"x": 1}},
+        {"time": 5.0, "kind": "cache", "result": "x" * 5000, "uid": 0},
+    ]
+    write(os.path.join(sp, f"events-{JOB_UID}.jsonl"), "\n".join(map(json.dumps, lines)))
+    sdir = host_config["paths"]["state_dir"]
+    assert events.ingest_spool(sdir, sp) == 2
+    got = list(events.read_events(sdir))
+    assert all(e["time"] < 4102444800.0 and e["uid"] == JOB_UID for e in got)
+    assert got[0]["job_time"] == 4102444800.0 and "o" not in got[0] and got[0]["n"] == 3
+    assert len(got[1]["result"]) == events.SPOOL_TEXT
+    assert os.listdir(sp) == []
+
+
+def test_a_job_users_disk_hooks_write_the_spool_and_the_watch_ingests_them(tmp_path):
+    import shutil
+    import tempfile
+
+    from runnerkeep.disk import history
+
+    top = tempfile.mkdtemp(prefix="rk-spool-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        state = os.path.join(top, "state")
+        os.mkdir(state, 0o755)
+        sp = os.path.join(state, "spool")
+        os.mkdir(sp)
+        os.chmod(sp, 0o1733)
+        config = {
+            "paths": {"state_dir": state, "spool_dir": sp, "cache_dir": top},
+            "disk": {"path": top},
+        }
+        pid = os.fork()
+        if pid == 0:  # the CI user's hooks
+            code = 1
+            try:
+                os.setgroups([])
+                os.setgid(JOB_UID)
+                os.setuid(JOB_UID)
+                history.job_start(config, "gh-1", spawn=False)
+                record = history.job_end(config, "gh-1")
+                code = 0 if record.get("spooled") else 3
+            finally:
+                os._exit(code)
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sorted(os.listdir(state)) == ["spool"]  # nothing of root's written by the job
+        (done,) = spool.read_spool(sp, "done")
+        assert done.uid == JOB_UID
+        assert [r["job_id"] for r in history.ingest_spool(config)["ingested"]] == ["gh-1"]
+        assert [r["uid"] for r in history.read_history(state)] == [JOB_UID]
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -1,0 +1,207 @@
+"""Secrets stay secret: URL redaction, the root-only webhook URL file, and no token in anything
+the watch says (result/--json, text, syslog, state, metrics, errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from harness import webhook_sink as sink
+from runnerkeep import secrets
+from runnerkeep.disk import alerts
+from runnerkeep.disk import watch as watch_mod
+from runnerkeep.disk.budget import BudgetInputs
+from runnerkeep.errors import ConfigError
+from runnerkeep_cli import commands_disk
+from runnerkeep_cli.main import main
+
+GiB = 1024**3
+TOKEN = "s3cr3t-t0ken"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        (f"https://alert:{TOKEN}@hooks.example:8443/a/b?token={TOKEN}#x", "https://***@hooks.example:8443/a/b"),
+        (f"http://{TOKEN}@127.0.0.1/hook", "http://***@127.0.0.1/hook"),
+        (f"https://h.example/hook?token={TOKEN}&a=1", "https://h.example/hook"),
+        ("http://[::1]:9/x", "http://[::1]:9/x"),
+        ("https://h.example", "https://h.example"),
+        ("not a url", "***"),
+        ("http://h:notaport/x", "***"),
+    ],
+)  # fmt: skip
+def test_redact_url(url, shown):
+    assert secrets.redact_url(url) == shown
+    assert TOKEN not in secrets.redact_url(url)
+
+
+def test_redact_text_masks_every_part_of_the_url():
+    url = f"http://alert:{TOKEN}@127.0.0.1:9/hook?token={TOKEN}%21"
+    found = secrets.url_secrets(url)
+    message = f"POST {url} failed; retry with token={TOKEN}! user alert:{TOKEN}"
+    redacted = secrets.redact_text(message, found)
+    assert TOKEN not in redacted and redacted.endswith("user ***")
+    assert secrets.redact_data({"alerts": [message], "n": 1}, found) == {
+        "alerts": [redacted],
+        "n": 1,
+    }
+
+
+def secret_file(tmp_path, text, mode=0o600, uid=0):
+    path = tmp_path / "secrets.d" / "40-webhook"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+    os.chown(path, uid, uid)
+    return str(path)
+
+
+def test_webhook_url_file_first_line(tmp_path):
+    path = secret_file(tmp_path, f"https://a:{TOKEN}@h.example/x\nignored\n")
+    url = secrets.webhook_url({"webhook_url": None, "webhook_url_file": path})
+    assert url == f"https://a:{TOKEN}@h.example/x"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_webhook_url_file_readable_by_others_is_refused(tmp_path, mode):
+    path = secret_file(tmp_path, f"https://a:{TOKEN}@h.example/x\n", mode=mode)
+    with pytest.raises(ConfigError, match="chmod 600") as info:
+        secrets.webhook_url({"webhook_url_file": path})
+    assert path in str(info.value) and TOKEN not in str(info.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_webhook_url_file_of_another_owner_is_refused(tmp_path):
+    path = secret_file(tmp_path, "https://h.example/x\n", uid=65534)
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
+        secrets.webhook_url({"webhook_url_file": path})
+
+
+def test_webhook_url_file_symlink_fifo_and_bad_url(tmp_path):
+    target = secret_file(tmp_path, "https://h.example/x\n")
+    link = str(tmp_path / "link")
+    os.symlink(target, link)
+    with pytest.raises(ConfigError, match="symlink"):
+        secrets.webhook_url({"webhook_url_file": link})
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ConfigError, match="FIFO"):
+        secrets.webhook_url({"webhook_url_file": fifo})
+    bad = secret_file(tmp_path, f"ftp://a:{TOKEN}@h.example/x\n")
+    with pytest.raises(ConfigError, match="webhook_url") as info:
+        secrets.webhook_url({"webhook_url_file": bad})
+    assert TOKEN not in str(info.value)
+    with pytest.raises(ConfigError, match="both set"):
+        secrets.webhook_url({"webhook_url": "https://h.example/", "webhook_url_file": target})
+
+
+# --- the watch says nothing of the token ---------------------------------------------------
+
+
+@pytest.fixture
+def watch_env(tmp_path, monkeypatch):
+    calls: list[tuple] = []
+    monkeypatch.setattr(watch_mod.alerts, "syslog", lambda *a, **k: calls.append((a, k)) or "test")
+    disk = {"free": 14 * GiB}
+
+    def measure(config):
+        return BudgetInputs(
+            path="/fake",
+            capacity_bytes=100 * GiB,
+            capacity_inodes=1_000_000,
+            peaks_bytes=[],
+            peaks_inodes=[],
+            cache_bytes=0,
+            cache_logical_bytes=0,
+            free_bytes=disk["free"],
+            free_inodes=900_000,
+        )
+
+    monkeypatch.setattr(watch_mod, "measure_inputs", measure)
+
+    def config(**extra):
+        return {
+            "paths": {
+                "cache_dir": str(tmp_path / "cache"),
+                "state_dir": str(tmp_path / "state"),
+                "log_dir": str(tmp_path / "log"),
+            },
+            "disk": {
+                "textfile_dir": str(tmp_path / "textfile"),
+                "watch_docker": False,
+                "syslog": True,
+                "emergency_cleanup": False,
+                "job_peak_floor": "10GiB",
+                "cache_quota_min": 0,
+                "webhook_timeout": "1s",
+                "webhook_retries": 0,
+                **extra,
+            },
+        }
+
+    return config, calls, tmp_path
+
+
+def everything_said(result, calls, tmp_path) -> str:
+    said = [json.dumps(result), commands_disk._watch_text(result), repr(calls)]
+    for root, _dirs, files in os.walk(tmp_path):
+        for name in files:
+            path = os.path.join(root, name)
+            if "secrets.d" not in path and not os.path.islink(path):
+                with open(path, "rb") as handle:
+                    said.append(handle.read().decode(errors="replace"))
+    return "\n".join(said)
+
+
+def test_a_failing_webhook_with_a_token_leaks_it_nowhere(watch_env, monkeypatch):
+    config, calls, tmp_path = watch_env
+    url = f"http://alert:{TOKEN}@127.0.0.1:9/hook?token={TOKEN}"
+
+    def failing(url, body, **kwargs):  # an error text that quotes the URL, as urllib's can
+        return {"ok": False, "attempts": 1, "status": None, "error": f"bad answer from {url}"}
+
+    monkeypatch.setattr(alerts, "_post", failing)
+    path = secret_file(tmp_path, url + "\n")
+    result = watch_mod.run_watch(config(webhook_url_file=path))
+    assert result["state"] == "critical" and result["alerts"][0]["webhook"]["ok"] is False
+    said = everything_said(result, calls, tmp_path)
+    assert TOKEN not in said
+    assert "http://***@127.0.0.1:9/hook" in said  # where it points is still shown
+
+
+def test_the_inline_url_is_redacted_too_and_sent_in_full(watch_env):
+    config, calls, tmp_path = watch_env
+    with sink.webhook_sink() as server:
+        url = server.url.replace("http://", f"http://alert:{TOKEN}@") + f"?token={TOKEN}"
+        result = watch_mod.run_watch(config(webhook_url=url))
+        assert len(server.received) == 1  # the real URL was used
+    assert result["alerts"][0]["webhook"]["ok"] is True
+    assert TOKEN not in everything_said(result, calls, tmp_path)
+
+
+def test_an_unusable_secret_file_is_a_cycle_error_not_a_stopped_watch(watch_env):
+    config, calls, tmp_path = watch_env
+    path = secret_file(tmp_path, f"http://a:{TOKEN}@h.example/\n", mode=0o644)
+    result = watch_mod.run_watch(config(webhook_url_file=path))
+    assert result["state"] == "critical"  # measured and decided all the same
+    assert any("chmod 600" in e and path in e for e in result["errors"])
+    assert TOKEN not in everything_said(result, calls, tmp_path)
+
+
+def test_watch_json_cli_output_has_no_token(watch_env, monkeypatch, capsys):
+    config, _calls, tmp_path = watch_env
+    url = f"http://alert:{TOKEN}@127.0.0.1:9/hook"
+    monkeypatch.setattr(
+        alerts,
+        "_post",
+        lambda url, body, **k: {"ok": False, "attempts": 1, "status": None, "error": url},
+    )
+    cfg = tmp_path / "config.json"
+    data = config(webhook_url_file=secret_file(tmp_path, url + "\n"))
+    cfg.write_text(json.dumps(data))
+    for extra in (["--json"], []):
+        main(["disk", "watch", "--config", str(cfg), *extra])
+        out = capsys.readouterr()
+        assert TOKEN not in out.out + out.err
