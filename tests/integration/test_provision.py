@@ -51,19 +51,22 @@ def test_runnerkeep_installed_on_path(hosts):
 
 
 @pytest.mark.parametrize(
-    ("path", "mode"),
+    ("path", "user", "mode"),
     [
-        ("/var/cache/runnerkeep/images", 0o2775),
-        ("/var/lib/runnerkeep", 0o2775),
-        ("/var/log/runnerkeep", 0o750),
-        ("/etc/runnerkeep", 0o755),
+        # The privilege boundary (docs/threat-model.md): jobs write none of these but the spool.
+        ("/var/cache/runnerkeep/images", "runnerkeep", 0o750),
+        ("/var/lib/runnerkeep", "root", 0o755),
+        ("/var/lib/runnerkeep/spool", "root", 0o1730),
+        ("/etc/runnerkeep/secrets.d", "root", 0o700),
+        ("/var/log/runnerkeep", "root", 0o750),
+        ("/etc/runnerkeep", "root", 0o755),
     ],
 )
-def test_directories_owner_and_mode(hosts, path, mode):
+def test_directories_owner_and_mode(hosts, path, user, mode):
     for host in hosts:
         directory = host.file(path)
         assert directory.is_directory
-        assert directory.user == "root"
+        assert directory.user == user
         assert directory.mode == mode, f"{path}: {oct(directory.mode)}"
 
 

@@ -31,6 +31,7 @@ from ..config import DEFAULT_PATHS, merge_section
 from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of
+from ..spool import spool_dir_of
 from ..units import parse_duration, parse_size_or_percent
 from . import docker_cleaners
 from .catalog import CLEANER_KEYS, SECTION_DEFAULTS, STAGES, builtin_cleaners
@@ -215,7 +216,7 @@ def run_cleanup(
     report = CleanupReport(stage=stage, dry_run=dry_run, forced=force, run_all=run_all)
 
     if dry_run:
-        live = _jobs(state_dir, lock_max_age, dry_run=True)
+        live = _jobs(config, lock_max_age, dry_run=True)
         report.jobs = live
         if live and stage in BLOCKED_STAGES and not force:
             report.notes.append(
@@ -223,7 +224,9 @@ def run_cleanup(
                 "refuse to run without --force"
             )
     else:
-        report.jobs = check_job_lock(state_dir, stage, force, lock_max_age)
+        report.jobs = check_job_lock(
+            state_dir, stage, force, lock_max_age, spool_dir=spool_dir_of(config)
+        )
 
     ctx = RunContext(
         config=config,
@@ -262,9 +265,11 @@ def _docker_root() -> str | None:
         return None
 
 
-def _jobs(state_dir: str, max_age: float, dry_run: bool) -> list[dict[str, Any]]:
-    """Live job locks; a dry run only reads (no stale lock removed, nothing created)."""
-    live, _stale = active_jobs(state_dir, max_age, remove_stale=not dry_run)
+def _jobs(config: dict[str, Any], max_age: float, dry_run: bool) -> list[dict[str, Any]]:
+    """Live jobs (root's locks and the spool's records); a dry run only reads."""
+    live, _stale = active_jobs(
+        state_dir_of(config), max_age, remove_stale=not dry_run, spool_dir=spool_dir_of(config)
+    )
     return live
 
 
@@ -501,7 +506,7 @@ def _job_started(report: CleanupReport, ctx: RunContext, lock_max_age: float) ->
     """A CI job took the runner lock since the run began (real post/emergency runs only)."""
     if report.dry_run or report.stage not in BLOCKED_STAGES or report.forced:
         return False
-    return bool(_jobs(ctx.state_dir, lock_max_age, dry_run=False))
+    return bool(_jobs(ctx.config, lock_max_age, dry_run=False))
 
 
 def _run_cleaner(cleaner: Cleaner, cr: CleanerReport, ledger: Ledger, items_max: int) -> None:

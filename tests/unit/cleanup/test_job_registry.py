@@ -210,3 +210,27 @@ def test_a_job_cannot_remove_another_users_record(host):
     finish(pid, hold)
     assert os.path.exists(other)  # the sticky bit: only root judges it (and removes it stale)
     assert spool.read_spool(spool_dir, "job")[0].uid == 1234
+
+
+def test_a_cleanup_reads_the_spool_the_config_names(host):
+    # paths.spool_dir moved away from <state>/spool: the stages must still see the job there.
+    from runnerkeep.cleanup import run_cleanup
+    from runnerkeep.errors import LockHeldError
+
+    state, _default_spool = host
+    spool_dir = os.path.join(os.path.dirname(state), "elsewhere-spool")
+    os.mkdir(spool_dir)
+    os.chmod(spool_dir, 0o1733)
+    pid, _line, hold = as_job_user(lambda: 1, keep_alive=True)
+    try:
+        plant(spool_dir, "job-live.json", forged(pid, job_id="live"))
+        config = {
+            "paths": {"state_dir": state, "spool_dir": spool_dir},
+            "cleanup": {"cleaners": {}},
+        }
+        with pytest.raises(LockHeldError, match="live"):
+            run_cleanup("post", config)
+        report = run_cleanup("post", config, dry_run=True)
+        assert [j["job_id"] for j in report.jobs] == ["live"]
+    finally:
+        finish(pid, hold)
