@@ -419,14 +419,17 @@ def open_lock_file(path: str, create: bool = True) -> int | None:
     return None
 
 
-def flock_bounded(fd: int, what: str, timeout: float = LOCK_WAIT_SECONDS) -> None:
-    """flock LOCK_EX, polling with LOCK_NB until ``timeout``: a lock held forever (a job can
-    flock any file it can open) must not hang a hook. Raises LockHeldError past the deadline."""
+def flock_bounded(
+    fd: int, what: str, timeout: float = LOCK_WAIT_SECONDS, mode: int = fcntl.LOCK_EX
+) -> None:
+    """flock ``mode`` (LOCK_EX or LOCK_SH), polling with LOCK_NB until ``timeout``: a lock held
+    forever (a job can flock any file it can open) must not hang a hook or a timer. Raises
+    LockHeldError past the deadline."""
     deadline = time.monotonic() + max(0.0, timeout)
     pause = 0.01
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engine_socket
 from ..docker_cli import docker_binary, engine_info, run_docker
-from ..errors import CacheMiss, DockerCommandError, RunnerkeepError
+from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import fsync_dir
 from .archive import entry_archive_length, write_entry_archive
@@ -149,7 +149,13 @@ def restore_entry(
     if not store.exists():
         raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "restore")
     # A dry run creates nothing, not even the lock file (read_lock takes it only if present).
-    with store.read_lock() if dry_run else store.store_lock():
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(store.read_lock() if dry_run else store.store_lock())
+    except LockHeldError as exc:
+        # A store locked for longer than any save or prune takes: the job rebuilds.
+        raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
+    with held:
         name = readable_name(store, key, scope)
         try:
             entry, digest = load_checked_entry(store, name)

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import CacheMiss, ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, fsync_dir
+from ..statefile import flock_bounded
 from .entrymac import DEFAULT_KEY_FILE, entry_mac, load_entry_key, mac_matches
 
 ENTRY_FORMAT = 1
@@ -46,6 +47,9 @@ STALE_ENTRY_TEMP_SECONDS = 600
 # Entries and image configs are small JSON; anything bigger is damage or a plant, and reading
 # it whole would let one file exhaust memory.
 MAX_ENTRY_BYTES = 16 * 1024 * 1024
+# Longest wait for a store or key lock: a save or prune holds one for minutes, never for ever;
+# past it the command fails (LockHeldError) instead of hanging a job or a timer.
+STORE_LOCK_WAIT = 900.0
 MAX_CONFIG_BYTES = 32 * 1024 * 1024
 # O_NONBLOCK: opening a FIFO planted in place of a file must not wait for a writer.
 SAFE_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -297,7 +301,7 @@ class Store:
         # Read-only is enough for flock, so a lock file created by another user still works.
         fd = self._open_lock_file(path)
         try:
-            fcntl.flock(fd, mode)
+            flock_bounded(fd, path, STORE_LOCK_WAIT, mode)
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -322,7 +326,7 @@ class Store:
             yield False
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            flock_bounded(fd, "store.lock", STORE_LOCK_WAIT, fcntl.LOCK_SH)
             yield True
         finally:
             os.close(fd)

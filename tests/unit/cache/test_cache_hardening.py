@@ -646,3 +646,23 @@ def test_module_options_are_checked_against_the_schema(tmp_path, module_config, 
     )
     assert result["failed"], result
     assert f"option {option}" in result["msg"] and "Traceback" not in result["msg"]
+
+
+def test_a_store_lock_held_for_ever_is_a_miss_for_restore_not_a_hang(tmp_path, monkeypatch):
+    import fcntl
+
+    from runnerkeep.cache import restore as restore_mod
+    from runnerkeep.cache import store as store_mod
+    from runnerkeep.errors import CacheMiss
+
+    store_dir = make_store(tmp_path)
+    monkeypatch.setattr(store_mod, "STORE_LOCK_WAIT", 0.3)
+    holder = os.open(os.path.join(store_dir, "store.lock"), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another open file description: a real conflict
+        started = time.monotonic()
+        with pytest.raises(CacheMiss, match="locked by another process"):
+            restore_mod.restore_entry(store_dir, "good")
+        assert time.monotonic() - started < 5
+    finally:
+        os.close(holder)
