@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -33,7 +32,7 @@ from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.trust import trust_from_env
 from runnerkeep.config import load_config, merge_section
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
-from runnerkeep.fsutil import fsync_dir
+from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
 
 from runnerkeep_cli.output import CommandResult, table
@@ -451,20 +450,8 @@ def _export_through(socket_path: str, key: str, output: str) -> dict[str, Any]:
     """The job creates the file (as itself, next to the output) and passes its fd; the
     service writes into it. Renamed into place only when the service says it succeeded."""
     output = os.path.abspath(output)
-    directory = os.path.dirname(output)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
-    try:
-        try:
-            result = service.call_service(socket_path, "export", {"key": key}, fd=fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
+    with atomic_output(output, prefix=".tmp-export-") as fd:
+        result = service.call_service(socket_path, "export", {"key": key}, fd=fd)
     result["output"] = output
     return result
 

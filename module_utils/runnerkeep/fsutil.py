@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 
@@ -31,6 +32,26 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str, prefix: str = ".tmp-") -> Iterator[int]:
+    """An fd on a temp file beside ``path`` that becomes ``path`` (fsync, rename, fsync of the
+    directory) only when the block ends without an exception; otherwise it is removed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -14,7 +14,7 @@ from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engi
 from ..docker_cli import docker_binary, engine_info, run_docker
 from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepError
 from ..events import record_event
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_output
 from .archive import entry_archive_length, write_entry_archive
 from .save import enlarge_pipe
 from .store import (
@@ -292,22 +292,10 @@ def export_entry(
             store, key, state_dir, time.monotonic(), f"no cache at {store.root}", False, "export"
         )
     output = os.path.abspath(output)
-    directory = os.path.dirname(output)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-export-", dir=directory)
-    try:
-        try:
-            result = export_entry_fd(
-                store, key, fd, scope=scope, state_dir=state_dir, progress=progress
-            )
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
+    with atomic_output(output, prefix=".tmp-export-") as fd:
+        result = export_entry_fd(
+            store, key, fd, scope=scope, state_dir=state_dir, progress=progress
+        )
     result["output"] = output
     return result
 
