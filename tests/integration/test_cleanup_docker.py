@@ -166,7 +166,9 @@ def test_images_removed_least_recently_used_first_and_only_the_right_ones(lab):
     assert lab.exists(ids["recent"])  # used within min_age
     assert lab.exists(ids["in-use"])  # a container uses it
     assert lab.exists(ids["protected"])  # protected pattern
-    assert abs(real.bytes_freed - dry.bytes_freed) <= 0.01 * dry.bytes_freed
+    # What the cleaner counted against what the dry run predicted (the headline bytes_freed is
+    # the host disk's statvfs, which everything else on this machine moves too).
+    assert abs(real.bytes_freed_claimed - dry.bytes_freed) <= 0.01 * dry.bytes_freed
 
 
 def test_image_stage_stops_at_target(lab):
