@@ -41,7 +41,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 RESPONSE_SEND_TIMEOUT = 30.0
 MAX_ANCESTRY = 64
-MAX_RECORD_BYTES = 4096
+MAX_RECORD_BYTES = 16 * 1024
+MAX_CGROUP_BYTES = 8 * 1024
 MAX_SOURCE_CHARS = 1024
 DEFAULT_STATE_DIR = "/var/lib/runnerkeep/cache-service"
 _RECORD_PREFIX = "worker-"
@@ -111,6 +112,19 @@ def ancestry(pid: int) -> list[tuple[int, str]]:
     return chain
 
 
+def process_cgroup(pid: int) -> str | None:
+    """The whole of /proc/PID/cgroup: a process cannot leave its cgroup by re-parenting, so
+    this ties a request or a registration to the runner's job unit (only root moves it)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as handle:
+            data = handle.read(MAX_CGROUP_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_CGROUP_BYTES:
+        return None
+    return data.decode("utf-8", "replace")
+
+
 # -- the job registry --------------------------------------------------------------------
 class Registry:
     """One small JSON file per registered worker, ``worker-PID-START.json``, in a directory
@@ -131,6 +145,22 @@ class Registry:
     @staticmethod
     def _name(pid: int, start: str) -> str:
         return f"{_RECORD_PREFIX}{pid}-{start}.json"
+
+    def live_records(self) -> list[dict[str, Any]]:
+        """The records of workers still running (the same pid with the recorded start)."""
+        records = []
+        dfd = self._dir_fd()
+        try:
+            for name in os.listdir(dfd):
+                parsed = _parse_record_name(name)
+                if parsed is None or not same_process(*parsed):
+                    continue
+                record = _read_record(dfd, name)
+                if record is not None:
+                    records.append(record)
+        finally:
+            os.close(dfd)
+        return records
 
     def lookup(self, pid: int, start: str) -> dict[str, Any] | None:
         dfd = self._dir_fd()
@@ -229,6 +259,10 @@ def job_of(registry: Registry, pid: int) -> dict[str, Any]:
             found = record
     if found is None:
         return {"trusted": False, "scope": UNREGISTERED, "reason": "no job registration"}
+    cgroup = process_cgroup(pid)
+    if cgroup is None or cgroup != found.get("cgroup"):
+        # Under a worker yet outside its cgroup: not a process the runner started for the job.
+        return {"trusted": False, "scope": UNREGISTERED, "reason": "outside its worker's cgroup"}
     return found
 
 
@@ -270,10 +304,18 @@ def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[st
         raise RunnerkeepError("register-job: the worker cannot be init")
     if process_uid(worker) != peer_uid:
         raise RunnerkeepError("register-job: the worker runs as another user than the caller")
+    parent = _parent_of(chain, worker)
+    cgroup = process_cgroup(worker)
+    if cgroup is None or process_cgroup(peer_pid) != cgroup:
+        raise RunnerkeepError("register-job: the caller is not in its worker's cgroup")
     registry.expire()
+    _check_cgroup_siblings(registry, worker, cgroup, parent)
     record = {
         "pid": worker,
         "start_time": start,
+        "cgroup": cgroup,
+        "parent_pid": parent[0],
+        "parent_start_time": parent[1],
         "uid": peer_uid,
         "trusted": trusted,
         "scope": scope,
@@ -283,6 +325,34 @@ def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[st
     if not registry.register(worker, start, record):
         raise RunnerkeepError(f"register-job refused: worker {worker} is registered already")
     return {"result": "registered", "worker_pid": worker, "trusted": trusted, "scope": scope}
+
+
+def _parent_of(chain: list[tuple[int, str]], worker: int) -> tuple[int, str]:
+    """The worker's parent (the runner agent): pid and start time, from the same walk."""
+    pids = [pid for pid, _ in chain]
+    index = pids.index(worker)
+    if index + 1 >= len(chain):
+        raise RunnerkeepError(f"register-job: the parent of worker {worker} is gone")
+    return chain[index + 1]
+
+
+def _check_cgroup_siblings(
+    registry: Registry, worker: int, cgroup: str, parent: tuple[int, str]
+) -> None:
+    """A second live worker in one cgroup must be a sibling of one registered there: a child
+    of the same live agent. Job code can leave its worker's ancestry (its parent exits, it is
+    re-parented to init or a subreaper) but not its cgroup, and it cannot make the agent fork.
+    pid 1 reaps every orphan, so "both are children of pid 1" proves nothing."""
+    for record in registry.live_records():
+        if record.get("cgroup") != cgroup or record.get("pid") == worker:
+            continue
+        their_parent = (record.get("parent_pid"), record.get("parent_start_time"))
+        if parent[0] != 1 and their_parent == parent and same_process(*parent):
+            continue
+        raise RunnerkeepError(
+            f"register-job refused: worker {record.get('pid')} of this cgroup is registered "
+            "already and the caller's worker is not its sibling under the runner agent"
+        )
 
 
 # -- one connection ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from cachetest_helpers import legacy_archive, random_layer
@@ -425,3 +426,165 @@ def test_root_becomes_the_store_owner_before_touching_it(tmp_path):
     with os.fdopen(read) as handle:
         assert handle.read() == "True 65534 65534 65534"
     assert drop_to_store_owner(str(tmp_path)) is False  # root's own dir: stays root
+
+
+# -- a worker is its cgroup and its place under the agent -------------------------------------
+ORPHAN_SCRIPT = r"""
+import ctypes, json, os, subprocess, sys, time
+
+role, cfg, out = sys.argv[1], sys.argv[2], sys.argv[3]
+CLI = [sys.executable, "-m", "runnerkeep_cli"]
+
+
+def run(words, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    r = subprocess.run(CLI + words + ["--config", cfg], capture_output=True, text=True,
+                       env=env, timeout=60)
+    return [r.returncode, r.stdout, r.stderr]
+
+
+def wait_for(path):
+    for _ in range(600):
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+    raise SystemExit("timed out waiting for " + path)
+
+
+if role == "reaper":  # a subreaper above the agent: orphans of the job land here
+    PR_SET_CHILD_SUBREAPER = 36
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    open(out + ".reaper", "w").write(str(os.getpid()))
+    agent = subprocess.Popen([sys.executable, __file__, "agent", cfg, out])
+    agent.wait(timeout=120)
+    for _ in range(1200):  # reap the re-parented orphan
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+        except ChildProcessError:
+            break
+elif role == "agent":
+    subprocess.run([sys.executable, __file__, "worker", cfg, out], timeout=120)
+elif role == "worker":
+    hook = run(["cache", "register-job", "--json"])  # the job-start hook: a fork PR
+    json.dump(hook, open(out + ".hook", "w"))
+    # job code: a child that forks the orphan and exits at once
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+    subprocess.run([sys.executable, __file__, "middle", cfg, out], env=env, timeout=60)
+    wait_for(out)  # the worker (and its registration) stays alive meanwhile
+elif role == "middle":
+    subprocess.Popen([sys.executable, __file__, "orphan", cfg, out, str(os.getpid())],
+                     start_new_session=True)
+elif role == "orphan":
+    for _ in range(600):
+        if os.getppid() != int(sys.argv[4]):
+            break
+        time.sleep(0.05)
+    result = {"parent": os.getppid()}
+    push = {"GITHUB_EVENT_NAME": "push"}
+    result["register"] = run(["cache", "register-job", "--json", "--worker-pid",
+                              str(os.getpid())], push)
+    result["import"] = run(["cache", "import", "--service", "--json", "--key", "app-main",
+                            sys.argv[5] if len(sys.argv) > 5 else os.environ["EVIL_ARCHIVE"]])
+    json.dump(result, open(out + ".tmp", "w"))
+    os.rename(out + ".tmp", out)
+"""
+
+
+def test_orphan_reparented_away_from_its_worker_cannot_register_as_a_trusted_worker(tmp_path, svc):
+    """The f1 attack: job code double-forks, the orphan is re-parented to a subreaper (not the
+    agent) and registers itself as a new worker with trusted facts. It is in the registered
+    worker's cgroup and is no sibling of it: refused, and its import stays out of trusted."""
+    trusted = import_archive(svc.store, "app-main", archive(tmp_path, [LAYER_TRUSTED], "app:main"))
+    script = tmp_path / "roles.py"
+    script.write_text(ORPHAN_SCRIPT)
+    out = str(tmp_path / "orphan.json")
+    env = {
+        **os.environ,
+        **fork_event(tmp_path),
+        "PYTHONPATH": PYPATH,
+        "EVIL_ARCHIVE": archive(tmp_path, [LAYER_EVIL], "app:main"),
+    }
+    reaper = subprocess.run(
+        [sys.executable, str(script), "reaper", str(svc.config_path), out],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert reaper.returncode == 0, reaper.stderr
+    hook = json.loads(Path(out + ".hook").read_text())
+    assert hook[0] == 0 and json.loads(hook[1])["scope"].startswith("pr-7-"), hook
+    result = json.loads(Path(out).read_text())
+    assert result["parent"] == int(Path(out + ".reaper").read_text())  # re-parented, not to pid 1
+    rc, stdout, stderr = result["register"]
+    assert json.loads(stdout)["result"] == "not registered", result
+    assert "sibling" in stderr and "Traceback" not in stderr
+    rc, stdout, stderr = result["import"]
+    assert rc == 0, stderr
+    assert json.loads(stdout)["scope"] == "unregistered"
+    result = export_entry(svc.store, "app-main", str(tmp_path / "out.tar"))
+    assert result["entry_digest"] == trusted["entry_digest"] and result["scope"] == "trusted"
+
+
+SIBLING_WORKER = (
+    "import subprocess, sys\n"
+    "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=60)\n"
+    "print(r.returncode, r.stdout.replace('\\n', ' '), flush=True)\n"
+    "sys.stdin.read()\n"  # stay alive (registered) until the agent lets go
+)
+
+
+def test_two_concurrent_workers_of_one_agent_both_register(tmp_path, svc):
+    """Concurrent workers of one runner agent share its cgroup and are siblings under it: the
+    second registration is accepted while the first worker still runs."""
+    env = {**os.environ, "PYTHONPATH": PYPATH}
+    workers = []
+    try:
+        for facts in ({"GITHUB_EVENT_NAME": "push"}, fork_event(tmp_path)):
+            worker = subprocess.Popen(
+                [sys.executable, "-c", SIBLING_WORKER, *cli(svc, "cache", "register-job")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**env, **facts},
+            )
+            workers.append(worker)
+            line = worker.stdout.readline()
+            assert line.startswith("0 registered"), line
+        scopes = sorted(r["scope"] for r in svc.registry.live_records())
+        assert scopes[0].startswith("pr-7-") and scopes[1] == "trusted"
+    finally:
+        for worker in workers:
+            worker.stdin.close()
+            worker.wait(30)
+
+
+def test_a_peer_under_a_registered_worker_but_in_another_cgroup_is_unregistered(
+    tmp_path, svc, monkeypatch
+):
+    """Only root moves a process between cgroups; a process below a worker yet outside its
+    cgroup was not started by the runner for that job (e.g. put there by something else)."""
+    real = service.process_cgroup
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        for _ in range(100):
+            if service.proc_stat(worker.pid):
+                break
+            time.sleep(0.05)
+        start = service.proc_stat(worker.pid)[1]
+        record = {"trusted": True, "scope": "trusted", "reason": "x", "cgroup": real(worker.pid)}
+        assert svc.registry.register(worker.pid, start, record)
+        assert service.job_of(svc.registry, worker.pid)["scope"] == "trusted"
+        monkeypatch.setattr(
+            service,
+            "process_cgroup",
+            lambda pid: "0::/elsewhere\n" if pid == worker.pid else real(pid),
+        )
+        found = service.job_of(svc.registry, worker.pid)
+        assert (found["trusted"], found["scope"]) == (False, "unregistered")
+    finally:
+        worker.stdin.close()
+        worker.wait(30)
