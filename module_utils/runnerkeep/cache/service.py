@@ -21,9 +21,11 @@ import errno
 import fcntl
 import json
 import os
+import select
 import socket
 import stat
 import struct
+import threading
 import time
 from typing import Any, Callable
 
@@ -44,6 +46,13 @@ MAX_ANCESTRY = 64
 MAX_RECORD_BYTES = 16 * 1024
 MAX_CGROUP_BYTES = 8 * 1024
 MAX_SOURCE_CHARS = 1024
+# A job's import/export fd (a pipe it keeps open and never feeds or drains) must not hold the
+# service, its key lock and the shared store lock: no byte either way for this long ends the
+# transfer, and so does the overall cap (``cache.transfer_deadline`` when the config has it).
+TRANSFER_IDLE_TIMEOUT = 60.0
+TRANSFER_DEADLINE = 2 * 3600.0
+_PUMP_SLICE = 1.0
+_PUMP_CHUNK = 1 << 16
 DEFAULT_STATE_DIR = "/var/lib/runnerkeep/cache-service"
 _RECORD_PREFIX = "worker-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -489,9 +498,11 @@ def dispatch(
     if op == "restore":
         return restore_entry(store, key, scope=scope, dry_run=_bool_arg(args, "dry_run"))
     if op == "export":
-        return export_entry_fd(store, key, fds[0], scope=scope)
+        with transfer(fds[0], to_job=True, deadline=_transfer_deadline(settings)) as fd:
+            return export_entry_fd(store, key, fd, scope=scope)
     if op == "import":
-        return import_archive_fd(store, key, fds[0], _source_arg(args), scope=scope)
+        with transfer(fds[0], to_job=False, deadline=_transfer_deadline(settings)) as fd:
+            return import_archive_fd(store, key, fd, _source_arg(args), scope=scope)
     images = args.get("images")
     if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
         raise ProtocolError("save needs images: a list of image references")
@@ -509,6 +520,140 @@ def dispatch(
         max_size=settings["max_size"],
         dry_run=_bool_arg(args, "dry_run"),
     )
+
+
+# -- bounded data transfer with the job's fd ---------------------------------------------------
+class TransferStalled(RunnerkeepError):
+    """The job's file stopped moving (or the transfer ran past its cap): nothing committed."""
+
+
+def _transfer_deadline(settings: dict[str, Any]) -> float:
+    value = settings.get("transfer_deadline")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else TRANSFER_DEADLINE
+
+
+class _Pump:
+    """Copies between the job's fd and one end of a socketpair on a thread, polling the job's
+    fd with a deadline; the core reads or writes the other end as a plain fd. On a stall the
+    core's end is reset: its next read or write fails (ECONNRESET/EPIPE), never a clean EOF, so
+    a cut-short archive is never taken for a complete one and no entry is committed."""
+
+    def __init__(self, job_fd: int, to_job: bool, idle: float, deadline: float) -> None:
+        self.job_fd = job_fd
+        self.to_job = to_job
+        self.idle = idle
+        self.end = time.monotonic() + deadline
+        self.deadline = deadline
+        self.core, self.pump = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.fifo = stat.S_ISFIFO(os.fstat(job_fd).st_mode)
+        self.thread = threading.Thread(target=self._run, name="cache-transfer", daemon=True)
+
+    def _wait_job(self, event: int) -> None:
+        """Until the job's fd is ready for ``event``; TransferStalled past either deadline."""
+        poller = select.poll()
+        poller.register(self.job_fd, event | select.POLLHUP | select.POLLERR)
+        idle_end = time.monotonic() + self.idle
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= self.end:
+                raise TransferStalled(f"transfer took longer than {self.deadline:g} s")
+            if now >= idle_end:
+                raise TransferStalled(
+                    f"the file passed moved no data for {self.idle:g} s (a pipe kept open "
+                    "but not fed or drained?)"
+                )
+            wait = min(_PUMP_SLICE, idle_end - now, self.end - now)
+            if poller.poll(max(1, int(wait * 1000))):
+                return
+        raise TransferStalled("transfer stopped")
+
+    def _run(self) -> None:
+        try:
+            if self.to_job:
+                self._to_job()
+            else:
+                self._from_job()
+        except TransferStalled as exc:
+            self.error = str(exc)
+            self._reset_core()
+        except OSError as exc:
+            if not self.stop.is_set():
+                self.error = f"the file passed failed: {exc.strerror or exc}"
+            self._reset_core()
+        else:
+            with contextlib.suppress(OSError):
+                self.pump.close()
+
+    def _from_job(self) -> None:
+        while True:
+            self._wait_job(select.POLLIN)
+            data = os.read(self.job_fd, _PUMP_CHUNK)
+            if not data:
+                self.pump.shutdown(socket.SHUT_WR)  # the job's EOF, passed on as EOF
+                return
+            self.pump.sendall(data)  # the core's own pace: no deadline on the job here
+
+    def _to_job(self) -> None:
+        self.pump.settimeout(_PUMP_SLICE)
+        while not self.stop.is_set():
+            try:
+                data = self.pump.recv(_PUMP_CHUNK)
+            except socket.timeout:
+                continue
+            if not data:
+                return  # the core finished and everything reached the job
+            self._write_job(memoryview(data))
+        raise TransferStalled("transfer stopped")
+
+    def _write_job(self, data: memoryview) -> None:
+        # POLLOUT on a pipe promises room for PIPE_BUF bytes only: larger writes could block.
+        step = select.PIPE_BUF if self.fifo else len(data)
+        while data:
+            self._wait_job(select.POLLOUT)
+            written = os.write(self.job_fd, data[:step])
+            data = data[written:]
+
+    def _reset_core(self) -> None:
+        # Unread data in the closing end makes the kernel reset the other one: the core's
+        # pending read fails instead of seeing an end-of-file.
+        with contextlib.suppress(OSError):
+            self.core.setblocking(False)
+            self.core.send(b"\0")
+        with contextlib.suppress(OSError):
+            self.pump.close()
+
+    def finish(self, core_ok: bool) -> None:
+        """Wait for the pump (an export's last bytes to reach the job); stop it when the core
+        failed. Raises TransferStalled when the job's side stalled or failed."""
+        if core_ok and self.to_job:
+            with contextlib.suppress(OSError):
+                self.core.shutdown(socket.SHUT_WR)
+        else:
+            self.stop.set()
+            with contextlib.suppress(OSError):
+                self.core.shutdown(socket.SHUT_RDWR)
+        self.thread.join()
+        self.core.close()
+        if self.error:
+            raise TransferStalled(f"transfer aborted, nothing stored or sent in full: {self.error}")
+
+
+@contextlib.contextmanager
+def transfer(
+    job_fd: int, to_job: bool, deadline: float = TRANSFER_DEADLINE, idle: float | None = None
+):
+    """An fd the core can read (import) or write (export) as if it were the job's, with the
+    job's side bounded by an inactivity timeout and an overall deadline."""
+    pump = _Pump(job_fd, to_job, TRANSFER_IDLE_TIMEOUT if idle is None else idle, deadline)
+    pump.thread.start()
+    try:
+        yield pump.core.fileno()
+    except BaseException:
+        pump.finish(core_ok=False)  # a stall's message replaces the core's reset error
+        raise
+    pump.finish(core_ok=True)
 
 
 def serve_connection(

@@ -588,3 +588,76 @@ def test_a_peer_under_a_registered_worker_but_in_another_cgroup_is_unregistered(
     finally:
         worker.stdin.close()
         worker.wait(30)
+
+
+# -- a job's fd that never moves ----------------------------------------------------------------
+IDLE = 1.0
+
+
+def held_lock_free(store):
+    """Whether the exclusive store lock (what prune takes) can be had at once."""
+    with store.store_lock(exclusive=True):
+        return True
+
+
+def test_import_from_a_pipe_kept_open_but_never_fed_fails_within_the_deadline(
+    tmp_path, svc, monkeypatch
+):
+    """The f2 attack: the job passes a pipe's read end and keeps the write end open. The service
+    gives up after the inactivity timeout, commits nothing and lets go of its locks."""
+    monkeypatch.setattr(service, "TRANSFER_IDLE_TIMEOUT", IDLE)
+    data = legacy_archive([(["app:stall"], [LAYER_EVIL])])
+    read_end, write_end = os.pipe()
+    os.write(write_end, data[: len(data) // 2])  # half an archive, then silence
+    line = b'{"v": 1, "op": "import", "args": {"key": "stall"}}\n'
+    try:
+        start = time.monotonic()
+        response = raw_request(svc, line, [read_end])
+        elapsed = time.monotonic() - start
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert response["exit_code"] != 0
+    assert "moved no data for 1 s" in response["error"], response
+    assert elapsed < IDLE + 1.0
+    assert not os.path.exists(svc.store.entry_path("@unregistered@stall"))
+    assert held_lock_free(svc.store)
+
+
+def test_import_of_a_whole_archive_from_a_pipe_kept_open_is_not_committed(
+    tmp_path, svc, monkeypatch
+):
+    """A complete archive whose pipe never reaches end-of-file is still a stalled transfer: the
+    core sees a reset, not an end, so it cannot commit a stream it never saw the end of."""
+    monkeypatch.setattr(service, "TRANSFER_IDLE_TIMEOUT", IDLE)
+    data = legacy_archive([(["app:stall"], [LAYER_EVIL])])
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=os.write, args=(write_end, data))
+    line = b'{"v": 1, "op": "import", "args": {"key": "whole"}}\n'
+    try:
+        writer.start()
+        response = raw_request(svc, line, [read_end])
+    finally:
+        writer.join(10)
+        os.close(read_end)
+        os.close(write_end)
+    assert "moved no data" in (response["error"] or ""), response
+    assert not os.path.exists(svc.store.entry_path("@unregistered@whole"))
+
+
+def test_export_into_a_pipe_never_drained_fails_within_the_deadline(tmp_path, svc, monkeypatch):
+    monkeypatch.setattr(service, "TRANSFER_IDLE_TIMEOUT", IDLE)
+    import_archive(svc.store, "big", archive(tmp_path, [random_layer(2_000_000, "big")], "a:b"))
+    read_end, write_end = os.pipe()
+    line = b'{"v": 1, "op": "export", "args": {"key": "big"}}\n'
+    try:
+        start = time.monotonic()
+        response = raw_request(svc, line, [write_end])
+        elapsed = time.monotonic() - start
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert response["exit_code"] != 0
+    assert "moved no data for 1 s" in response["error"], response
+    assert elapsed < IDLE + 1.0
+    assert held_lock_free(svc.store)
