@@ -1,7 +1,8 @@
 """Secrets stay secret: URLs redacted in everything runnerkeep says, the webhook URL in a
 root-only file.
 
-A webhook URL often carries its credential (``https://user:token@host/...``, ``?token=...``).
+A webhook URL often carries its credential (``https://user:token@host/...``, ``?token=...``,
+``/api/webhooks/ID/TOKEN``).
 Everything the watch produces is read by people and programs that must not learn it: the
 journal (stdout of the unit), syslog, the metrics textfile, ``--json`` output and the state
 dir (world-readable by design). So every message that may hold the URL goes through
@@ -29,10 +30,18 @@ MASK = "***"
 SECRET_FILE_BOUND = 4096
 # Shorter fragments (a query value "1") would mask ordinary words in messages.
 MIN_SECRET_LEN = 4
+# Path segments at least this long are tokens (Slack 24, Mattermost 26, Discord 68 characters).
+MIN_TOKEN_SEGMENT = 16
 
 
 def redact_url(url: Any) -> str:
-    """``scheme://host[:port]/path``: userinfo as ``***``, query and fragment dropped."""
+    """``scheme://host[:port]`` and nothing more of it: userinfo, a path, query or fragment
+    each show as ``***`` (``https://***@hooks.example/***``).
+
+    Webhook services put the token wherever they like: userinfo, query, or the path itself
+    (Slack, Discord, Mattermost: ``/api/webhooks/ID/TOKEN``). Only where the URL points is
+    safe to show.
+    """
     text = str(url)
     try:
         parts = urlsplit(text)
@@ -47,30 +56,43 @@ def redact_url(url: Any) -> str:
     netloc = host if port is None else f"{host}:{port}"
     if "@" in parts.netloc:
         netloc = f"{MASK}@{netloc}"
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    rest = ""
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        rest = f"/{MASK}"
+    return f"{parts.scheme}://{netloc}{rest}"
 
 
 def url_secrets(url: Any) -> list[str]:
-    """What of ``url`` must never be shown: the URL itself, its userinfo, query, fragment and
-    each query value (raw and percent-decoded)."""
+    """What of ``url`` must never be shown: the URL itself, the URL without its fragment and
+    without its query, its path and each long path segment, its userinfo and password, its
+    query, fragment and each query value (raw and percent-decoded), longest first."""
     if not url:
         return []
     text = str(url)
-    found = [text]
+    found = [text, text.partition("#")[0], text.partition("#")[0].partition("?")[0]]
     try:
         parts = urlsplit(text)
     except ValueError:
-        return found
+        return _longest_first(found)
     userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
     # A user name alone is not masked in text ("alert" would mask "alerts"); its password is,
     # and a userinfo without a password is a token.
     found += [userinfo, userinfo.partition(":")[2], parts.query, parts.fragment]
+    if parts.path not in ("", "/"):
+        found.append(parts.path)
+        # A path token quoted on its own (an error naming "TOKEN") is still masked; short
+        # segments ("api", "hooks") are words, not tokens.
+        found += [seg for seg in parts.path.split("/") if len(seg) >= MIN_TOKEN_SEGMENT]
     for raw in parts.query.split("&"):
         found.append(raw.partition("=")[2])
     found += [value for _key, value in parse_qsl(parts.query, keep_blank_values=True)]
     found += [unquote(s) for s in list(found)]
-    unique = {s for s in found if len(s) >= MIN_SECRET_LEN}
+    return _longest_first(found)
+
+
+def _longest_first(found: Iterable[str]) -> list[str]:
     # Longest first: the whole URL is masked before a part of it could split it.
+    unique = {s for s in found if len(s) >= MIN_SECRET_LEN}
     return sorted(unique, key=len, reverse=True)
 
 

@@ -1,9 +1,9 @@
 """Alert channels: syslog/journal (always) and an optional JSON webhook.
 
-Syslog goes through ``logger`` (util-linux; reaches journald or rsyslog), else straight to the
-``/dev/log`` socket, else stderr. The webhook is a POST of a JSON body with a per-attempt
-timeout and a bounded number of retries, all within a deadline the caller gives, so a dead
-endpoint never holds the watch longer than its own timeout.
+Syslog goes through ``logger`` (util-linux; reaches journald or rsyslog; the message on its
+stdin), else straight to the ``/dev/log`` socket, else stderr. The webhook is a POST of a JSON
+body with a per-attempt timeout and a bounded number of retries, all within a deadline the
+caller gives, so a dead endpoint never holds the watch longer than its own timeout.
 
 urllib's timeout is per socket operation (a server dripping one byte a second never trips it)
 and name lookup (getaddrinfo) cannot be timed out at all, so the POST runs in a child Python
@@ -48,13 +48,21 @@ _USER_FACILITY = 1
 
 
 def syslog(message: str, severity: str = "info", tag: str = "runnerkeep") -> str:
-    """Log one line; returns the channel used ("logger", "/dev/log" or "stderr")."""
+    """Log one line; returns the channel used ("logger", "/dev/log" or "stderr").
+
+    The message goes to ``logger`` on stdin, never on its argv: every user can read a
+    process's argv in /proc/PID/cmdline, and a message may quote something secret that
+    redaction missed.
+    """
     priority = PRIORITIES.get(severity, severity)
+    # logger makes one entry per stdin line: the message stays one entry.
+    message = " ".join(str(message).splitlines())
     logger = shutil.which("logger")
     if logger:
         try:
             proc = subprocess.run(
-                [logger, "-t", tag, "-p", f"user.{priority}", "--", message],
+                [logger, "-t", tag, "-p", f"user.{priority}"],
+                input=message.encode("utf-8", errors="replace"),
                 capture_output=True,
                 timeout=5,
                 check=False,

@@ -23,11 +23,16 @@ TOKEN = "s3cr3t-t0ken"
 @pytest.mark.parametrize(
     "url, shown",
     [
-        (f"https://alert:{TOKEN}@hooks.example:8443/a/b?token={TOKEN}#x", "https://***@hooks.example:8443/a/b"),
-        (f"http://{TOKEN}@127.0.0.1/hook", "http://***@127.0.0.1/hook"),
-        (f"https://h.example/hook?token={TOKEN}&a=1", "https://h.example/hook"),
-        ("http://[::1]:9/x", "http://[::1]:9/x"),
+        (f"https://alert:{TOKEN}@hooks.example:8443/a/b?token={TOKEN}#x", "https://***@hooks.example:8443/***"),
+        (f"http://{TOKEN}@127.0.0.1/hook", "http://***@127.0.0.1/***"),
+        (f"https://h.example/hook?token={TOKEN}&a=1", "https://h.example/***"),
+        (f"https://h.example/api/webhooks/123/{TOKEN}?wait=true", "https://h.example/***"),
+        (f"https://h.example/services/T0/B0/{TOKEN}", "https://h.example/***"),
+        (f"https://h.example?{TOKEN}", "https://h.example/***"),
+        (f"https://h.example/#{TOKEN}", "https://h.example/***"),
+        ("http://[::1]:9/x", "http://[::1]:9/***"),
         ("https://h.example", "https://h.example"),
+        ("https://h.example/", "https://h.example"),
         ("not a url", "***"),
         ("http://h:notaport/x", "***"),
     ],
@@ -35,6 +40,42 @@ TOKEN = "s3cr3t-t0ken"
 def test_redact_url(url, shown):
     assert secrets.redact_url(url) == shown
     assert TOKEN not in secrets.redact_url(url)
+
+
+# F3: the token in the PATH (Slack/Discord/Mattermost), with and without a query.
+PATH_TOKEN = "SLACKSECRETTOKEN123"
+PATH_URLS = [
+    f"https://127.0.0.1:9/api/webhooks/123456/{PATH_TOKEN}?wait=true",
+    f"https://127.0.0.1:9/api/webhooks/123456/{PATH_TOKEN}",
+    f"https://127.0.0.1:9/api/webhooks/123456/{PATH_TOKEN}#frag",
+    f"https://u:pw-{PATH_TOKEN}@127.0.0.1:9/hooks/{PATH_TOKEN}?wait=true#f",
+]
+
+
+@pytest.mark.parametrize("url", PATH_URLS)
+def test_every_form_of_a_path_token_url_is_masked(url):
+    found = secrets.url_secrets(url)
+    bare = url.partition("#")[0].partition("?")[0]
+    path = bare.split("127.0.0.1:9", 1)[1]
+    forms = [
+        url,
+        url.partition("#")[0],
+        bare,
+        path,
+        PATH_TOKEN,
+        secrets.redact_url(url),
+        f"<urlopen error for {bare}>",
+        f"host 127.0.0.1:9{path} said no",
+    ]
+    for form in forms:
+        redacted = secrets.redact_text(f"x {form} y", found)
+        assert PATH_TOKEN not in redacted and "webhooks/123456" not in redacted, form
+    assert secrets.redact_url(url) in ("https://127.0.0.1:9/***", "https://***@127.0.0.1:9/***")
+
+
+def test_short_path_segments_are_words_not_secrets():
+    found = secrets.url_secrets(f"https://h.example/api/hooks/{TOKEN}xxxx")
+    assert secrets.redact_text("the api hooks ran", found) == "the api hooks ran"
 
 
 def test_redact_text_masks_every_part_of_the_url():
@@ -168,7 +209,24 @@ def test_a_failing_webhook_with_a_token_leaks_it_nowhere(watch_env, monkeypatch)
     assert result["state"] == "critical" and result["alerts"][0]["webhook"]["ok"] is False
     said = everything_said(result, calls, tmp_path)
     assert TOKEN not in said
-    assert "http://***@127.0.0.1:9/hook" in said  # where it points is still shown
+    assert "http://***@127.0.0.1:9/***" in said  # where it points is still shown
+
+
+@pytest.mark.parametrize("url", PATH_URLS)
+def test_a_path_token_leaks_nowhere_the_watch_speaks(watch_env, monkeypatch, url):
+    config, calls, tmp_path = watch_env
+    bare = url.partition("#")[0].partition("?")[0]
+
+    def failing(url, body, **kwargs):  # quotes the URL in every form an error could
+        return {"ok": False, "attempts": 1, "status": None, "error": f"{url} | {bare}"}
+
+    monkeypatch.setattr(alerts, "_post", failing)
+    path = secret_file(tmp_path, url + "\n")
+    result = watch_mod.run_watch(config(webhook_url_file=path))
+    assert result["alerts"][0]["webhook"]["ok"] is False
+    said = everything_said(result, calls, tmp_path)
+    assert PATH_TOKEN not in said and "webhooks/123456" not in said
+    assert "127.0.0.1:9/***" in said  # where it points is still shown
 
 
 def test_the_inline_url_is_redacted_too_and_sent_in_full(watch_env):

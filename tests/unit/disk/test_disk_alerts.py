@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import sys
 
+import pytest
 from runnerkeep.disk import alerts
 
 
@@ -56,13 +60,33 @@ def test_syslog_writes_to_a_dev_log_socket(monkeypatch, tmp_path):
         server.close()
 
 
-def test_logger_is_used_when_present(monkeypatch):
-    calls = []
+@pytest.fixture
+def fake_logger(tmp_path, monkeypatch):
+    """A ``logger`` first on PATH that records its argv and its stdin."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "logger.json"
+    script = bindir / "logger"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"with open({str(record)!r}, 'w') as out:\n"
+        "    json.dump({'argv': sys.argv[1:], 'stdin': sys.stdin.read()}, out)\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    return lambda: json.loads(record.read_text())
 
-    class Done:
-        returncode = 0
 
-    monkeypatch.setattr(alerts.shutil, "which", lambda name: "/usr/bin/logger")
-    monkeypatch.setattr(alerts.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or Done())
-    assert alerts.syslog("hello", "emergency", "rk") == "logger"
-    assert calls == [["/usr/bin/logger", "-t", "rk", "-p", "user.alert", "--", "hello"]]
+def test_logger_gets_the_message_on_stdin_never_on_its_argv(fake_logger):
+    message = "webhook https://h.example/api/webhooks/1/SLACKSECRETTOKEN123 failed"
+    assert alerts.syslog(message, "emergency", "rk") == "logger"
+    seen = fake_logger()
+    assert seen["argv"] == ["-t", "rk", "-p", "user.alert"]
+    assert "SLACKSECRETTOKEN123" not in " ".join(seen["argv"])
+    assert seen["stdin"] == message
+
+
+def test_a_multi_line_message_is_one_logger_entry(fake_logger):
+    assert alerts.syslog("disk critical\nsecond line", "critical", "rk") == "logger"
+    assert fake_logger()["stdin"] == "disk critical second line"
