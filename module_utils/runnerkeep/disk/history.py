@@ -14,8 +14,9 @@ A job hook running as the CI user cannot write the state dir (root's): its job f
 and the sampler's peaks live in the spool (``<spool>/disk-<id>.json``, ``.pid``), and
 ``job_end`` leaves a ``done-<id>-<time>.json`` record there instead of appending to the history.
 The root watch ingests done records each cycle (``ingest_spool``): validated (integers bounded,
-times sane, peaks recomputed from the used figures and clamped to the filesystem's size, the
-job id escaped), the owner uid recorded, appended to ``disk-history.jsonl`` and removed.
+times sane and recent, peaks recomputed from the used figures and clamped to the room root
+measures, the job id escaped, a few per owner uid and cycle), the owner uid recorded, appended
+to ``disk-history.jsonl`` and removed.
 
 Every file here is read through ``statefile``: records of the wrong shape are skipped and
 counted, a job or pid file that cannot be used is moved aside, and the history lock is taken
@@ -39,9 +40,13 @@ from ..fsutil import atomic_write, filesystem_usage
 from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
 from ..textutil import escape_text
+from ..units import parse_duration
 from .settings import as_int, budget_path, disk_settings, expand, seconds, state_dir
 
 DONE_SKEW = 300.0  # seconds a done record's end may lie in the future (clocks)
+# Done records of one owner uid ingested per watch cycle: more than its runners can finish in
+# one interval, few enough that a forged flood trickles in (see ingest_spool).
+DONE_PER_UID = 4
 
 HISTORY_FILE = "disk-history.jsonl"
 JOBS_DIR = "disk-jobs"
@@ -374,14 +379,14 @@ def valid_done(record: Any) -> dict[str, Any] | None:
 
 
 def _ingested(
-    record: dict[str, Any], uid: int | None, path: str, capacity: tuple[int, int] | None
+    record: dict[str, Any], uid: int | None, path: str, room: tuple[int, int]
 ) -> dict[str, Any]:
     """Root's history record of a job's done record: recomputed, clamped, the owner added."""
     peak_bytes = max(0, record["peak_used_bytes"] - record["start_used_bytes"])
     peak_inodes = max(0, record["peak_used_inodes"] - record["start_used_inodes"])
-    if capacity:
-        # A job's claim cannot make the budget reserve more than the disk holds.
-        peak_bytes, peak_inodes = min(peak_bytes, capacity[0]), min(peak_inodes, capacity[1])
+    # A job cannot have grown by more than the room root measures now (capacity minus used):
+    # its claim cannot make the budget reserve more than the disk could give it.
+    peak_bytes, peak_inodes = min(peak_bytes, room[0]), min(peak_inodes, room[1])
     start, end = record["start_time"], record["end_time"]
     return {
         "job_id": escape_text(record["job_id"])[:128],
@@ -402,42 +407,101 @@ def _ingested(
     }
 
 
+def _lock_max_age(config: dict[str, Any]) -> float:
+    section = config.get("cleanup") or {}
+    return parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
+
+
+def _last_end_by_uid(sdir: str) -> dict[int, float]:
+    """The end time of the newest spooled record of each uid already in the history."""
+    last: dict[int, float] = {}
+    for record in read_history(sdir):
+        uid, end = record.get("uid"), record.get("end_time")
+        if statefile.plain_int(uid) and statefile.timestamp(end):
+            last[uid] = max(end, last.get(uid, end))
+    return last
+
+
+def _done_problem(record: dict[str, Any], now: float, oldest: float, after: float | None) -> str:
+    if record["end_time"] > now + DONE_SKEW:
+        return "ends in the future"
+    if record["start_time"] < oldest:
+        return "started longer ago than cleanup.lock_max_age"
+    if after is not None and record["end_time"] <= after:
+        return "ends before the last recorded job of its owner"
+    return ""
+
+
 def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
     """Move the spool's done records into the history (root's watch, each cycle).
 
-    Returns {"ingested": [records], "rejected": [{"file", "uid", "problem"}]}; ``dry_run``
-    reads only."""
+    A done record is the job user's word (root never saw the job run), so what it can do to
+    root's history is bounded:
+
+    - at most ``DONE_PER_UID`` records of one owner uid per cycle (oldest end first); the
+      others stay in the spool for the next cycles (``deferred``, one warning per uid);
+    - a record must have started within ``cleanup.lock_max_age`` and end after the newest
+      record of its owner already in the history (no back-filling; ordered by END, not start,
+      because one user may run several runners whose jobs overlap);
+    - its peaks are clamped to the room root measures now (capacity minus used).
+
+    Residual risk: a job user can still forge up to ``DONE_PER_UID`` records per cycle, each
+    claiming up to the free space, so within a few cycles they can push the peak percentile up
+    and make the budget fail or the cleanup run early until honest jobs push them out (what a
+    real job filling the disk does anyway). It gains no access: the fix for that would be root
+    sampling each job itself.
+
+    Returns {"ingested": [records], "rejected": [{"file", "uid", "problem"}],
+    "deferred": {uid: count}}; ``dry_run`` reads only. When the filesystem cannot be measured
+    nothing is ingested (no clamp without a measure): every record waits."""
     settings = disk_settings(config)
     sdir = state_dir(config)
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
+    oldest = time.time() - _lock_max_age(config)
     path = expand(budget_path(config))
+    result: dict[str, Any] = {"ingested": [], "rejected": [], "deferred": {}}
     try:
         usage = filesystem_usage(path)
-        capacity: tuple[int, int] | None = (usage.total_bytes, usage.total_inodes)
-    except OSError:
-        capacity = None
+    except OSError as exc:
+        statefile.warn(f"cannot measure {path} ({exc.strerror or exc}): done records wait")
+        return result
+    room = (usage.free_bytes, usage.free_inodes)
     now = time.time()
-    result: dict[str, Any] = {"ingested": [], "rejected": []}
+    last_end = _last_end_by_uid(sdir)
+    taken: dict[int, int] = {}
     with spool.opened(spool.spool_dir_of(config)) as opened:
         if opened is None:
             return result
-        for entry in opened.read("done", valid_done):
-            problem = entry.problem
-            if not problem and entry.record["end_time"] > now + DONE_SKEW:
-                problem = "ends in the future"
+        entries = opened.read("done", valid_done)
+        for entry in sorted(entries, key=_end_order):
+            uid = entry.uid
+            problem = entry.problem or _done_problem(entry.record, now, oldest, last_end.get(uid))
+            if not problem and taken.get(uid, 0) >= DONE_PER_UID:
+                result["deferred"][uid] = result["deferred"].get(uid, 0) + 1
+                continue  # stays in the spool: the next cycle takes it
             if problem:
-                result["rejected"].append(
-                    {"file": entry.name, "uid": entry.uid, "problem": problem}
-                )
+                result["rejected"].append({"file": entry.name, "uid": uid, "problem": problem})
             else:
-                record = _ingested(entry.record, entry.uid, path, capacity)
+                taken[uid] = taken.get(uid, 0) + 1
+                last_end[uid] = entry.record["end_time"]
+                record = _ingested(entry.record, uid, path, room)
                 if not dry_run:
                     append_history(sdir, record, max_jobs)
                     _record_job_event(sdir, record)
                 result["ingested"].append(record)
             if not dry_run:
                 opened.remove(entry.name)
+    for uid, count in result["deferred"].items():
+        statefile.warn(
+            f"uid {uid} left more than {DONE_PER_UID} finished-job records in the spool this "
+            f"cycle: {count} wait for the next cycles"
+        )
     return result
+
+
+def _end_order(entry: spool.SpoolRecord) -> tuple[float, str]:
+    record = entry.record if entry.usable else None
+    return (record["end_time"] if record else 0.0, entry.name)
 
 
 def _record_job_event(sdir: str, record: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from runnerkeep import spool, statefile
@@ -160,10 +161,11 @@ def test_use_spool_only_for_a_process_that_does_not_own_the_state_dir(tmp_path):
 
 
 def done_record(job_id="j1", **over):
+    now = time.time()
     record = {
         "job_id": job_id,
-        "start_time": 1000.0,
-        "end_time": 1100.0,
+        "start_time": now - 110,
+        "end_time": now - 10,
         "start_used_bytes": 100,
         "peak_used_bytes": 600,
         "end_used_bytes": 200,
@@ -280,3 +282,84 @@ def test_a_job_users_disk_hooks_write_the_spool_and_the_watch_ingests_them(tmp_p
         assert [r["uid"] for r in history.read_history(state)] == [JOB_UID]
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+# --- ingest: what forged done records can do to root's history is bounded --------------------
+
+
+def spool_names(sp):
+    return sorted(os.listdir(sp))
+
+
+def test_a_flood_of_done_records_trickles_in_a_few_per_uid_and_cycle(host_config, sp, capsys):
+    from runnerkeep.disk import history
+
+    now = time.time()
+    for i in range(10):
+        forged = done_record(f"p{i}", peak_used_bytes=10**18, end_time=now - 60 + i)
+        write(os.path.join(sp, f"done-p{i}-{i}.json"), forged)
+    write(os.path.join(sp, "done-other-1.json"), done_record("other"), uid=JOB_UID + 1)
+    first = history.ingest_spool(host_config)
+    taken = sorted(r["job_id"] for r in first["ingested"])
+    assert taken == ["other", "p0", "p1", "p2", "p3"]  # the oldest ends first
+    assert first["deferred"] == {JOB_UID: 6} and first["rejected"] == []
+    assert len(spool_names(sp)) == 6  # the rest wait, untouched
+    assert f"uid {JOB_UID} left more than 4" in capsys.readouterr().err
+    second = history.ingest_spool(host_config)
+    assert [r["job_id"] for r in second["ingested"]] == ["p4", "p5", "p6", "p7"]
+    assert len(history.read_history(host_config["paths"]["state_dir"])) == 9
+
+
+def test_a_peak_is_clamped_to_the_room_root_measures_not_to_capacity(host_config, sp, monkeypatch):
+    from runnerkeep.disk import history
+    from runnerkeep.fsutil import FilesystemUsage
+
+    usage = FilesystemUsage("/x", "/", 10**12, 3 * 10**9, 10**8, 5 * 10**6)
+    monkeypatch.setattr(history, "filesystem_usage", lambda path: usage)
+    write(os.path.join(sp, "done-big-1.json"), done_record("big", peak_used_bytes=10**18))
+    write(os.path.join(sp, "done-ok-1.json"), done_record("ok"))
+    records = {r["job_id"]: r for r in history.ingest_spool(host_config)["ingested"]}
+    assert records["big"]["peak_bytes"] == 3 * 10**9  # the free space, not the 1 TB capacity
+    assert records["big"]["peak_inodes"] == 5  # 15 - 10: under the room, kept
+    assert records["ok"]["peak_bytes"] == 500
+
+
+def test_without_a_measure_nothing_is_ingested_and_records_wait(host_config, sp, monkeypatch):
+    from runnerkeep.disk import history
+
+    def broken(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(history, "filesystem_usage", broken)
+    write(os.path.join(sp, "done-j1-1.json"), done_record(peak_used_bytes=10**18))
+    assert history.ingest_spool(host_config)["ingested"] == []
+    assert spool_names(sp) == ["done-j1-1.json"]
+
+
+def test_old_and_back_filled_records_are_rejected(host_config, sp):
+    from runnerkeep.disk import history
+
+    now = time.time()
+    host_config["cleanup"] = {"lock_max_age": "1h"}
+    write(os.path.join(sp, "done-old-1.json"), done_record("old", start_time=now - 7200))
+    write(os.path.join(sp, "done-new-1.json"), done_record("new", end_time=now - 5))
+    assert [r["job_id"] for r in history.ingest_spool(host_config)["ingested"]] == ["new"]
+    # Later, a record claiming to end before the newest recorded job of its owner: back-fill.
+    write(os.path.join(sp, "done-back-1.json"), done_record("back", end_time=now - 50))
+    result = history.ingest_spool(host_config)
+    assert result["ingested"] == []
+    problems = {r["file"]: r["problem"] for r in result["rejected"]}
+    assert problems == {"done-back-1.json": "ends before the last recorded job of its owner"}
+    assert spool_names(sp) == []
+
+
+def test_overlapping_jobs_of_one_user_are_all_recorded(host_config, sp):
+    from runnerkeep.disk import history
+
+    now = time.time()
+    # Two runners of one user: the long job started first and ends after the short one.
+    short = done_record("short", start_time=now - 100, end_time=now - 90)
+    write(os.path.join(sp, "done-short-1.json"), short)
+    assert [r["job_id"] for r in history.ingest_spool(host_config)["ingested"]] == ["short"]
+    write(os.path.join(sp, "done-long-1.json"), done_record("long", start_time=now - 3000))
+    assert [r["job_id"] for r in history.ingest_spool(host_config)["ingested"]] == ["long"]
