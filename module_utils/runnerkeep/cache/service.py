@@ -42,6 +42,9 @@ REQUEST_DEADLINE = 10.0
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 RESPONSE_SEND_TIMEOUT = 30.0
+# What is left of a request after the answer is read away within these bounds.
+DISCARD_DEADLINE = 2.0
+MAX_DISCARD_BYTES = 16 * MAX_REQUEST_BYTES
 MAX_ANCESTRY = 64
 MAX_RECORD_BYTES = 16 * 1024
 MAX_CGROUP_BYTES = 8 * 1024
@@ -575,12 +578,10 @@ class _Pump:
                 self._to_job()
             else:
                 self._from_job()
-        except TransferStalled as exc:
-            self.error = str(exc)
-            self._reset_core()
-        except OSError as exc:
+        except (TransferStalled, OSError) as exc:
+            # Stopped because the core failed first: the core's error is the one to report.
             if not self.stop.is_set():
-                self.error = f"the file passed failed: {exc.strerror or exc}"
+                self.error = str(exc) if isinstance(exc, TransferStalled) else _fd_failed(exc)
             self._reset_core()
         else:
             with contextlib.suppress(OSError):
@@ -640,6 +641,10 @@ class _Pump:
             raise TransferStalled(f"transfer aborted, nothing stored or sent in full: {self.error}")
 
 
+def _fd_failed(exc: OSError) -> str:
+    return f"the file passed failed: {exc.strerror or exc}"
+
+
 @contextlib.contextmanager
 def transfer(
     job_fd: int, to_job: bool, deadline: float = TRANSFER_DEADLINE, idle: float | None = None
@@ -691,7 +696,27 @@ def serve_connection(
         for fd in fds:
             os.close(fd)
     _send_response(sock, response)
+    _discard_input(sock)
     return response
+
+
+def _discard_input(sock: socket.socket) -> None:
+    """After the answer: end our side, then read away what the client still sends (an
+    oversized request's rest), bounded. Closing a unix socket with unread input resets the
+    client's end, and the client would see ECONNRESET instead of the one-line error."""
+    end = time.monotonic() + DISCARD_DEADLINE
+    total = 0
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while total < MAX_DISCARD_BYTES:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return
+            sock.settimeout(remaining)
+            data = sock.recv(1 << 16)  # not recvmsg: fds sent along are dropped by the kernel
+            if not data:
+                return
+            total += len(data)
 
 
 def send_error(sock: socket.socket, exc: RunnerkeepError) -> None:

@@ -35,7 +35,9 @@ from ..statefile import flock_bounded
 from .entrymac import DEFAULT_KEY_FILE, entry_mac, load_entry_key, mac_matches
 
 ENTRY_FORMAT = 1
-KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# The first character is a letter or digit: a leading '.' would name a hidden file next to the
+# store's own temps and locks, a leading '-' reads as an option.
+KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TRUSTED = "trusted"
 SCOPE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # The file name (without .json) of an entry: KEY for the trusted scope, @SCOPE@KEY otherwise.
@@ -122,8 +124,8 @@ def validate_key(key: str) -> str:
     """Keys name files, so anything but letters, digits, '.', '_', '-' is refused up front."""
     if not isinstance(key, str) or not KEY_RE.fullmatch(key) or key in (".", ".."):
         raise ConfigError(
-            f"invalid cache key {key!r}: use 1-128 letters, digits, '.', '_' or '-' "
-            "(no '/', no spaces, not '.' or '..')"
+            f"invalid cache key {key!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', no spaces)"
         )
     return key
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from cachetest_helpers import legacy_archive, random_layer
 from runnerkeep.cache import Store, cache_settings, export_entry, import_archive, service
+from runnerkeep.cache.store import validate_key
+from runnerkeep.errors import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
@@ -281,6 +283,8 @@ def test_silent_client_is_cut_at_the_deadline(tmp_path):
         (b'{"v": 2, "op": "list"}\n', "protocol version"),
         (b'{"v": 1, "op": "prune"}\n', "unknown operation"),
         (b'{"v": 1, "op": "restore", "args": {"key": "../x"}}\n', "invalid cache key"),
+        (b'{"v": 1, "op": "restore", "args": {"key": ".hidden"}}\n', "invalid cache key"),
+        (b'{"v": 1, "op": "restore", "args": {"key": "-x"}}\n', "invalid cache key"),
         (b'{"v": 1, "op": "save", "args": {"key": "k", "images": "x"}}\n', "images"),
         (b"x" * (service.MAX_REQUEST_BYTES + 10), "larger than"),
     ],
@@ -290,6 +294,22 @@ def test_bad_requests_get_one_line_errors(svc, payload, message):
     assert response["exit_code"] == 2
     assert message in response["error"]
     assert "Traceback" not in response["error"]
+
+
+def test_a_much_larger_request_gets_the_one_line_error_not_a_reset(svc):
+    """The service stops reading at the limit; what the client still sends is read away after
+    the answer, so the client gets the error line instead of ECONNRESET."""
+    response = raw_request(svc, b"x" * (8 * service.MAX_REQUEST_BYTES))
+    assert response["exit_code"] == 2
+    assert "larger than" in response["error"]
+
+
+def test_a_key_starting_with_a_dot_is_refused_before_the_store_is_touched(tmp_path, svc):
+    path = archive(tmp_path, [LAYER_EVIL], "a:b")
+    with pytest.raises(ConfigError, match="starting with a letter or digit"):
+        import_archive(svc.store, ".hidden", path)
+    assert validate_key("a.b-c_d") == "a.b-c_d"
+    assert not os.path.exists(svc.store.entry_path("app-main"))
 
 
 def test_register_job_with_bad_facts_is_refused(svc):
