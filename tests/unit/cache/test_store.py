@@ -57,7 +57,9 @@ def test_valid_keys(key):
     assert validate_key(key) == key
 
 
-@pytest.mark.parametrize("key", ["", "a/b", "..", ".", "a b", "A" * 129, "x\n", "../etc", "é"])
+@pytest.mark.parametrize(
+    "key", ["", "a/b", "..", ".", "a b", "A" * 129, "x\n", "../etc", "é", ".hidden", "-x"]
+)
 def test_bad_keys_refused_and_nothing_written(tmp_path, store_dir, key):
     with pytest.raises(ConfigError, match="invalid cache key"):
         put(tmp_path, store_dir, key, legacy_archive([(["a:1"], [MID])]))
