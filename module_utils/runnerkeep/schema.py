@@ -380,6 +380,7 @@ CACHE = Object(
         "verify_workers": Int(1, 64),
         "service_socket": AbsPath(),
         "key_file": AbsPath(),
+        "transfer_deadline": Duration(positive=True),
     },
     "a JSON object (section cache)",
 )

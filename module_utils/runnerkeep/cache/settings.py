@@ -27,6 +27,9 @@ CACHE_DEFAULTS: dict[str, Any] = {
     "service_socket": "/run/runnerkeep/cache.sock",
     # HMAC key of the entries (readable by the store's owner only); absent: entries unsigned.
     "key_file": "/etc/runnerkeep/cache.key",
+    # The longest a job's import or export through the service may take (it is also cut after
+    # a minute without a byte): a job cannot hold the store's locks for longer.
+    "transfer_deadline": "2h",
 }
 
 
@@ -51,6 +54,9 @@ def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
             section["quarantine_retention"], "cache.quarantine_retention"
         ),
         "verify_workers": _workers(section["verify_workers"]),
+        "transfer_deadline": parse_duration(
+            section["transfer_deadline"], "cache.transfer_deadline"
+        ),
         "service_socket": section["service_socket"] or None,
         "key_file": section["key_file"] or None,
     }

@@ -37,3 +37,13 @@ def test_budget_that_cannot_be_met_leaves_the_cache_without_quota(tmp_path):
     # A 1000 TiB job peak fits no disk here: the watch reports it, the cache keeps working.
     config = config_for(tmp_path, disk={"path": str(tmp_path), "job_peak_floor": "1000TiB"})
     assert cache_settings(config)["max_size"] is None
+
+
+def test_transfer_deadline_reaches_the_service():
+    from runnerkeep.cache import service
+    from runnerkeep.cache.settings import cache_settings
+
+    settings = cache_settings({"cache": {"transfer_deadline": "5m"}})
+    assert settings["transfer_deadline"] == 300.0
+    assert service._transfer_deadline(settings) == 300.0
+    assert cache_settings({})["transfer_deadline"] == 2 * 3600.0

@@ -111,7 +111,9 @@ def test_any_2xx_status_is_success(webhook):
 def test_alerts_a_dead_webhook_missed_are_sent_next_cycle_in_order(
     make_config, fake_disk, syslog_calls, dead_url, webhook
 ):
-    config = make_config(webhook_url=dead_url, webhook_timeout="1s", webhook_retries=0)
+    # 5 s per attempt: the dead port refuses at once, and a live send (a fresh child process on
+    # a busy 2-core machine) must not be cut short by the attempt timeout.
+    config = make_config(webhook_url=dead_url, webhook_timeout="5s", webhook_retries=0)
     for free in (24, 14):  # ok -> warning -> critical while the receiver is down
         fake_disk.free_bytes = free * GiB
         result = run_watch(config)
