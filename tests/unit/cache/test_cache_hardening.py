@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from cachetest_helpers import legacy_archive, random_layer
+from deadline import must_finish_within
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runnerkeep.cache import Store, import_archive, list_entries, prune_store, verify_store
@@ -61,22 +61,6 @@ def snapshot(root: str) -> dict[str, tuple]:
             content = None
         out[os.path.relpath(path, root)] = (kind, st_.st_mode & 0o7777, st_.st_mtime_ns, content)
     return out
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: int = HANG_GUARD_SECONDS):
-    """Turns a hang (a FIFO opened for reading) into a test failure instead of a stuck suite."""
-
-    def expired(signum, frame):
-        raise AssertionError(f"still blocked after {seconds} s (a hang)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def put(tmp_path, store_dir: str, key: str, data: bytes) -> dict:
@@ -313,7 +297,7 @@ def test_list_skips_a_damaged_entry_with_one_warning(env, capsys, how):
     store_dir = make_store(env)
     damage_entry(store_dir, how)
     before = snapshot(str(env))
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         code, out, err = cli(capsys, "cache", "list", "--dir", store_dir)
     assert code == 0 and "good:1" in out and "other:1" in out
     warnings = [line for line in err.splitlines() if "warning" in line]
@@ -326,12 +310,12 @@ def test_prune_dry_run_reports_and_real_prune_quarantines_a_damaged_entry(env, c
     store_dir = make_store(env)
     path = damage_entry(store_dir, how)
     before = snapshot(str(env))
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         code, out, err = cli(capsys, "cache", "prune", "--dir", store_dir, "--dry-run")
     assert code == 0 and "evict bad: unreadable entry" in out
     assert len([line for line in err.splitlines() if "warning" in line]) == 1
     assert snapshot(str(env)) == before
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         code, out, err = cli(capsys, "cache", "prune", "--dir", store_dir)
     assert code == 0 and "quarantine" in err
     assert not os.path.lexists(path)
@@ -346,11 +330,11 @@ def test_verify_reports_a_damaged_entry_without_traceback(env, capsys, how):
     store_dir = make_store(env)
     damage_entry(store_dir, how)
     before = snapshot(str(env))
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         code, out, _err = cli(capsys, "cache", "verify", "--dir", store_dir)
     assert code == 6 and "BAD entry bad" in out
     assert snapshot(str(env)) == before  # without --repair nothing moves
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         code, out, _err = cli(capsys, "cache", "verify", "--dir", store_dir, "--repair")
     assert code == 6 and "quarantined" in out
     assert cli(capsys, "cache", "verify", "--dir", store_dir)[0] == 0
@@ -362,7 +346,7 @@ def test_save_works_beside_and_over_a_damaged_entry(env, capsys, how):
     damage_entry(store_dir, how)
     archive = env / "new.tar"
     archive.write_bytes(legacy_archive([(["new:1"], [LAYER_A, LAYER_B])]))
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         assert (
             cli(capsys, "cache", "import", "--dir", store_dir, "--key", "n", str(archive))[0] == 0
         )
@@ -398,7 +382,7 @@ def test_damaged_lock_files_do_not_stop_a_save_and_are_never_followed(tmp_path, 
         handle.write(b"sentinel")
     before_outside = snapshot(outside)
     _plant(os.path.join(store_dir, which), how, outside)
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         list_entries(store_dir)
         verify_store(store_dir)
         prune_store(store_dir, dry_run=True)
@@ -425,7 +409,7 @@ def test_a_blob_that_is_not_a_regular_file_is_never_used(tmp_path, how):
         os.mkdir(path)
     else:
         os.symlink(copy, path)  # right bytes, but outside the store: a plant
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         report = verify_store(store_dir)
         assert not report["ok"]
         assert list_entries(store_dir)["entries"]
@@ -443,7 +427,7 @@ def test_a_fifo_planted_as_a_temp_lock_does_not_hang_the_cleanup(tmp_path):
     os.mkfifo(fifo)
     link = os.path.join(store_dir, "tmp", "998-cafe.lock")
     os.symlink(str(tmp_path / "outside"), link)
-    with hang_guard():
+    with must_finish_within(HANG_GUARD_SECONDS):
         prune_store(store_dir)
     assert not os.path.lexists(fifo) and not os.path.lexists(link)
 

@@ -8,14 +8,13 @@ symlink is never followed, for reading or appending.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import stat
 import time
 
 import pytest
+from deadline import must_finish_within
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runnerkeep import events, statefile
@@ -44,20 +43,6 @@ NASTY = st.sampled_from(
      b"[" * 5000, b'{"peak_bytes": 1', b"\x00" * 10, b'{"state": "ok", "since": "x"}']
 )  # fmt: skip
 LINES = st.lists(RECORDS | NASTY | st.binary(max_size=40), max_size=12).map(b"\n".join)
-
-
-@contextlib.contextmanager
-def must_finish_within(seconds: int):
-    def hang(*_):
-        raise TimeoutError(f"a state-file reader blocked for {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def fresh_dir(tmp_path_factory) -> str:

@@ -17,12 +17,12 @@ import errno
 import fcntl
 import json
 import os
-import signal
 import socket
 import threading
 import time
 
 import pytest
+from deadline import must_finish_within
 from runnerkeep.cleanup import lock
 from runnerkeep.disk import history, watch
 from runnerkeep.disk.watch import run_watch
@@ -30,20 +30,6 @@ from runnerkeep.errors import LockHeldError
 from runnerkeep_cli.main import main
 
 GiB = 1024**3
-
-
-@contextlib.contextmanager
-def must_finish_within(seconds: int):
-    def hang(*_):
-        raise TimeoutError(f"blocked for {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 class DripServer:
