@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import CacheMiss, ConfigError, RunnerkeepError
 from ..fsutil import atomic_write, fsync_dir
-from ..statefile import flock_bounded
+from ..statefile import flock_bounded, read_fd
 from .entrymac import DEFAULT_KEY_FILE, entry_mac, load_entry_key, mac_matches
 
 ENTRY_FORMAT = 1
@@ -89,19 +89,13 @@ def read_regular(path: str, limit: int) -> bytes:
     try:
         if os.fstat(fd).st_size > limit:
             raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", path)
-        chunks = []
-        total = 0
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > limit:  # grew while read
-                raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", path)
-            chunks.append(chunk)
+        # One byte past the limit tells a file that grew while it was read.
+        data = read_fd(fd, limit + 1)
     finally:
         os.close(fd)
-    return b"".join(chunks)
+    if len(data) > limit:
+        raise NotRegularFile(errno.EFBIG, f"is larger than {limit} bytes", path)
+    return data
 
 
 def describe_os_error(exc: OSError) -> str:
