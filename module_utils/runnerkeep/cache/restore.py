@@ -15,15 +15,15 @@ from ..docker_cli import docker_binary, engine_info, run_docker
 from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import atomic_output
+from ..procutil import enlarge_pipe
 from .archive import entry_archive_length, write_entry_archive
-from .save import enlarge_pipe
+from .checks import load_checked_entry, quarantine_for
 from .store import (
     TRUSTED,
     CorruptBlob,
     CorruptEntry,
     Store,
     as_store,
-    config_diff_ids,
     entry_blobs,
     entry_name,
     validate_key,
@@ -59,39 +59,6 @@ def _reject(
         quarantine_for(store, key, exc)
     reason = f"cache entry '{key}' {how} and quarantined: {exc}"
     return _miss(store, key, state_dir, start, reason, True, op)
-
-
-def load_checked_entry(store: Store, key: str) -> tuple[dict[str, Any], str]:
-    """Read the entry and check what can be checked without reading layers: blob presence and
-    sizes, config blobs' sha256 and their diff_ids against the entry. Raises CorruptEntry or
-    CorruptBlob; CacheMiss when there is no entry."""
-    entry, digest = store.read_entry(key)
-    for blob, size in entry_blobs(entry).items():
-        actual = store.blob_size(blob)
-        if actual is None:
-            raise CorruptEntry(f"entry '{key}' needs blob {blob}, which is missing from the store")
-        if actual != size:
-            raise CorruptBlob(blob, f"blob {blob} has {actual} bytes, entry '{key}' says {size}")
-    for image in entry["images"]:
-        cfg = image["config"]["digest"]
-        diff_ids, _size = config_diff_ids(store, cfg)
-        if diff_ids != [layer["diff_id"] for layer in image["layers"]]:
-            raise CorruptEntry(f"entry '{key}': layers do not match the diff_ids of config {cfg}")
-    return entry, digest
-
-
-def quarantine_for(store: Store, key: str, exc: Exception) -> list[str]:
-    """Move the rejected entry (and the bad blob, if one was named) aside."""
-    moved = []
-    reason = str(exc)
-    if isinstance(exc, CorruptBlob):
-        target = store.quarantine("blob", store.blob_path(exc.digest), reason)
-        if target:
-            moved.append(target)
-    target = store.quarantine("entry", store.entry_path(key), reason)
-    if target:
-        moved.append(target)
-    return moved
 
 
 def readable_name(store: Store, key: str, scope: str) -> str:

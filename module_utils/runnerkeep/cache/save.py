@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import fcntl
 import os
 import re
 import subprocess
@@ -23,6 +21,7 @@ from ..errors import (
 )
 from ..events import record_event
 from ..fsutil import filesystem_usage, fsync_dir, same_filesystem
+from ..procutil import enlarge_pipe
 from ..units import format_size
 from .archive import (
     ArchiveError,
@@ -32,33 +31,26 @@ from .archive import (
     familiar_ref,
     read_archive_stream,
 )
+from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
+from .prune import prune_store
 from .store import (
     TRUSTED,
     CorruptBlob,
     CorruptEntry,
     Store,
     as_store,
-    config_diff_ids,
     entry_blobs,
     entry_name,
     is_no_space,
     validate_key,
 )
 
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-PIPE_SIZE = 1 << 20
 TAR_OVERHEAD_PER_LAYER = 4096  # headers + padding + json/VERSION members, generously
 _ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{4,64}$")
 
 
 class SaveFailed(RunnerkeepError):
     """The save did not produce a complete, verified archive: nothing was committed."""
-
-
-def enlarge_pipe(fd: int) -> None:
-    # The default 64 KiB pipe reads erratically; 1 MiB gives a steady stream (ENVIRONMENT.md).
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,9 +194,10 @@ def _entry_is_current(store: Store, key: str, ids: set[str], tags: dict[str, str
     images = {image["id"]: set(image["tags"]) for image in entry["images"]}
     if set(images) != ids or any(tag not in images.get(i, ()) for tag, i in tags.items()):
         return None
-    for blob, size in entry_blobs(entry).items():
-        if store.blob_size(blob) != size:
-            return None
+    try:
+        check_blob_sizes(store, key, entry)
+    except (CorruptEntry, CorruptBlob):
+        return None
     return {"entry": entry, "entry_digest": digest}
 
 
@@ -417,8 +410,6 @@ def save_entry(
     result["scope"] = scope
     result["duration"] = round(time.monotonic() - start, 3)
     if max_size is not None and result["result"] == "saved":
-        from .prune import prune_store
-
         result["prune"] = prune_store(store, max_size=max_size, protect={name})
     _event(
         state_dir,
@@ -480,15 +471,6 @@ def _dry_run_save(
     }
 
 
-def _hash_or_none(path: str) -> str | None:
-    from .verify import hash_file
-
-    try:
-        return hash_file(path)[0]
-    except OSError:
-        return None  # unreadable, or not a regular file any more: not a usable blob
-
-
 def _save_from_store(
     store: Store,
     key: str,
@@ -542,9 +524,9 @@ def _save_from_store(
                 "manifests": [],
             }
         )
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {pool.submit(_hash_or_none, store.blob_path(d)): d for d in layer_blobs}
-        bad = [d for fut, d in futures.items() if fut.result() != d]
+    # An unreadable blob (or one no longer a regular file) is as unusable as a damaged one.
+    rehashed = rehash_blobs(store, layer_blobs, workers=2)
+    bad = [digest for digest, found in rehashed.items() if not found.matches]
     for digest in bad:
         store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
     if bad:

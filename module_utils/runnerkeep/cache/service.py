@@ -31,6 +31,9 @@ from typing import Any, Callable
 
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, RunnerkeepError
 from ..procutil import same_process
+from .prune import list_entries
+from .restore import export_entry_fd, restore_entry
+from .save import import_archive_fd, save_entry
 from .store import TRUSTED, Store, validate_key, validate_scope
 from .trust import UNREGISTERED
 
@@ -485,10 +488,6 @@ def dispatch(
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Run one operation for a job of ``scope``; returns its data (raises like the core)."""
-    from .prune import list_entries
-    from .restore import export_entry_fd, restore_entry
-    from .save import import_archive_fd, save_entry
-
     if op in ("import", "export"):
         if len(fds) != 1:
             raise ProtocolError(f"{op} needs the file passed as a descriptor")

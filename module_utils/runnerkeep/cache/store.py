@@ -173,29 +173,6 @@ def entry_blobs(entry: dict[str, Any]) -> dict[str, int]:
     return blobs
 
 
-def config_diff_ids(store: Store, digest: str) -> tuple[list[str], int]:
-    """An image config blob's ``rootfs.diff_ids`` and its size, read once and checked against
-    its sha256. Raises CorruptBlob (damaged, or no diff_ids), CorruptEntry (not a digest),
-    FileNotFoundError (not stored)."""
-    try:
-        data = read_regular(store.blob_path(digest), MAX_CONFIG_BYTES)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise CorruptBlob(
-            digest, f"config blob {digest} cannot be read: {describe_os_error(exc)}"
-        ) from None
-    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-        raise CorruptBlob(digest, f"config blob {digest} fails its sha256 check (damaged on disk)")
-    try:
-        diff_ids = json.loads(data)["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise CorruptBlob(digest, f"config blob {digest} has no rootfs.diff_ids") from None
-    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
-        raise CorruptBlob(digest, f"config blob {digest} has malformed rootfs.diff_ids")
-    return diff_ids, len(data)
-
-
 class Store:
     """One cache directory. Cheap to create; ``ensure()`` creates the directories."""
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import os
 import time
 from typing import Any, Callable
 
 from ..errors import CacheMiss, ConfigError
-from .restore import load_checked_entry, quarantine_for
+from .checks import BlobHash, load_checked_entry, quarantine_for, rehash_blobs
 from .store import (
     MAX_ENTRY_BYTES,
     CorruptBlob,
@@ -18,34 +16,9 @@ from .store import (
     as_store,
     check_entry,
     entry_blobs,
-    open_regular,
     read_regular,
     validate_name,
 )
-
-CHUNK = 1 << 20
-
-
-def hash_file(path: str) -> tuple[str, int]:
-    """sha256 and size, read with readinto into one buffer (no per-chunk allocation). Only a
-    regular file is read (NotRegularFile, an OSError, otherwise): never a symlink's target,
-    never a FIFO that would block."""
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK * 4)
-    view = memoryview(buf)
-    size = 0
-    fd = open_regular(path)
-    try:
-        with open(fd, "rb", buffering=0, closefd=False) as handle:
-            while True:
-                n = handle.readinto(view)
-                if not n:
-                    break
-                h.update(view[:n])
-                size += n
-    finally:
-        os.close(fd)
-    return "sha256:" + h.hexdigest(), size
 
 
 def verify_store(
@@ -92,24 +65,18 @@ def verify_store(
         # Biggest first so the two threads finish together.
         to_hash.sort(key=lambda d: -on_disk[d])
         checked_bytes = 0
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            futures = {pool.submit(hash_file, store.blob_path(d)): d for d in to_hash}
-            for fut in concurrent.futures.as_completed(futures):
-                digest = futures[fut]
-                try:
-                    actual, size = fut.result()
-                except OSError as exc:
-                    bad_blobs[digest] = f"blob {digest} cannot be read: {exc.strerror}"
-                    continue
-                checked_bytes += size
+
+        def on_hashed(found: BlobHash) -> None:
+            nonlocal checked_bytes
+            if found.error is None:
+                checked_bytes += found.size
                 if progress:
                     progress(checked_bytes)
-                if actual != digest:
-                    bad_blobs[digest] = f"blob {digest} fails its sha256 check (is {actual})"
-                elif digest in referenced and referenced[digest] != size:
-                    bad_blobs[digest] = (
-                        f"blob {digest} has {size} bytes, entries say {referenced[digest]}"
-                    )
+
+        for digest, found in rehash_blobs(store, to_hash, workers, on_hashed).items():
+            problem = _blob_problem(found, referenced.get(digest))
+            if problem:
+                bad_blobs[digest] = problem
         for k, entry in entries.items():
             blobs = entry_blobs(entry)
             bad = sorted(d for d in blobs if d in bad_blobs)
@@ -141,6 +108,18 @@ def verify_store(
         "throughput_bytes_per_second": int(checked_bytes / duration) if duration > 0 else 0,
         "empty": not keys and not on_disk,
     }
+
+
+def _blob_problem(found: BlobHash, entry_size: int | None) -> str | None:
+    """Why a re-read blob is bad (None: it is good); ``entry_size``: what entries say, if any."""
+    digest = found.digest
+    if found.error is not None:
+        return f"blob {digest} cannot be read: {found.error.strerror}"
+    if not found.matches:
+        return f"blob {digest} fails its sha256 check (is {found.actual})"
+    if entry_size is not None and entry_size != found.size:
+        return f"blob {digest} has {found.size} bytes, entries say {entry_size}"
+    return None
 
 
 def _empty_report(store: Store) -> dict[str, Any]:
@@ -202,15 +181,14 @@ def sign_entries(store_dir: str | Store, *, workers: int = 2) -> dict[str, Any]:
 def _sign_one(store: Store, unsigned_view: Store, name: str, workers: int) -> None:
     entry, _digest = load_checked_entry(unsigned_view, name)
     blobs = entry_blobs(entry)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(hash_file, store.blob_path(d)): d for d in blobs}
-        for fut, digest in futures.items():
-            actual, size = fut.result()
-            if actual != digest or size != blobs[digest]:
-                raise CorruptBlob(digest, f"blob {digest} fails its sha256 or size check")
+    for digest, found in rehash_blobs(store, blobs, workers).items():
+        if found.error is not None:
+            raise found.error
+        if not found.matches or found.size != blobs[digest]:
+            raise CorruptBlob(digest, f"blob {digest} fails its sha256 or size check")
     last_used = store.entry_times(name)
     store.write_entry(entry)
     os.utime(store.entry_path(name), (last_used, last_used))
 
 
-__all__ = ["hash_file", "quarantine_for", "sign_entries", "verify_store"]
+__all__ = ["sign_entries", "verify_store"]

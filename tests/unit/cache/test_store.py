@@ -26,7 +26,7 @@ from runnerkeep.cache import (
     verify_store,
 )
 from runnerkeep.cache.archive import SMALL_MEMBER, entry_archive_length, write_entry_archive
-from runnerkeep.cache.restore import load_checked_entry
+from runnerkeep.cache.checks import load_checked_entry
 from runnerkeep.cache.save import SaveFailed, _space_message, space_plan
 from runnerkeep.errors import CacheMiss, ConfigError
 
