@@ -49,7 +49,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISLNK, S_ISREG
-from typing import Callable
+from typing import Callable, NamedTuple, NoReturn
 
 from ..mounts import MountIdUnavailable, mount_id, mount_id_at
 
@@ -314,7 +314,7 @@ def _should_skip(st: os.stat_result, path: str, opts: WalkOptions, stats: TreeSt
 
 
 def _kept_mount_point(
-    parent_fd: int, name: str, st: os.stat_result, path: str, opts: WalkOptions, stats
+    parent_fd: int, name: str, st: os.stat_result, path: str, opts: WalkOptions, stats: TreeStats
 ) -> bool:
     if opts.mount_point(parent_fd, name, st):
         stats.kept.append((path, OTHER_MOUNT))
@@ -322,15 +322,17 @@ def _kept_mount_point(
     return False
 
 
-def _open_checked_dir(parent_fd: int, name: str, st, path: str, opts, stats) -> int:
+def _open_checked_dir(
+    parent_fd: int, name: str, st: os.stat_result, path: str, opts: WalkOptions, stats: TreeStats
+) -> int:
     """Open directory ``name`` (stat ``st``) for a walk: -1 when it must not be entered."""
     try:
         fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         stats.errors.append((path, _err(exc)))
         return -1
-    fst = os.fstat(fd)
-    if (fst.st_ino, fst.st_dev) != (st.st_ino, st.st_dev):
+    opened = os.fstat(fd)
+    if (opened.st_ino, opened.st_dev) != (st.st_ino, st.st_dev):
         os.close(fd)
         stats.errors.append((path, "changed while being walked; left alone"))
         return -1
@@ -565,12 +567,27 @@ def _reopen_parent(child_fd: int, ident: tuple, opts: WalkOptions) -> int:
     return fd
 
 
-def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
-    """Count every non-directory entry of the directory open on ``dfd``.
+class _Subdir(NamedTuple):
+    """A subdirectory ``_scan_dir`` found: counted (and checked) by whoever opens it."""
 
-    Returns its subdirectories as ``(name, st_blocks, st_mtime, st_dev, st_ino)``: they are
-    counted by whoever opens them, so a directory that cannot be opened is reported, not
-    counted. This loop runs once per entry of the tree, so it keeps everything in locals.
+    name: str
+    st_blocks: int
+    st_mtime: float
+    st_dev: int
+    st_ino: int
+
+    @property
+    def ident(self) -> tuple:
+        return (self.st_dev, self.st_ino)
+
+
+def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list[_Subdir]:
+    """Count every non-directory entry of the directory ``dpath`` open on ``dfd``.
+
+    Returns its subdirectories: they are counted by whoever opens them, so a directory that
+    cannot be opened is reported, not counted. This loop runs once per entry of the tree, so it
+    keeps everything in locals (``dfd``/``dpath`` short for the same reason: read on every
+    line).
     """
     try:
         entries = _list(dfd, dpath)
@@ -615,7 +632,7 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
             if one_fs and st.st_dev != dev:
                 tally.kept.append((dpath + "/" + entry.name, OTHER_FS))
                 continue
-            subdirs.append((entry.name, st.st_blocks, st.st_mtime, st.st_dev, st.st_ino))
+            subdirs.append(_Subdir(entry.name, st.st_blocks, st.st_mtime, st.st_dev, st.st_ino))
         else:
             tally.kept.append((dpath + "/" + entry.name, "special file"))
     tally.blocks += blocks
@@ -624,12 +641,13 @@ def _scan_dir(dfd: int, dpath: str, opts: WalkOptions, tally: _Tally) -> list:
     return subdirs
 
 
-def _open_subdir(dfd: int, dpath: str, sub: tuple, opts: WalkOptions, tally: _Tally) -> tuple:
+def _open_subdir(
+    parent_fd: int, parent_path: str, subdir: _Subdir, opts: WalkOptions, tally: _Tally
+) -> tuple[int, str]:
     """Open and count a subdirectory found by ``_scan_dir``: ``(fd, path)``, or ``(-1, path)``."""
-    name, blocks, mtime, _dev, _ino = sub
-    path = dpath + "/" + name
+    path = parent_path + "/" + subdir.name
     try:
-        fd = os.open(name, OPEN_DIR_FLAGS, dir_fd=dfd)
+        fd = os.open(subdir.name, OPEN_DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         tally.errors.append((path, _err(exc)))
         return -1, path
@@ -637,10 +655,10 @@ def _open_subdir(dfd: int, dpath: str, sub: tuple, opts: WalkOptions, tally: _Ta
         os.close(fd)
         tally.kept.append((path, OTHER_MOUNT))
         return -1, path
-    tally.blocks += blocks
+    tally.blocks += subdir.st_blocks
     tally.inodes += 1
-    if mtime > tally.newest:
-        tally.newest = mtime
+    if subdir.st_mtime > tally.newest:
+        tally.newest = subdir.st_mtime
     return fd, path
 
 
@@ -658,16 +676,16 @@ def _walk(
     try:
         while frames:
             frame = frames[-1]
-            sub = next(frame.todo, None)
-            if sub is None:
+            subdir = next(frame.todo, None)
+            if subdir is None:
                 stack.pop(tally.errors)
                 continue
             if on_directory is not None:
                 on_directory()
-            cfd, cpath = _open_subdir(frame.fd, frame.path, sub, opts, tally)
-            if cfd >= 0:
-                todo = iter(_scan_dir(cfd, cpath, opts, tally))
-                stack.push(_Frame(cfd, cpath, todo, (sub[3], sub[4])))
+            child_fd, child_path = _open_subdir(frame.fd, frame.path, subdir, opts, tally)
+            if child_fd >= 0:
+                todo = iter(_scan_dir(child_fd, child_path, opts, tally))
+                stack.push(_Frame(child_fd, child_path, todo, subdir.ident))
     finally:
         stack.close_all()
 
@@ -695,126 +713,164 @@ def default_workers() -> int:
     return max(1, min(cpus, 4))
 
 
+class _FrontierDir(NamedTuple):
+    """A frontier directory: ``subdir`` of the directory ``parent_path`` open on ``parent_fd``."""
+
+    parent_fd: int
+    parent_path: str
+    subdir: _Subdir
+
+
 def _walk_shared(
     fd: int, path: str, opts: WalkOptions, tally: _Tally, workers: int, ident: tuple
 ) -> bool:
     """Count the tree below ``fd`` (consumed), sharing it with up to ``workers - 1`` helpers.
 
     The top levels are scanned here until at least SHARE_FRONTIER directories are found (the
-    frontier); then this process walks frontier directories in order and, once the walk has
-    taken SHARE_AFTER_SECONDS, forks helpers. From then on every process takes frontier ranges
-    from one pipe (written before the fork, so reads only ever drain it) and helpers send
-    their tallies back through their own pipe. False when a helper failed (its share is lost).
-    A level holds fewer than SHARE_FRONTIER directories, so their descriptors stay few.
+    frontier), which ``_FrontierShare`` then walks. False when a helper failed (its share is
+    lost). A level holds fewer than SHARE_FRONTIER directories, so their descriptors stay few.
     """
     level = [(fd, path)]
-    frontier: list = []  # (parent fd, subdir tuple, parent path)
+    frontier: list[_FrontierDir] = []
     try:
         while level:
             found = []
-            for dfd, dpath in level:
-                for sub in _scan_dir(dfd, dpath, opts, tally):
-                    found.append((dfd, sub, dpath))
+            for dir_fd, dir_path in level:
+                for subdir in _scan_dir(dir_fd, dir_path, opts, tally):
+                    found.append(_FrontierDir(dir_fd, dir_path, subdir))
             if not found or len(found) >= SHARE_FRONTIER:
                 frontier = found
                 break
             deeper = []
-            for dfd, sub, dpath in found:
-                cfd, cpath = _open_subdir(dfd, dpath, sub, opts, tally)
-                if cfd >= 0:
-                    deeper.append((cfd, cpath))
-            for dfd, _dpath in level:
-                os.close(dfd)
+            for item in found:
+                child_fd, child_path = _open_subdir(
+                    item.parent_fd, item.parent_path, item.subdir, opts, tally
+                )
+                if child_fd >= 0:
+                    deeper.append((child_fd, child_path))
+            for dir_fd, _dir_path in level:
+                os.close(dir_fd)
             level = deeper
         if not frontier:
             return True
-        return _share_frontier(frontier, opts, tally, workers)
+        return _FrontierShare(frontier, opts, workers).run(tally)
     finally:
-        for dfd, _dpath in level:
-            os.close(dfd)
+        for dir_fd, _dir_path in level:
+            os.close(dir_fd)
 
 
-def _share_frontier(frontier: list, opts: WalkOptions, tally: _Tally, workers: int) -> bool:
-    started = time.monotonic()
-    next_index = 0  # next frontier item this process takes, until the helpers start
-    read_fd = -1  # the shared queue's pipe: >= 0 once the helpers have started
-    helpers: list = []  # (pid, result read fd)
+class _FrontierShare:
+    """The frontier's directories walked by this process and, later, by forked helpers.
 
-    def take_range() -> tuple:
-        nonlocal next_index
-        if read_fd < 0:
-            i = next_index
-            next_index = i + 1
-            return (i, i + 1) if i < len(frontier) else (0, 0)
-        record = os.read(read_fd, _QUEUE_RECORD.size)
+    This process walks frontier directories in order and, once the walk has taken
+    SHARE_AFTER_SECONDS, forks helpers. From then on every process takes ``[start, end)``
+    frontier ranges from one queue pipe (written whole before the fork, so reads only ever
+    drain it) and helpers send their tallies back through their own pipe.
+    """
+
+    def __init__(self, frontier: list[_FrontierDir], opts: WalkOptions, workers: int) -> None:
+        self.frontier = frontier
+        self.opts = opts
+        self.workers = workers
+        self.started = time.monotonic()
+        self.next_index = 0  # next frontier item this process takes, until the helpers start
+        self.queue_fd = -1  # the queue's read end: >= 0 once the helpers have started
+        self.helpers: list[tuple[int, int]] = []  # (pid, result read fd)
+
+    def run(self, tally: _Tally) -> bool:
+        """Walk the frontier into ``tally``; False when a helper did not finish cleanly."""
+        try:
+            self._walk_frontier(tally, self._start_helpers_when_due)
+        except BaseException:
+            self._stop_helpers()  # interrupted: the helpers' work is not wanted
+            raise
+        finally:
+            if self.queue_fd >= 0:
+                os.close(self.queue_fd)
+        complete = True
+        for pid, result_read in self.helpers:
+            complete = _collect_helper(pid, result_read, tally) and complete
+        return complete
+
+    def _take_range(self) -> tuple[int, int]:
+        if self.queue_fd < 0:
+            index = self.next_index
+            self.next_index = index + 1
+            return (index, index + 1) if index < len(self.frontier) else (0, 0)
+        record = os.read(self.queue_fd, _QUEUE_RECORD.size)
         return _QUEUE_RECORD.unpack(record) if record else (0, 0)
 
-    def walk_frontier(this_tally: _Tally, on_directory) -> None:
+    def _walk_frontier(self, tally: _Tally, on_directory: Callable[[], None] | None) -> None:
         while True:
-            start, end = take_range()
+            start, end = self._take_range()
             if start >= end:
                 return
-            for dfd, sub, dpath in frontier[start:end]:
-                cfd, cpath = _open_subdir(dfd, dpath, sub, opts, this_tally)
-                if cfd >= 0:
-                    _walk(cfd, cpath, opts, this_tally, (sub[3], sub[4]), on_directory)
+            for item in self.frontier[start:end]:
+                child_fd, child_path = _open_subdir(
+                    item.parent_fd, item.parent_path, item.subdir, self.opts, tally
+                )
+                if child_fd >= 0:
+                    _walk(child_fd, child_path, self.opts, tally, item.subdir.ident, on_directory)
 
-    def start_helpers() -> None:
-        nonlocal read_fd
-        remaining = len(frontier) - next_index
-        if remaining < 1 or time.monotonic() - started < SHARE_AFTER_SECONDS:
+    def _start_helpers_when_due(self) -> None:
+        """Called before each subdirectory this process enters (the work-sharing check)."""
+        if self.queue_fd >= 0:
             return
-        read_fd, write_fd = os.pipe()
+        remaining = len(self.frontier) - self.next_index
+        if remaining < 1 or time.monotonic() - self.started < SHARE_AFTER_SECONDS:
+            return
+        self._write_queue()
+        for _ in range(min(self.workers - 1, remaining)):
+            self.helpers.append(self._fork_helper())
+
+    def _write_queue(self) -> None:
+        """Put the frontier's remaining ranges into the queue pipe, whole, and close its end."""
+        self.queue_fd, write_fd = os.pipe()
+        remaining = len(self.frontier) - self.next_index
         # Small ranges keep the processes balanced; few enough records to fit the pipe.
         step = max(1, -(-remaining // _QUEUE_MAX_RECORDS))
         records = b"".join(
-            _QUEUE_RECORD.pack(i, min(i + step, len(frontier)))
-            for i in range(next_index, len(frontier), step)
+            _QUEUE_RECORD.pack(i, min(i + step, len(self.frontier)))
+            for i in range(self.next_index, len(self.frontier), step)
         )
-        os.write(write_fd, records)
-        os.close(write_fd)
-        for _ in range(min(workers - 1, remaining)):
-            result_read, result_write = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # helper: walk its share, send the tally, never return
-                code = 1
-                try:
-                    os.close(result_read)
-                    if _helper_hook is not None:
-                        _helper_hook()
-                    mine = _Tally()
-                    walk_frontier(mine, None)
-                    payload = marshal.dumps(
-                        (mine.blocks, mine.inodes, mine.newest, mine.errors, mine.kept, mine.links)
-                    )
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(result_write, view) :]
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(result_write)
-            helpers.append((pid, result_read))
+        try:
+            os.write(write_fd, records)
+        finally:
+            os.close(write_fd)
 
-    def on_directory() -> None:
-        if read_fd < 0:
-            start_helpers()
+    def _fork_helper(self) -> tuple[int, int]:
+        """(pid, read end of its result pipe) of a new helper walking its share of the queue."""
+        result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            self._helper_main(result_read, result_write)
+        os.close(result_write)
+        return pid, result_read
 
-    try:
-        walk_frontier(tally, on_directory)
-    except BaseException:
-        for pid, result_read in helpers:  # interrupted: the helpers' work is not wanted
+    def _helper_main(self, result_read: int, result_write: int) -> NoReturn:
+        """In the helper: walk its share, send the tally, exit (never returns)."""
+        code = 1
+        try:
+            os.close(result_read)
+            if _helper_hook is not None:
+                _helper_hook()
+            mine = _Tally()
+            self._walk_frontier(mine, None)
+            payload = marshal.dumps(
+                (mine.blocks, mine.inodes, mine.newest, mine.errors, mine.kept, mine.links)
+            )
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(result_write, view) :]
+            code = 0
+        finally:
+            os._exit(code)
+
+    def _stop_helpers(self) -> None:
+        for pid, result_read in self.helpers:
             os.kill(pid, signal.SIGKILL)
             os.close(result_read)
             os.waitpid(pid, 0)
-        raise
-    finally:
-        if read_fd >= 0:
-            os.close(read_fd)
-    complete = True
-    for pid, result_read in helpers:
-        complete = _collect_helper(pid, result_read, tally) and complete
-    return complete
 
 
 def _collect_helper(pid: int, result_read: int, tally: _Tally) -> bool:
@@ -878,25 +934,39 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
     if _changed_since(st, opts):
         stats.kept.append((path, CHANGED))
         return stats
-    if not stat.S_ISDIR(st.st_mode):
-        try:
-            os.unlink(name, dir_fd=parent_fd)
-        except OSError as exc:
-            if exc.errno == errno.EBUSY:  # mounted on after the walk started
-                stats.kept.append((path, OTHER_MOUNT))
-            else:
-                stats.errors.append((path, _err(exc)))
-            return stats
-        _note_unlinked(st, opts)
-        stats.add_removed(st)
-        return stats
+    if stat.S_ISDIR(st.st_mode):
+        _remove_tree(parent_fd, name, path, st, opts, stats)
+    else:
+        _remove_file(parent_fd, name, path, st, opts, stats)
+    return stats
+
+
+def _remove_file(
+    parent_fd: int, name: str, path: str, st: os.stat_result, opts: WalkOptions, stats: TreeStats
+) -> None:
+    """Unlink the file or symlink ``name`` (lstat ``st``), checked by ``remove_entry``."""
+    try:
+        os.unlink(name, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:  # mounted on after the walk started
+            stats.kept.append((path, OTHER_MOUNT))
+        else:
+            stats.errors.append((path, _err(exc)))
+        return
+    _note_unlinked(st, opts)
+    stats.add_removed(st)
+
+
+def _remove_tree(
+    parent_fd: int, name: str, path: str, st: os.stat_result, opts: WalkOptions, stats: TreeStats
+) -> None:
+    """Empty the directory ``name`` (lstat ``st``) with ``_RemovalWalk``, then remove it."""
     fd = _open_checked_dir(parent_fd, name, st, path, opts, stats)
     if fd < 0:
-        return stats
+        return
     top = _Frame(fd, path, None, (st.st_dev, st.st_ino), name, st.st_blocks)
     if _RemovalWalk(opts, stats).run(top):
         _rmdir(parent_fd, top, stats)
-    return stats
 
 
 def _note_unlinked(st: os.stat_result, opts: WalkOptions) -> None:
@@ -1032,17 +1102,17 @@ class _RemovalWalk:
         if opts.one_filesystem and st.st_dev != opts.dev:
             self._keep(frame, name, OTHER_FS)
             return
-        cfd = _open_checked_dir(frame.fd, name, st, path, opts, self.stats)
-        if cfd < 0:
+        child_fd = _open_checked_dir(frame.fd, name, st, path, opts, self.stats)
+        if child_fd < 0:
             frame.complete = False
             return
         try:
-            entries = _list(cfd, path)
+            entries = _list(child_fd, path)
         except OSError as exc:
-            os.close(cfd)
+            os.close(child_fd)
             self._fail(frame, name, _err(exc))
             return
-        child = _Frame(cfd, path, iter(entries), (st.st_dev, st.st_ino), name, st.st_blocks)
+        child = _Frame(child_fd, path, iter(entries), (st.st_dev, st.st_ino), name, st.st_blocks)
         self.stack.push(child)
 
     def _leave(self) -> None:
