@@ -7,9 +7,10 @@ DOCUMENTATION = r"""
 module: disk_budget
 short_description: Disk budget of a CI runner host (cache quota, cleanup targets, watermarks)
 description:
-  - Computes the disk budget of the host from the capacity of the budget filesystem, the
+  - >-
+    Computes the disk budget of the host from the capacity of the budget filesystem, the
     recorded job peaks (a high percentile, with a floor while the history is short), the image
-    cache size and a reserve. Returns the image-cache quota, the free-space targets of the
+    cache size and a reserve. Returns the image cache quota, the free space targets of the
     pre and post cleanup stages, and the warning, critical and emergency watermarks in bytes
     and inodes, with the arithmetic in words.
   - Roles set cache quotas and cleanup thresholds from the result instead of hard-coded numbers.
@@ -17,31 +18,42 @@ description:
   - Fails with a clear message when the disk is too small for the budget (never a negative quota).
 version_added: "0.1.0"
 author:
-  - runnerkeep contributors
+  - runnerkeep maintainers (@runnerkeep)
 options:
   config_file:
     description:
       - The runnerkeep config file (JSON); fragments in C(config.d/) beside it are merged.
-      - Defaults to C($RUNNERKEEP_CONFIG) or C(/etc/runnerkeep/config.json).
+      - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   disk:
     description:
-      - Settings merged over the C(disk) section of the config file for this call only, for
+      - >-
+        Settings merged over the C(disk) section of the config file for this call only, for
         example inventory overrides such as C(reserve), C(job_peak_floor), C(cache_quota),
         C(warning_free) or C(path).
     type: dict
     default: {}
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
-      - Computes the same budget in check mode and never writes a setting, a lock or a report;
-        reading the job-peak history changes nothing (a damaged history is repaired by the next
-        job end, which writes it).
+      - >-
+        The module only reads, in check mode as in a real run: it never writes a setting, a lock
+        or a report, and reading the job peak history changes nothing (a damaged history is
+        repaired by the next job end, which writes it). It always returns C(changed=false).
   diff_mode:
-    support: none
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: N/A
+    details:
+      - The module changes nothing, so there is nothing to diff.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 notes:
-  - The I(disk) settings are checked against the config schema (types, ranges, sizes,
+  - >-
+    The O(disk) settings are checked against the config schema (types, ranges, sizes,
     durations, URLs); a bad value fails the task naming the key.
 requirements:
   - python >= 3.9 on the managed host
@@ -49,7 +61,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Compute the disk budget
-  disk_budget:
+  runnerkeep.runner.disk_budget:
   register: budget
 
 - name: Print the arithmetic
@@ -57,7 +69,7 @@ EXAMPLES = r"""
     msg: "{{ budget.explanation }}"
 
 - name: Budget with an inventory override of the reserve
-  disk_budget:
+  runnerkeep.runner.disk_budget:
     disk:
       reserve: 8%
       job_peak_floor: 20GiB
@@ -66,7 +78,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 budget:
-  description: The whole budget (every field below, and more).
+  description:
+    - >-
+      The whole budget: every figure below and the inputs (C(path), C(capacity_bytes),
+      C(reserve_bytes), C(job_peak_bytes), C(job_peak_source), C(history_jobs), C(cache_bytes),
+      C(overrides), C(warnings), ...).
   returned: success
   type: dict
 cache_quota_bytes:
@@ -78,21 +94,27 @@ pre_target_free_bytes:
   description: Free bytes the pre-build cleanup stage stops at.
   returned: success
   type: int
+  sample: 53687091200
 post_target_free_bytes:
   description: Free bytes the post-build (and emergency) cleanup stage stops at.
   returned: success
   type: int
+  sample: 64424509440
 pre_target_free_inodes:
   description: Free inodes the pre-build stage stops at (0 when the filesystem has no limit).
   returned: success
   type: int
+  sample: 1000000
 post_target_free_inodes:
-  description: Free inodes the post-build stage stops at.
+  description: Free inodes the post-build (and emergency) stage stops at.
   returned: success
   type: int
+  sample: 1200000
 watermarks:
-  description: Per level (warning, critical, emergency), the free C(bytes) and C(inodes) below
-    which the watch enters it.
+  description:
+    - >-
+      Per level (C(warning), C(critical), C(emergency)), the free C(bytes) and C(inodes) below
+      which the watch enters it.
   returned: success
   type: dict
   sample: {"warning": {"bytes": 35002495180, "inodes": 1038860}}
@@ -101,6 +123,11 @@ explanation:
   returned: success
   type: list
   elements: str
+exit_code:
+  description: The exit code C(runnerkeep disk budget) gives for the same error.
+  returned: failed, when the core refused
+  type: int
+  sample: 2
 """
 
 import traceback

@@ -7,25 +7,28 @@ DOCUMENTATION = r"""
 module: disk_facts
 short_description: Disk report of a CI runner host as facts
 description:
-  - Measures the filesystems holding the Docker root, the image cache, the runner work
+  - >-
+    Measures the filesystems holding the Docker root, the image cache, the runner work
     directories and C(/tmp) (size, free bytes, free inodes), Docker usage by kind like
     C(docker system df) with reclaimable bytes, the image cache size (logical and on disk) and
     the largest directories under the configured roots.
-  - Returns everything as the fact C(runnerkeep_disk). Read-only; a missing Docker engine or an
+  - >-
+    Returns everything as the fact C(runnerkeep_disk). Read-only; a missing Docker engine or an
     unreadable path is reported in the facts, not a failure.
   - The same report as C(runnerkeep disk report --json) on the host.
 version_added: "0.1.0"
 author:
-  - runnerkeep contributors
+  - runnerkeep maintainers (@runnerkeep)
 options:
   config_file:
     description:
       - The runnerkeep config file (JSON); fragments in C(config.d/) beside it are merged.
-      - Defaults to C($RUNNERKEEP_CONFIG) or C(/etc/runnerkeep/config.json).
+      - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   disk:
     description:
-      - Settings merged over the C(disk) section of the config file for this call only
+      - >-
+        Settings merged over the C(disk) section of the config file for this call only
         (for example C(work_dirs), C(report_roots), C(largest_dirs)).
     type: dict
     default: {}
@@ -46,12 +49,27 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
-    description: The module only reads (statvfs, directory sizes, C(docker system df)).
+    details:
+      - >-
+        The module only reads (statvfs, directory sizes, C(docker system df)), in check mode as
+        in a real run, and always returns C(changed=false).
   diff_mode:
-    support: none
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: N/A
+    details:
+      - The module changes nothing, so there is nothing to diff.
+  facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
+    support: full
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 notes:
-  - The I(disk) settings are checked against the config schema (types, ranges, sizes,
+  - >-
+    The O(disk) settings are checked against the config schema (types, ranges, sizes,
     durations, URLs); a bad value fails the task naming the key.
 requirements:
   - python >= 3.9 on the managed host
@@ -60,10 +78,10 @@ requirements:
 
 EXAMPLES = r"""
 - name: Gather the disk report
-  disk_facts:
+  runnerkeep.runner.disk_facts:
 
 - name: Disk report with work dirs, without the Docker part
-  disk_facts:
+  runnerkeep.runner.disk_facts:
     include_docker: false
     disk:
       work_dirs:
@@ -78,50 +96,71 @@ EXAMPLES = r"""
 RETURN = r"""
 ansible_facts:
   description: Facts to add to ansible_facts.
-  returned: always
-  type: complex
+  returned: success
+  type: dict
   contains:
     runnerkeep_disk:
       description: The disk report.
-      returned: always
-      type: complex
+      returned: success
+      type: dict
       contains:
         docker_root:
-          description: Docker's data root.
+          description: Docker's data root (C(/var/lib/docker) when the engine does not answer).
           type: str
-          returned: always
+          returned: success
           sample: /var/lib/docker
         filesystems:
-          description: One entry per filesystem (mount_point, size_bytes, free_bytes, used_bytes,
-            size_inodes, free_inodes, roles, paths).
+          description:
+            - >-
+              One entry per filesystem (C(mount_point), C(size_bytes), C(free_bytes),
+              C(used_bytes), C(size_inodes), C(free_inodes), C(roles), C(paths)).
           type: list
           elements: dict
-          returned: always
+          returned: success
         filesystem_errors:
-          description: Paths whose filesystem could not be measured, with the error.
+          description: Paths whose filesystem could not be measured (C(path), C(error)).
           type: list
           elements: dict
-          returned: always
+          returned: success
         docker:
-          description: C(available), and C(kinds) (images, containers, volumes, build_cache with
-            total_count, active, size_bytes, reclaimable_bytes) or C(error); with docker_details
-            also C(details) (largest_images, largest_containers, largest_volumes).
+          description:
+            - >-
+              C(available), and C(kinds) (images, containers, volumes, build_cache with
+              total_count, active, size_bytes, reclaimable_bytes) or C(error); with
+              O(docker_details=true) also C(details) (largest images, containers and volumes)
+              or C(details_error).
           type: dict
-          returned: when include_docker
+          returned: when O(include_docker=true)
         cache:
-          description: Image cache path, exists, logical_bytes, disk_bytes, files.
+          description:
+            - >-
+              The image cache: C(path), C(exists), C(logical_bytes), C(disk_bytes), C(files),
+              C(errors).
           type: dict
-          returned: always
+          returned: success
         largest_dirs:
-          description: Per report root, the largest directories (path, disk_bytes).
+          description:
+            - >-
+              Per report root: C(root), C(exists), and when it exists C(disk_bytes), C(dirs)
+              (the largest directories) and C(error_count).
           type: list
           elements: dict
-          returned: when include_largest
+          returned: when O(include_largest=true)
         errors:
           description: Problems met (the rest of the report is still valid).
           type: list
           elements: str
-          returned: always
+          returned: success
+        duration_seconds:
+          description: Seconds the report took.
+          type: float
+          returned: success
+          sample: 0.412
+exit_code:
+  description: The exit code C(runnerkeep disk report) gives for the same error.
+  returned: failed, when the core refused
+  type: int
+  sample: 2
 """
 
 import traceback

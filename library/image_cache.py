@@ -7,77 +7,124 @@ DOCUMENTATION = r"""
 module: image_cache
 short_description: Verified Docker image cache on a CI runner host (runnerkeep)
 description:
-  - Saves Docker images into a content-addressed, verified cache on the host, restores them into
+  - >-
+    Saves Docker images into a content-addressed, verified cache on the host, restores them into
     the daemon, verifies the store, prunes it, or removes a key.
-  - A save is checked byte for byte before it is committed (layer digests, image set, docker's
-    exit status, stream length); a restore re-checks every blob while feeding C(docker load).
-  - A restore that finds no usable entry is a I(miss) (C(hit=false)), not a failure, unless
-    O(fail_on_miss) is set. Corrupt entries and blobs are moved to the store's quarantine.
-  - Same core as the C(runnerkeep cache) CLI; the on-disk format is in docs/cache-format.md.
+  - >-
+    A save is checked byte for byte before it is committed (layer digests, image set, docker's
+    exit status, stream length); a restore re-checks every blob while feeding the daemon.
+  - >-
+    A restore that finds no usable entry is a miss (RV(hit=false)), not a failure, unless
+    O(fail_on_miss=true). Corrupt entries and blobs are moved to the store's quarantine.
+  - >-
+    The same core as the C(runnerkeep cache) CLI; the on-disk format is in
+    C(docs/cache-format.md).
 version_added: "0.1.0"
-author: runnerkeep maintainers
+author:
+  - runnerkeep maintainers (@runnerkeep)
 options:
   state:
     description:
-      - V(saved) saves O(images) under O(key); V(restored) loads the key's images into the daemon;
-        V(verified) re-hashes blobs and checks entries; V(pruned) evicts least recently used
-        entries and deletes unreferenced blobs; V(absent) removes the key's entry.
+      - V(saved) saves O(images) under O(key).
+      - V(restored) loads the key's images into the daemon.
+      - V(verified) re-hashes blobs and checks entries (all of them, or the O(key) given).
+      - >-
+        V(pruned) evicts least recently used entries (O(max_size), O(max_age)) and deletes
+        unreferenced blobs.
+      - V(absent) removes the key's entry; its blobs go at the next prune unless shared.
     type: str
     choices: [saved, restored, verified, pruned, absent]
     default: restored
   key:
-    description: Cache key (letters, digits, C(.), C(_), C(-); at most 128 characters).
+    description:
+      - Cache key (letters, digits, C(.), C(_), C(-); starting with a letter or digit; at most 128
+        characters).
+      - Required with O(state=saved), O(state=restored) and O(state=absent).
     type: str
   images:
-    description: Image references to save (O(state=saved)).
+    description:
+      - Image references to save. Required with O(state=saved).
     type: list
     elements: str
   dir:
     description:
-      - Cache directory. Default from E(RUNNERKEEP_CACHE_DIR), else C(paths.cache_dir) of the
+      - >-
+        Cache directory. The default is E(RUNNERKEEP_CACHE_DIR), else C(paths.cache_dir) of the
         config file, else C(/var/cache/runnerkeep/images).
     type: path
     aliases: [cache_dir]
   config_file:
-    description: runnerkeep config file (default C(/etc/runnerkeep/config.json)).
+    description:
+      - The runnerkeep config file (JSON).
+      - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   reserve:
-    description: Free space to leave on each filesystem a save writes to (default C(cache.reserve)).
+    description:
+      - >-
+        Free space to leave on each filesystem a save writes to, for example V(10G) or V(5%).
+        The default is C(cache.reserve) of the config file.
     type: str
   make_room:
-    description: When space is short, run the post-build cleanup stage and check again.
+    description:
+      - When a save finds too little space, run the post-build cleanup stage and check again.
     type: bool
     default: false
   max_size:
-    description: Store quota for O(state=pruned) (default C(cache.max_size)), e.g. C(50G).
+    description:
+      - >-
+        Store quota for O(state=pruned), for example V(50G). The default is C(cache.max_size) of
+        the config file.
     type: str
   max_age:
-    description: Evict entries unused for this long (O(state=pruned)), e.g. C(14d).
+    description:
+      - >-
+        With O(state=pruned), evict entries unused for this long, for example V(14d). The default
+        is C(cache.max_age) of the config file.
     type: str
   repair:
-    description: With O(state=verified), move bad entries and blobs to the quarantine.
+    description:
+      - With O(state=verified), move bad entries and blobs to the quarantine.
     type: bool
     default: false
   fail_on_miss:
-    description: Fail instead of returning C(hit=false) when a restore misses.
+    description:
+      - Fail instead of returning RV(hit=false) when a restore misses.
     type: bool
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
-      - Check mode changes nothing in any state (no store layout, lock file, temp cleanup,
-        quarantine, load, tag or event) and reports what would be saved, loaded, repaired,
-        pruned or removed; a store never written reads as empty.
+      - >-
+        Check mode changes nothing in any state (no store layout, lock file, temp cleanup,
+        quarantine, docker load, tag or event) and reports what would be saved (RV(result=would_save)),
+        loaded (RV(result=would_load)), pruned or removed; a store never written reads as empty.
+      - >-
+        With O(state=verified) and O(repair=true) the bad entries and blobs are reported and the
+        task fails as it would in a real run, but nothing is moved to the quarantine.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
+    details:
+      - No diff is returned; RV(result) and RV(report) say what changed or would change.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 notes:
-  - Needs the docker CLI on the host; no Python package is required.
+  - >-
+    O(reserve), O(max_size) and O(max_age) are checked like the C(cache) keys of the config
+    file; a bad value fails the task naming the option.
+  - Entries are signed with the key in C(cache.key_file) when the config sets one.
+requirements:
+  - python >= 3.9 on the managed host
+  - the docker CLI (or the local Docker Engine API socket) on the managed host
 """
 
 EXAMPLES = r"""
 - name: Restore the build images (a miss is not an error)
-  image_cache:
+  runnerkeep.runner.image_cache:
     state: restored
     key: "build-{{ lockfile_hash }}"
   register: cache
@@ -87,64 +134,138 @@ EXAMPLES = r"""
   when: not cache.hit
 
 - name: Save them
-  image_cache:
+  runnerkeep.runner.image_cache:
     state: saved
     key: "build-{{ lockfile_hash }}"
     images: [app:ci, app-tests:ci]
   when: not cache.hit
 
 - name: Weekly housekeeping
-  image_cache:
+  runnerkeep.runner.image_cache:
     state: pruned
     max_size: 50G
     max_age: 14d
 """
 
 RETURN = r"""
-hit:
-  description: For restored, true when the images are present in the daemon afterwards.
-  returned: state=restored
-  type: bool
 result:
-  description: What happened (saved, unchanged, would_save, hit, miss, would_load, ...).
-  returned: always
+  description:
+    - What happened.
+    - >-
+      O(state=saved) gives V(saved), V(unchanged) or V(would_save); O(state=restored) V(hit),
+      V(miss) or V(would_load); O(state=verified) V(ok) or V(bad); O(state=pruned) V(pruned);
+      O(state=absent) V(absent).
+  returned: success
   type: str
-loaded:
-  description: Whether a docker load ran (false on the fast path).
-  returned: state=restored
-  type: bool
-loaded_via:
-  description: >-
-    How the images were loaded when a load ran: C(engine-api) (the archive written straight
-    into the local Engine API socket) or C(docker-cli) (through C(docker load), used when a
-    Docker context or a non-unix DOCKER_HOST is set).
-  returned: state=restored and a load ran
-  type: str
-  sample: engine-api
-bytes_written:
-  description: Bytes of new blobs written to the store.
-  returned: state=saved
-  type: int
-bytes_reused:
-  description: Bytes of blobs already stored and shared.
-  returned: state=saved
-  type: int
-bytes_freed:
-  description: Bytes deleted by the prune.
-  returned: state=pruned
-  type: int
-entry_digest:
-  description: sha256 of the entry file (the commit point).
-  returned: when an entry exists
-  type: str
-report:
-  description: Full report of verify or prune.
-  returned: state=verified or state=pruned
-  type: dict
+  sample: hit
 cache_dir:
   description: The cache directory used.
   returned: always
   type: str
+  sample: /var/cache/runnerkeep/images
+hit:
+  description: True when the key's images are in the daemon afterwards (or would be, in check mode).
+  returned: O(state=restored)
+  type: bool
+  sample: true
+loaded:
+  description: Whether a load into the daemon ran (false when the images were already there).
+  returned: O(state=restored)
+  type: bool
+  sample: false
+loaded_via:
+  description:
+    - >-
+      How the images were loaded: V(engine-api) (the archive written straight into the local
+      Engine API socket) or V(docker-cli) (through C(docker load), used when a Docker context or
+      a non-unix E(DOCKER_HOST) is set).
+  returned: O(state=restored) and a load ran
+  type: str
+  sample: engine-api
+bytes_loaded:
+  description: Bytes sent to the daemon (in check mode, that would be).
+  returned: O(state=restored) and not a miss
+  type: int
+  sample: 734003200
+retagged:
+  description: Tags put back on images that were present without them (empty in check mode).
+  returned: O(state=restored), when the images were already in the daemon
+  type: list
+  elements: str
+  sample: ["app:ci"]
+key:
+  description: The cache key.
+  returned: O(state=saved), O(state=restored) unless a miss
+  type: str
+  sample: build-3f2a1b
+entry_digest:
+  description: The sha256 of the entry file (the commit point).
+  returned: when the entry exists (not with RV(result=would_save) or a miss)
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+images:
+  description:
+    - >-
+      The entry's images. With RV(result=would_save), the image IDs that would be saved
+      (strings); otherwise one dict per image (C(id), C(tags), and for a save C(layers) and
+      C(size)).
+  returned: O(state=saved), O(state=restored) unless a miss
+  type: list
+  sample: [{"id": "sha256:0b1f6b4c1d3e", "tags": ["app:ci"]}]
+bytes_written:
+  description: Bytes of new blobs written to the store.
+  returned: O(state=saved)
+  type: int
+  sample: 52428800
+bytes_reused:
+  description: Bytes of blobs already stored and shared.
+  returned: O(state=saved)
+  type: int
+  sample: 681574400
+space:
+  description:
+    - >-
+      Per filesystem the save writes to, the free space check (C(path), C(mount_point),
+      C(free_bytes), C(needed_bytes), C(detail), C(ok)).
+  returned: O(state=saved), when a new entry is written or would be
+  type: list
+  elements: dict
+would_make_room:
+  description: Whether the real save would first run the post-build cleanup (O(make_room=true)).
+  returned: O(state=saved) in check mode, when the entry would be saved
+  type: bool
+  sample: false
+prune:
+  description: The report of the prune to C(cache.max_size) that follows a save.
+  returned: O(state=saved) and RV(result=saved)
+  type: dict
+duration:
+  description: Seconds the operation took.
+  returned: O(state=saved) or O(state=restored), except check mode predictions
+  type: float
+  sample: 1.532
+dry_run:
+  description: True when the result is a check mode prediction.
+  returned: check mode, with O(state=saved), or with O(state=absent) when the key exists
+  type: bool
+  sample: true
+bytes_freed:
+  description: Bytes the prune deleted (in check mode, would delete).
+  returned: O(state=pruned)
+  type: int
+  sample: 1073741824
+report:
+  description:
+    - >-
+      The full verify report (C(ok), C(bad_entries), C(bad_blobs), C(quarantined), ...) or prune
+      report (C(evicted), C(blobs_deleted), C(bytes_freed), C(size_before), C(size_after), ...).
+  returned: O(state=verified) or O(state=pruned)
+  type: dict
+exit_code:
+  description: The exit code C(runnerkeep cache) gives for the same error (3 for a miss).
+  returned: failed, when the core refused
+  type: int
+  sample: 3
 """
 
 import traceback

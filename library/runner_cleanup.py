@@ -7,20 +7,21 @@ DOCUMENTATION = r"""
 module: runner_cleanup
 short_description: Run a runnerkeep disk cleanup stage (pre, post or emergency) on a CI runner
 description:
-  - Runs one cleanup stage on the host, the same engine as C(runnerkeep cleanup --stage STAGE):
-    the stage's cleaners run cheapest-first and stop as soon as the free-space targets (bytes
+  - >-
+    Runs one cleanup stage on the host, the same engine as C(runnerkeep cleanup --stage STAGE).
+    The stage's cleaners run cheapest first and stop as soon as the free space targets (bytes
     and inodes, per filesystem) are met.
-  - Check mode is a dry run that lists exactly what would be removed; C(--diff) shows removed
-    paths (capped at I(diff_max_items), with a count of the rest).
-  - The post and emergency stages do not run while a CI job holds the runner lock unless
-    I(force=true); with I(when_busy=skip) a busy runner is reported (C(busy=true)) instead of
+  - >-
+    The post and emergency stages do not run while a CI job holds the runner lock unless
+    O(force=true); with O(when_busy=skip) a busy runner is reported (RV(busy=true)) instead of
     failing.
-  - Never follows symlinks out of a cleaner's roots, never removes the roots themselves,
+  - >-
+    Never follows symlinks out of a cleaner's roots, never removes the roots themselves,
     refuses C(/), home directories and unlisted mount points, never touches swap, the image
     cache store or the runner's own binaries.
 version_added: "0.1.0"
 author:
-  - runnerkeep contributors
+  - runnerkeep maintainers (@runnerkeep)
 options:
   stage:
     description: The stage to run.
@@ -29,18 +30,24 @@ options:
     choices: [pre, post, emergency]
   target_free:
     description:
-      - Free bytes wanted on each filesystem concerned, a size (C(20G), C(512MiB)) or a
-        percentage (C(15%)). Default from C(cleanup.targets.<stage>) in the config file.
+      - >-
+        Free bytes wanted on each filesystem concerned, a size (V(20G), V(512MiB)) or a
+        percentage (V(15%)).
+      - The default is C(cleanup.targets.<stage>.free) in the config file.
     type: str
   target_inodes:
-    description: Free inodes wanted, a count or a percentage. Default from the config file.
+    description:
+      - Free inodes wanted on each filesystem concerned, a count or a percentage.
+      - The default is C(cleanup.targets.<stage>.inodes) in the config file.
     type: str
   paths:
-    description: Limit the run to the filesystems holding these paths.
+    description:
+      - Limit the run to the filesystems holding these absolute paths.
     type: list
     elements: path
   cleaners:
-    description: Run only these cleaners (names as in C(runnerkeep cleanup list-cleaners)).
+    description:
+      - Run only these cleaners (names as in C(runnerkeep cleanup list-cleaners)).
     type: list
     elements: str
   run_all:
@@ -48,56 +55,76 @@ options:
     type: bool
     default: false
   force:
-    description: Run post/emergency even while a CI job holds the runner lock.
+    description: Run the post or emergency stage even while a CI job holds the runner lock.
     type: bool
     default: false
   when_busy:
     description:
-      - What to do when a CI job holds the runner lock and I(force) is false.
-      - C(fail) fails the task; C(skip) returns C(busy=true), C(skipped=true), C(changed=false).
+      - What to do when a CI job holds the runner lock and O(force) is false.
+      - V(fail) fails the task.
+      - V(skip) returns RV(busy=true), C(skipped=true) and C(changed=false).
     type: str
     default: fail
     choices: [fail, skip]
   config_file:
     description:
-      - The runnerkeep config file (JSON). Defaults to C($RUNNERKEEP_CONFIG) or
-        C(/etc/runnerkeep/config.json).
+      - The runnerkeep config file (JSON).
+      - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   diff_max_items:
-    description: At most this many removed paths in the diff and in C(removed).
+    description:
+      - At most this many removed paths in the diff and in RV(removed).
     type: int
     default: 200
 attributes:
   check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
-      - A dry run with the same engine; it removes nothing, takes no lock, creates no lock file
-        or directory, does not remove stale job locks and does not repair damaged state files.
+      - >-
+        A dry run of the same engine: it removes nothing, takes no lock, creates no lock file or
+        directory, does not remove stale job locks and does not repair damaged state files.
+        RV(removed) and RV(bytes_freed) are what the real run would remove and free.
+      - >-
+        A CI job holding the runner lock does not stop the prediction; C(report.notes) says that
+        the real post or emergency stage would refuse to run.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
+    details:
+      - >-
+        The diff lists the removed paths and objects (capped at O(diff_max_items), with a count
+        of the rest), in check mode those that would be removed.
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
 notes:
-  - I(target_free) and I(target_inodes) are checked like C(cleanup.targets.<stage>.free) and
-    C(.inodes) in the config file; a bad value fails the task naming the option.
+  - >-
+    O(target_free) and O(target_inodes) are checked like C(cleanup.targets.<stage>.free) and
+    C(cleanup.targets.<stage>.inodes) in the config file; a bad value fails the task naming the
+    option.
 requirements:
-  - python >= 3.9 on the managed host; the docker CLI for the Docker cleaners
+  - python >= 3.9 on the managed host
+  - the docker CLI for the Docker cleaners
 """
 
 EXAMPLES = r"""
 - name: Deep clean after hours, skipping runners that are running a job
-  runner_cleanup:
+  runnerkeep.runner.runner_cleanup:
     stage: post
     when_busy: skip
   register: cleanup
 
 - name: What would an emergency clean to 30% free remove?
-  runner_cleanup:
+  runnerkeep.runner.runner_cleanup:
     stage: emergency
     target_free: 30%
   check_mode: true
   diff: true
 
 - name: Only old temp files and stopped containers, whatever the targets
-  runner_cleanup:
+  runnerkeep.runner.runner_cleanup:
     stage: pre
     cleaners: [tmp, docker-containers]
     run_all: true
@@ -106,9 +133,10 @@ EXAMPLES = r"""
 RETURN = r"""
 bytes_freed:
   description:
-    - Bytes the filesystems gave back (statvfs after removal), summed over the filesystems the
+    - >-
+      Bytes the filesystems gave back (statvfs after removal), summed over the filesystems the
       cleaners removed something from, never negative. In check mode, the prediction.
-    - C(cleaners[].bytes_freed) and RV(bytes_freed_claimed) are what the cleaners counted.
+    - RV(cleaners[].bytes_freed) and RV(bytes_freed_claimed) are what the cleaners counted.
   returned: success
   type: int
   sample: 3221225472
@@ -116,44 +144,91 @@ inodes_freed:
   description: Inodes the filesystems gave back, measured like RV(bytes_freed).
   returned: success
   type: int
+  sample: 5120
 bytes_freed_claimed:
   description: Bytes the cleaners counted as freed (in check mode, would free).
   returned: success
   type: int
+  sample: 3221225472
 inodes_freed_claimed:
-  description: Inodes the cleaners counted as freed.
+  description: Inodes the cleaners counted as freed (in check mode, would free).
   returned: success
   type: int
+  sample: 5120
 items_removed:
-  description: Number of items (paths, containers, images...) removed (or would be).
+  description: Number of items (paths, containers, images) removed, in check mode that would be.
   returned: success
   type: int
+  sample: 42
 target_met:
   description: Whether every filesystem concerned now meets the free bytes and inode targets.
   returned: success
   type: bool
+  sample: true
 cleaners:
-  description: Per cleaner figures, in the order they ran.
+  description: Per cleaner figures, in the order the cleaners ran.
   returned: success
   type: list
   elements: dict
-  sample: [{"name": "tmp", "status": "stopped: target met", "bytes_freed": 1048576,
-            "inodes_freed": 12, "items_removed": 3, "duration": 0.02, "errors": 0}]
+  contains:
+    name:
+      description: The cleaner's name.
+      type: str
+      returned: success
+      sample: tmp
+    status:
+      description: How the cleaner ended.
+      type: str
+      returned: success
+      sample: "stopped: target met"
+    bytes_freed:
+      description: Bytes the cleaner counted as freed.
+      type: int
+      returned: success
+      sample: 1048576
+    inodes_freed:
+      description: Inodes the cleaner counted as freed.
+      type: int
+      returned: success
+      sample: 12
+    items_removed:
+      description: Items the cleaner removed.
+      type: int
+      returned: success
+      sample: 3
+    duration:
+      description: Seconds the cleaner ran.
+      type: float
+      returned: success
+      sample: 0.02
+    errors:
+      description: How many errors the cleaner met (the messages are in RV(report)).
+      type: int
+      returned: success
+      sample: 0
 removed:
-  description: Paths and objects removed (or that would be), capped at diff_max_items.
+  description: Paths and objects removed (or that would be), at most O(diff_max_items).
   returned: success
   type: list
   elements: str
+  sample: ["/tmp/build-1234", "container ci-job-7 (3f2a1b9c0d4e)"]
 removed_total:
-  description: How many items were removed in all (C(removed) may be capped).
+  description: How many items were removed in all (RV(removed) may be capped).
   returned: success
   type: int
+  sample: 42
 busy:
   description: True when a CI job holds the runner lock and the stage did not run.
   returned: always
   type: bool
+  sample: false
+exit_code:
+  description: The exit code C(runnerkeep cleanup) gives for the same error (7 when a job holds the lock).
+  returned: failed
+  type: int
+  sample: 7
 report:
-  description: The full report (as C(runnerkeep cleanup --json)).
+  description: The full report, as C(runnerkeep cleanup --json) prints it.
   returned: success
   type: dict
 """
