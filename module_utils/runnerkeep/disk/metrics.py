@@ -1,8 +1,13 @@
-"""Prometheus metrics in the node_exporter textfile-collector format, and the event counters.
+"""Prometheus metrics in the node_exporter textfile-collector format, the watch's metric table,
+and the event counters.
 
 The file is written atomically (temp file ``.tmp-*`` in the same directory, which the collector
 ignores because it does not end in ``.prom``, then rename), so the collector never reads half a
 file. ``parse_metrics`` reads the format back (tests and ``runnerkeep disk watch`` output use it).
+
+``WATCH_METRICS`` is every metric the watch writes, as data: name, type, help, labels and how
+its samples are taken from a cycle's ``WatchReadings``. ``watch_metric_set`` turns one cycle's
+readings into a ``MetricSet``; a metric reference can be generated from the same table.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from .. import events
 from ..fsutil import atomic_write
+from .budget import LEVELS, Budget, BudgetInputs
 
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
@@ -170,3 +178,413 @@ def fold_events(state_dir: str, counters: dict[str, Any]) -> dict[str, Any]:
             totals["last_job_peak_inodes"] = event.get("peak_inodes")
     totals["events_time"] = newest
     return totals
+
+
+# --- the watch's metrics, as a table ----------------------------------------------------------
+
+GAUGE = "gauge"
+COUNTER = "counter"
+
+# One sample: its labels and its value.
+Sample = tuple[dict[str, str], float]
+
+
+@dataclass
+class WatchReadings:
+    """What one watch cycle measured and decided: the metric table takes its values from here."""
+
+    state: dict[str, Any]  # the watch state as this cycle leaves it
+    counters: dict[str, Any]  # running event totals (``fold_events``)
+    budget: Budget | None = None  # None: nothing measured (the state is the last one known)
+    inputs: BudgetInputs | None = None
+    webhook_configured: bool = False
+    docker: dict[str, Any] = field(default_factory=dict)  # {"checked", "up", "kinds", "error"}
+    filesystems: list[dict[str, Any]] = field(default_factory=list)  # ``filesystems()`` entries
+    # (role, path, readable) for every watched path.
+    watched_paths: list[tuple[str, str, bool]] = field(default_factory=list)
+    spool: dict[str, Any] | None = None  # ``history.ingest_spool``'s result; None: it failed
+    records_skipped: dict[str, int] = field(default_factory=dict)  # per state file, this cycle
+    errors: int = 0  # problems met before the metrics were written
+    duration_seconds: float = 0.0
+    run_time: float = 0.0  # when the cycle started (time.time())
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric family: what the reference documents, and how its samples are taken."""
+
+    name: str
+    kind: str
+    help: str
+    labels: tuple[str, ...]
+    samples: Callable[[WatchReadings], Iterable[Sample]]
+
+
+def _one(value: float) -> list[Sample]:
+    return [({}, value)]
+
+
+def _when(present: bool, value: Callable[[], float]) -> list[Sample]:
+    """One sample when ``present``, else none (the family is left out of the file)."""
+    return [({}, value())] if present else []
+
+
+def _budget_ok(r: WatchReadings) -> bool:
+    return r.budget is not None and r.budget.error is None
+
+
+def _state_samples(r: WatchReadings) -> list[Sample]:
+    return [({"state": level}, 1 if level == r.state["state"] else 0) for level in LEVELS]
+
+
+def _watermark_samples(r: WatchReadings, unit: str) -> list[Sample]:
+    if r.budget is None:
+        return []
+    return [({"level": level}, mark[unit]) for level, mark in r.budget.watermarks().items()]
+
+
+def _watermark_source(r: WatchReadings) -> list[Sample]:
+    source = "none" if r.budget is None else ("fallback" if r.budget.error else "budget")
+    return [({"source": source}, 1)]
+
+
+def _cache_size_samples(r: WatchReadings) -> list[Sample]:
+    if r.inputs is None:
+        return []
+    return [
+        ({"kind": "disk"}, r.inputs.cache_bytes),
+        ({"kind": "logical"}, r.inputs.cache_logical_bytes or 0),
+    ]
+
+
+def _cache_counter(result: str, name: str) -> MetricDef:
+    return MetricDef(
+        f"runnerkeep_cache_{name}_total",
+        COUNTER,
+        f"image cache {name} recorded in the event log",
+        (),
+        lambda r: _one(r.counters["cache"].get(result, 0)),
+    )
+
+
+def _cleanup_freed_samples(r: WatchReadings) -> list[Sample]:
+    return [({"cleaner": c}, freed) for c, freed in sorted(r.counters["cleanup_bytes"].items())]
+
+
+def _alert_samples(r: WatchReadings) -> list[Sample]:
+    samples: list[Sample] = []
+    for key, count in sorted((r.state.get("alert_counts") or {}).items()):
+        channel, result = key.split(":", 1)
+        samples.append(({"channel": channel, "result": result}, count))
+    return samples
+
+
+def _docker_kind_samples(r: WatchReadings, key: str) -> list[Sample]:
+    return [({"kind": kind}, usage[key]) for kind, usage in r.docker.get("kinds", {}).items()]
+
+
+def _filesystem_samples(r: WatchReadings, key: str) -> list[Sample]:
+    return [({"mountpoint": fs["mount_point"]}, fs[key]) for fs in r.filesystems]
+
+
+def _path_samples(r: WatchReadings) -> list[Sample]:
+    return [({"role": role, "path": path}, 1 if ok else 0) for role, path, ok in r.watched_paths]
+
+
+def _spool_samples(r: WatchReadings, key: str) -> list[Sample]:
+    return [] if r.spool is None else _one(len(r.spool[key]))
+
+
+def _skipped_samples(r: WatchReadings) -> list[Sample]:
+    return [({"file": name}, count) for name, count in sorted(r.records_skipped.items())]
+
+
+WATCH_METRICS: tuple[MetricDef, ...] = (
+    # The state machine.
+    MetricDef(
+        "runnerkeep_disk_state",
+        GAUGE,
+        "watermark state of the budget filesystem (1 = current)",
+        ("state",),
+        _state_samples,
+    ),
+    MetricDef(
+        "runnerkeep_disk_state_level",
+        GAUGE,
+        "0 ok, 1 warning, 2 critical, 3 emergency",
+        (),
+        lambda r: _one(LEVELS.index(r.state["state"])),
+    ),
+    MetricDef(
+        "runnerkeep_disk_state_since_timestamp_seconds",
+        GAUGE,
+        "when the current state was entered",
+        (),
+        lambda r: _when(bool(r.state.get("since")), lambda: round(r.state["since"], 3)),
+    ),
+    MetricDef(
+        "runnerkeep_disk_state_watermarks",
+        GAUGE,
+        "where the state's watermarks came from: budget, fallback (budget error), "
+        "none (nothing measured: the state is the last one known)",
+        ("source",),
+        _watermark_source,
+    ),
+    # The budget.
+    MetricDef(
+        "runnerkeep_disk_budget_up",
+        GAUGE,
+        "1 when the disk budget could be computed",
+        (),
+        lambda r: _one(1 if _budget_ok(r) else 0),
+    ),
+    MetricDef(
+        "runnerkeep_disk_budget_error",
+        GAUGE,
+        "1 when the disk budget could not be computed (see the log)",
+        (),
+        lambda r: _one(0 if _budget_ok(r) else 1),
+    ),
+    MetricDef(
+        "runnerkeep_disk_watermark_free_bytes",
+        GAUGE,
+        "free bytes below which the level is entered",
+        ("level",),
+        lambda r: _watermark_samples(r, "bytes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_watermark_free_inodes",
+        GAUGE,
+        "free inodes below which the level is entered (0 = none)",
+        ("level",),
+        lambda r: _watermark_samples(r, "inodes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_budget_free_bytes",
+        GAUGE,
+        "free bytes on the budget filesystem",
+        (),
+        lambda r: _when(r.budget is not None, lambda: r.inputs.free_bytes),
+    ),
+    MetricDef(
+        "runnerkeep_disk_budget_free_inodes",
+        GAUGE,
+        "free inodes on the budget filesystem",
+        (),
+        lambda r: _when(r.budget is not None, lambda: r.inputs.free_inodes),
+    ),
+    MetricDef(
+        "runnerkeep_disk_cache_quota_bytes",
+        GAUGE,
+        "image cache quota",
+        (),
+        lambda r: _when(_budget_ok(r), lambda: r.budget.cache_quota_bytes),
+    ),
+    MetricDef(
+        "runnerkeep_disk_job_peak_budget_bytes",
+        GAUGE,
+        "job peak P used by the budget (percentile or floor)",
+        (),
+        lambda r: _when(_budget_ok(r), lambda: r.budget.job_peak_bytes),
+    ),
+    MetricDef(
+        "runnerkeep_disk_cache_size_bytes",
+        GAUGE,
+        "image cache size (logical and on disk)",
+        ("kind",),
+        _cache_size_samples,
+    ),
+    # Totals from the event log.
+    _cache_counter("hit", "hits"),
+    _cache_counter("miss", "misses"),
+    _cache_counter("corrupt", "corruptions"),
+    _cache_counter("saved", "saves"),
+    MetricDef(
+        "runnerkeep_cleanup_bytes_freed_total",
+        COUNTER,
+        "bytes freed by cleanup, per cleaner",
+        ("cleaner",),
+        _cleanup_freed_samples,
+    ),
+    MetricDef(
+        "runnerkeep_disk_last_job_peak_bytes",
+        GAUGE,
+        "disk growth during the last finished job",
+        (),
+        lambda r: _when(
+            r.counters.get("last_job_peak_bytes") is not None,
+            lambda: r.counters["last_job_peak_bytes"],
+        ),
+    ),
+    MetricDef(
+        "runnerkeep_disk_last_job_peak_inodes",
+        GAUGE,
+        "inode growth during the last finished job",
+        (),
+        lambda r: _when(
+            r.counters.get("last_job_peak_inodes") is not None,
+            lambda: r.counters["last_job_peak_inodes"],
+        ),
+    ),
+    # Alerts.
+    MetricDef(
+        "runnerkeep_disk_alerts_total",
+        COUNTER,
+        "alerts sent or failed, per channel",
+        ("channel", "result"),
+        _alert_samples,
+    ),
+    MetricDef(
+        "runnerkeep_disk_webhook_up",
+        GAUGE,
+        "0 when the last webhook delivery failed",
+        (),
+        lambda r: _when(r.webhook_configured, lambda: 1 if r.state.get("webhook_ok", True) else 0),
+    ),
+    MetricDef(
+        "runnerkeep_disk_webhook_pending",
+        GAUGE,
+        "alerts the webhook failed to take, to be sent again next cycle",
+        (),
+        lambda r: _when(r.webhook_configured, lambda: len(r.state.get("webhook_pending") or [])),
+    ),
+    # The emergency cleanup.
+    MetricDef(
+        "runnerkeep_disk_emergency_cleanups_total",
+        COUNTER,
+        "emergency cleanup runs started by the watch",
+        (),
+        lambda r: _one(r.state.get("emergency_cleanups", 0)),
+    ),
+    MetricDef(
+        "runnerkeep_disk_emergency_cleanup_freed_bytes",
+        GAUGE,
+        "bytes the last emergency cleanup freed",
+        (),
+        lambda r: _when(
+            "last_emergency_cleanup_freed_bytes" in r.state,
+            lambda: r.state["last_emergency_cleanup_freed_bytes"],
+        ),
+    ),
+    MetricDef(
+        "runnerkeep_disk_emergency_cleanup_ok",
+        GAUGE,
+        "1 when the last emergency cleanup ran without error",
+        (),
+        lambda r: _when(
+            "last_emergency_cleanup_freed_bytes" in r.state,
+            lambda: 1 if r.state.get("last_emergency_cleanup_ok") else 0,
+        ),
+    ),
+    # Docker (only when the watch checks it).
+    MetricDef(
+        "runnerkeep_docker_up",
+        GAUGE,
+        "1 when the Docker engine answered this watch cycle",
+        (),
+        lambda r: _when(bool(r.docker.get("checked")), lambda: 1 if r.docker["up"] else 0),
+    ),
+    MetricDef(
+        "runnerkeep_docker_usage_bytes",
+        GAUGE,
+        "docker system df size by kind",
+        ("kind",),
+        lambda r: _docker_kind_samples(r, "size_bytes"),
+    ),
+    MetricDef(
+        "runnerkeep_docker_reclaimable_bytes",
+        GAUGE,
+        "docker system df reclaimable bytes by kind",
+        ("kind",),
+        lambda r: _docker_kind_samples(r, "reclaimable_bytes"),
+    ),
+    # The filesystems of the watched paths.
+    MetricDef(
+        "runnerkeep_disk_filesystem_size_bytes",
+        GAUGE,
+        "filesystem size",
+        ("mountpoint",),
+        lambda r: _filesystem_samples(r, "size_bytes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_filesystem_free_bytes",
+        GAUGE,
+        "bytes available to unprivileged users",
+        ("mountpoint",),
+        lambda r: _filesystem_samples(r, "free_bytes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_filesystem_size_inodes",
+        GAUGE,
+        "inodes in total",
+        ("mountpoint",),
+        lambda r: _filesystem_samples(r, "size_inodes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_filesystem_free_inodes",
+        GAUGE,
+        "free inodes",
+        ("mountpoint",),
+        lambda r: _filesystem_samples(r, "free_inodes"),
+    ),
+    MetricDef(
+        "runnerkeep_disk_path_readable",
+        GAUGE,
+        "1 when the filesystem holding the path could be measured",
+        ("role", "path"),
+        _path_samples,
+    ),
+    # The spool and the state files.
+    MetricDef(
+        "runnerkeep_spool_records_ingested",
+        GAUGE,
+        "finished-job records taken from the spool this cycle",
+        (),
+        lambda r: _spool_samples(r, "ingested"),
+    ),
+    MetricDef(
+        "runnerkeep_spool_records_rejected",
+        GAUGE,
+        "spool records that could not be used this cycle (removed)",
+        (),
+        lambda r: _spool_samples(r, "rejected"),
+    ),
+    MetricDef(
+        "runnerkeep_state_records_skipped",
+        GAUGE,
+        "state-file records (or whole files) this cycle could not use",
+        ("file",),
+        _skipped_samples,
+    ),
+    # The cycle itself.
+    MetricDef(
+        "runnerkeep_disk_watch_duration_seconds",
+        GAUGE,
+        "time this watch cycle took",
+        (),
+        lambda r: _one(round(r.duration_seconds, 3)),
+    ),
+    MetricDef(
+        "runnerkeep_disk_watch_errors",
+        GAUGE,
+        "problems met in the last watch cycle (see the log)",
+        (),
+        lambda r: _one(r.errors),
+    ),
+    MetricDef(
+        "runnerkeep_disk_watch_last_run_timestamp_seconds",
+        GAUGE,
+        "when the watch last ran",
+        (),
+        lambda r: _one(round(r.run_time, 3)),
+    ),
+)
+
+
+def watch_metric_set(readings: WatchReadings) -> MetricSet:
+    """Every metric of ``WATCH_METRICS`` with its samples for one cycle's readings."""
+    metrics = MetricSet()
+    for metric in WATCH_METRICS:
+        for labels, value in metric.samples(readings):
+            metrics.add(metric.name, value, labels, help=metric.help, kind=metric.kind)
+    return metrics

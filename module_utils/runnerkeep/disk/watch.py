@@ -72,7 +72,7 @@ from .budget import (
     fallback_budget,
     measure_inputs,
 )
-from .metrics import MetricSet, event_totals, fold_events, write_textfile
+from .metrics import WatchReadings, event_totals, fold_events, watch_metric_set, write_textfile
 from .report import docker_usage, filesystems, watched_paths
 from .settings import as_int, disk_settings, seconds, state_dir
 
@@ -202,9 +202,9 @@ def run_dir() -> str:
     return statefile.run_dir()
 
 
-def fallback_path(sdir: str) -> str:
+def fallback_path(state_directory: str) -> str:
     """Where the state goes when the state dir cannot take it (one file per state dir)."""
-    return statefile.fallback_path(sdir, "disk-watch", ".json")
+    return statefile.fallback_path(state_directory, "disk-watch", ".json")
 
 
 def _read_state(path: str) -> dict[str, Any] | None:
@@ -212,12 +212,12 @@ def _read_state(path: str) -> dict[str, Any] | None:
     return state
 
 
-def load_state(sdir: str) -> dict[str, Any]:
+def load_state(state_directory: str) -> dict[str, Any]:
     """The newest usable state: the state dir's, the fallback file's, or this process's."""
     candidates = [
-        _read_state(os.path.join(sdir, STATE_FILE)),
-        _read_state(fallback_path(sdir)),
-        clean_state(_unsaved.get(os.path.abspath(sdir))),
+        _read_state(os.path.join(state_directory, STATE_FILE)),
+        _read_state(fallback_path(state_directory)),
+        clean_state(_unsaved.get(os.path.abspath(state_directory))),
     ]
     usable = [c for c in candidates if c is not None]
     if not usable:
@@ -230,33 +230,33 @@ def _state_bytes(state: dict[str, Any]) -> bytes:
     return (json.dumps(state, sort_keys=True, indent=1) + "\n").encode()
 
 
-def save_state(sdir: str, state: dict[str, Any]) -> None:
-    atomic_write(os.path.join(sdir, STATE_FILE), _state_bytes(state))
+def save_state(state_directory: str, state: dict[str, Any]) -> None:
+    atomic_write(os.path.join(state_directory, STATE_FILE), _state_bytes(state))
 
 
-def persist_state(sdir: str, state: dict[str, Any]) -> str | None:
+def persist_state(state_directory: str, state: dict[str, Any]) -> str | None:
     """Save the state; when the state dir refuses, keep it in memory and the fallback file.
 
     Returns an error line when the state dir could not take it, else None.
     """
-    key = os.path.abspath(sdir)
+    key = os.path.abspath(state_directory)
     try:
-        os.makedirs(sdir, exist_ok=True)
-        save_state(sdir, state)
+        os.makedirs(state_directory, exist_ok=True)
+        save_state(state_directory, state)
     except OSError as exc:
         _unsaved[key] = json.loads(json.dumps(state, default=str))
-        where = _save_fallback(sdir, state)
-        return f"cannot save watch state in {sdir}: {exc.strerror or exc}; " + (
+        where = _save_fallback(state_directory, state)
+        return f"cannot save watch state in {state_directory}: {exc.strerror or exc}; " + (
             f"kept in {where} so cooldowns hold" if where else "kept in memory only"
         )
     _unsaved.pop(key, None)
     with contextlib.suppress(OSError):
-        os.unlink(fallback_path(sdir))
+        os.unlink(fallback_path(state_directory))
     return None
 
 
-def _save_fallback(sdir: str, state: dict[str, Any]) -> str | None:
-    path = fallback_path(sdir)
+def _save_fallback(state_directory: str, state: dict[str, Any]) -> str | None:
+    path = fallback_path(state_directory)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         atomic_write(path, _state_bytes(state), mode=0o600)
@@ -265,23 +265,55 @@ def _save_fallback(sdir: str, state: dict[str, Any]) -> str | None:
     return path
 
 
+# --- the emergency stage: the watch's one way into the cleanup core --------------------------
+
+
+def emergency_stage(cleanup_func: Callable | None = None) -> Callable[..., Any]:
+    """The cleanup core's emergency stage, as ``stage(config, budget, force) -> report``.
+
+    Every call the watch makes into ``runnerkeep.cleanup`` goes through here. The import is
+    lazy so the watch still runs (and says so) without the cleanup core; raises ImportError
+    then. ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests). To make the
+    dependency explicit, the front door can pass ``cleanup_func`` and this import goes away.
+    """
+    run = cleanup_func
+    if run is None:
+        from ..cleanup import run_cleanup as run
+
+    def stage(config: dict[str, Any], budget: Budget, force: bool) -> Any:
+        target_bytes, target_inodes = budget.stage_targets("emergency")
+        return run(
+            "emergency",
+            config,
+            target_free_bytes=target_bytes,
+            target_free_inodes=target_inodes or None,
+            paths=[budget.path],
+            force=force,
+        )
+
+    return stage
+
+
 # --- one cycle ------------------------------------------------------------------------------
 
 
-class _Cycle:
+class WatchCycle:
+    """One watch cycle. ``run`` reads as its list of steps; a step that fails adds a line to
+    ``errors`` and the cycle goes on, so the metrics file is always written."""
+
     def __init__(self, config: dict[str, Any], cleanup_func: Callable | None) -> None:
         self.config = config
         self.settings = disk_settings(config)
-        self.sdir = state_dir(config)
+        self.state_directory = state_dir(config)
         self.started = time.monotonic()
         self.deadline = self.started + seconds(self.settings, "watch_timeout")
         self.errors: list[str] = []
         self.alerts: list[dict[str, Any]] = []
-        self.metrics = MetricSet()
         self.cleanup_func = cleanup_func
         self.tag = str(self.settings["syslog_tag"])
         self.queued: list[tuple[dict[str, Any], str]] = []
         self.skipped_before = statefile.skipped_totals()
+        self.spool_result: dict[str, Any] | None = None
         self.secrets = url_secrets(self.settings.get("webhook_url"))
         try:
             self.url = webhook_url(self.settings)
@@ -292,6 +324,295 @@ class _Cycle:
         self.secrets = sorted(set(self.secrets) | set(url_secrets(self.url)), key=len)[::-1]
         last_secrets[:] = self.secrets
 
+    # the cycle, step by step
+    def run(self) -> dict[str, Any]:
+        state = load_state(self.state_directory)
+        previous = state.get("state", "ok")
+        now = time.time()
+        self.ingest_spool()
+        inputs, budget = self.measure()
+        docker, docker_root = self.check_docker()
+        fs_list, watched = self.measure_filesystems(docker_root)
+        new = self.advance_state(state, previous, budget, inputs, now)
+        changed = new != previous
+        cleanup = self.emergency_step(state, budget, changed, now)
+        self.send_alerts(state)
+        counters = self.count_events(state)
+        self.log_error_changes(state)
+        state["last_run"] = now
+        readings = WatchReadings(
+            state=state,
+            counters=counters,
+            budget=budget,
+            inputs=inputs,
+            webhook_configured=bool(self.url),
+            docker=docker,
+            filesystems=fs_list,
+            watched_paths=watched,
+            spool=self.spool_result,
+            records_skipped=self.records_skipped(),
+            run_time=now,
+        )
+        metrics_path = self.write_metrics(readings)
+        self.save(state)
+        return self._result(
+            previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
+        )
+
+    def ingest_spool(self) -> None:
+        """Finished jobs' records and event lines the CI user's hooks left in the spool."""
+        try:
+            done = history.ingest_spool(self.config)
+            events.ingest_spool(self.state_directory, spool_dir_of(self.config))
+        except (RunnerkeepError, OSError) as exc:
+            self.errors.append(f"spool: {exc}")
+            return
+        self.spool_result = done
+        for bad in done["rejected"][:5]:
+            statefile.warn(
+                f"spool record {escape_text(bad['file'])} (uid {bad['uid']}) rejected: "
+                f"{bad['problem']}"
+            )
+
+    def measure(self) -> tuple[BudgetInputs | None, Budget | None]:
+        """The budget; when it cannot be computed, fallback watermarks (``budget.error`` set):
+        a config that does not fit this disk must not hide that the disk is full."""
+        try:
+            inputs = measure_inputs(self.config)
+        except ConfigError as exc:
+            self.errors.append(f"budget: {exc}")
+            return None, None
+        try:
+            return inputs, compute_budget(inputs, self.settings)
+        except ConfigError as exc:
+            self.errors.append(f"budget: {exc}; fallback watermarks in use")
+            return inputs, fallback_budget(inputs, self.settings, str(exc))
+
+    def check_docker(self) -> tuple[dict[str, Any], str | None]:
+        """(Docker's usage by kind, or why not; Docker's root dir when known)."""
+        root = self.settings["docker_root"]
+        docker: dict[str, Any] = {"checked": bool(self.settings["watch_docker"])}
+        if not docker["checked"]:
+            return docker, root
+        try:
+            info = engine_info(timeout=self.remaining(10))
+            root = root or info.get("DockerRootDir")
+            docker.update(up=True, kinds=docker_usage(timeout=self.remaining(30)))
+        # Not RunnerkeepError alone: engine_info and docker_usage parse docker's JSON with
+        # json.loads (ValueError), and the docker binary can fail to start (OSError).
+        except (RunnerkeepError, ValueError, OSError) as exc:
+            docker.update(up=False, error=str(exc))
+            self.errors.append(f"docker: {exc}")
+        return docker, root
+
+    def measure_filesystems(
+        self, docker_root: str | None
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str, bool]]]:
+        """(the filesystems of the watched paths, (role, path, readable) per watched path)."""
+        pairs = watched_paths(self.config, docker_root or "/var/lib/docker")
+        fs_list, fs_errors = filesystems(pairs)
+        unreadable = {(e["role"], e["path"]) for e in fs_errors}
+        for err in fs_errors:
+            self.errors.append(f"filesystem of {err['path']} ({err['role']}): {err['error']}")
+        watched = [(role, path, (role, path) not in unreadable) for role, path in pairs]
+        return fs_list, watched
+
+    def advance_state(
+        self,
+        state: dict[str, Any],
+        previous: str,
+        budget: Budget | None,
+        inputs: BudgetInputs | None,
+        now: float,
+    ) -> str:
+        """The state machine's step; a change is queued as an alert. Nothing measured: the
+        state stays the last one known."""
+        if budget is None or inputs is None or inputs.free_bytes is None:
+            state["state"] = previous
+            return previous
+        new = next_state(
+            previous,
+            inputs.free_bytes,
+            inputs.free_inodes if budget.capacity_inodes else None,
+            budget.watermarks(),
+            budget.hysteresis_bytes,
+            budget.hysteresis_inodes,
+        )
+        if new != previous:
+            state["since"] = now
+            self.queue(self.state_change_alert(previous, new, budget, inputs), new)
+        state["state"] = new
+        return new
+
+    def state_change_alert(
+        self, previous: str, new: str, budget: Budget, inputs: BudgetInputs
+    ) -> dict[str, Any]:
+        message = (
+            f"disk {previous} -> {new} on {budget.path}: "
+            f"{format_size(inputs.free_bytes)} free ({inputs.free_inodes or 0:,} inodes); "
+            f"warning/critical/emergency below {format_size(budget.warning_free_bytes)}/"
+            f"{format_size(budget.critical_free_bytes)}/{format_size(budget.emergency_free_bytes)}"
+        )
+        return self.body(
+            "disk_state_change",
+            message,
+            previous=previous,
+            state=new,
+            path=budget.path,
+            free_bytes=inputs.free_bytes,
+            free_inodes=inputs.free_inodes,
+            watermarks=budget.watermarks(),
+        )
+
+    def emergency_step(
+        self, state: dict[str, Any], budget: Budget | None, changed: bool, now: float
+    ) -> dict[str, Any] | None:
+        """In emergency: the cleanup core's emergency stage, on entering the state and again
+        once the cooldown has passed; what it did is queued as an alert."""
+        if state["state"] != "emergency" or not self.settings["emergency_cleanup"]:
+            return None
+        if budget is None:
+            return None
+        cooldown = seconds(self.settings, "emergency_cleanup_cooldown")
+        last = state.get("last_emergency_cleanup") or 0
+        if not changed and now - last < cooldown:
+            return None
+        cleanup = self.emergency_cleanup(budget)
+        state["last_emergency_cleanup"] = time.time()
+        state["emergency_cleanups"] = state.get("emergency_cleanups", 0) + 1
+        state["last_emergency_cleanup_ok"] = cleanup["ok"]
+        if cleanup["ok"]:
+            state["last_emergency_cleanup_freed_bytes"] = cleanup["freed_bytes"]
+            message = (
+                f"disk emergency on {budget.path}: emergency cleanup freed "
+                f"{format_size(cleanup['freed_bytes'])} "
+                f"({cleanup['freed_inodes']:,} inodes); "
+                f"{format_size(cleanup['free_bytes_after'])} free now, target "
+                f"{format_size(cleanup['target_free_bytes'])}"
+            )
+        else:
+            state["last_emergency_cleanup_freed_bytes"] = 0
+            message = f"disk emergency on {budget.path}: {cleanup['error']}"
+            self.errors.append(cleanup["error"])
+        summary = {k: v for k, v in cleanup.items() if k != "report"}
+        self.queue(
+            self.body(
+                "emergency_cleanup", message, state="emergency", path=budget.path, cleanup=summary
+            ),
+            "emergency" if cleanup["ok"] else "error",
+        )
+        return cleanup
+
+    def emergency_cleanup(self, budget: Budget) -> dict[str, Any]:
+        """Run the emergency stage and measure what it freed; never raises."""
+        try:
+            stage = emergency_stage(self.cleanup_func)
+        except ImportError as exc:
+            return {
+                "ok": False,
+                "error": f"the cleanup core (runnerkeep.cleanup) is not available: {exc}; "
+                "emergency cleanup skipped",
+            }
+        try:
+            before = filesystem_usage(budget.path)
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot measure {budget.path}: {exc.strerror}"}
+        started = time.monotonic()
+        try:
+            report = stage(self.config, budget, bool(self.settings["emergency_force"]))
+        except RunnerkeepError as exc:
+            return {"ok": False, "error": f"emergency cleanup failed: {exc}"}
+        except Exception as exc:
+            return {
+                "ok": False,
+                "error": f"emergency cleanup crashed: {exc.__class__.__name__}: {exc}",
+            }
+        duration = time.monotonic() - started
+        # The cleanup's time is its own: the watch's timeout covers the watch's work.
+        self.deadline += duration
+        try:
+            after = filesystem_usage(budget.path)
+        except OSError:
+            after = before  # freed bytes unknown: report 0 rather than fail the cycle
+        return _cleanup_outcome(budget, before, after, duration, report)
+
+    def count_events(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The event log's running totals, kept in the state (Prometheus counters)."""
+        old_counters = state.get("counters") or {}
+        try:
+            counters = fold_events(self.state_directory, old_counters)
+        except OSError as exc:
+            counters = event_totals(old_counters)
+            self.errors.append(
+                f"cannot read the event log in {self.state_directory}: {exc.strerror}"
+            )
+        state["counters"] = counters
+        return counters
+
+    def log_error_changes(self, state: dict[str, Any]) -> None:
+        """Errors are logged when they appear and when they clear, not every cycle."""
+        previous_errors = set(state.get("errors") or [])
+        current = [e for e in self.errors if not e.startswith("disk watch: webhook")]
+        if self.settings["syslog"]:
+            for err in current:
+                if err not in previous_errors:
+                    self.syslog(f"disk watch: {err}", "error")
+            if previous_errors and not current:
+                self.syslog("disk watch: all checks answer again", "info")
+        state["errors"] = [self.redact(e) for e in current]
+
+    def records_skipped(self) -> dict[str, int]:
+        """State-file records this cycle could not use, per file (0 for the watch's own)."""
+        totals = statefile.skipped_totals()
+        return {
+            name: totals.get(name, 0) - self.skipped_before.get(name, 0)
+            for name in sorted({STATE_FILE, "events.jsonl", *totals})
+        }
+
+    def write_metrics(self, readings: WatchReadings) -> str | None:
+        """The textfile for node_exporter (``metrics.WATCH_METRICS``); its path, or None."""
+        readings.duration_seconds = time.monotonic() - self.started
+        readings.errors = len(self.errors)
+        text = watch_metric_set(readings).render()
+        directory = self.settings["textfile_dir"]
+        try:
+            return write_textfile(directory, self.settings["metrics_file"], text)
+        except OSError as exc:
+            message = f"cannot write metrics to {directory}: {exc.strerror}"
+            self.errors.append(message)
+            if self.settings["syslog"]:
+                self.syslog(f"disk watch: {message}", "error")
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        unsaved = persist_state(self.state_directory, state)
+        if unsaved:
+            self.errors.append(unsaved)
+
+    def _result(
+        self, previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
+    ) -> dict[str, Any]:
+        """What the cycle returns (``--json``), every string redacted."""
+        result = {
+            "previous": previous,
+            "state": new,
+            "changed": changed,
+            "path": budget.path if budget else None,
+            "free_bytes": inputs.free_bytes if inputs else None,
+            "free_inodes": inputs.free_inodes if inputs else None,
+            "watermarks": budget.watermarks() if budget else None,
+            "docker": docker,
+            "filesystems": fs_list,
+            "alerts": self.alerts,
+            "emergency_cleanup": cleanup,
+            "errors": self.errors,
+            "budget_error": _budget_error(budget, self.errors),
+            "metrics_file": metrics_path,
+            "duration_seconds": round(time.monotonic() - self.started, 3),
+        }
+        return redact_data(result, self.secrets)
+
+    # helpers of the steps
     def redact(self, text: Any) -> str:
         return redact_text(text, self.secrets)
 
@@ -300,6 +621,16 @@ class _Cycle:
 
     def remaining(self, cap: float) -> float:
         return max(1.0, min(cap, self.deadline - time.monotonic()))
+
+    def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "source": "runnerkeep",
+            "event": event,
+            "host": socket.gethostname(),
+            "time": time.time(),
+            "message": message,
+            **fields,
+        }
 
     # alerts
     def queue(self, body: dict[str, Any], severity: str) -> None:
@@ -383,506 +714,24 @@ class _Cycle:
         )
         return redact_data(result, self.secrets)
 
-    def body(self, event: str, message: str, **fields: Any) -> dict[str, Any]:
-        return {
-            "source": "runnerkeep",
-            "event": event,
-            "host": socket.gethostname(),
-            "time": time.time(),
-            "message": message,
-            **fields,
-        }
 
-    def emergency_cleanup(self, budget: Budget) -> dict[str, Any]:
-        target_bytes, target_inodes = budget.stage_targets("emergency")
-        run = self.cleanup_func
-        if run is None:
-            try:
-                from ..cleanup import run_cleanup as run
-            except ImportError as exc:
-                return {
-                    "ok": False,
-                    "error": f"the cleanup core (runnerkeep.cleanup) is not available: {exc}; "
-                    "emergency cleanup skipped",
-                }
-        try:
-            before = filesystem_usage(budget.path)
-        except OSError as exc:
-            return {"ok": False, "error": f"cannot measure {budget.path}: {exc.strerror}"}
-        started = time.monotonic()
-        try:
-            report = run(
-                "emergency",
-                self.config,
-                target_free_bytes=target_bytes,
-                target_free_inodes=target_inodes or None,
-                paths=[budget.path],
-                force=bool(self.settings["emergency_force"]),
-            )
-        except RunnerkeepError as exc:
-            return {"ok": False, "error": f"emergency cleanup failed: {exc}"}
-        except Exception as exc:
-            return {
-                "ok": False,
-                "error": f"emergency cleanup crashed: {exc.__class__.__name__}: {exc}",
-            }
-        duration = time.monotonic() - started
-        # The cleanup's time is its own: the watch's timeout covers the watch's work.
-        self.deadline += duration
-        try:
-            after = filesystem_usage(budget.path)
-        except OSError:
-            after = before  # freed bytes unknown: report 0 rather than fail the cycle
-        data = report.as_dict() if hasattr(report, "as_dict") else report
-        return {
-            "ok": True,
-            "freed_bytes": max(0, after.free_bytes - before.free_bytes),
-            "freed_inodes": max(0, after.free_inodes - before.free_inodes),
-            "free_bytes_before": before.free_bytes,
-            "free_bytes_after": after.free_bytes,
-            "target_free_bytes": target_bytes,
-            "target_free_inodes": target_inodes,
-            "duration_seconds": round(duration, 3),
-            "report": data,
-        }
-
-    def ingest_spool(self) -> None:
-        """Finished jobs' records and event lines the CI user's hooks left in the spool."""
-        try:
-            done = history.ingest_spool(self.config)
-            events.ingest_spool(self.sdir, spool_dir_of(self.config))
-        except (RunnerkeepError, OSError) as exc:
-            self.errors.append(f"spool: {exc}")
-            return
-        self.metrics.add(
-            "runnerkeep_spool_records_ingested",
-            len(done["ingested"]),
-            help="finished-job records taken from the spool this cycle",
-        )
-        self.metrics.add(
-            "runnerkeep_spool_records_rejected",
-            len(done["rejected"]),
-            help="spool records that could not be used this cycle (removed)",
-        )
-        for bad in done["rejected"][:5]:
-            statefile.warn(
-                f"spool record {escape_text(bad['file'])} (uid {bad['uid']}) rejected: "
-                f"{bad['problem']}"
-            )
-
-    def measure(self) -> tuple[BudgetInputs | None, Budget | None]:
-        """The budget; when it cannot be computed, fallback watermarks (``budget.error`` set):
-        a config that does not fit this disk must not hide that the disk is full."""
-        try:
-            inputs = measure_inputs(self.config)
-        except ConfigError as exc:
-            self.errors.append(f"budget: {exc}")
-            return None, None
-        try:
-            return inputs, compute_budget(inputs, self.settings)
-        except ConfigError as exc:
-            self.errors.append(f"budget: {exc}; fallback watermarks in use")
-            return inputs, fallback_budget(inputs, self.settings, str(exc))
-
-    # the cycle
-    def run(self) -> dict[str, Any]:
-        settings = self.settings
-        state = load_state(self.sdir)
-        previous = state.get("state", "ok")
-        now = time.time()
-        m = self.metrics
-
-        self.ingest_spool()
-        inputs, budget = self.measure()
-
-        # Docker and the filesystems.
-        root = settings["docker_root"]
-        docker: dict[str, Any] = {"checked": bool(settings["watch_docker"])}
-        if settings["watch_docker"]:
-            try:
-                info = engine_info(timeout=self.remaining(10))
-                root = root or info.get("DockerRootDir")
-                kinds = docker_usage(timeout=self.remaining(30))
-                docker.update(up=True, kinds=kinds)
-            # Not RunnerkeepError alone: engine_info and docker_usage parse docker's JSON with
-            # json.loads (ValueError), and the docker binary can fail to start (OSError).
-            except (RunnerkeepError, ValueError, OSError) as exc:
-                docker.update(up=False, error=str(exc))
-                self.errors.append(f"docker: {exc}")
-            m.add(
-                "runnerkeep_docker_up",
-                1 if docker["up"] else 0,
-                help="1 when the Docker engine answered this watch cycle",
-            )
-            for kind, usage in docker.get("kinds", {}).items():
-                m.add(
-                    "runnerkeep_docker_usage_bytes",
-                    usage["size_bytes"],
-                    {"kind": kind},
-                    help="docker system df size by kind",
-                )
-                m.add(
-                    "runnerkeep_docker_reclaimable_bytes",
-                    usage["reclaimable_bytes"],
-                    {"kind": kind},
-                    help="docker system df reclaimable bytes by kind",
-                )
-        pairs = watched_paths(self.config, root or "/var/lib/docker")
-        fs_list, fs_errors = filesystems(pairs)
-        for fs in fs_list:
-            labels = {"mountpoint": fs["mount_point"]}
-            m.add(
-                "runnerkeep_disk_filesystem_size_bytes",
-                fs["size_bytes"],
-                labels,
-                help="filesystem size",
-            )
-            m.add(
-                "runnerkeep_disk_filesystem_free_bytes",
-                fs["free_bytes"],
-                labels,
-                help="bytes available to unprivileged users",
-            )
-            m.add(
-                "runnerkeep_disk_filesystem_size_inodes",
-                fs["size_inodes"],
-                labels,
-                help="inodes in total",
-            )
-            m.add(
-                "runnerkeep_disk_filesystem_free_inodes",
-                fs["free_inodes"],
-                labels,
-                help="free inodes",
-            )
-        bad = {(e["role"], e["path"]) for e in fs_errors}
-        for role, path in pairs:
-            m.add(
-                "runnerkeep_disk_path_readable",
-                0 if (role, path) in bad else 1,
-                {"role": role, "path": path},
-                help="1 when the filesystem holding the path could be measured",
-            )
-        for err in fs_errors:
-            self.errors.append(f"filesystem of {err['path']} ({err['role']}): {err['error']}")
-
-        # The state machine.
-        new = previous
-        if budget is not None and inputs is not None and inputs.free_bytes is not None:
-            new = next_state(
-                previous,
-                inputs.free_bytes,
-                inputs.free_inodes if budget.capacity_inodes else None,
-                budget.watermarks(),
-                budget.hysteresis_bytes,
-                budget.hysteresis_inodes,
-            )
-        changed = new != previous
-        if changed:
-            state["since"] = now
-            message = (
-                f"disk {previous} -> {new} on {budget.path}: "
-                f"{format_size(inputs.free_bytes)} free ({inputs.free_inodes or 0:,} inodes); "
-                f"warning/critical/emergency below {format_size(budget.warning_free_bytes)}/"
-                f"{format_size(budget.critical_free_bytes)}/{format_size(budget.emergency_free_bytes)}"
-            )
-            self.queue(
-                self.body(
-                    "disk_state_change",
-                    message,
-                    previous=previous,
-                    state=new,
-                    path=budget.path,
-                    free_bytes=inputs.free_bytes,
-                    free_inodes=inputs.free_inodes,
-                    watermarks=budget.watermarks(),
-                ),
-                new,
-            )
-        state["state"] = new
-
-        # Emergency cleanup.
-        cleanup = None
-        if new == "emergency" and settings["emergency_cleanup"] and budget is not None:
-            cooldown = seconds(settings, "emergency_cleanup_cooldown")
-            last = state.get("last_emergency_cleanup") or 0
-            if changed or now - last >= cooldown:
-                cleanup = self.emergency_cleanup(budget)
-                state["last_emergency_cleanup"] = time.time()
-                state["emergency_cleanups"] = state.get("emergency_cleanups", 0) + 1
-                state["last_emergency_cleanup_ok"] = cleanup["ok"]
-                if cleanup["ok"]:
-                    state["last_emergency_cleanup_freed_bytes"] = cleanup["freed_bytes"]
-                    message = (
-                        f"disk emergency on {budget.path}: emergency cleanup freed "
-                        f"{format_size(cleanup['freed_bytes'])} "
-                        f"({cleanup['freed_inodes']:,} inodes); "
-                        f"{format_size(cleanup['free_bytes_after'])} free now, target "
-                        f"{format_size(cleanup['target_free_bytes'])}"
-                    )
-                else:
-                    state["last_emergency_cleanup_freed_bytes"] = 0
-                    message = f"disk emergency on {budget.path}: {cleanup['error']}"
-                    self.errors.append(cleanup["error"])
-                summary = {k: v for k, v in cleanup.items() if k != "report"}
-                self.queue(
-                    self.body(
-                        "emergency_cleanup", message, state=new, path=budget.path, cleanup=summary
-                    ),
-                    "emergency" if cleanup["ok"] else "error",
-                )
-
-        self.send_alerts(state)
-
-        old_counters = state.get("counters") or {}
-        try:
-            counters = fold_events(self.sdir, old_counters)
-        except OSError as exc:
-            counters = event_totals(old_counters)
-            self.errors.append(f"cannot read the event log in {self.sdir}: {exc.strerror}")
-        state["counters"] = counters
-
-        # Errors are logged when they appear and when they clear, not every cycle.
-        previous_errors = set(state.get("errors") or [])
-        current = [e for e in self.errors if not e.startswith("disk watch: webhook")]
-        if settings["syslog"]:
-            for err in current:
-                if err not in previous_errors:
-                    self.syslog(f"disk watch: {err}", "error")
-            if previous_errors and not current:
-                self.syslog("disk watch: all checks answer again", "info")
-        state["errors"] = [self.redact(e) for e in current]
-
-        state["last_run"] = now
-        self._state_metrics(state, budget, inputs, counters)
-        self._budget_error_metrics(budget)
-        self._skipped_metrics()
-
-        metrics_path = None
-        duration = time.monotonic() - self.started
-        m.add(
-            "runnerkeep_disk_watch_duration_seconds",
-            round(duration, 3),
-            help="time this watch cycle took",
-        )
-        m.add(
-            "runnerkeep_disk_watch_errors",
-            len(self.errors),
-            help="problems met in the last watch cycle (see the log)",
-        )
-        m.add(
-            "runnerkeep_disk_watch_last_run_timestamp_seconds",
-            round(now, 3),
-            help="when the watch last ran",
-        )
-        try:
-            metrics_path = write_textfile(
-                settings["textfile_dir"], settings["metrics_file"], m.render()
-            )
-        except OSError as exc:
-            message = f"cannot write metrics to {settings['textfile_dir']}: {exc.strerror}"
-            self.errors.append(message)
-            if settings["syslog"]:
-                self.syslog(f"disk watch: {message}", "error")
-        unsaved = persist_state(self.sdir, state)
-        if unsaved:
-            self.errors.append(unsaved)
-        return self._result(
-            previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
-        )
-
-    def _result(
-        self, previous, new, changed, budget, inputs, docker, fs_list, cleanup, metrics_path
-    ) -> dict[str, Any]:
-        """What the cycle returns (``--json``), every string redacted."""
-        result = {
-            "previous": previous,
-            "state": new,
-            "changed": changed,
-            "path": budget.path if budget else None,
-            "free_bytes": inputs.free_bytes if inputs else None,
-            "free_inodes": inputs.free_inodes if inputs else None,
-            "watermarks": budget.watermarks() if budget else None,
-            "docker": docker,
-            "filesystems": fs_list,
-            "alerts": self.alerts,
-            "emergency_cleanup": cleanup,
-            "errors": self.errors,
-            "budget_error": _budget_error(budget, self.errors),
-            "metrics_file": metrics_path,
-            "duration_seconds": round(time.monotonic() - self.started, 3),
-        }
-        return redact_data(result, self.secrets)
-
-    def _budget_error_metrics(self, budget: Budget | None) -> None:
-        failed = budget is None or budget.error is not None
-        self.metrics.add(
-            "runnerkeep_disk_budget_error",
-            1 if failed else 0,
-            help="1 when the disk budget could not be computed (see the log)",
-        )
-        source = "none" if budget is None else ("fallback" if budget.error else "budget")
-        self.metrics.add(
-            "runnerkeep_disk_state_watermarks",
-            1,
-            {"source": source},
-            help="where the state's watermarks came from: budget, fallback (budget error), "
-            "none (nothing measured: the state is the last one known)",
-        )
-
-    def _skipped_metrics(self) -> None:
-        totals = statefile.skipped_totals()
-        for name in sorted({STATE_FILE, "events.jsonl", *totals}):
-            self.metrics.add(
-                "runnerkeep_state_records_skipped",
-                totals.get(name, 0) - self.skipped_before.get(name, 0),
-                {"file": name},
-                help="state-file records (or whole files) this cycle could not use",
-            )
-
-    def _state_metrics(self, state, budget, inputs, counters) -> None:
-        m = self.metrics
-        current = state["state"]
-        for level in LEVELS:
-            m.add(
-                "runnerkeep_disk_state",
-                1 if level == current else 0,
-                {"state": level},
-                help="watermark state of the budget filesystem (1 = current)",
-            )
-        m.add(
-            "runnerkeep_disk_state_level",
-            LEVELS.index(current),
-            help="0 ok, 1 warning, 2 critical, 3 emergency",
-        )
-        if state.get("since"):
-            m.add(
-                "runnerkeep_disk_state_since_timestamp_seconds",
-                round(state["since"], 3),
-                help="when the current state was entered",
-            )
-        m.add(
-            "runnerkeep_disk_budget_up",
-            1 if budget is not None and budget.error is None else 0,
-            help="1 when the disk budget could be computed",
-        )
-        if budget is not None:
-            for level, mark in budget.watermarks().items():
-                m.add(
-                    "runnerkeep_disk_watermark_free_bytes",
-                    mark["bytes"],
-                    {"level": level},
-                    help="free bytes below which the level is entered",
-                )
-                m.add(
-                    "runnerkeep_disk_watermark_free_inodes",
-                    mark["inodes"],
-                    {"level": level},
-                    help="free inodes below which the level is entered (0 = none)",
-                )
-            m.add(
-                "runnerkeep_disk_budget_free_bytes",
-                inputs.free_bytes,
-                help="free bytes on the budget filesystem",
-            )
-            m.add(
-                "runnerkeep_disk_budget_free_inodes",
-                inputs.free_inodes,
-                help="free inodes on the budget filesystem",
-            )
-        if budget is not None and budget.error is None:
-            m.add(
-                "runnerkeep_disk_cache_quota_bytes",
-                budget.cache_quota_bytes,
-                help="image cache quota",
-            )
-            m.add(
-                "runnerkeep_disk_job_peak_budget_bytes",
-                budget.job_peak_bytes,
-                help="job peak P used by the budget (percentile or floor)",
-            )
-        if inputs is not None:
-            m.add(
-                "runnerkeep_disk_cache_size_bytes",
-                inputs.cache_bytes,
-                {"kind": "disk"},
-                help="image cache size (logical and on disk)",
-            )
-            m.add(
-                "runnerkeep_disk_cache_size_bytes",
-                inputs.cache_logical_bytes or 0,
-                {"kind": "logical"},
-            )
-        cache = counters["cache"]
-        for result, name in (
-            ("hit", "hits"),
-            ("miss", "misses"),
-            ("corrupt", "corruptions"),
-            ("saved", "saves"),
-        ):
-            m.add(
-                f"runnerkeep_cache_{name}_total",
-                cache.get(result, 0),
-                kind="counter",
-                help=f"image cache {name} recorded in the event log",
-            )
-        for cleaner, freed in sorted(counters["cleanup_bytes"].items()):
-            m.add(
-                "runnerkeep_cleanup_bytes_freed_total",
-                freed,
-                {"cleaner": cleaner},
-                kind="counter",
-                help="bytes freed by cleanup, per cleaner",
-            )
-        if counters.get("last_job_peak_bytes") is not None:
-            m.add(
-                "runnerkeep_disk_last_job_peak_bytes",
-                counters["last_job_peak_bytes"],
-                help="disk growth during the last finished job",
-            )
-        if counters.get("last_job_peak_inodes") is not None:
-            m.add(
-                "runnerkeep_disk_last_job_peak_inodes",
-                counters["last_job_peak_inodes"],
-                help="inode growth during the last finished job",
-            )
-        for key, count in sorted((state.get("alert_counts") or {}).items()):
-            channel, result = key.split(":", 1)
-            m.add(
-                "runnerkeep_disk_alerts_total",
-                count,
-                {"channel": channel, "result": result},
-                kind="counter",
-                help="alerts sent or failed, per channel",
-            )
-        if self.url:
-            m.add(
-                "runnerkeep_disk_webhook_up",
-                1 if state.get("webhook_ok", True) else 0,
-                help="0 when the last webhook delivery failed",
-            )
-            m.add(
-                "runnerkeep_disk_webhook_pending",
-                len(state.get("webhook_pending") or []),
-                help="alerts the webhook failed to take, to be sent again next cycle",
-            )
-        m.add(
-            "runnerkeep_disk_emergency_cleanups_total",
-            state.get("emergency_cleanups", 0),
-            kind="counter",
-            help="emergency cleanup runs started by the watch",
-        )
-        if "last_emergency_cleanup_freed_bytes" in state:
-            m.add(
-                "runnerkeep_disk_emergency_cleanup_freed_bytes",
-                state["last_emergency_cleanup_freed_bytes"],
-                help="bytes the last emergency cleanup freed",
-            )
-            m.add(
-                "runnerkeep_disk_emergency_cleanup_ok",
-                1 if state.get("last_emergency_cleanup_ok") else 0,
-                help="1 when the last emergency cleanup ran without error",
-            )
+def _cleanup_outcome(
+    budget: Budget, before: Any, after: Any, duration: float, report: Any
+) -> dict[str, Any]:
+    """What an emergency stage that ran did: freed space by statvfs, and its own report."""
+    target_bytes, target_inodes = budget.stage_targets("emergency")
+    data = report.as_dict() if hasattr(report, "as_dict") else report
+    return {
+        "ok": True,
+        "freed_bytes": max(0, after.free_bytes - before.free_bytes),
+        "freed_inodes": max(0, after.free_inodes - before.free_inodes),
+        "free_bytes_before": before.free_bytes,
+        "free_bytes_after": after.free_bytes,
+        "target_free_bytes": target_bytes,
+        "target_free_inodes": target_inodes,
+        "duration_seconds": round(duration, 3),
+        "report": data,
+    }
 
 
 def _budget_error(budget: Budget | None, errors: list[str]) -> str | None:
@@ -897,28 +746,29 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
     """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
 
     ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests)."""
-    sdir = state_dir(config)
-    fd = _open_watch_lock(sdir)
+    state_directory = state_dir(config)
+    fd = _open_watch_lock(state_directory)
     try:
         if fd is not None:
             try:
-                statefile.take_owned_lock(fd, f"the watch lock in {sdir}", 0.0)
+                statefile.take_owned_lock(fd, f"the watch lock in {state_directory}", 0.0)
             except LockHeldError:
                 return {
                     "skipped": True,
                     "reason": "another disk watch cycle is running",
                     "state": None,
                 }
-        return _Cycle(config, cleanup_func).run()
+        return WatchCycle(config, cleanup_func).run()
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-def _open_watch_lock(sdir: str) -> int | None:
+def _open_watch_lock(state_directory: str) -> int | None:
     """The cycle lock: in the state dir, else in the run dir (``statefile.open_lock_fallback``);
     else none (the watch still runs: an unwritable disk is when it is needed most)."""
     return statefile.open_lock_fallback(
-        os.path.join(sdir, LOCK_FILE), statefile.fallback_path(sdir, "disk-watch", ".lock")
+        os.path.join(state_directory, LOCK_FILE),
+        statefile.fallback_path(state_directory, "disk-watch", ".lock"),
     )
