@@ -49,6 +49,6 @@ def test_documentation_matches_argument_spec(name):
             assert "default" not in options[option], option
     assert strings["check_mode"] is True
     examples = yaml.safe_load(strings["EXAMPLES"])
-    assert any(name in task for task in examples)
+    assert any(f"runnerkeep.runner.{name}" in task for task in examples)
     returned = yaml.safe_load(strings["RETURN"])
     assert returned
