@@ -16,7 +16,7 @@ from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepErr
 from ..events import record_event
 from ..fsutil import atomic_output
 from ..procutil import enlarge_pipe
-from .archive import entry_archive_length, write_entry_archive
+from .archive_writer import entry_archive_length, write_entry_archive
 from .checks import load_checked_entry, quarantine_for
 from .store import (
     TRUSTED,

@@ -23,14 +23,7 @@ from ..events import record_event
 from ..fsutil import filesystem_usage, fsync_dir, same_filesystem
 from ..procutil import enlarge_pipe
 from ..units import format_size
-from .archive import (
-    ArchiveError,
-    NoSpaceWhileWriting,
-    ParsedArchive,
-    analyze,
-    familiar_ref,
-    read_archive_stream,
-)
+from .archive_layout import LEGACY_LAYER_TYPE, ParsedArchive, analyze, familiar_ref
 from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
 from .prune import prune_store
 from .store import (
@@ -44,6 +37,7 @@ from .store import (
     is_no_space,
     validate_key,
 )
+from .tar_reader import ArchiveError, NoSpaceWhileWriting, read_archive_stream
 
 TAR_OVERHEAD_PER_LAYER = 4096  # headers + padding + json/VERSION members, generously
 _ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{4,64}$")
@@ -512,7 +506,7 @@ def _save_from_store(
                     "digest": diff_id,
                     "size": size,
                     "diff_id": diff_id,
-                    "media_type": "application/vnd.docker.image.rootfs.diff.tar",
+                    "media_type": LEGACY_LAYER_TYPE,
                 }
             )
         images.append(

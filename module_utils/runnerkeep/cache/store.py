@@ -421,9 +421,9 @@ class Store:
         """Store a small in-memory blob (configs, manifests)."""
         if self.has_blob(digest):
             return False
-        fd, tmp = _mkstemp(area)
+        fd, tmp = create_temp_blob(area)
         try:
-            _write_all(fd, memoryview(data))
+            write_all(fd, memoryview(data))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -682,12 +682,14 @@ def _older_than(path: str, seconds: float) -> bool:
         return False
 
 
-def _mkstemp(area: str) -> tuple[int, str]:
+def create_temp_blob(area: str) -> tuple[int, str]:
+    """A new file for a blob being written in the temp ``area``: (fd open for writing, path)."""
     path = os.path.join(area, f"blob-{os.urandom(6).hex()}")
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def write_all(fd: int, view: memoryview) -> None:
+    """os.write until every byte of ``view`` is written (a pipe takes part of a big write)."""
     while view:
         written = os.write(fd, view)
         view = view[written:]

@@ -7,14 +7,9 @@ import json
 
 import pytest
 from cachetest_helpers import legacy_archive, oci_archive, random_layer, sha, write_tar
-from runnerkeep.cache.archive import (
-    SMALL_MEMBER,
-    ArchiveError,
-    analyze,
-    familiar_ref,
-    read_archive_stream,
-)
+from runnerkeep.cache.archive_layout import analyze, familiar_ref
 from runnerkeep.cache.store import Store
+from runnerkeep.cache.tar_reader import SMALL_MEMBER, ArchiveError, read_archive_stream
 
 
 @pytest.fixture

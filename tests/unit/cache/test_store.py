@@ -25,9 +25,10 @@ from runnerkeep.cache import (
     validate_key,
     verify_store,
 )
-from runnerkeep.cache.archive import SMALL_MEMBER, entry_archive_length, write_entry_archive
+from runnerkeep.cache.archive_writer import entry_archive_length, write_entry_archive
 from runnerkeep.cache.checks import load_checked_entry
 from runnerkeep.cache.save import SaveFailed, _space_message, space_plan
+from runnerkeep.cache.tar_reader import SMALL_MEMBER
 from runnerkeep.errors import CacheMiss, ConfigError
 
 BASE = random_layer(SMALL_MEMBER + 50_000, "base")
@@ -107,6 +108,26 @@ def test_archive_length_is_known_before_writing(tmp_path, store_dir, fmt):
     out = tmp_path / "out.tar"
     export_entry(store_dir, "k", str(out))
     assert entry_archive_length(entry) == out.stat().st_size
+
+
+def test_archive_can_leave_out_blobs_the_daemon_holds(tmp_path, store_dir):
+    # an incremental restore sends every member but the layers left out; the length matches
+    put(tmp_path, store_dir, "k", legacy_archive([(["a:1"], [BASE, MID, TOP_A])]))
+    store = Store(store_dir)
+    entry, _ = store.read_entry("k")
+    base = sha(BASE)
+    os.unlink(store.blob_path(base))  # never opened: a missing blob would fail the write
+    out = tmp_path / "partial.tar"
+    with open(out, "wb") as handle:
+        written = write_entry_archive(entry, store, handle.fileno(), leave_out={base})
+    assert written == out.stat().st_size == entry_archive_length(entry, leave_out={base})
+    assert written < entry_archive_length(entry)
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert "blobs/sha256/" + base[7:] not in names
+    assert "blobs/sha256/" + sha(TOP_A)[7:] in names and names[-1] == "manifest.json"
+    assert "blobs/sha256/" + base[7:] in manifest[0]["Layers"]  # still named
 
 
 def test_shared_base_stored_once(tmp_path, store_dir):
