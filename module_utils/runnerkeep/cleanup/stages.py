@@ -24,7 +24,7 @@ import ctypes.util
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 from .. import docker_cli
 from ..config import DEFAULT_PATHS, merge_section
@@ -35,7 +35,7 @@ from ..spool import spool_dir_of
 from ..units import parse_duration, parse_size_or_percent
 from . import docker_cleaners
 from .catalog import CLEANER_KEYS, SECTION_DEFAULTS, STAGES, builtin_cleaners
-from .cleaners import KINDS, Cleaner, RunContext, check_pattern
+from .cleaners import KINDS, Cleaner, Item, RunContext, check_pattern
 from .lock import BLOCKED_STAGES, active_jobs, check_job_lock, run_lock
 from .report import CleanerReport, CleanupReport
 from .safety import home_dirs, own_dirs, protected_inodes
@@ -132,8 +132,38 @@ def list_cleaners(config: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# Where a stage's targets may come from the disk budget: (stage, config) -> (filesystem, free
+# bytes, free inodes), or None when there is no budget for this host.
+BudgetTargets = Callable[[str, dict[str, Any]], Optional[tuple[str, int, int]]]
+
+
+def disk_budget_targets(stage: str, config: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(filesystem, free bytes, free inodes) the disk budget sets for ``stage``, or None.
+
+    The one place cleanup reaches into ``disk/`` (imported here, lazily, because disk imports
+    cleanup for its emergency stage); the run takes it as a ``BudgetTargets`` callable.
+    Only hosts with a ``disk`` section (written by the disk_monitor role) use the budget: it is
+    sized from that host's job history, which only a monitored host records. None also when no
+    budget can be computed here (a disk too small for it: the watch reports that).
+    """
+    if "disk" not in config:
+        return None
+    try:
+        from ..disk.budget import current_budget
+
+        budget = current_budget(config)
+    except (ImportError, RunnerkeepError, OSError):
+        return None
+    free, inodes = budget.stage_targets(stage)
+    return mount_point_of(_existing(budget.path)), free, inodes
+
+
 def _target_specs(
-    stage: str, config: dict[str, Any], target_free_bytes: Any, target_free_inodes: Any
+    stage: str,
+    config: dict[str, Any],
+    target_free_bytes: Any,
+    target_free_inodes: Any,
+    budget_targets: BudgetTargets,
 ) -> Callable[[str], tuple[Any, Any, str]]:
     """Where each filesystem's targets come from, first found wins: the argument, the
     ``cleanup.targets.<stage>`` the user configured, the disk budget (only on the budget's own
@@ -142,7 +172,7 @@ def _target_specs(
     builtin = SECTION_DEFAULTS["targets"][stage]
     budget = None
     if target_free_bytes is None or target_free_inodes is None:
-        budget = _budget_targets(stage, config)
+        budget = budget_targets(stage, config)
 
     def specs(fs: str) -> tuple[Any, Any, str]:
         from_budget = budget if budget and budget[0] == fs else None
@@ -165,25 +195,6 @@ def _target_specs(
     return specs
 
 
-def _budget_targets(stage: str, config: dict[str, Any]) -> tuple[str, int, int] | None:
-    """(filesystem, free bytes, free inodes) the disk budget sets for ``stage``, or None.
-
-    Only hosts with a ``disk`` section (written by the disk_monitor role) use the budget: it is
-    sized from that host's job history, which only a monitored host records. None also when no
-    budget can be computed here (a disk too small for it: the watch reports that).
-    """
-    if "disk" not in config:
-        return None
-    try:
-        from ..disk.budget import current_budget
-
-        budget = current_budget(config)
-    except (ImportError, RunnerkeepError, OSError):
-        return None
-    free, inodes = budget.stage_targets(stage)
-    return mount_point_of(_existing(budget.path)), free, inodes
-
-
 def run_cleanup(
     stage: str,
     config: dict[str, Any],
@@ -194,40 +205,30 @@ def run_cleanup(
     dry_run: bool = False,
     force: bool = False,
     run_all: bool = False,
-    only: list[str] | None = None,
+    cleaner_names: list[str] | None = None,
     probe: Probe | None = None,
     now: float | None = None,
+    only: list[str] | None = None,
 ) -> CleanupReport:
     """Run ``stage`` ("pre", "post" or "emergency"); see the module docstring.
 
     ``target_free_bytes``/``target_free_inodes`` override ``cleanup.targets.<stage>`` (ints,
     or strings such as "20G" or "15%"); ``paths`` limits the run to the filesystems holding
-    them; ``only`` limits it to the named cleaners; ``probe`` replaces ``filesystem_usage``
-    (tests). Raises LockHeldError when a job holds the lock (post/emergency, no ``force``) or
-    another cleanup is running, ConfigError for bad settings.
+    them; ``cleaner_names`` limits it to the named cleaners (the CLI's ``--cleaner``);
+    ``probe`` replaces ``filesystem_usage`` (tests). Raises LockHeldError when a job holds the
+    lock (post/emergency, no ``force``) or another cleanup is running, ConfigError for bad
+    settings. ``only`` is the old name of ``cleaner_names``, kept until its callers move.
     """
+    if cleaner_names is None:
+        cleaner_names = only
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     started = time.monotonic()
-    probe = probe or filesystem_usage
     section = cleanup_section(config)
     state_dir = state_dir_of(config)
     lock_max_age = parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
     report = CleanupReport(stage=stage, dry_run=dry_run, forced=force, run_all=run_all)
-
-    if dry_run:
-        live = _jobs(config, lock_max_age, dry_run=True)
-        report.jobs = live
-        if live and stage in BLOCKED_STAGES and not force:
-            report.notes.append(
-                f"{len(live)} CI job(s) hold the runner lock: the real {stage} stage would "
-                "refuse to run without --force"
-            )
-    else:
-        report.jobs = check_job_lock(
-            state_dir, stage, force, lock_max_age, spool_dir=spool_dir_of(config)
-        )
-
+    report.jobs = _jobs_seen(report, config, lock_max_age)
     ctx = RunContext(
         config=config,
         section=section,
@@ -238,23 +239,51 @@ def run_cleanup(
         now=time.time() if now is None else now,
         state_dir=state_dir,
     )
-    cleaners = build_cleaners(section, ctx, stage)
-    if only:
-        unknown = sorted(set(only) - {c.name for c in build_cleaners(section, ctx)})
-        if unknown:
-            raise ConfigError(f"unknown cleaner(s): {', '.join(unknown)}")
-        cleaners = [c for c in cleaners if c.name in only]
+    cleaners = _stage_cleaners(section, ctx, cleaner_names)
     # The rails refuse roots in runnerkeep's own directories and the Docker data root
     # (FilesCleaner passes ctx.own_dirs to check_root); the engine is asked only when a
     # filesystem cleaner will run.
     walks_files = any(c.enabled and c.kind in KINDS for c in cleaners)
     ctx.own_dirs = own_dirs(config, _docker_root() if walks_files else None)
 
-    lock_cm = contextlib.nullcontext() if dry_run else run_lock(state_dir)
-    with lock_cm:
-        _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_inodes, section)
+    with contextlib.nullcontext() if dry_run else run_lock(state_dir):
+        wanted = _Wanted(target_free_bytes, target_free_inodes, paths)
+        _StageRun(report, ctx, cleaners, lock_max_age).run(probe or filesystem_usage, wanted)
     report.duration = time.monotonic() - started
     return report
+
+
+def _jobs_seen(report: CleanupReport, config: dict[str, Any], lock_max_age: float) -> list:
+    """The live jobs; a real post/emergency run refuses (LockHeldError) while one holds the
+    lock unless forced, a dry run only reads them and notes that the real run would refuse."""
+    if not report.dry_run:
+        return check_job_lock(
+            state_dir_of(config),
+            report.stage,
+            report.forced,
+            lock_max_age,
+            spool_dir=spool_dir_of(config),
+        )
+    live = _jobs(config, lock_max_age, dry_run=True)
+    if live and report.stage in BLOCKED_STAGES and not report.forced:
+        report.notes.append(
+            f"{len(live)} CI job(s) hold the runner lock: the real {report.stage} stage would "
+            "refuse to run without --force"
+        )
+    return live
+
+
+def _stage_cleaners(
+    section: dict[str, Any], ctx: RunContext, cleaner_names: list[str] | None
+) -> list[Cleaner]:
+    """The stage's cleaners in cost order, only the named ones when names are given."""
+    cleaners = build_cleaners(section, ctx, ctx.stage)
+    if not cleaner_names:
+        return cleaners
+    unknown = sorted(set(cleaner_names) - {c.name for c in build_cleaners(section, ctx)})
+    if unknown:
+        raise ConfigError(f"unknown cleaner(s): {', '.join(unknown)}")
+    return [c for c in cleaners if c.name in cleaner_names]
 
 
 def _docker_root() -> str | None:
@@ -389,43 +418,184 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
-def _run(report, cleaners, ctx, probe, paths, target_free_bytes, target_free_inodes, section):
-    cleaner_fs = _cleaner_filesystems(cleaners)
-    requested = _concerned_filesystems(paths, cleaner_fs)
-    specs = _target_specs(report.stage, ctx.config, target_free_bytes, target_free_inodes)
-    ledger = Ledger(probe, report.dry_run, report.run_all)
-    for fs in sorted(requested):
-        ledger.add(fs, _target_parser(fs, specs, report))
-    items_max = int(section.get("report_items_max") or 10000)
-    lock_max_age = parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
-    interrupted = False
-    for index, cleaner in enumerate(cleaners):
-        cr = CleanerReport(name=cleaner.name, kind=cleaner.kind)
-        report.cleaners.append(cr)
-        if interrupted:
-            cr.status = "skipped: a job started"
-            continue
-        skip = _skip_reason(cleaner, cleaner_fs.get(cleaner.name), ledger, report, cr)
+class _Wanted(NamedTuple):
+    """What the caller asked for: target overrides (None: configured) and the paths whose
+    filesystems are concerned (None: every one the cleaners work on)."""
+
+    free_bytes: int | str | None
+    free_inodes: int | str | None
+    paths: list[str] | None
+
+
+JOB_STARTED = "skipped: a job started"
+
+
+class _StageRun:
+    """One stage run: each cleaner, in cost order, gets its turn while a filesystem it works on
+    still needs space; the ``Ledger`` keeps the targets, the freed counts and "target met".
+
+    Steps: ``run`` sets up the ledger (the filesystems concerned and their targets), then for
+    each cleaner ``_why_not`` (disabled, unavailable, target met, a job started) or
+    ``_run_cleaner`` (plan, then ``_remove_item`` one by one while ``needs``) and
+    ``_record_event``; ``_finish`` writes each filesystem's before/after into the report.
+    """
+
+    def __init__(
+        self,
+        report: CleanupReport,
+        ctx: RunContext,
+        cleaners: list[Cleaner],
+        lock_max_age: float,
+        budget_targets: BudgetTargets = disk_budget_targets,
+    ) -> None:
+        self.report = report
+        self.ctx = ctx
+        self.cleaners = cleaners
+        self.lock_max_age = lock_max_age
+        self.budget_targets = budget_targets
+        self.items_max = int(ctx.section.get("report_items_max") or 10000)
+        self.interrupted = False  # a CI job took the lock: the remaining cleaners are skipped
+        self.cleaner_filesystems: dict[str, Any] = {}
+        self.ledger: Ledger | None = None
+
+    def run(self, probe: Probe, wanted: _Wanted) -> None:
+        self.cleaner_filesystems = _cleaner_filesystems(self.cleaners)
+        self.ledger = self._ledger(probe, wanted)
+        for index, cleaner in enumerate(self.cleaners):
+            cleaner_report = CleanerReport(name=cleaner.name, kind=cleaner.kind)
+            self.report.cleaners.append(cleaner_report)
+            why_not = self._why_not(cleaner, cleaner_report, first=index == 0)
+            if why_not:
+                cleaner_report.status = why_not
+                continue
+            self._run_cleaner(cleaner, cleaner_report, self.ledger)
+            self._record_event(cleaner_report)
+        self._finish(self.ledger)
+
+    def _ledger(self, probe: Probe, wanted: _Wanted) -> Ledger:
+        """A ledger of every filesystem concerned, each with its target measured now."""
+        concerned = _concerned_filesystems(wanted.paths, self.cleaner_filesystems)
+        specs = _target_specs(
+            self.report.stage,
+            self.ctx.config,
+            wanted.free_bytes,
+            wanted.free_inodes,
+            self.budget_targets,
+        )
+        ledger = Ledger(probe, self.report.dry_run, self.report.run_all)
+        for fs in sorted(concerned):
+            ledger.add(fs, _target_parser(fs, specs, self.report))
+        return ledger
+
+    def _why_not(self, cleaner: Cleaner, cleaner_report: CleanerReport, first: bool) -> str | None:
+        """Why ``cleaner`` does not run at all (its status), or None when it runs."""
+        if self.interrupted:
+            return JOB_STARTED
+        skip = self._skip_reason(cleaner, cleaner_report)
         if skip:
-            cr.status = skip
-            continue
-        if index and _job_started(report, ctx, lock_max_age):
-            interrupted = True
-            cr.status = "skipped: a job started"
-            report.notes.append("a CI job took the runner lock: remaining cleaners skipped")
-            continue
-        _run_cleaner(cleaner, cr, ledger, items_max)
-        if not report.dry_run:
-            record_event(
-                ctx.state_dir,
-                "cleanup",
-                cleaner=cleaner.name,
-                bytes_freed=cr.bytes_freed,
-                inodes_freed=cr.inodes_freed,
-                items_removed=cr.items_removed,
-                stage=report.stage,
-            )
-    _finish(report, ledger)
+            return skip
+        if not first and self._job_started():
+            self.interrupted = True
+            self.report.notes.append("a CI job took the runner lock: remaining cleaners skipped")
+            return JOB_STARTED
+        return None
+
+    def _skip_reason(self, cleaner: Cleaner, cleaner_report: CleanerReport) -> str | None:
+        """Why ``cleaner`` is not needed or cannot run: disabled, unavailable, target met."""
+        if not cleaner.enabled:
+            return "disabled"
+        filesystems = self.cleaner_filesystems.get(cleaner.name)
+        if isinstance(filesystems, Exception):
+            self._note_unavailable(filesystems, cleaner_report)
+            return "unavailable"
+        ledger = self.ledger
+        relevant = {fs for fs in filesystems or () if fs in ledger}
+        if not relevant:
+            if filesystems:
+                return "skipped: nothing on the filesystems concerned"
+            return "skipped: no roots"
+        if not any(ledger.needs(fs) for fs in relevant):
+            return "skipped: target met"
+        return None
+
+    def _note_unavailable(self, error: Exception, cleaner_report: CleanerReport) -> None:
+        if isinstance(error, DockerUnavailableError):
+            # No engine on this host is a fact, not an error of the run: noted once.
+            note = f"Docker cleaners skipped: {error}"
+            if note not in self.report.notes:
+                self.report.notes.append(note)
+        else:
+            cleaner_report.errors.append({"path": "", "error": str(error)})
+
+    def _job_started(self) -> bool:
+        """A CI job took the runner lock since the run began (real post/emergency runs only)."""
+        report = self.report
+        if report.dry_run or report.stage not in BLOCKED_STAGES or report.forced:
+            return False
+        return bool(_jobs(self.ctx.config, self.lock_max_age, dry_run=False))
+
+    def _run_cleaner(self, cleaner: Cleaner, cleaner_report: CleanerReport, ledger: Ledger) -> None:
+        """Plan, then remove item by item while the item's filesystem still needs space."""
+        started = time.monotonic()
+        try:
+            items = cleaner.plan()
+        except ConfigError:
+            raise
+        except RunnerkeepError as exc:
+            cleaner_report.status = "error"
+            cleaner_report.errors.append({"path": "", "error": str(exc)})
+            cleaner_report.duration = time.monotonic() - started
+            return
+        cleaner_report.refused = [{"root": r, "reason": why} for r, why in cleaner.refused]
+        cleaner_report.errors.extend({"path": p, "error": e} for p, e in cleaner.errors)
+        cleaner_report.keep(cleaner.kept)
+        cleaner_report.status = "done"
+        for item in items:
+            if item.fs not in ledger:
+                continue
+            if not ledger.needs(item.fs):
+                cleaner_report.status = "stopped: target met"
+                break
+            removed = _remove_item(cleaner, item, cleaner_report, ledger.dry_run)
+            if removed is not None:
+                ledger.count(item.fs, removed[0], removed[1])
+                self._count_removed(cleaner_report, item, *removed)
+        cleaner_report.duration = time.monotonic() - started
+
+    def _count_removed(
+        self, cleaner_report: CleanerReport, item: Item, freed: int, inodes: int, gone: bool
+    ) -> None:
+        cleaner_report.bytes_freed += freed
+        cleaner_report.inodes_freed += inodes
+        if gone:
+            cleaner_report.items_removed += 1
+            cleaner_report.items_total += 1
+            if len(cleaner_report.items) < self.items_max:
+                cleaner_report.items.append(
+                    {"path": item.path, "bytes": freed, "inodes": inodes, "kind": item.kind}
+                )
+
+    def _record_event(self, cleaner_report: CleanerReport) -> None:
+        if self.report.dry_run:
+            return
+        record_event(
+            self.ctx.state_dir,
+            "cleanup",
+            cleaner=cleaner_report.name,
+            bytes_freed=cleaner_report.bytes_freed,
+            inodes_freed=cleaner_report.inodes_freed,
+            items_removed=cleaner_report.items_removed,
+            stage=self.report.stage,
+        )
+
+    def _finish(self, ledger: Ledger) -> None:
+        """Each filesystem's before/after, claimed and measured; target met on every one."""
+        met = True
+        for fs in sorted(ledger.targets):
+            fs_met, entry = ledger.summary(fs)
+            met = met and fs_met
+            self.report.filesystems[fs] = entry
+        self.report.target_met = met
 
 
 def _cleaner_filesystems(cleaners: list[Cleaner]) -> dict[str, Any]:
@@ -448,9 +618,9 @@ def _concerned_filesystems(paths: list[str] | None, cleaner_fs: dict[str, Any]) 
     if paths:
         return {mount_point_of(_existing(p)) for p in paths}
     requested: set[str] = set()
-    for fss in cleaner_fs.values():
-        if isinstance(fss, set):
-            requested |= fss
+    for filesystems in cleaner_fs.values():
+        if isinstance(filesystems, set):
+            requested |= filesystems
     return requested
 
 
@@ -479,77 +649,8 @@ def _target_parser(
     return parse
 
 
-def _skip_reason(
-    cleaner: Cleaner, fss: Any, ledger: Ledger, report: CleanupReport, cr: CleanerReport
-) -> str | None:
-    """Why ``cleaner`` does not run at all (its status), or None when it runs."""
-    if not cleaner.enabled:
-        return "disabled"
-    if isinstance(fss, Exception):
-        if isinstance(fss, DockerUnavailableError):
-            # No engine on this host is a fact, not an error of the run: noted once.
-            note = f"Docker cleaners skipped: {fss}"
-            if note not in report.notes:
-                report.notes.append(note)
-        else:
-            cr.errors.append({"path": "", "error": str(fss)})
-        return "unavailable"
-    relevant = {f for f in fss or () if f in ledger}
-    if not relevant:
-        return "skipped: nothing on the filesystems concerned" if fss else "skipped: no roots"
-    if not any(ledger.needs(f) for f in relevant):
-        return "skipped: target met"
-    return None
-
-
-def _job_started(report: CleanupReport, ctx: RunContext, lock_max_age: float) -> bool:
-    """A CI job took the runner lock since the run began (real post/emergency runs only)."""
-    if report.dry_run or report.stage not in BLOCKED_STAGES or report.forced:
-        return False
-    return bool(_jobs(ctx.config, lock_max_age, dry_run=False))
-
-
-def _run_cleaner(cleaner: Cleaner, cr: CleanerReport, ledger: Ledger, items_max: int) -> None:
-    """Plan, then remove item by item while the item's filesystem still needs space."""
-    t0 = time.monotonic()
-    try:
-        items = cleaner.plan()
-    except ConfigError:
-        raise
-    except RunnerkeepError as exc:
-        cr.status = "error"
-        cr.errors.append({"path": "", "error": str(exc)})
-        cr.duration = time.monotonic() - t0
-        return
-    cr.refused = [{"root": r, "reason": why} for r, why in cleaner.refused]
-    cr.errors.extend({"path": p, "error": e} for p, e in cleaner.errors)
-    cr.keep(cleaner.kept)
-    cr.status = "done"
-    for item in items:
-        if item.fs not in ledger:
-            continue
-        if not ledger.needs(item.fs):
-            cr.status = "stopped: target met"
-            break
-        removed = _remove_item(cleaner, item, cr, ledger.dry_run)
-        if removed is None:
-            continue
-        freed, inodes, gone = removed
-        ledger.count(item.fs, freed, inodes)
-        cr.bytes_freed += freed
-        cr.inodes_freed += inodes
-        if gone:
-            cr.items_removed += 1
-            cr.items_total += 1
-            if len(cr.items) < items_max:
-                cr.items.append(
-                    {"path": item.path, "bytes": freed, "inodes": inodes, "kind": item.kind}
-                )
-    cr.duration = time.monotonic() - t0
-
-
 def _remove_item(
-    cleaner: Cleaner, item: Any, cr: CleanerReport, dry_run: bool
+    cleaner: Cleaner, item: Item, cleaner_report: CleanerReport, dry_run: bool
 ) -> tuple[int, int, bool] | None:
     """(bytes, inodes, removed) the cleaner counts for ``item``; None when removal failed."""
     if dry_run:
@@ -557,21 +658,11 @@ def _remove_item(
     try:
         outcome = cleaner.remove(item)
     except RunnerkeepError as exc:
-        cr.errors.append({"path": item.path, "error": str(exc)})
+        cleaner_report.errors.append({"path": item.path, "error": str(exc)})
         return None
-    cr.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
-    cr.keep(outcome.kept)
+    cleaner_report.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
+    cleaner_report.keep(outcome.kept)
     return outcome.bytes, outcome.inodes, outcome.removed
-
-
-def _finish(report: CleanupReport, ledger: Ledger) -> None:
-    """Each filesystem's before/after, claimed and measured; target met on every one."""
-    met = True
-    for fs in sorted(ledger.targets):
-        fs_met, entry = ledger.summary(fs)
-        met = met and fs_met
-        report.filesystems[fs] = entry
-    report.target_met = met
 
 
 def _existing(path: str) -> str:
