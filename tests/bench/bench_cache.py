@@ -1,7 +1,8 @@
 """Benchmark of the image cache against plain docker commands, as ratios measured in one run.
 
-Run: ``python tests/bench/bench_cache.py`` (needs the Docker engine). runnerkeep runs as the
-zipapp that runner hosts execute (``tools/build_zipapp.py``, built into the scratch dir).
+Run: ``python tests/bench/bench_cache.py`` (needs the Docker engine). runnerkeep runs as
+runner hosts execute it (``tools/build_zipapp.py`` + runner_base's ``install_zipapp.py``, into the
+scratch dir).
 Builds a >= 1 GiB image with >= 4 layers of random data (offline: a scratch base imported from a
 tarball), then measures (medians of ``--runs`` runs, interleaved so drift hits both sides):
 
@@ -45,10 +46,13 @@ def timed(fn) -> float:
 
 
 def build_zipapp(work: str) -> str:
-    """Build the runnerkeep.pyz that runner hosts execute into ``work``; return its path."""
+    """Build runnerkeep.pyz into ``work`` and install it as runner_base does on a host (unpacked,
+    compiled by this Python); return the path the host's wrapper runs."""
     out = os.path.join(work, "runnerkeep.pyz")
     sh(sys.executable, os.path.join(REPO, "tools", "build_zipapp.py"), "--output", out)
-    return out
+    install = os.path.join(REPO, "roles", "runner_base", "files", "install_zipapp.py")
+    sh(sys.executable, install, out, work)
+    return os.path.join(work, "lib")
 
 
 def rk(pyz: str, config: str, *args: str) -> subprocess.CompletedProcess:

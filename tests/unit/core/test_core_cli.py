@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 
 import pytest
 from runnerkeep import __version__
@@ -73,34 +72,3 @@ def test_zipapp_is_reproducible_and_runs(tmp_path):
         check=True,
     )
     assert ran.stdout.strip() == f"runnerkeep {__version__}"
-
-
-def test_zipapp_modules_load_from_bytecode_and_fall_back_to_source(tmp_path):
-    out = tmp_path / "runnerkeep.pyz"
-    build = [sys.executable, os.path.join(ROOT, "tools", "build_zipapp.py"), "--output", str(out)]
-    subprocess.run(build, capture_output=True, text=True, check=True)
-    probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import runnerkeep.cache.restore as m; "
-        "print(m.__spec__.origin)"
-    )
-    env = {"PATH": os.environ["PATH"]}
-    ran = subprocess.run(
-        [sys.executable, "-c", probe, str(out)], capture_output=True, text=True, env=env, check=True
-    )
-    assert ran.stdout.strip().endswith("runnerkeep/cache/restore.pyc")
-    # Bytecode from another Python (wrong magic number) is ignored: the source is compiled.
-    other = tmp_path / "other.pyz"
-    with zipfile.ZipFile(out) as src, zipfile.ZipFile(other, "w") as dst:
-        for info in src.infolist():
-            data = src.read(info)
-            if info.filename.endswith(".pyc"):
-                data = b"\x00\x00\r\n" + data[4:]
-            dst.writestr(info, data)
-    ran = subprocess.run(
-        [sys.executable, "-c", probe, str(other)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    assert ran.stdout.strip().endswith("runnerkeep/cache/restore.py")
