@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..fsutil import filesystem_usage
@@ -147,233 +147,317 @@ def parse_count_or_percent(value: Any, total: int, what: str) -> int:
     return number
 
 
-def _peak(peaks: list[int], floor: int, pct: float, min_jobs: int, fmt) -> tuple[int, str]:
-    n = len(peaks)
-    if n >= min_jobs:
+def _peak(
+    peaks: list[int], floor: int, pct: float, min_jobs: int, describe: Callable[[int], str]
+) -> tuple[int, str]:
+    """(job peak P, how it was chosen): the ``pct`` percentile of the recorded peaks, or the
+    floor (or the largest peak seen) while fewer than ``min_jobs`` are recorded."""
+    jobs = len(peaks)
+    if jobs >= min_jobs:
         value = percentile(peaks, pct)
-        return value, f"p{pct:g} of the last {n} job peaks is {fmt(value)}"
+        return value, f"p{pct:g} of the last {jobs} job peaks is {describe(value)}"
     seen = max(peaks) if peaks else 0
     value = max(floor, seen)
-    history = f"only {n} job(s) recorded, fewer than {min_jobs}"
+    history = f"only {jobs} job(s) recorded, fewer than {min_jobs}"
     if seen > floor:
         return (
             value,
-            f"{history}; the largest peak seen ({fmt(seen)}) exceeds the floor {fmt(floor)}",
+            f"{history}; the largest peak seen ({describe(seen)}) exceeds the floor "
+            f"{describe(floor)}",
         )
-    return value, f"{history}, so the floor {fmt(floor)} applies"
+    return value, f"{history}, so the floor {describe(floor)} applies"
 
 
 def _count(n: int) -> str:
     return f"{n:,} inodes"
 
 
+# Watermarks and stage targets a ``disk.*_free`` (bytes) or ``disk.*_free_inodes`` pins.
+_OVERRIDABLE = (
+    "emergency_free",
+    "critical_free",
+    "warning_free",
+    "pre_target_free",
+    "post_target_free",
+)
+
+
+@dataclass
+class _Workings:
+    """What ``compute_budget`` works out step by step, with its explanation in words."""
+
+    values: dict[str, int] = field(default_factory=dict)  # watermarks and stage targets
+    words: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+
 def compute_budget(inputs: BudgetInputs, settings: dict[str, Any]) -> Budget:
     """The arithmetic on fixed inputs; raises ConfigError when the budget cannot be met."""
-    c = inputs.capacity_bytes
-    ci = inputs.capacity_inodes
-    if c <= 0:
-        raise ConfigError(f"disk budget: {inputs.path} reports a capacity of 0 bytes")
-    pct = float(settings["peak_percentile"])
-    if not 0 < pct <= 100:
-        raise ConfigError(f"disk.peak_percentile must be in (0, 100], got {pct:g}")
-    min_jobs = as_int(settings["min_history_jobs"], "disk.min_history_jobs", 1)
-    share = float(settings["cache_share"])
-    if not 0 <= share <= 100:
-        raise ConfigError(f"disk.cache_share must be a percentage 0..100, got {share:g}")
-    fmt = format_size
-    words: list[str] = []
-    warnings: list[str] = []
-    overrides: list[str] = []
-
-    r = parse_size_or_percent(settings["reserve"], c, "disk.reserve")
-    h = parse_size_or_percent(settings["hysteresis"], c, "disk.hysteresis")
-    floor = size(settings, "job_peak_floor")
-    p, p_words = _peak(list(inputs.peaks_bytes), floor, pct, min_jobs, fmt)
-    words.append(f"Filesystem {inputs.path}: capacity C = {fmt(c)} ({c:,} bytes).")
-    words.append(f"Reserve R = {settings['reserve']} of C = {fmt(r)}.")
-    words.append(f"Job peak P: {p_words}; P = {fmt(p)}.")
-    words.append(f"Hysteresis H = {settings['hysteresis']} of C = {fmt(h)}.")
-
-    values = {
-        "emergency_free_bytes": r,
-        "critical_free_bytes": r + p,
-        "warning_free_bytes": r + 2 * p,
-        "pre_target_free_bytes": r + p + h,
-        "post_target_free_bytes": r + 2 * p + h,
-    }
-    words.append(
-        f"Watermarks: emergency below R = {fmt(r)} free; critical below R + P = {fmt(r + p)}; "
-        f"warning below R + 2P = {fmt(r + 2 * p)}."
+    percentile_rank, min_jobs, share = _checked_settings(inputs, settings)
+    work = _Workings()
+    reserve, peak, hysteresis = _byte_marks(inputs, settings, percentile_rank, min_jobs, work)
+    room = _room_above_post_target(inputs, reserve, peak, hysteresis, work)
+    quota = _cache_quota(inputs, settings, share, room, work)
+    reserve_inodes, peak_inodes, hysteresis_inodes = _inode_marks(
+        inputs, settings, percentile_rank, min_jobs, work
     )
-    words.append(
-        f"Cleanup targets: pre stage frees up to R + P + H = {fmt(r + p + h)} free (one job fits); "
-        f"post and emergency stages up to R + 2P + H = {fmt(r + 2 * p + h)} free (two jobs fit)."
-    )
-    for key in (
-        "emergency_free",
-        "critical_free",
-        "warning_free",
-        "pre_target_free",
-        "post_target_free",
-    ):
-        if settings[key] is not None:
-            values[key + "_bytes"] = parse_size_or_percent(settings[key], c, f"disk.{key}")
-            overrides.append(key)
-            words.append(
-                f"Override: disk.{key} = {settings[key]} -> {fmt(values[key + '_bytes'])}."
-            )
-
-    room = c - values["post_target_free_bytes"]
-    if room <= 0:
-        raise ConfigError(
-            f"disk budget cannot be met on {inputs.path}: capacity {fmt(c)} is not larger "
-            f"than the post-stage target {fmt(values['post_target_free_bytes'])} (reserve "
-            f"{fmt(r)} + 2 x job peak {fmt(p)} + hysteresis {fmt(h)}); give the runner a larger "
-            "disk or lower "
-            "disk.reserve / disk.job_peak_floor / the overrides"
-        )
-    if settings["cache_quota"] is not None:
-        quota = parse_size_or_percent(settings["cache_quota"], c, "disk.cache_quota")
-        overrides.append("cache_quota")
-        words.append(
-            f"Cache quota pinned by disk.cache_quota = {settings['cache_quota']} -> {fmt(quota)}."
-        )
-        if quota > room:
-            words.append(
-                f"Note: that quota exceeds the {fmt(room)} above the post target; "
-                "a full cache will keep the disk in warning."
-            )
-    else:
-        quota = int(room * share / 100.0)
-        words.append(
-            f"Cache quota = {share:g}% of what lies above the post target, "
-            f"{share:g}% x (C - {fmt(values['post_target_free_bytes'])}) = "
-            f"{share:g}% x {fmt(room)} "
-            f"= {fmt(quota)}."
-        )
-        quota_min = size(settings, "cache_quota_min")
-        if quota < quota_min:
-            quota = min(quota_min, room)
-            warning = (
-                f"the cache quota of {share:g}% would be below disk.cache_quota_min "
-                f"{fmt(quota_min)}; "
-                + (
-                    "raised to that minimum (less room for Docker images and job leftovers)"
-                    if quota == quota_min
-                    else f"the minimum does not fit this disk: clamped to all that lies above "
-                    f"the post target, {fmt(quota)}"
-                )
-                + "; give the runner a larger disk or lower disk.cache_quota_min"
-            )
-            warnings.append(warning)
-            words.append(f"Warning: {warning}.")
-    words.append(
-        f"The cache store now holds {fmt(inputs.cache_bytes)}"
-        + (f" ({inputs.cache_bytes * 100.0 / quota:.0f}% of its quota)." if quota else ".")
-    )
-    if inputs.cache_bytes > quota:
-        words.append(
-            f"The cache is {fmt(inputs.cache_bytes - quota)} over quota: "
-            "'runnerkeep cache prune' trims it."
-        )
-
-    # Inodes.
-    if ci > 0:
-        ri = parse_count_or_percent(settings["reserve_inodes"], ci, "disk.reserve_inodes")
-        # Inode hysteresis: the same percentage as for bytes; 1% when bytes use a fixed size.
-        hyst = str(settings["hysteresis"]).strip()
-        hi = parse_count_or_percent(hyst if hyst.endswith("%") else "1%", ci, "disk.hysteresis")
-        floor_i = parse_count_or_percent(
-            settings["job_peak_floor_inodes"], ci, "disk.job_peak_floor_inodes"
-        )
-        pi, pi_words = _peak(list(inputs.peaks_inodes), floor_i, pct, min_jobs, _count)
-        values.update(
-            emergency_free_inodes=ri,
-            critical_free_inodes=ri + pi,
-            warning_free_inodes=ri + 2 * pi,
-            pre_target_free_inodes=ri + pi + hi,
-            post_target_free_inodes=ri + 2 * pi + hi,
-        )
-        words.append(
-            f"Inodes: capacity {ci:,}; reserve {settings['reserve_inodes']} = {ri:,}; job peak: "
-            f"{pi_words}; hysteresis {hi:,}. Watermarks: emergency below {ri:,}, critical below "
-            f"{ri + pi:,}, warning below {ri + 2 * pi:,} free inodes; "
-            f"targets pre {ri + pi + hi:,}, "
-            f"post {ri + 2 * pi + hi:,}."
-        )
-        for key in (
-            "emergency_free",
-            "critical_free",
-            "warning_free",
-            "pre_target_free",
-            "post_target_free",
-        ):
-            okey = key + "_inodes"
-            if settings[okey] is not None:
-                values[okey] = parse_count_or_percent(settings[okey], ci, f"disk.{okey}")
-                overrides.append(okey)
-                words.append(f"Override: disk.{okey} = {settings[okey]} -> {values[okey]:,}.")
-        if values["post_target_free_inodes"] >= ci:
-            raise ConfigError(
-                f"disk budget cannot be met on {inputs.path}: it has {ci:,} inodes, "
-                "not more than the "
-                f"post-stage inode target {values['post_target_free_inodes']:,}; lower "
-                "disk.reserve_inodes / disk.job_peak_floor_inodes"
-            )
-    else:
-        ri = hi = pi = 0
-        for key in ("emergency", "critical", "warning", "pre_target", "post_target"):
-            values[f"{key}_free_inodes"] = 0
-        words.append("Inodes: this filesystem reports no inode limit; no inode watermarks.")
-
-    _check_order(values, c, inputs.path)
+    _check_order(work.values, inputs.capacity_bytes, inputs.path)
     if inputs.free_bytes is not None:
-        words.append(
-            f"Now: {fmt(inputs.free_bytes)} free"
+        work.words.append(
+            f"Now: {format_size(inputs.free_bytes)} free"
             + (f", {inputs.free_inodes:,} inodes free." if inputs.free_inodes is not None else ".")
         )
     return Budget(
         path=inputs.path,
-        capacity_bytes=c,
-        capacity_inodes=ci,
-        reserve_bytes=r,
-        reserve_inodes=ri,
-        job_peak_bytes=p,
-        job_peak_inodes=pi,
+        capacity_bytes=inputs.capacity_bytes,
+        capacity_inodes=inputs.capacity_inodes,
+        reserve_bytes=reserve,
+        reserve_inodes=reserve_inodes,
+        job_peak_bytes=peak,
+        job_peak_inodes=peak_inodes,
         job_peak_source="percentile" if len(inputs.peaks_bytes) >= min_jobs else "floor",
         history_jobs=len(inputs.peaks_bytes),
-        hysteresis_bytes=h,
-        hysteresis_inodes=hi,
+        hysteresis_bytes=hysteresis,
+        hysteresis_inodes=hysteresis_inodes,
         cache_bytes=inputs.cache_bytes,
         cache_quota_bytes=quota,
         free_bytes=inputs.free_bytes,
         free_inodes=inputs.free_inodes,
-        overrides=overrides,
-        explanation=words,
-        warnings=warnings,
-        **values,
+        overrides=work.overrides,
+        explanation=work.words,
+        warnings=work.warnings,
+        **work.values,
     )
+
+
+def _checked_settings(inputs: BudgetInputs, settings: dict[str, Any]) -> tuple[float, int, float]:
+    """(peak percentile, minimum history, cache share %), each checked; and a capacity > 0."""
+    if inputs.capacity_bytes <= 0:
+        raise ConfigError(f"disk budget: {inputs.path} reports a capacity of 0 bytes")
+    percentile_rank = float(settings["peak_percentile"])
+    if not 0 < percentile_rank <= 100:
+        raise ConfigError(f"disk.peak_percentile must be in (0, 100], got {percentile_rank:g}")
+    min_jobs = as_int(settings["min_history_jobs"], "disk.min_history_jobs", 1)
+    share = float(settings["cache_share"])
+    if not 0 <= share <= 100:
+        raise ConfigError(f"disk.cache_share must be a percentage 0..100, got {share:g}")
+    return percentile_rank, min_jobs, share
+
+
+def _byte_marks(
+    inputs: BudgetInputs,
+    settings: dict[str, Any],
+    percentile_rank: float,
+    min_jobs: int,
+    work: _Workings,
+) -> tuple[int, int, int]:
+    """(reserve R, job peak P, hysteresis H) in bytes; the byte watermarks and stage targets
+    (overrides applied) go into ``work.values``."""
+    fmt = format_size
+    capacity = inputs.capacity_bytes
+    reserve = parse_size_or_percent(settings["reserve"], capacity, "disk.reserve")
+    hysteresis = parse_size_or_percent(settings["hysteresis"], capacity, "disk.hysteresis")
+    floor = size(settings, "job_peak_floor")
+    peak, peak_words = _peak(list(inputs.peaks_bytes), floor, percentile_rank, min_jobs, fmt)
+    r, p, h = reserve, peak, hysteresis  # the letters of the explanation
+    work.words += [
+        f"Filesystem {inputs.path}: capacity C = {fmt(capacity)} ({capacity:,} bytes).",
+        f"Reserve R = {settings['reserve']} of C = {fmt(r)}.",
+        f"Job peak P: {peak_words}; P = {fmt(p)}.",
+        f"Hysteresis H = {settings['hysteresis']} of C = {fmt(h)}.",
+    ]
+    work.values.update(
+        emergency_free_bytes=r,
+        critical_free_bytes=r + p,
+        warning_free_bytes=r + 2 * p,
+        pre_target_free_bytes=r + p + h,
+        post_target_free_bytes=r + 2 * p + h,
+    )
+    work.words.append(
+        f"Watermarks: emergency below R = {fmt(r)} free; critical below R + P = {fmt(r + p)}; "
+        f"warning below R + 2P = {fmt(r + 2 * p)}."
+    )
+    work.words.append(
+        f"Cleanup targets: pre stage frees up to R + P + H = {fmt(r + p + h)} free (one job fits); "
+        f"post and emergency stages up to R + 2P + H = {fmt(r + 2 * p + h)} free (two jobs fit)."
+    )
+    _apply_overrides(settings, capacity, "bytes", work)
+    return reserve, peak, hysteresis
+
+
+def _apply_overrides(settings: dict[str, Any], capacity: int, unit: str, work: _Workings) -> None:
+    """Pin the watermarks and stage targets the config sets (``disk.*_free[_inodes]``)."""
+    for key in _OVERRIDABLE:
+        setting = key if unit == "bytes" else f"{key}_inodes"
+        if settings[setting] is None:
+            continue
+        what = f"disk.{setting}"
+        if unit == "bytes":
+            value = parse_size_or_percent(settings[setting], capacity, what)
+            shown = format_size(value)
+        else:
+            value = parse_count_or_percent(settings[setting], capacity, what)
+            shown = f"{value:,}"
+        work.values[f"{key}_{unit}"] = value
+        work.overrides.append(setting)
+        work.words.append(f"Override: {what} = {settings[setting]} -> {shown}.")
+
+
+def _room_above_post_target(
+    inputs: BudgetInputs, reserve: int, peak: int, hysteresis: int, work: _Workings
+) -> int:
+    """What lies above the post-stage target (where the cache quota comes from); > 0."""
+    fmt = format_size
+    post_target = work.values["post_target_free_bytes"]
+    room = inputs.capacity_bytes - post_target
+    if room <= 0:
+        raise ConfigError(
+            f"disk budget cannot be met on {inputs.path}: capacity {fmt(inputs.capacity_bytes)} "
+            f"is not larger than the post-stage target {fmt(post_target)} (reserve "
+            f"{fmt(reserve)} + 2 x job peak {fmt(peak)} + hysteresis {fmt(hysteresis)}); give "
+            "the runner a larger disk or lower "
+            "disk.reserve / disk.job_peak_floor / the overrides"
+        )
+    return room
+
+
+def _cache_quota(
+    inputs: BudgetInputs, settings: dict[str, Any], share: float, room: int, work: _Workings
+) -> int:
+    """The cache quota: pinned by ``disk.cache_quota``, else ``share``% of ``room`` (raised to
+    ``disk.cache_quota_min`` where that fits); with what the store holds now."""
+    fmt = format_size
+    if settings["cache_quota"] is not None:
+        quota = parse_size_or_percent(
+            settings["cache_quota"], inputs.capacity_bytes, "disk.cache_quota"
+        )
+        work.overrides.append("cache_quota")
+        work.words.append(
+            f"Cache quota pinned by disk.cache_quota = {settings['cache_quota']} -> {fmt(quota)}."
+        )
+        if quota > room:
+            work.words.append(
+                f"Note: that quota exceeds the {fmt(room)} above the post target; "
+                "a full cache will keep the disk in warning."
+            )
+    else:
+        quota = _shared_quota(settings, share, room, work)
+    work.words.append(
+        f"The cache store now holds {fmt(inputs.cache_bytes)}"
+        + (f" ({inputs.cache_bytes * 100.0 / quota:.0f}% of its quota)." if quota else ".")
+    )
+    if inputs.cache_bytes > quota:
+        work.words.append(
+            f"The cache is {fmt(inputs.cache_bytes - quota)} over quota: "
+            "'runnerkeep cache prune' trims it."
+        )
+    return quota
+
+
+def _shared_quota(settings: dict[str, Any], share: float, room: int, work: _Workings) -> int:
+    fmt = format_size
+    quota = int(room * share / 100.0)
+    work.words.append(
+        f"Cache quota = {share:g}% of what lies above the post target, "
+        f"{share:g}% x (C - {fmt(work.values['post_target_free_bytes'])}) = "
+        f"{share:g}% x {fmt(room)} "
+        f"= {fmt(quota)}."
+    )
+    quota_min = size(settings, "cache_quota_min")
+    if quota >= quota_min:
+        return quota
+    # A fleet-wide minimum meeting one small host: a warning, not a failure.
+    quota = min(quota_min, room)
+    warning = (
+        f"the cache quota of {share:g}% would be below disk.cache_quota_min "
+        f"{fmt(quota_min)}; "
+        + (
+            "raised to that minimum (less room for Docker images and job leftovers)"
+            if quota == quota_min
+            else f"the minimum does not fit this disk: clamped to all that lies above "
+            f"the post target, {fmt(quota)}"
+        )
+        + "; give the runner a larger disk or lower disk.cache_quota_min"
+    )
+    work.warnings.append(warning)
+    work.words.append(f"Warning: {warning}.")
+    return quota
+
+
+def _inode_marks(
+    inputs: BudgetInputs,
+    settings: dict[str, Any],
+    percentile_rank: float,
+    min_jobs: int,
+    work: _Workings,
+) -> tuple[int, int, int]:
+    """(reserve, job peak, hysteresis) in inodes, with the inode watermarks and targets in
+    ``work.values``; all 0 on a filesystem without an inode limit."""
+    capacity = inputs.capacity_inodes
+    if capacity <= 0:
+        for key in ("emergency", "critical", "warning", "pre_target", "post_target"):
+            work.values[f"{key}_free_inodes"] = 0
+        work.words.append("Inodes: this filesystem reports no inode limit; no inode watermarks.")
+        return 0, 0, 0
+    reserve = parse_count_or_percent(settings["reserve_inodes"], capacity, "disk.reserve_inodes")
+    # Inode hysteresis: the same percentage as for bytes; 1% when bytes use a fixed size.
+    hyst = str(settings["hysteresis"]).strip()
+    hysteresis = parse_count_or_percent(
+        hyst if hyst.endswith("%") else "1%", capacity, "disk.hysteresis"
+    )
+    floor = parse_count_or_percent(
+        settings["job_peak_floor_inodes"], capacity, "disk.job_peak_floor_inodes"
+    )
+    peak, peak_words = _peak(list(inputs.peaks_inodes), floor, percentile_rank, min_jobs, _count)
+    r, p, h = reserve, peak, hysteresis  # the letters of the explanation
+    work.values.update(
+        emergency_free_inodes=r,
+        critical_free_inodes=r + p,
+        warning_free_inodes=r + 2 * p,
+        pre_target_free_inodes=r + p + h,
+        post_target_free_inodes=r + 2 * p + h,
+    )
+    work.words.append(
+        f"Inodes: capacity {capacity:,}; reserve {settings['reserve_inodes']} = {r:,}; job peak: "
+        f"{peak_words}; hysteresis {h:,}. Watermarks: emergency below {r:,}, critical below "
+        f"{r + p:,}, warning below {r + 2 * p:,} free inodes; "
+        f"targets pre {r + p + h:,}, "
+        f"post {r + 2 * p + h:,}."
+    )
+    _apply_overrides(settings, capacity, "inodes", work)
+    if work.values["post_target_free_inodes"] >= capacity:
+        raise ConfigError(
+            f"disk budget cannot be met on {inputs.path}: it has {capacity:,} inodes, "
+            "not more than the "
+            f"post-stage inode target {work.values['post_target_free_inodes']:,}; lower "
+            "disk.reserve_inodes / disk.job_peak_floor_inodes"
+        )
+    return reserve, peak, hysteresis
 
 
 def fallback_budget(inputs: BudgetInputs, settings: dict[str, Any], error: str) -> Budget:
     """Safe watermarks for when ``compute_budget`` fails: the watch must still tell a full disk
     from an empty one and run the emergency cleanup (``error`` says why; never raises)."""
-    c = max(1, inputs.capacity_bytes)
-    ci = max(0, inputs.capacity_inodes)
+    capacity = max(1, inputs.capacity_bytes)
+    capacity_inodes = max(0, inputs.capacity_inodes)
     words = [
         f"The disk budget cannot be computed: {error}",
         "The watch uses fallback watermarks until the config fits this disk.",
     ]
-    marks_b, source_b = _fallback_marks(settings, c, "")
-    words.append(f"Bytes ({source_b}): " + _describe_marks(marks_b, format_size))
-    marks_i = {"emergency": 0, "critical": 0, "warning": 0}
-    if ci > 0:
-        marks_i, source_i = _fallback_marks(settings, ci, "_inodes")
-        words.append(f"Inodes ({source_i}): " + _describe_marks(marks_i, _count))
-    h = _fallback_hysteresis(settings, c)
-    hi = ci // 100
+    byte_marks, byte_source = _fallback_marks(settings, capacity, "")
+    words.append(f"Bytes ({byte_source}): " + _describe_marks(byte_marks, format_size))
+    inode_marks = {"emergency": 0, "critical": 0, "warning": 0}
+    if capacity_inodes > 0:
+        inode_marks, inode_source = _fallback_marks(settings, capacity_inodes, "_inodes")
+        words.append(f"Inodes ({inode_source}): " + _describe_marks(inode_marks, _count))
+    hysteresis = _fallback_hysteresis(settings, capacity)
+    hysteresis_inodes = capacity_inodes // 100
     values = {}
-    for unit, marks, hyst in (("bytes", marks_b, h), ("inodes", marks_i, hi)):
+    for unit, marks, hyst in (
+        ("bytes", byte_marks, hysteresis),
+        ("inodes", inode_marks, hysteresis_inodes),
+    ):
         for level, mark in marks.items():
             values[f"{level}_free_{unit}"] = mark
         # Emergency cleanup aims past the warning mark: every level cleared.
@@ -383,14 +467,14 @@ def fallback_budget(inputs: BudgetInputs, settings: dict[str, Any], error: str) 
         path=inputs.path,
         capacity_bytes=inputs.capacity_bytes,
         capacity_inodes=inputs.capacity_inodes,
-        reserve_bytes=marks_b["emergency"],
-        reserve_inodes=marks_i["emergency"],
+        reserve_bytes=byte_marks["emergency"],
+        reserve_inodes=inode_marks["emergency"],
         job_peak_bytes=0,
         job_peak_inodes=0,
         job_peak_source="unknown",
         history_jobs=len(inputs.peaks_bytes),
-        hysteresis_bytes=h,
-        hysteresis_inodes=hi,
+        hysteresis_bytes=hysteresis,
+        hysteresis_inodes=hysteresis_inodes,
         cache_bytes=inputs.cache_bytes,
         cache_quota_bytes=0,
         free_bytes=inputs.free_bytes,
@@ -452,13 +536,16 @@ def _describe_marks(marks: dict[str, int], fmt) -> str:
 
 def _check_order(values: dict[str, int], capacity: int, path: str) -> None:
     for unit in ("bytes", "inodes"):
-        e, cr, w = (values[f"{lv}_free_{unit}"] for lv in ("emergency", "critical", "warning"))
-        if unit == "inodes" and e == cr == w == 0:
+        emergency, critical, warning = (
+            values[f"{level}_free_{unit}"] for level in ("emergency", "critical", "warning")
+        )
+        if unit == "inodes" and emergency == critical == warning == 0:
             continue
-        if not e < cr < w:
+        if not emergency < critical < warning:
             raise ConfigError(
                 f"disk budget on {path}: watermarks must satisfy emergency < critical < warning "
-                f"free {unit}, got {e:,} / {cr:,} / {w:,}; check the disk.*_free overrides"
+                f"free {unit}, got {emergency:,} / {critical:,} / {warning:,}; "
+                "check the disk.*_free overrides"
             )
         if values[f"post_target_free_{unit}"] < values[f"pre_target_free_{unit}"]:
             raise ConfigError(
