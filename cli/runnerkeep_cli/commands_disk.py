@@ -111,12 +111,12 @@ def history(args: argparse.Namespace) -> CommandResult:
     from runnerkeep.disk.settings import state_dir
 
     config = load_config(args.config)
-    sdir = state_dir(config)
-    records, skipped = read_history_report(sdir)
+    state_directory = state_dir(config)
+    records, skipped = read_history_report(state_directory)
     shown = records[-args.limit :] if args.limit > 0 else records
-    running = running_jobs(sdir, spool_dir_of(config))
+    running = running_jobs(state_directory, spool_dir_of(config))
     rows = [_history_row(r) for r in shown]
-    text = f"{len(records)} job(s) recorded in {sdir}"
+    text = f"{len(records)} job(s) recorded in {state_directory}"
     if rows:
         text += "\n" + table(rows, ["start", "job", "took", "peak", "peak inodes", "left at end"])
     for job in running:
@@ -127,7 +127,7 @@ def history(args: argparse.Namespace) -> CommandResult:
     if skipped.damaged:
         text += "\nwarning: " + skipped.describe()
     data = {
-        "state_dir": sdir,
+        "state_dir": state_directory,
         "count": len(records),
         "jobs": shown,
         "running": running,

@@ -56,11 +56,11 @@ _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _JOB_INTS = ("start_used_bytes", "start_used_inodes", "peak_used_bytes", "peak_used_inodes")
 
 
-def history_path(sdir: str) -> str:
-    return os.path.join(sdir, HISTORY_FILE)
+def history_path(state_directory: str) -> str:
+    return os.path.join(state_directory, HISTORY_FILE)
 
 
-def _job_paths(sdir: str, job_id: str, spool_dir: str | None = None) -> tuple[str, str]:
+def _job_paths(state_directory: str, job_id: str, spool_dir: str | None = None) -> tuple[str, str]:
     """The job and pid files: in ``disk-jobs/``, or in ``spool_dir`` (a CI user's hook)."""
     if not _JOB_ID_RE.match(job_id or ""):
         raise ConfigError(
@@ -70,7 +70,7 @@ def _job_paths(sdir: str, job_id: str, spool_dir: str | None = None) -> tuple[st
         base = os.path.join(spool_dir, "disk-" + spool.safe_id(job_id))
         return base + ".json", base + ".pid"
     safe = job_id.replace(":", "_").replace("@", "_")
-    base = os.path.join(sdir, JOBS_DIR, safe)
+    base = os.path.join(state_directory, JOBS_DIR, safe)
     return base + ".json", base + ".pid"
 
 
@@ -162,15 +162,15 @@ def _update_peak(job: dict[str, Any], now: dict[str, int]) -> bool:
 def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dict[str, Any]:
     """Record the start of a job and (by default) start its background peak sampler."""
     settings = disk_settings(config)
-    sdir = state_dir(config)
+    state_directory = state_dir(config)
     spooled = _spool_of(config)
-    job_file, pid_file = _job_paths(sdir, job_id, spooled)
+    job_file, pid_file = _job_paths(state_directory, job_id, spooled)
     if not spooled:
         os.makedirs(os.path.dirname(job_file), exist_ok=True)
     _stop_sampler(pid_file)
     lifetime = seconds(settings, "sampler_max_lifetime")
     if not spooled:  # the spool's stale records are root's to judge (ingest_spool)
-        reap_stale_jobs(sdir, 2 * lifetime)
+        reap_stale_jobs(state_directory, 2 * lifetime)
     path = expand(budget_path(config))
     now = sample(path)
     job = {
@@ -224,9 +224,9 @@ def _spawn_sampler(
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        me = os.getpid()
-        _write_json(pid_file, {"pid": me, "start_time": _proc_start_time(me)})
-        os.write(write_fd, str(me).encode())
+        sampler_pid = os.getpid()
+        _write_json(pid_file, {"pid": sampler_pid, "start_time": _proc_start_time(sampler_pid)})
+        os.write(write_fd, str(sampler_pid).encode())
         os.close(write_fd)
         _sampler_loop(job_file, path, interval, lifetime)
     except BaseException:
@@ -287,9 +287,9 @@ def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
 def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Stop the sampler, take the last sample and append the job's record to the history."""
     settings = disk_settings(config)
-    sdir = state_dir(config)
+    state_directory = state_dir(config)
     spooled = _spool_of(config)
-    job_file, pid_file = _job_paths(sdir, job_id, spooled)
+    job_file, pid_file = _job_paths(state_directory, job_id, spooled)
     _stop_sampler(pid_file)
     job, report = statefile.read_json_object(job_file, valid_job, max_bytes=spool.RECORD_BOUND)
     if job is None and report.unreadable:
@@ -330,11 +330,11 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
     if spooled:
         return _spool_done(spooled, job_file, record)
-    append_history(sdir, record, max_jobs)
+    append_history(state_directory, record, max_jobs)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(job_file)
     events.record_event(
-        sdir,
+        state_directory,
         "job",
         job_id=job_id,
         peak_bytes=record["peak_bytes"],
@@ -412,10 +412,10 @@ def _lock_max_age(config: dict[str, Any]) -> float:
     return parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
 
 
-def _last_end_by_uid(sdir: str) -> dict[int, float]:
+def _last_end_by_uid(state_directory: str) -> dict[int, float]:
     """The end time of the newest spooled record of each uid already in the history."""
     last: dict[int, float] = {}
-    for record in read_history(sdir):
+    for record in read_history(state_directory):
         uid, end = record.get("uid"), record.get("end_time")
         if statefile.plain_int(uid) and statefile.timestamp(end):
             last[uid] = max(end, last.get(uid, end))
@@ -455,7 +455,7 @@ def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any
     "deferred": {uid: count}}; ``dry_run`` reads only. When the filesystem cannot be measured
     nothing is ingested (no clamp without a measure): every record waits."""
     settings = disk_settings(config)
-    sdir = state_dir(config)
+    state_directory = state_dir(config)
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
     oldest = time.time() - _lock_max_age(config)
     path = expand(budget_path(config))
@@ -467,7 +467,7 @@ def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any
         return result
     room = (usage.free_bytes, usage.free_inodes)
     now = time.time()
-    last_end = _last_end_by_uid(sdir)
+    last_end = _last_end_by_uid(state_directory)
     taken: dict[int, int] = {}
     with spool.opened(spool.spool_dir_of(config)) as opened:
         if opened is None:
@@ -486,8 +486,8 @@ def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any
                 last_end[uid] = entry.record["end_time"]
                 record = _ingested(entry.record, uid, path, room)
                 if not dry_run:
-                    append_history(sdir, record, max_jobs)
-                    _record_job_event(sdir, record)
+                    append_history(state_directory, record, max_jobs)
+                    _record_job_event(state_directory, record)
                 result["ingested"].append(record)
             if not dry_run:
                 opened.remove(entry.name)
@@ -504,9 +504,9 @@ def _end_order(entry: spool.SpoolRecord) -> tuple[float, str]:
     return (record["end_time"] if record else 0.0, entry.name)
 
 
-def _record_job_event(sdir: str, record: dict[str, Any]) -> None:
+def _record_job_event(state_directory: str, record: dict[str, Any]) -> None:
     events.record_event(
-        sdir,
+        state_directory,
         "job",
         job_id=record["job_id"],
         peak_bytes=record["peak_bytes"],
@@ -516,10 +516,10 @@ def _record_job_event(sdir: str, record: dict[str, Any]) -> None:
     )
 
 
-def append_history(sdir: str, record: dict[str, Any], max_jobs: int) -> None:
+def append_history(state_directory: str, record: dict[str, Any], max_jobs: int) -> None:
     """Append one record; past ``max_jobs`` records keep only the newest (atomic rewrite)."""
-    os.makedirs(sdir, exist_ok=True)
-    path = history_path(sdir)
+    os.makedirs(state_directory, exist_ok=True)
+    path = history_path(state_directory)
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     try:
         with statefile.locked(path + ".lock", timeout=HISTORY_LOCK_WAIT):
@@ -539,27 +539,27 @@ def _trim_history(path: str, max_jobs: int) -> None:
 
 
 def read_history_report(
-    sdir: str, repair: bool = False
+    state_directory: str, repair: bool = False
 ) -> tuple[list[dict[str, Any]], statefile.ReadReport]:
     """(usable records oldest first, what was skipped)."""
     return statefile.read_json_lines(
-        history_path(sdir), valid_record, max_bytes=HISTORY_READ_BOUND, repair=repair
+        history_path(state_directory), valid_record, max_bytes=HISTORY_READ_BOUND, repair=repair
     )
 
 
-def read_history(sdir: str) -> list[dict[str, Any]]:
+def read_history(state_directory: str) -> list[dict[str, Any]]:
     """Records oldest first; records that do not parse or lack a usable field are skipped."""
-    records, _report = read_history_report(sdir)
+    records, _report = read_history_report(state_directory)
     return records
 
 
-def reap_stale_jobs(sdir: str, max_age: float) -> list[str]:
+def reap_stale_jobs(state_directory: str, max_age: float) -> list[str]:
     """Forget jobs whose end was never recorded (a crashed runner) after ``max_age`` seconds."""
     reaped = []
     cutoff = time.time() - max_age
-    for job in running_jobs(sdir):
+    for job in running_jobs(state_directory):
         if job["start_time"] < cutoff:
-            job_file, pid_file = _job_paths(sdir, job["job_id"])
+            job_file, pid_file = _job_paths(state_directory, job["job_id"])
             _stop_sampler(pid_file)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(job_file)
@@ -567,10 +567,10 @@ def reap_stale_jobs(sdir: str, max_age: float) -> list[str]:
     return reaped
 
 
-def running_jobs(sdir: str, spool_dir: str | None = None) -> list[dict[str, Any]]:
+def running_jobs(state_directory: str, spool_dir: str | None = None) -> list[dict[str, Any]]:
     """Jobs started and not ended: root's ``disk-jobs/`` and, when ``spool_dir`` is given,
     the spool's disk records (with their owner uid; for display, never trusted further)."""
-    directory = os.path.join(sdir, JOBS_DIR)
+    directory = os.path.join(state_directory, JOBS_DIR)
     try:
         names = sorted(os.listdir(directory))
     except (FileNotFoundError, NotADirectoryError, PermissionError):
@@ -578,7 +578,9 @@ def running_jobs(sdir: str, spool_dir: str | None = None) -> list[dict[str, Any]
     jobs = []
     for name in names:
         if name.endswith(".json"):
-            job = _read_json(os.path.join(directory, name), repair=not spool.use_spool(sdir))
+            job = _read_json(
+                os.path.join(directory, name), repair=not spool.use_spool(state_directory)
+            )
             if job:
                 jobs.append(job)
     if spool_dir:

@@ -229,31 +229,33 @@ def _when(present: bool, value: Callable[[], float]) -> list[Sample]:
     return [({}, value())] if present else []
 
 
-def _budget_ok(r: WatchReadings) -> bool:
-    return r.budget is not None and r.budget.error is None
+def _budget_ok(readings: WatchReadings) -> bool:
+    return readings.budget is not None and readings.budget.error is None
 
 
-def _state_samples(r: WatchReadings) -> list[Sample]:
-    return [({"state": level}, 1 if level == r.state["state"] else 0) for level in LEVELS]
+def _state_samples(readings: WatchReadings) -> list[Sample]:
+    return [({"state": level}, 1 if level == readings.state["state"] else 0) for level in LEVELS]
 
 
-def _watermark_samples(r: WatchReadings, unit: str) -> list[Sample]:
-    if r.budget is None:
+def _watermark_samples(readings: WatchReadings, unit: str) -> list[Sample]:
+    if readings.budget is None:
         return []
-    return [({"level": level}, mark[unit]) for level, mark in r.budget.watermarks().items()]
+    return [({"level": level}, mark[unit]) for level, mark in readings.budget.watermarks().items()]
 
 
-def _watermark_source(r: WatchReadings) -> list[Sample]:
-    source = "none" if r.budget is None else ("fallback" if r.budget.error else "budget")
+def _watermark_source(readings: WatchReadings) -> list[Sample]:
+    source = (
+        "none" if readings.budget is None else ("fallback" if readings.budget.error else "budget")
+    )
     return [({"source": source}, 1)]
 
 
-def _cache_size_samples(r: WatchReadings) -> list[Sample]:
-    if r.inputs is None:
+def _cache_size_samples(readings: WatchReadings) -> list[Sample]:
+    if readings.inputs is None:
         return []
     return [
-        ({"kind": "disk"}, r.inputs.cache_bytes),
-        ({"kind": "logical"}, r.inputs.cache_logical_bytes or 0),
+        ({"kind": "disk"}, readings.inputs.cache_bytes),
+        ({"kind": "logical"}, readings.inputs.cache_logical_bytes or 0),
     ]
 
 
@@ -263,40 +265,47 @@ def _cache_counter(result: str, name: str) -> MetricDef:
         COUNTER,
         f"image cache {name} recorded in the event log",
         (),
-        lambda r: _one(r.counters["cache"].get(result, 0)),
+        lambda readings: _one(readings.counters["cache"].get(result, 0)),
     )
 
 
-def _cleanup_freed_samples(r: WatchReadings) -> list[Sample]:
-    return [({"cleaner": c}, freed) for c, freed in sorted(r.counters["cleanup_bytes"].items())]
+def _cleanup_freed_samples(readings: WatchReadings) -> list[Sample]:
+    return [
+        ({"cleaner": cleaner}, freed)
+        for cleaner, freed in sorted(readings.counters["cleanup_bytes"].items())
+    ]
 
 
-def _alert_samples(r: WatchReadings) -> list[Sample]:
+def _alert_samples(readings: WatchReadings) -> list[Sample]:
     samples: list[Sample] = []
-    for key, count in sorted((r.state.get("alert_counts") or {}).items()):
+    for key, count in sorted((readings.state.get("alert_counts") or {}).items()):
         channel, result = key.split(":", 1)
         samples.append(({"channel": channel, "result": result}, count))
     return samples
 
 
-def _docker_kind_samples(r: WatchReadings, key: str) -> list[Sample]:
-    return [({"kind": kind}, usage[key]) for kind, usage in r.docker.get("kinds", {}).items()]
+def _docker_kind_samples(readings: WatchReadings, key: str) -> list[Sample]:
+    return [
+        ({"kind": kind}, usage[key]) for kind, usage in readings.docker.get("kinds", {}).items()
+    ]
 
 
-def _filesystem_samples(r: WatchReadings, key: str) -> list[Sample]:
-    return [({"mountpoint": fs["mount_point"]}, fs[key]) for fs in r.filesystems]
+def _filesystem_samples(readings: WatchReadings, key: str) -> list[Sample]:
+    return [({"mountpoint": fs["mount_point"]}, fs[key]) for fs in readings.filesystems]
 
 
-def _path_samples(r: WatchReadings) -> list[Sample]:
-    return [({"role": role, "path": path}, 1 if ok else 0) for role, path, ok in r.watched_paths]
+def _path_samples(readings: WatchReadings) -> list[Sample]:
+    return [
+        ({"role": role, "path": path}, 1 if ok else 0) for role, path, ok in readings.watched_paths
+    ]
 
 
-def _spool_samples(r: WatchReadings, key: str) -> list[Sample]:
-    return [] if r.spool is None else _one(len(r.spool[key]))
+def _spool_samples(readings: WatchReadings, key: str) -> list[Sample]:
+    return [] if readings.spool is None else _one(len(readings.spool[key]))
 
 
-def _skipped_samples(r: WatchReadings) -> list[Sample]:
-    return [({"file": name}, count) for name, count in sorted(r.records_skipped.items())]
+def _skipped_samples(readings: WatchReadings) -> list[Sample]:
+    return [({"file": name}, count) for name, count in sorted(readings.records_skipped.items())]
 
 
 WATCH_METRICS: tuple[MetricDef, ...] = (
@@ -313,14 +322,16 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "0 ok, 1 warning, 2 critical, 3 emergency",
         (),
-        lambda r: _one(LEVELS.index(r.state["state"])),
+        lambda readings: _one(LEVELS.index(readings.state["state"])),
     ),
     MetricDef(
         "runnerkeep_disk_state_since_timestamp_seconds",
         GAUGE,
         "when the current state was entered",
         (),
-        lambda r: _when(bool(r.state.get("since")), lambda: round(r.state["since"], 3)),
+        lambda readings: _when(
+            bool(readings.state.get("since")), lambda: round(readings.state["since"], 3)
+        ),
     ),
     MetricDef(
         "runnerkeep_disk_state_watermarks",
@@ -336,56 +347,56 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "1 when the disk budget could be computed",
         (),
-        lambda r: _one(1 if _budget_ok(r) else 0),
+        lambda readings: _one(1 if _budget_ok(readings) else 0),
     ),
     MetricDef(
         "runnerkeep_disk_budget_error",
         GAUGE,
         "1 when the disk budget could not be computed (see the log)",
         (),
-        lambda r: _one(0 if _budget_ok(r) else 1),
+        lambda readings: _one(0 if _budget_ok(readings) else 1),
     ),
     MetricDef(
         "runnerkeep_disk_watermark_free_bytes",
         GAUGE,
         "free bytes below which the level is entered",
         ("level",),
-        lambda r: _watermark_samples(r, "bytes"),
+        lambda readings: _watermark_samples(readings, "bytes"),
     ),
     MetricDef(
         "runnerkeep_disk_watermark_free_inodes",
         GAUGE,
         "free inodes below which the level is entered (0 = none)",
         ("level",),
-        lambda r: _watermark_samples(r, "inodes"),
+        lambda readings: _watermark_samples(readings, "inodes"),
     ),
     MetricDef(
         "runnerkeep_disk_budget_free_bytes",
         GAUGE,
         "free bytes on the budget filesystem",
         (),
-        lambda r: _when(r.budget is not None, lambda: r.inputs.free_bytes),
+        lambda readings: _when(readings.budget is not None, lambda: readings.inputs.free_bytes),
     ),
     MetricDef(
         "runnerkeep_disk_budget_free_inodes",
         GAUGE,
         "free inodes on the budget filesystem",
         (),
-        lambda r: _when(r.budget is not None, lambda: r.inputs.free_inodes),
+        lambda readings: _when(readings.budget is not None, lambda: readings.inputs.free_inodes),
     ),
     MetricDef(
         "runnerkeep_disk_cache_quota_bytes",
         GAUGE,
         "image cache quota",
         (),
-        lambda r: _when(_budget_ok(r), lambda: r.budget.cache_quota_bytes),
+        lambda readings: _when(_budget_ok(readings), lambda: readings.budget.cache_quota_bytes),
     ),
     MetricDef(
         "runnerkeep_disk_job_peak_budget_bytes",
         GAUGE,
         "job peak P used by the budget (percentile or floor)",
         (),
-        lambda r: _when(_budget_ok(r), lambda: r.budget.job_peak_bytes),
+        lambda readings: _when(_budget_ok(readings), lambda: readings.budget.job_peak_bytes),
     ),
     MetricDef(
         "runnerkeep_disk_cache_size_bytes",
@@ -411,9 +422,9 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "disk growth during the last finished job",
         (),
-        lambda r: _when(
-            r.counters.get("last_job_peak_bytes") is not None,
-            lambda: r.counters["last_job_peak_bytes"],
+        lambda readings: _when(
+            readings.counters.get("last_job_peak_bytes") is not None,
+            lambda: readings.counters["last_job_peak_bytes"],
         ),
     ),
     MetricDef(
@@ -421,9 +432,9 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "inode growth during the last finished job",
         (),
-        lambda r: _when(
-            r.counters.get("last_job_peak_inodes") is not None,
-            lambda: r.counters["last_job_peak_inodes"],
+        lambda readings: _when(
+            readings.counters.get("last_job_peak_inodes") is not None,
+            lambda: readings.counters["last_job_peak_inodes"],
         ),
     ),
     # Alerts.
@@ -439,14 +450,18 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "0 when the last webhook delivery failed",
         (),
-        lambda r: _when(r.webhook_configured, lambda: 1 if r.state.get("webhook_ok", True) else 0),
+        lambda readings: _when(
+            readings.webhook_configured, lambda: 1 if readings.state.get("webhook_ok", True) else 0
+        ),
     ),
     MetricDef(
         "runnerkeep_disk_webhook_pending",
         GAUGE,
         "alerts the webhook failed to take, to be sent again next cycle",
         (),
-        lambda r: _when(r.webhook_configured, lambda: len(r.state.get("webhook_pending") or [])),
+        lambda readings: _when(
+            readings.webhook_configured, lambda: len(readings.state.get("webhook_pending") or [])
+        ),
     ),
     # The emergency cleanup.
     MetricDef(
@@ -454,16 +469,16 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         COUNTER,
         "emergency cleanup runs started by the watch",
         (),
-        lambda r: _one(r.state.get("emergency_cleanups", 0)),
+        lambda readings: _one(readings.state.get("emergency_cleanups", 0)),
     ),
     MetricDef(
         "runnerkeep_disk_emergency_cleanup_freed_bytes",
         GAUGE,
         "bytes the last emergency cleanup freed",
         (),
-        lambda r: _when(
-            "last_emergency_cleanup_freed_bytes" in r.state,
-            lambda: r.state["last_emergency_cleanup_freed_bytes"],
+        lambda readings: _when(
+            "last_emergency_cleanup_freed_bytes" in readings.state,
+            lambda: readings.state["last_emergency_cleanup_freed_bytes"],
         ),
     ),
     MetricDef(
@@ -471,9 +486,9 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "1 when the last emergency cleanup ran without error",
         (),
-        lambda r: _when(
-            "last_emergency_cleanup_freed_bytes" in r.state,
-            lambda: 1 if r.state.get("last_emergency_cleanup_ok") else 0,
+        lambda readings: _when(
+            "last_emergency_cleanup_freed_bytes" in readings.state,
+            lambda: 1 if readings.state.get("last_emergency_cleanup_ok") else 0,
         ),
     ),
     # Docker (only when the watch checks it).
@@ -482,21 +497,23 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "1 when the Docker engine answered this watch cycle",
         (),
-        lambda r: _when(bool(r.docker.get("checked")), lambda: 1 if r.docker["up"] else 0),
+        lambda readings: _when(
+            bool(readings.docker.get("checked")), lambda: 1 if readings.docker["up"] else 0
+        ),
     ),
     MetricDef(
         "runnerkeep_docker_usage_bytes",
         GAUGE,
         "docker system df size by kind",
         ("kind",),
-        lambda r: _docker_kind_samples(r, "size_bytes"),
+        lambda readings: _docker_kind_samples(readings, "size_bytes"),
     ),
     MetricDef(
         "runnerkeep_docker_reclaimable_bytes",
         GAUGE,
         "docker system df reclaimable bytes by kind",
         ("kind",),
-        lambda r: _docker_kind_samples(r, "reclaimable_bytes"),
+        lambda readings: _docker_kind_samples(readings, "reclaimable_bytes"),
     ),
     # The filesystems of the watched paths.
     MetricDef(
@@ -504,28 +521,28 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "filesystem size",
         ("mountpoint",),
-        lambda r: _filesystem_samples(r, "size_bytes"),
+        lambda readings: _filesystem_samples(readings, "size_bytes"),
     ),
     MetricDef(
         "runnerkeep_disk_filesystem_free_bytes",
         GAUGE,
         "bytes available to unprivileged users",
         ("mountpoint",),
-        lambda r: _filesystem_samples(r, "free_bytes"),
+        lambda readings: _filesystem_samples(readings, "free_bytes"),
     ),
     MetricDef(
         "runnerkeep_disk_filesystem_size_inodes",
         GAUGE,
         "inodes in total",
         ("mountpoint",),
-        lambda r: _filesystem_samples(r, "size_inodes"),
+        lambda readings: _filesystem_samples(readings, "size_inodes"),
     ),
     MetricDef(
         "runnerkeep_disk_filesystem_free_inodes",
         GAUGE,
         "free inodes",
         ("mountpoint",),
-        lambda r: _filesystem_samples(r, "free_inodes"),
+        lambda readings: _filesystem_samples(readings, "free_inodes"),
     ),
     MetricDef(
         "runnerkeep_disk_path_readable",
@@ -540,14 +557,14 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "finished-job records taken from the spool this cycle",
         (),
-        lambda r: _spool_samples(r, "ingested"),
+        lambda readings: _spool_samples(readings, "ingested"),
     ),
     MetricDef(
         "runnerkeep_spool_records_rejected",
         GAUGE,
         "spool records that could not be used this cycle (removed)",
         (),
-        lambda r: _spool_samples(r, "rejected"),
+        lambda readings: _spool_samples(readings, "rejected"),
     ),
     MetricDef(
         "runnerkeep_state_records_skipped",
@@ -562,21 +579,21 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         GAUGE,
         "time this watch cycle took",
         (),
-        lambda r: _one(round(r.duration_seconds, 3)),
+        lambda readings: _one(round(readings.duration_seconds, 3)),
     ),
     MetricDef(
         "runnerkeep_disk_watch_errors",
         GAUGE,
         "problems met in the last watch cycle (see the log)",
         (),
-        lambda r: _one(r.errors),
+        lambda readings: _one(readings.errors),
     ),
     MetricDef(
         "runnerkeep_disk_watch_last_run_timestamp_seconds",
         GAUGE,
         "when the watch last ran",
         (),
-        lambda r: _one(round(r.run_time, 3)),
+        lambda readings: _one(round(readings.run_time, 3)),
     ),
 )
 

@@ -130,31 +130,31 @@ def docker_details(limit: int = 10, timeout: float = 120.0) -> dict[str, Any]:
         raise DockerCommandError(f"'docker system df -v' printed invalid JSON: {exc}") from None
     images = [
         {
-            "image": f"{i.get('Repository')}:{i.get('Tag')}",
-            "id": str(i.get("ID", ""))[:19],
-            "size_bytes": parse_docker_size(i.get("Size", "")),
-            "unique_bytes": parse_docker_size(i.get("UniqueSize", "")),
-            "shared_bytes": parse_docker_size(i.get("SharedSize", "")),
-            "containers": as_int(i.get("Containers") or 0, "Containers"),
+            "image": f"{image.get('Repository')}:{image.get('Tag')}",
+            "id": str(image.get("ID", ""))[:19],
+            "size_bytes": parse_docker_size(image.get("Size", "")),
+            "unique_bytes": parse_docker_size(image.get("UniqueSize", "")),
+            "shared_bytes": parse_docker_size(image.get("SharedSize", "")),
+            "containers": as_int(image.get("Containers") or 0, "Containers"),
         }
-        for i in data.get("Images") or []
+        for image in data.get("Images") or []
     ]
     containers = [
         {
-            "name": c.get("Names"),
-            "image": c.get("Image"),
-            "state": c.get("State"),
-            "size_bytes": parse_docker_size(c.get("Size", "")),
+            "name": container.get("Names"),
+            "image": container.get("Image"),
+            "state": container.get("State"),
+            "size_bytes": parse_docker_size(container.get("Size", "")),
         }
-        for c in data.get("Containers") or []
+        for container in data.get("Containers") or []
     ]
     volumes = [
         {
-            "name": v.get("Name"),
-            "links": as_int(v.get("Links") or 0, "Links"),
-            "size_bytes": parse_docker_size(v.get("Size", "")),
+            "name": volume.get("Name"),
+            "links": as_int(volume.get("Links") or 0, "Links"),
+            "size_bytes": parse_docker_size(volume.get("Size", "")),
         }
-        for v in data.get("Volumes") or []
+        for volume in data.get("Volumes") or []
     ]
 
     def top(items: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:

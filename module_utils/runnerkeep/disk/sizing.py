@@ -54,7 +54,7 @@ def _walk(root: str, depth: int, result: TreeSize, per_dir: dict[str, int] | Non
 
     for dirpath, dirnames, filenames, dirfd in os.fwalk(root, onerror=onerror):
         result.dirs += 1
-        own = 0
+        own_bytes = 0
         keep = []
         for name in dirnames:
             try:
@@ -62,7 +62,7 @@ def _walk(root: str, depth: int, result: TreeSize, per_dir: dict[str, int] | Non
             except OSError as exc:
                 result.errors.append(f"{os.path.join(dirpath, name)}: {exc.strerror}")
                 continue
-            own += st.st_blocks * 512
+            own_bytes += st.st_blocks * 512
             result.disk_bytes += st.st_blocks * 512
             result.logical_bytes += st.st_size
             if st.st_dev == device:
@@ -83,13 +83,13 @@ def _walk(root: str, depth: int, result: TreeSize, per_dir: dict[str, int] | Non
             result.logical_bytes += st.st_size
             blocks = st.st_blocks * 512
             result.disk_bytes += blocks
-            own += blocks
+            own_bytes += blocks
         if per_dir is not None:
             parts = dirpath.rstrip(os.sep).split(os.sep)
             rel_depth = len(parts) - root_parts
             if rel_depth > depth:
                 dirpath = os.sep.join(parts[: root_parts + depth])
-            per_dir[dirpath] = per_dir.get(dirpath, 0) + own
+            per_dir[dirpath] = per_dir.get(dirpath, 0) + own_bytes
 
 
 def tree_size(root: str) -> TreeSize:
@@ -103,11 +103,11 @@ def largest_dirs(root: str, depth: int = 2, limit: int = 10) -> tuple[list[dict]
     """The ``limit`` largest directories under ``root`` down to ``depth`` levels (on-disk bytes,
     each including everything below it), from a single walk."""
     result = TreeSize(path=root)
-    own: dict[str, int] = {}
-    _walk(root, depth, result, own)
+    own_bytes: dict[str, int] = {}
+    _walk(root, depth, result, own_bytes)
     totals: dict[str, int] = {}
     root_norm = root.rstrip(os.sep) or os.sep
-    for path, nbytes in own.items():
+    for path, nbytes in own_bytes.items():
         # Roll each directory's own bytes up into itself and its ancestors below the root.
         current = path
         while True:
