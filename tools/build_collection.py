@@ -205,7 +205,7 @@ def find_ansible_galaxy(explicit: str | None) -> str:
     ]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
-            return candidate
+            return os.path.abspath(candidate)  # it runs with another working directory
     raise BuildError("ansible-galaxy not found: install ansible-core or pass --ansible-galaxy PATH")
 
 
