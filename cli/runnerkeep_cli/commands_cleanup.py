@@ -53,22 +53,22 @@ with a subcommand, put options after it: runnerkeep cleanup run --stage post --j
 
 
 def _add_run_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    def dflt(value):
+    def default(value):
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "--stage", choices=STAGES, default=dflt(None), help="the stage to run (required)"
+        "--stage", choices=STAGES, default=default(None), help="the stage to run (required)"
     )
     parser.add_argument(
         "--target-free",
         metavar="SIZE|PCT",
-        default=dflt(None),
+        default=default(None),
         help="free bytes wanted on each filesystem concerned (e.g. 20G, 15%%)",
     )
     parser.add_argument(
         "--target-inodes",
         metavar="N|PCT",
-        default=dflt(None),
+        default=default(None),
         help="free inodes wanted on each filesystem concerned (e.g. 200000, 10%%)",
     )
     parser.add_argument(
@@ -76,47 +76,47 @@ def _add_run_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         dest="paths",
         action="append",
         metavar="MOUNT",
-        default=dflt(None),
+        default=default(None),
         help="only the filesystem holding MOUNT (repeatable); default: all the stage touches",
     )
     parser.add_argument(
         "--cleaner",
-        dest="only",
+        dest="cleaner_names",
         action="append",
         metavar="NAME",
-        default=dflt(None),
+        default=default(None),
         help="run only this cleaner (repeatable; see list-cleaners)",
     )
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        default=dflt(False),
+        default=default(False),
         help="list exactly what would be removed, remove nothing",
     )
     parser.add_argument(
         "--force",
         action="store_true",
-        default=dflt(False),
+        default=default(False),
         help="run post/emergency even while a CI job holds the runner lock",
     )
     parser.add_argument(
         "--all",
         dest="run_all",
         action="store_true",
-        default=dflt(False),
+        default=default(False),
         help="run every cleaner of the stage fully, ignoring targets",
     )
     parser.add_argument(
         "--wait-lock",
         metavar="DURATION",
-        default=dflt(None),
+        default=default(None),
         help="wait up to DURATION (e.g. 6h) for running jobs to end before starting",
     )
     parser.add_argument(
         "--show-items",
         type=int,
         metavar="N",
-        default=dflt(20),
+        default=default(20),
         help="dry run: list up to N items in the text report (default 20; --json lists all)",
     )
 
@@ -215,7 +215,7 @@ def _job_id(args: argparse.Namespace) -> str:
     raise ConfigError("no job id: pass --job-id or set RUNNERKEEP_JOB_ID (or CI_JOB_ID)")
 
 
-def _run(args: argparse.Namespace, config: dict, stage: str, **extra) -> CommandResult:
+def _run_stage(args: argparse.Namespace, config: dict, stage: str, **extra) -> CommandResult:
     report = run_cleanup(
         stage,
         config,
@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace, config: dict, stage: str, **extra) -> Command
         dry_run=getattr(args, "dry_run", False),
         force=getattr(args, "force", False),
         run_all=getattr(args, "run_all", False),
-        only=getattr(args, "only", None),
+        cleaner_names=getattr(args, "cleaner_names", None),
         **extra,
     )
     text = report.text(show_items=getattr(args, "show_items", 20))
@@ -252,9 +252,9 @@ def cleanup_run(args: argparse.Namespace) -> CommandResult:
         spool_dir = spool_dir_of(config)
         if not wait_for_jobs(state_dir, parse_duration(wait, "--wait-lock"), spool_dir=spool_dir):
             live, _ = active_jobs(state_dir, spool_dir=spool_dir)
-            jobs = ", ".join(escape_text(r.get("job_id")) for r in live)
+            jobs = ", ".join(escape_text(job.get("job_id")) for job in live)
             raise LockHeldError(f"CI job(s) {jobs} still hold the runner lock after {wait}")
-    return _run(args, config, stage)
+    return _run_stage(args, config, stage)
 
 
 def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
@@ -268,7 +268,7 @@ def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
         text = f"job {escape_text(job_id)} holds the runner lock (pid {record['pid']})"
     if args.no_pre:
         return CommandResult(data, text, EXIT_OK)
-    result = _run(args, config, "pre")
+    result = _run_stage(args, config, "pre")
     result.data = {**data, "report": result.data}
     result.text = text + "\n" + result.text
     return result
@@ -293,7 +293,7 @@ def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
         data["post"] = "skipped: other jobs hold the lock"
         text += f"\npost stage skipped: {len(live)} other job(s) still running"
         return CommandResult(data, text, EXIT_OK)
-    result = _run(args, config, "post")
+    result = _run_stage(args, config, "post")
     result.data = {**data, "report": result.data}
     result.text = text + "\n" + result.text
     return result
@@ -305,22 +305,22 @@ def cleanup_status(args: argparse.Namespace) -> CommandResult:
     now = time.time()
     rows = [
         [
-            str(r.get("job_id")),
-            str(r.get("pid")),
-            f"{now - float(r.get('started', now)):.0f}s",
-            "root" if r.get("uid") is None else f"spool (uid {r['uid']})",
+            str(job.get("job_id")),
+            str(job.get("pid")),
+            f"{now - float(job.get('started', now)):.0f}s",
+            "root" if job.get("uid") is None else f"spool (uid {job['uid']})",
         ]
-        for r in live
+        for job in live
     ]
     text = (
         table(rows, ["job", "pid", "running for", "recorded by"])
         if rows
         else "no job holds the lock"
     )
-    for r in stale:
+    for job in stale:
         text += (
-            f"\nremoved stale lock of job {escape_text(r.get('job_id'))}: "
-            f"{escape_text(r.get('stale'))}"
+            f"\nremoved stale lock of job {escape_text(job.get('job_id'))}: "
+            f"{escape_text(job.get('stale'))}"
         )
     data = {"busy": bool(live), "jobs": live, "stale_removed": stale}
     return CommandResult(data, text, EXIT_LOCKED if live else EXIT_OK)
@@ -330,20 +330,20 @@ def cleanup_list(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     cleaners = list_cleaners(config)
     rows = []
-    for c in cleaners:
-        where = c.get("roots") or []
-        if c["kind"] == "toolchains":
-            where = c.get("items") or ["(none switched on)"]
-        elif c["kind"].startswith("docker"):
+    for cleaner in cleaners:
+        where = cleaner.get("roots") or []
+        if cleaner["kind"] == "toolchains":
+            where = cleaner.get("items") or ["(none switched on)"]
+        elif cleaner["kind"].startswith("docker"):
             where = ["docker engine"]
         rows.append(
             [
-                c["name"],
-                c["kind"],
-                ",".join(c.get("stages") or []),
-                str(c.get("cost")),
-                "yes" if c.get("enabled") else "no",
-                str(c.get("min_age", c.get("max_size", ""))),
+                cleaner["name"],
+                cleaner["kind"],
+                ",".join(cleaner.get("stages") or []),
+                str(cleaner.get("cost")),
+                "yes" if cleaner.get("enabled") else "no",
+                str(cleaner.get("min_age", cleaner.get("max_size", ""))),
                 " ".join(where)[:60],
             ]
         )

@@ -75,8 +75,8 @@ def fake_docker(tmp_path, monkeypatch):
 
 def test_build_cache_and_volumes(make_config, fake_docker):
     config = make_config({"docker-volumes": {"enabled": True}})
-    only = ["docker-build-cache", "docker-volumes"]
-    dry = run_cleanup("post", config, run_all=True, dry_run=True, only=only)
+    names = ["docker-build-cache", "docker-volumes"]
+    dry = run_cleanup("post", config, run_all=True, dry_run=True, cleaner_names=names)
     assert dry.cleaner("docker-build-cache").bytes_freed == 1_500_000  # old, unused only
     assert [i["path"] for i in dry.cleaner("docker-volumes").items] == [
         "volume v-old",
@@ -84,7 +84,7 @@ def test_build_cache_and_volumes(make_config, fake_docker):
     ]
     assert not any(c[:2] in (["builder", "prune"], ["volume", "rm"]) for c in fake_docker())
 
-    real = run_cleanup("post", config, run_all=True, only=only)
+    real = run_cleanup("post", config, run_all=True, cleaner_names=names)
     assert real.cleaner("docker-build-cache").bytes_freed == 1_500_000
     assert real.cleaner("docker-volumes").bytes_freed == 10_001_000
     calls = fake_docker()
@@ -94,14 +94,14 @@ def test_build_cache_and_volumes(make_config, fake_docker):
 
 
 def test_volumes_are_opt_in(make_config, fake_docker):
-    report = run_cleanup("post", make_config({}), run_all=True, only=["docker-volumes"])
+    report = run_cleanup("post", make_config({}), run_all=True, cleaner_names=["docker-volumes"])
     assert report.cleaner("docker-volumes").status == "disabled"
     assert not any(c[:1] == ["volume"] for c in fake_docker())
 
 
 def test_docker_filters_reach_the_cli(make_config, fake_docker):
     config = make_config({"docker-volumes": {"enabled": True}}, docker_filters=["label=ci=1"])
-    run_cleanup("post", config, run_all=True, dry_run=True, only=["docker-volumes"])
+    run_cleanup("post", config, run_all=True, dry_run=True, cleaner_names=["docker-volumes"])
     ls = next(c for c in fake_docker() if c[:2] == ["volume", "ls"])
     assert ls[-2:] == ["--filter", "label=ci=1"]
 

@@ -36,16 +36,16 @@ def test_job_lock_blocks_post_and_emergency_not_pre(junk):
     job_start(state(config), "job-1", pid=os.getpid())
     for stage in ("post", "emergency"):
         with pytest.raises(LockHeldError, match="job-1"):
-            run_cleanup(stage, config, run_all=True, only=["t"])
+            run_cleanup(stage, config, run_all=True, cleaner_names=["t"])
     assert len(os.listdir(root)) == 2
-    report = run_cleanup("pre", config, run_all=True, only=["t"])
+    report = run_cleanup("pre", config, run_all=True, cleaner_names=["t"])
     assert report.items_removed == 2
 
 
 def test_force_overrides_the_job_lock(junk):
     _root, config = junk
     with job_lock(state(config), "job-2"):
-        report = run_cleanup("post", config, run_all=True, only=["t"], force=True)
+        report = run_cleanup("post", config, run_all=True, cleaner_names=["t"], force=True)
     assert report.items_removed == 2
     assert report.jobs and report.jobs[0]["job_id"] == "job-2"
 
@@ -53,7 +53,7 @@ def test_force_overrides_the_job_lock(junk):
 def test_dry_run_during_a_job_notes_the_lock(junk):
     _root, config = junk
     with job_lock(state(config), "job-3"):
-        report = run_cleanup("post", config, run_all=True, only=["t"], dry_run=True)
+        report = run_cleanup("post", config, run_all=True, cleaner_names=["t"], dry_run=True)
     assert report.items_removed == 2  # would remove
     assert any("hold the runner lock" in n for n in report.notes)
 
@@ -68,7 +68,7 @@ def test_job_end_releases_and_is_idempotent(junk):
     assert record["pid"] == os.getpid()
     assert job_end(state(config), "gh/123:build")["job_id"] == "gh/123:build"
     assert job_end(state(config), "gh/123:build") is None
-    assert run_cleanup("post", config, run_all=True, only=["t"]).items_removed == 2
+    assert run_cleanup("post", config, run_all=True, cleaner_names=["t"]).items_removed == 2
 
 
 def test_stale_lock_of_a_dead_process_is_removed(junk):
@@ -82,7 +82,7 @@ def test_stale_lock_of_a_dead_process_is_removed(junk):
     assert not os.listdir(lock_dir(state(config))) or os.listdir(lock_dir(state(config))) == [
         ".guard"
     ]
-    assert run_cleanup("post", config, run_all=True, only=["t"]).items_removed == 2
+    assert run_cleanup("post", config, run_all=True, cleaner_names=["t"]).items_removed == 2
 
 
 def test_lock_older_than_max_age_is_stale(junk):
@@ -136,7 +136,7 @@ def test_lock_spans_processes(junk, tmp_path):
 def test_two_cleanup_runs_do_not_overlap(junk):
     _root, config = junk
     with run_lock(state(config)), pytest.raises(LockHeldError, match="another cleanup run"):
-        run_cleanup("pre", config, run_all=True, only=["t"])
+        run_cleanup("pre", config, run_all=True, cleaner_names=["t"])
 
 
 def run_cli(capsys, *argv):

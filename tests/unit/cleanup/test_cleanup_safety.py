@@ -14,7 +14,7 @@ from runnerkeep.errors import ConfigError
 
 def run(config, **kw):
     kw.setdefault("run_all", True)
-    kw.setdefault("only", ["t"])
+    kw.setdefault("cleaner_names", ["t"])
     return run_cleanup("post", config, **kw)
 
 

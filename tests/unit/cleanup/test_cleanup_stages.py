@@ -46,7 +46,7 @@ def test_stage_runs_cheapest_first_and_stops_at_target(tmp_path, make_config):
         make_config(cleaners),
         target_free_bytes=target,
         target_free_inodes=0,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=probe,
     )
     assert [c.name for c in report.cleaners] == ["cheap", "deep"]
@@ -65,7 +65,7 @@ def test_cost_order_is_configurable(tmp_path, make_config):
         "post",
         make_config(cleaners),
         target_free_bytes=1_000_000 + KB4,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=FakeProbe(tmp_path, free_bytes=1_000_000),
     )
     assert [c.name for c in report.cleaners] == ["deep", "cheap"]
@@ -78,7 +78,7 @@ def test_moves_to_next_cleaner_when_first_is_not_enough(tmp_path, make_config):
         "post",
         make_config(cleaners),
         target_free_bytes=1_000_000 + 7 * KB4,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=FakeProbe(tmp_path, free_bytes=1_000_000),
     )
     assert os.listdir(cheap) == []
@@ -95,7 +95,7 @@ def test_inode_target_keeps_going_after_bytes_are_met(tmp_path, make_config):
         make_config(cleaners),
         target_free_bytes=1000,  # long met
         target_free_inodes=107,  # needs 7 inodes
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=probe,
     )
     assert report.inodes_freed == 7
@@ -109,7 +109,7 @@ def test_target_already_met_removes_nothing(tmp_path, make_config):
         make_config(cleaners),
         target_free_bytes="10%",
         target_free_inodes="1%",
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=FakeProbe(tmp_path, free_bytes=200, total_bytes=1000, free_inodes=10**6),
     )
     assert report.items_removed == 0
@@ -123,7 +123,7 @@ def test_run_all_ignores_targets(tmp_path, make_config):
         "post",
         make_config(cleaners),
         run_all=True,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=FakeProbe(tmp_path, free_bytes=10**12),
     )
     assert report.items_removed == 10
@@ -134,7 +134,10 @@ def test_targets_default_from_config_per_stage(tmp_path, make_config):
     _cheap, _deep, cleaners = two_cleaners(tmp_path)
     config = make_config(cleaners, targets={"post": {"free": 1_000_000 + 2 * KB4, "inodes": 0}})
     report = run_cleanup(
-        "post", config, only=["cheap", "deep"], probe=FakeProbe(tmp_path, free_bytes=1_000_000)
+        "post",
+        config,
+        cleaner_names=["cheap", "deep"],
+        probe=FakeProbe(tmp_path, free_bytes=1_000_000),
     )
     assert report.items_removed == 2
     fs = next(iter(report.targets))
@@ -153,7 +156,7 @@ def test_targets_default_from_the_disk_budget_on_its_filesystem(tmp_path, make_c
     config = make_config(cleaners)
     config["disk"] = {"path": str(tmp_path), "job_peak_floor": "1MiB", "cache_quota_min": 0}
     budget = current_budget(config)
-    report = run_cleanup("post", config, only=["cheap", "deep"], dry_run=True)
+    report = run_cleanup("post", config, cleaner_names=["cheap", "deep"], dry_run=True)
     fs = next(iter(report.targets))
     assert report.targets[fs] == {
         "free_bytes": budget.post_target_free_bytes,
@@ -162,7 +165,12 @@ def test_targets_default_from_the_disk_budget_on_its_filesystem(tmp_path, make_c
     }
     # An explicit argument still wins over the budget.
     report = run_cleanup(
-        "post", config, only=["cheap"], dry_run=True, target_free_bytes=123, target_free_inodes=4
+        "post",
+        config,
+        cleaner_names=["cheap"],
+        dry_run=True,
+        target_free_bytes=123,
+        target_free_inodes=4,
     )
     assert report.targets[fs] == {"free_bytes": 123, "free_inodes": 4, "source": "argument"}
 
@@ -170,7 +178,9 @@ def test_targets_default_from_the_disk_budget_on_its_filesystem(tmp_path, make_c
 def test_stage_membership(tmp_path, make_config):
     _cheap, deep, cleaners = two_cleaners(tmp_path)
     cleaners["deep"]["stages"] = ["post"]
-    report = run_cleanup("pre", make_config(cleaners), run_all=True, only=["cheap", "deep"])
+    report = run_cleanup(
+        "pre", make_config(cleaners), run_all=True, cleaner_names=["cheap", "deep"]
+    )
     assert [c.name for c in report.cleaners] == ["cheap"]
     assert len(os.listdir(deep)) == 5
 
@@ -182,7 +192,7 @@ def test_paths_limit_the_filesystems(tmp_path, make_config):
         make_config(cleaners),
         run_all=True,
         paths=["/proc"],
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
     )
     assert report.items_removed == 0
     assert {c.status for c in report.cleaners} == {"skipped: nothing on the filesystems concerned"}
@@ -200,7 +210,7 @@ def test_dry_run_lists_exactly_what_the_real_run_removes(tmp_path, make_config):
     tree(root)
     cleaners = {"t": files_cleaner([root])}
     probe = FakeProbe(tmp_path, free_bytes=10**6)
-    kwargs = {"target_free_bytes": 10**6 + 150_000, "only": ["t"], "probe": probe}
+    kwargs = {"target_free_bytes": 10**6 + 150_000, "cleaner_names": ["t"], "probe": probe}
     dry = run_cleanup("post", make_config(cleaners), dry_run=True, **kwargs)
     assert len(os.listdir(root)) == 20  # nothing removed by the dry run
     real = run_cleanup("post", make_config(cleaners), **kwargs)
@@ -229,7 +239,11 @@ def test_dry_run_report_lists_paths_with_bytes(tmp_path, make_config):
     root = tmp_path / "root"
     make_file(str(root / "a"), size=10_000)
     report = run_cleanup(
-        "post", make_config({"t": files_cleaner([root])}), dry_run=True, run_all=True, only=["t"]
+        "post",
+        make_config({"t": files_cleaner([root])}),
+        dry_run=True,
+        run_all=True,
+        cleaner_names=["t"],
     )
     data = report.as_dict()
     item = data["cleaners"][0]["items"][0]
@@ -255,14 +269,14 @@ def test_real_run_records_events(tmp_path, make_config):
     root = tmp_path / "root"
     seed(root, 3)
     config = make_config({"t": files_cleaner([root])})
-    report = run_cleanup("post", config, run_all=True, only=["t"])
+    report = run_cleanup("post", config, run_all=True, cleaner_names=["t"])
     events = list(read_events(config["paths"]["state_dir"], "cleanup"))
     assert len(events) == 1
     assert events[0]["cleaner"] == "t" and events[0]["stage"] == "post"
     # Events carry what each cleaner counted; the report's headline is the statvfs measurement.
     assert events[0]["bytes_freed"] == report.bytes_freed_claimed > 0
     assert events[0]["inodes_freed"] == 3
-    run_cleanup("post", config, run_all=True, only=["t"], dry_run=True)
+    run_cleanup("post", config, run_all=True, cleaner_names=["t"], dry_run=True)
     assert len(list(read_events(config["paths"]["state_dir"], "cleanup"))) == 1
 
 
@@ -276,14 +290,14 @@ def test_config_errors(tmp_path, make_config):
     with pytest.raises(ConfigError, match="unknown stage"):
         run_cleanup("nightly", make_config({}))
     with pytest.raises(ConfigError, match="unknown cleaner"):
-        run_cleanup("post", make_config({}), only=["nope"])
+        run_cleanup("post", make_config({}), cleaner_names=["nope"])
     with pytest.raises(ConfigError, match="kind"):
         run_cleanup("post", make_config({"tmp": {"kind": "journald"}}))
     with pytest.raises(ConfigError, match="unknown toolchain"):
         run_cleanup(
             "emergency",
             make_config({"toolchains": {"items": ["cobol"]}}),
-            only=["toolchains"],
+            cleaner_names=["toolchains"],
             run_all=True,
         )
 
@@ -321,7 +335,7 @@ def test_journald_removes_oldest_archived_until_under_max_size(tmp_path, make_co
         make_file(str(mid / f"system@abc-{i:04d}.journal"), size=8 * KB4, age_days=10 - i)
     cleaner = {"roots": [str(jroot)], "max_size": 3 * 8 * KB4 + 100}
     report = run_cleanup(
-        "post", make_config({"journald": cleaner}), only=["journald"], run_all=True
+        "post", make_config({"journald": cleaner}), cleaner_names=["journald"], run_all=True
     )
     assert sorted(os.listdir(mid)) == [
         "system.journal",
@@ -342,7 +356,7 @@ def test_toolchains_catalog_and_keep_list(tmp_path, make_config, monkeypatch):
         catalog.TOOLCHAINS, "hostedtoolcache", {"root": str(htc), "patterns": ["*/*"]}
     )
     config = make_config({"toolchains": {"items": ["hostedtoolcache"], "keep": ["Python/3.12*"]}})
-    report = run_cleanup("emergency", config, only=["toolchains"], run_all=True)
+    report = run_cleanup("emergency", config, cleaner_names=["toolchains"], run_all=True)
     assert (htc / "Python" / "3.12.1").exists()
     assert not (htc / "Python" / "3.8.18").exists()
     assert not (htc / "node" / "18.1.0").exists()
@@ -359,7 +373,7 @@ def test_report_text_table(tmp_path, make_config):
         "post",
         make_config(cleaners),
         target_free_bytes=1_000_000 + KB4,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=FakeProbe(tmp_path, free_bytes=1_000_000),
     )
     text = report.text()
@@ -375,7 +389,7 @@ def test_host_without_docker_notes_it_once(tmp_path, make_config, monkeypatch):
         make_config({}),
         run_all=True,
         dry_run=True,
-        only=["docker-containers", "docker-images"],
+        cleaner_names=["docker-containers", "docker-images"],
     )
     assert {c.status for c in report.cleaners} == {"unavailable"}
     assert report.as_dict()["errors"] == []

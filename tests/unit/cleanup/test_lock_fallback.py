@@ -161,7 +161,7 @@ def test_emergency_cleanup_runs_on_a_state_dir_that_cannot_be_written(
 ):
     config, root = _files_config(tmp_path, sdir)
     refuse_writes(monkeypatch, sdir, err)
-    report = run_cleanup("emergency", config, run_all=True, only=["t"])
+    report = run_cleanup("emergency", config, run_all=True, cleaner_names=["t"])
     assert report.items_removed == 1
     assert not (root / "old").exists()
 
@@ -171,7 +171,7 @@ def test_a_dry_run_on_a_full_state_dir_creates_nothing_anywhere(
 ):
     config, root = _files_config(tmp_path, sdir)
     refuse_writes(monkeypatch, sdir)
-    report = run_cleanup("post", config, run_all=True, only=["t"], dry_run=True)
+    report = run_cleanup("post", config, run_all=True, cleaner_names=["t"], dry_run=True)
     assert report.items_removed == 1
     assert not run_dir.exists() and not os.path.exists(sdir)
     assert (root / "old" / "junk.bin").exists()
@@ -272,7 +272,7 @@ def test_a_lock_without_a_process_start_time_cannot_block_cleanup(sdir):
 def test_a_forged_lock_never_blocks_the_post_or_emergency_stage(tmp_path, sdir, stage):
     config, _root = _files_config(tmp_path, sdir)
     _plant(sdir, {"host": "vm", "job_id": "p", "pid": 1, "started": time.time() + 1e8})
-    report = run_cleanup(stage, config, run_all=True, only=["t"])
+    report = run_cleanup(stage, config, run_all=True, cleaner_names=["t"])
     assert report.items_removed == 1 and report.jobs == []
 
 
@@ -280,5 +280,7 @@ def test_a_real_job_lock_still_blocks_the_emergency_stage_without_force(tmp_path
     config, _root = _files_config(tmp_path, sdir)
     with lock.job_lock(sdir, "real"):
         with pytest.raises(LockHeldError):
-            run_cleanup("emergency", config, run_all=True, only=["t"])
-        assert run_cleanup("emergency", config, run_all=True, only=["t"], force=True).items_removed
+            run_cleanup("emergency", config, run_all=True, cleaner_names=["t"])
+        assert run_cleanup(
+            "emergency", config, run_all=True, cleaner_names=["t"], force=True
+        ).items_removed

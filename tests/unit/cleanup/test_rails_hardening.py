@@ -113,7 +113,7 @@ def test_home_dirs_however_written(tmp_path):
 
 def test_dry_run_of_a_glob_root_over_etc_plans_nothing(make_config):
     config = make_config({"t": files_cleaner(["/etc/*", "//etc", "/tmp/../etc/"])})
-    report = run_cleanup("post", config, dry_run=True, run_all=True, only=["t"])
+    report = run_cleanup("post", config, dry_run=True, run_all=True, cleaner_names=["t"])
     cr = report.cleaner("t")
     assert cr.items == [] and report.items_removed == 0
     refused = {r["root"] for r in cr.refused}
@@ -243,7 +243,7 @@ def stage(config, probe, **kw):
         config,
         target_free_bytes=10**6 + 3 * KB4,
         target_free_inodes=0,
-        only=["cheap", "deep"],
+        cleaner_names=["cheap", "deep"],
         probe=probe,
         **kw,
     )
@@ -326,7 +326,7 @@ def test_dry_run_leaves_stale_job_locks_and_creates_nothing(tmp_path, make_confi
     (locks / "dead.json").write_text(json.dumps(stale))
     before = snapshot(tmp_path)
     for stage_name in ("pre", "post", "emergency"):
-        run_cleanup(stage_name, config, dry_run=True, run_all=True, only=["cheap", "deep"])
+        run_cleanup(stage_name, config, dry_run=True, run_all=True, cleaner_names=["cheap", "deep"])
     assert snapshot(tmp_path) == before  # the stale lock stays, no .guard, no events
 
 
@@ -345,7 +345,7 @@ def test_dry_run_with_budget_targets_leaves_damaged_history_alone(tmp_path, make
     else:
         history.write_bytes(b'\xff\x00garbage\n{"peak_bytes": 1e999}\n')
     before = snapshot(tmp_path)
-    report = run_cleanup("post", config, dry_run=True, only=["cheap", "deep"])
+    report = run_cleanup("post", config, dry_run=True, cleaner_names=["cheap", "deep"])
     assert snapshot(tmp_path) == before
     assert any(t["source"] for t in report.targets.values())
 
@@ -355,7 +355,7 @@ def test_a_cleaner_rooted_in_the_configured_cache_dir_is_refused_end_to_end(tmp_
     config = make_config({"t": files_cleaner([str(tmp_path / "cache" / "blobs")])})
     blob = tmp_path / "cache" / "blobs" / "sha256" / "ab"
     make_file(str(blob), 4096, age_days=30)
-    report = run_cleanup("post", config, run_all=True, only=["t"])
+    report = run_cleanup("post", config, run_all=True, cleaner_names=["t"])
     cr = report.cleaner("t")
     assert blob.exists()
     assert any("cache dir" in r["reason"] for r in cr.refused), cr.refused
@@ -367,7 +367,7 @@ def test_report_names_what_was_kept_and_why(tmp_path, make_config):
     os.mkfifo(root / "old" / "pipe")
     os.utime(root / "old", (1, 1))
     config = make_config({"t": files_cleaner([root])})
-    report = run_cleanup("post", config, run_all=True, only=["t"])
+    report = run_cleanup("post", config, run_all=True, cleaner_names=["t"])
     data = json.loads(json.dumps(report.as_dict()))
     cr = next(c for c in data["cleaners"] if c["name"] == "t")
     assert cr["kept"] == len(cr["kept_items"]) >= 1

@@ -46,7 +46,11 @@ def test_dry_run_item_list_shows_a_newline_as_an_escape(tmp_path, make_config):
     make_file(str(root / f"job1\n{FORGED}" / "f"))
     make_file(str(root / "\x1b[2Jclear\x1b]0;title\x07"))
     report = run_cleanup(
-        "post", make_config({"t": files_cleaner([root])}), dry_run=True, run_all=True, only=["t"]
+        "post",
+        make_config({"t": files_cleaner([root])}),
+        dry_run=True,
+        run_all=True,
+        cleaner_names=["t"],
     )
     text = report.text()
     assert _lines_forged(text) == []
@@ -152,7 +156,9 @@ def _seeded(tmp_path, make_config, files=8):
 
 
 def _run(config, probe, dry_run=False):
-    return run_cleanup("post", config, run_all=True, only=["t"], probe=probe, dry_run=dry_run)
+    return run_cleanup(
+        "post", config, run_all=True, cleaner_names=["t"], probe=probe, dry_run=dry_run
+    )
 
 
 def test_real_run_headline_is_what_the_filesystem_gave_back(tmp_path, make_config):
@@ -233,7 +239,7 @@ def test_directories_holding_a_kept_entry_are_not_promised(tmp_path, make_config
     os.makedirs(root / "only-pipe" / "sub")
     os.mkfifo(root / "only-pipe" / "sub" / "pipe")
     config = make_config({"t": files_cleaner([root])})
-    kwargs = {"run_all": True, "only": ["t"]}
+    kwargs = {"run_all": True, "cleaner_names": ["t"]}
     dry = run_cleanup("post", config, dry_run=True, **kwargs)
     real = run_cleanup("post", config, **kwargs)
     assert (root / "mixed" / "pipe").exists() and (root / "only-pipe" / "sub").is_dir()
@@ -386,7 +392,7 @@ def test_cleaner_plan_keeps_mount_points_listed_in_mountinfo(tmp_path, make_conf
 
     monkeypatch.setattr(walk, "mount_id_at", fake)
     config = make_config({"t": files_cleaner([root])})
-    kwargs = {"run_all": True, "only": ["t"]}
+    kwargs = {"run_all": True, "cleaner_names": ["t"]}
     dry = run_cleanup("post", config, dry_run=True, **kwargs)
     real_run = run_cleanup("post", config, **kwargs)
     assert [i["path"] for i in dry.cleaner("t").items] == [str(root / "plain")]
