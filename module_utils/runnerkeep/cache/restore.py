@@ -30,35 +30,41 @@ from .store import (
 )
 
 
-def _miss(store: Store, key: str, state_dir, start, reason: str, corrupt: bool, op: str):
-    if state_dir:
-        record_event(
-            state_dir,
-            "cache",
-            op=op,
-            result="corrupt" if corrupt else "miss",
-            key=key,
-            reason=reason,
-            duration=round(time.monotonic() - start, 3),
-        )
-    return CacheMiss(reason)
+class _Misses:
+    """The misses of one restore or export: each is recorded as a ``cache`` event (when there
+    is a state dir) and returned as the CacheMiss to raise."""
 
+    def __init__(self, op: str, state_dir: str | None, start: float) -> None:
+        self.op = op
+        self.state_dir = state_dir
+        self.start = start
 
-def _reject(
-    store: Store,
-    key: str,
-    state_dir,
-    start,
-    exc: Exception,
-    op: str,
-    how: str = "rejected",
-    quarantine: bool = True,
-) -> CacheMiss:
-    """A corrupt entry or blob is a miss: move it aside and return the miss to raise."""
-    if quarantine:
-        quarantine_for(store, key, exc)
-    reason = f"cache entry '{key}' {how} and quarantined: {exc}"
-    return _miss(store, key, state_dir, start, reason, True, op)
+    def miss(self, key: str, reason: str, corrupt: bool = False) -> CacheMiss:
+        if self.state_dir:
+            record_event(
+                self.state_dir,
+                "cache",
+                op=self.op,
+                result="corrupt" if corrupt else "miss",
+                key=key,
+                reason=reason,
+                duration=round(time.monotonic() - self.start, 3),
+            )
+        return CacheMiss(reason)
+
+    def reject(
+        self,
+        store: Store,
+        name: str,
+        exc: Exception,
+        how: str = "rejected",
+        quarantine: bool = True,
+    ) -> CacheMiss:
+        """A corrupt entry or blob is a miss: move it aside and return the miss to raise."""
+        if quarantine:
+            quarantine_for(store, name, exc)
+        reason = f"cache entry '{name}' {how} and quarantined: {exc}"
+        return self.miss(name, reason, corrupt=True)
 
 
 def readable_name(store: Store, key: str, scope: str) -> str:
@@ -113,28 +119,14 @@ def restore_entry(
     store = as_store(store_dir)
     if dry_run:
         state_dir = None  # a dry run records no event
+    misses = _Misses("restore", state_dir, start)
     if not store.exists():
-        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "restore")
-    # A dry run creates nothing, not even the lock file (read_lock takes it only if present).
-    held = contextlib.ExitStack()
-    try:
-        held.enter_context(store.read_lock() if dry_run else store.store_lock())
-    except LockHeldError as exc:
-        # A store locked for longer than any save or prune takes: the job rebuilds.
-        raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
-    with held:
+        raise misses.miss(key, f"no cache at {store.root}")
+    with _restore_lock(store, key, dry_run, misses):
         name = readable_name(store, key, scope)
-        try:
-            entry, digest = load_checked_entry(store, name)
-        except CacheMiss as exc:
-            raise _miss(store, key, state_dir, start, str(exc), False, "restore") from None
-        except (CorruptEntry, CorruptBlob) as exc:
-            raise _reject(
-                store, name, state_dir, start, exc, "restore", quarantine=not dry_run
-            ) from None
+        entry, digest = _checked_entry_or_miss(store, key, name, misses, quarantine=not dry_run)
         ids = [image["id"] for image in entry["images"]]
         present = daemon_images(ids)
-        size = sum(entry_blobs(entry).values())
         result: dict[str, Any] = {
             "key": key,
             "scope": entry.get("scope", TRUSTED),
@@ -145,30 +137,11 @@ def restore_entry(
             retagged = [] if dry_run else _ensure_tags(entry, present)
             result.update(result="hit", loaded=False, retagged=retagged, bytes_loaded=0)
         elif dry_run:
+            size = sum(entry_blobs(entry).values())
             result.update(result="would_load", loaded=False, bytes_loaded=size)
             return result
         else:
-            if progress is not None and getattr(progress, "total", 0) is None:
-                progress.total = size  # for the ETA
-            try:
-                sent, via = _load(store, entry, progress)
-            except CorruptBlob as exc:
-                raise _reject(
-                    store,
-                    name,
-                    state_dir,
-                    start,
-                    exc,
-                    "restore",
-                    how="rejected during load (nothing tagged)",
-                ) from None
-            present = daemon_images(ids)
-            missing = [i for i in ids if i not in present]
-            if missing:
-                raise DockerCommandError(
-                    f"docker load finished but the daemon lacks {', '.join(missing)}"
-                )
-            _ensure_tags(entry, present)
+            sent, via = _load_missing_images(store, name, entry, ids, progress, misses)
             result.update(result="hit", loaded=True, bytes_loaded=sent, loaded_via=via)
         if not dry_run:
             store.touch_entry(name)
@@ -185,6 +158,56 @@ def restore_entry(
             duration=result["duration"],
         )
     return result
+
+
+def _restore_lock(
+    store: Store, key: str, dry_run: bool, misses: _Misses
+) -> contextlib.AbstractContextManager:
+    """The store lock a restore holds, taken now: shared, or for a dry run the read lock, which
+    creates nothing (not even the lock file). A store locked for longer than any save or prune
+    takes is a miss: the job rebuilds."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(store.read_lock() if dry_run else store.store_lock())
+    except LockHeldError as exc:
+        raise misses.miss(key, str(exc)) from None
+    return held
+
+
+def _checked_entry_or_miss(
+    store: Store, key: str, name: str, misses: _Misses, quarantine: bool = True
+) -> tuple[dict[str, Any], str]:
+    """load_checked_entry, its failures as the CacheMiss to raise (a bad entry quarantined)."""
+    try:
+        return load_checked_entry(store, name)
+    except CacheMiss as exc:
+        raise misses.miss(key, str(exc)) from None
+    except (CorruptEntry, CorruptBlob) as exc:
+        raise misses.reject(store, name, exc, quarantine=quarantine) from None
+
+
+def _load_missing_images(
+    store: Store,
+    name: str,
+    entry: dict[str, Any],
+    ids: list[str],
+    progress: Callable[[int], None] | None,
+    misses: _Misses,
+) -> tuple[int, str]:
+    """Stream the entry into the daemon, then check it holds every image and re-point the tags:
+    (bytes sent, how). A blob found bad on the way is a miss (quarantined, nothing tagged)."""
+    if progress is not None and getattr(progress, "total", 0) is None:
+        progress.total = sum(entry_blobs(entry).values())  # for the ETA
+    try:
+        sent, via = _load(store, entry, progress)
+    except CorruptBlob as exc:
+        raise misses.reject(store, name, exc, how="rejected during load (nothing tagged)") from None
+    present = daemon_images(ids)
+    missing = [i for i in ids if i not in present]
+    if missing:
+        raise DockerCommandError(f"docker load finished but the daemon lacks {', '.join(missing)}")
+    _ensure_tags(entry, present)
+    return sent, via
 
 
 def _load(store: Store, entry: dict[str, Any], progress) -> tuple[int, str]:
@@ -255,9 +278,8 @@ def export_entry(
     validate_key(key)
     store = as_store(store_dir)
     if not store.exists():
-        raise _miss(
-            store, key, state_dir, time.monotonic(), f"no cache at {store.root}", False, "export"
-        )
+        misses = _Misses("export", state_dir, time.monotonic())
+        raise misses.miss(key, f"no cache at {store.root}")
     output = os.path.abspath(output)
     with atomic_output(output, prefix=".tmp-export-") as fd:
         result = export_entry_fd(
@@ -282,20 +304,16 @@ def export_entry_fd(
     entry_name(key, scope)
     start = time.monotonic()
     store = as_store(store_dir)
+    misses = _Misses("export", state_dir, start)
     if not store.exists():
-        raise _miss(store, key, state_dir, start, f"no cache at {store.root}", False, "export")
+        raise misses.miss(key, f"no cache at {store.root}")
     with store.store_lock():
         name = readable_name(store, key, scope)
-        try:
-            entry, digest = load_checked_entry(store, name)
-        except CacheMiss as exc:
-            raise _miss(store, key, state_dir, start, str(exc), False, "export") from None
-        except (CorruptEntry, CorruptBlob) as exc:
-            raise _reject(store, name, state_dir, start, exc, "export") from None
+        entry, digest = _checked_entry_or_miss(store, key, name, misses)
         try:
             size = write_entry_archive(entry, store, fd, progress)
         except CorruptBlob as exc:
-            raise _reject(store, name, state_dir, start, exc, "export") from None
+            raise misses.reject(store, name, exc) from None
         store.touch_entry(name)
     return {
         "key": key,

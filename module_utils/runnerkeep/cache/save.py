@@ -8,6 +8,7 @@ import re
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
 from .. import __version__
@@ -332,6 +333,27 @@ def _docker_said(rc: int | None, errfile) -> str:
     return out
 
 
+@dataclass
+class _ImagesToSave:
+    """The images a save was asked for, as the daemon describes them."""
+
+    refs: list[str]
+    infos: list[dict[str, Any]]  # `docker image inspect`, one per ref
+    ids: set[str]  # the image IDs the archive must hold
+    tags: dict[str, str]  # tag -> image ID the archive must carry
+
+
+@dataclass
+class _SpaceRule:
+    """How a save makes sure it fits: check or not, the reserve, whether to clean up first."""
+
+    check: bool
+    reserve: int
+    make_room_first: bool
+    make_room_config: dict[str, Any] | None
+    engine: Any  # `docker info`, or the RunnerkeepError asking for it raised (None: not asked)
+
+
 def save_entry(
     store_dir: str | Store,
     key: str,
@@ -353,50 +375,12 @@ def save_entry(
     name = entry_name(key, scope)
     start = time.monotonic()
     store = as_store(store_dir)
-    # `docker info` (for the space check) runs beside `docker image inspect`: each is a CLI
-    # round trip of ~0.1 s, and a save of stored blobs should cost no more than docker save.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        engine_future = pool.submit(engine_info) if check_space else None
-        try:
-            infos, ids, tags = resolve_images(refs)  # DockerUnavailableError when no daemon
-        finally:
-            engine = _engine_result(engine_future)
+    images, engine = _inspect_images_and_engine(refs, check_space)
+    space = _SpaceRule(check_space, reserve, make_room_first, make_room_config, engine)
     if dry_run:
-        return _dry_run_save(
-            store, key, infos, ids, tags, engine, reserve, check_space, make_room_first, name
-        )
-    result: dict[str, Any]
+        return _dry_run_save(store, key, name, images, space)
     try:
-        store.ensure()
-        with store.key_lock(name), store.store_lock():
-            store.remove_stale_temps()
-            current = _entry_is_current(store, name, ids, tags)
-            if current:
-                store.touch_entry(name)
-                result = {
-                    "result": "unchanged",
-                    "entry_digest": current["entry_digest"],
-                    "bytes_written": 0,
-                    "bytes_reused": sum(entry_blobs(current["entry"]).values()),
-                    "images": _image_summary(current["entry"]),
-                }
-            elif stored := _save_from_store(store, key, refs, infos, tags, scope):
-                result = stored
-            else:
-                plan = []
-                if check_space:
-                    if isinstance(engine, BaseException):
-                        raise engine
-                    plan = space_plan(store, infos, reserve, engine)
-                    if not all(p["ok"] for p in plan) and make_room_first:
-                        make_room(make_room_config, plan)
-                        plan = space_plan(store, infos, reserve, engine)
-                    if not all(p["ok"] for p in plan):
-                        raise FreeSpaceError(_space_message(plan))
-                if progress is not None and getattr(progress, "total", 0) is None:
-                    progress.total = sum(int(i.get("Size") or 0) for i in infos)  # for the ETA
-                result = _save_locked(store, key, refs, infos, ids, tags, progress, scope)
-                result["space"] = plan
+        result = _save_locked(store, key, name, images, space, progress, scope)
     except RunnerkeepError as exc:
         _event(state_dir, op="save", result="failed", key=key, error=str(exc), start=start)
         raise
@@ -417,40 +401,103 @@ def save_entry(
     return result
 
 
-def _dry_run_save(
+def _inspect_images_and_engine(refs: list[str], check_space: bool) -> tuple[_ImagesToSave, Any]:
+    """The images asked for, and the engine's info when a space check needs it."""
+    # `docker info` (for the space check) runs beside `docker image inspect`: each is a CLI
+    # round trip of ~0.1 s, and a save of stored blobs should cost no more than docker save.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        engine_future = pool.submit(engine_info) if check_space else None
+        try:
+            infos, ids, tags = resolve_images(refs)  # DockerUnavailableError when no daemon
+        finally:
+            engine = _engine_result(engine_future)
+    return _ImagesToSave(list(refs), infos, ids, tags), engine
+
+
+def _engine_result(future: concurrent.futures.Future | None) -> Any:
+    """The engine info, or the exception it raised (re-raised only if a space check needs it)."""
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except RunnerkeepError as exc:
+        return exc
+
+
+def _save_locked(
     store: Store,
     key: str,
-    infos: list[dict[str, Any]],
-    ids: set[str],
-    tags: dict[str, str],
-    engine: Any,
-    reserve: int,
-    check_space: bool,
-    make_room_first: bool,
     name: str,
+    images: _ImagesToSave,
+    space: _SpaceRule,
+    progress: Callable[[int], None] | None,
+    scope: str,
+) -> dict[str, Any]:
+    """Under the key and store locks, the cheapest save that is right: nothing (the entry is
+    current), an entry over stored blobs, or a full read of the images' archive."""
+    store.ensure()
+    with store.key_lock(name), store.store_lock():
+        store.remove_stale_temps()
+        current = _entry_is_current(store, name, images.ids, images.tags)
+        if current:
+            store.touch_entry(name)
+            return _unchanged_result(current)
+        stored = _save_from_store(store, key, images.refs, images.infos, images.tags, scope)
+        if stored:
+            return stored
+        plan = _make_sure_it_fits(store, images.infos, space)
+        if progress is not None and getattr(progress, "total", 0) is None:
+            progress.total = sum(int(i.get("Size") or 0) for i in images.infos)  # for the ETA
+        result = _save_from_docker(store, key, images, progress, scope)
+        result["space"] = plan
+        return result
+
+
+def _unchanged_result(current: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "result": "unchanged",
+        "entry_digest": current["entry_digest"],
+        "bytes_written": 0,
+        "bytes_reused": sum(entry_blobs(current["entry"]).values()),
+        "images": _image_summary(current["entry"]),
+    }
+
+
+def _make_sure_it_fits(
+    store: Store, infos: list[dict[str, Any]], space: _SpaceRule
+) -> list[dict[str, Any]]:
+    """The space plan (empty when not checked); FreeSpaceError when a filesystem is short even
+    after --make-room's cleanup."""
+    if not space.check:
+        return []
+    if isinstance(space.engine, BaseException):
+        raise space.engine
+    plan = space_plan(store, infos, space.reserve, space.engine)
+    if not all(p["ok"] for p in plan) and space.make_room_first:
+        make_room(space.make_room_config, plan)
+        plan = space_plan(store, infos, space.reserve, space.engine)
+    if not all(p["ok"] for p in plan):
+        raise FreeSpaceError(_space_message(plan))
+    return plan
+
+
+def _dry_run_save(
+    store: Store, key: str, name: str, images: _ImagesToSave, space: _SpaceRule
 ) -> dict[str, Any]:
     """What a save would do, found by reading only: no store layout, lock file, temp cleanup,
     cleanup run or event (a store never written to reads as empty)."""
     with store.read_lock():
-        current = _entry_is_current(store, name, ids, tags)
+        current = _entry_is_current(store, name, images.ids, images.tags)
         if current:
-            return {
-                "result": "unchanged",
-                "key": key,
-                "entry_digest": current["entry_digest"],
-                "bytes_written": 0,
-                "bytes_reused": sum(entry_blobs(current["entry"]).values()),
-                "images": _image_summary(current["entry"]),
-                "dry_run": True,
-            }
+            return {**_unchanged_result(current), "key": key, "dry_run": True}
         plan: list[dict[str, Any]] = []
         would_make_room = False
-        if check_space:
-            if isinstance(engine, BaseException):
-                raise engine
-            plan = space_plan(store, infos, reserve, engine)
+        if space.check:
+            if isinstance(space.engine, BaseException):
+                raise space.engine
+            plan = space_plan(store, images.infos, space.reserve, space.engine)
             if not all(p["ok"] for p in plan):
-                if not make_room_first:
+                if not space.make_room_first:
                     raise FreeSpaceError(_space_message(plan))
                 would_make_room = True  # the real save runs the cleanup, then checks again
     return {
@@ -460,7 +507,7 @@ def _dry_run_save(
         "would_make_room": would_make_room,
         "bytes_written": 0,
         "bytes_reused": 0,
-        "images": sorted(ids),
+        "images": sorted(images.ids),
         "dry_run": True,
     }
 
@@ -480,46 +527,12 @@ def _save_from_store(
     re-hashed (about 0.3 s per GiB on two threads, against ~7 s for `docker save` of a GiB), so
     a blob damaged on disk is never written into a new entry: it is quarantined and the caller
     falls back to a full save, which stores it again."""
-    images = []
-    layer_blobs: dict[str, int] = {}
-    seen = set()
-    for info in infos:
-        image_id = info["Id"]
-        if image_id in seen:
-            continue
-        seen.add(image_id)
-        try:
-            diff_ids, config_size = config_diff_ids(store, image_id)
-        except (FileNotFoundError, CorruptEntry, CorruptBlob):
-            # Not stored, or not an ID that is a config digest (e.g. containerd image store).
-            return None
-        if diff_ids != (info.get("RootFS") or {}).get("Layers"):
-            return None
-        layers = []
-        for diff_id in diff_ids:
-            size = store.blob_size(diff_id)
-            if size is None:
-                return None
-            layer_blobs[diff_id] = size
-            layers.append(
-                {
-                    "digest": diff_id,
-                    "size": size,
-                    "diff_id": diff_id,
-                    "media_type": LEGACY_LAYER_TYPE,
-                }
-            )
-        images.append(
-            {
-                "id": image_id,
-                "tags": sorted(t for t, i in tags.items() if i == image_id),
-                "config": {"digest": image_id, "size": config_size},
-                "layers": layers,
-                "manifests": [],
-            }
-        )
+    images = _images_from_store(store, infos, tags)
+    if images is None:
+        return None
+    layer_digests = dict.fromkeys(layer["digest"] for image in images for layer in image["layers"])
     # An unreadable blob (or one no longer a regular file) is as unusable as a damaged one.
-    rehashed = rehash_blobs(store, layer_blobs, workers=2)
+    rehashed = rehash_blobs(store, layer_digests, workers=2)
     bad = [digest for digest, found in rehashed.items() if not found.matches]
     for digest in bad:
         store.quarantine("blob", store.blob_path(digest), f"blob {digest} fails its sha256 check")
@@ -538,39 +551,73 @@ def _save_from_store(
     }
 
 
-def _engine_result(future: concurrent.futures.Future | None) -> Any:
-    """The engine info, or the exception it raised (re-raised only if a space check needs it)."""
-    if future is None:
-        return None
-    try:
-        return future.result()
-    except RunnerkeepError as exc:
-        return exc
+def _images_from_store(
+    store: Store, infos: list[dict[str, Any]], tags: dict[str, str]
+) -> list[dict[str, Any]] | None:
+    """The entry's images built from stored configs and layers (sizes only, not yet re-hashed);
+    None when any config or layer is not stored or does not match what the daemon says."""
+    images = []
+    seen = set()
+    for info in infos:
+        image_id = info["Id"]
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        try:
+            diff_ids, config_size = config_diff_ids(store, image_id)
+        except (FileNotFoundError, CorruptEntry, CorruptBlob):
+            # Not stored, or not an ID that is a config digest (e.g. containerd image store).
+            return None
+        if diff_ids != (info.get("RootFS") or {}).get("Layers"):
+            return None
+        layers = []
+        for diff_id in diff_ids:
+            size = store.blob_size(diff_id)
+            if size is None:
+                return None
+            layers.append(
+                {
+                    "digest": diff_id,
+                    "size": size,
+                    "diff_id": diff_id,
+                    "media_type": LEGACY_LAYER_TYPE,
+                }
+            )
+        images.append(
+            {
+                "id": image_id,
+                "tags": sorted(tag for tag, tagged in tags.items() if tagged == image_id),
+                "config": {"digest": image_id, "size": config_size},
+                "layers": layers,
+                "manifests": [],
+            }
+        )
+    return images
 
 
-def _save_locked(store, key, refs, infos, ids, tags, progress, scope=TRUSTED) -> dict[str, Any]:
-    candidates = _reuse_candidates(store, infos)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+def _save_from_docker(
+    store: Store,
+    key: str,
+    images: _ImagesToSave,
+    progress: Callable[[int], None] | None,
+    scope: str = TRUSTED,
+) -> dict[str, Any]:
+    """Read `docker save` once into the temp area, check it, commit it. A second read only when
+    a layer guessed to be stored (by its size) was not."""
+    candidates = _reuse_candidates(store, images.infos)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hash_pool:
         for attempt in (1, 2):
             with store.temp_area() as area:
-                try:
-                    parsed = _stream_docker_save(store, refs, area, candidates, progress, pool)
-                except NoSpaceWhileWriting as exc:
-                    raise SaveFailed(f"{exc}; the previous entry is untouched") from None
-                except OSError as exc:
-                    if is_no_space(exc):
-                        raise SaveFailed(
-                            f"no space left in {store.root}: {exc.strerror}; "
-                            "the previous entry is untouched"
-                        ) from None
-                    raise
+                parsed = _read_docker_save(
+                    store, images.refs, area, candidates, progress, hash_pool
+                )
                 if parsed.lost_needed and attempt == 1:
                     # A layer's size matched a stored blob but its content did not: read the
                     # stream again, writing every layer.
                     candidates = {}
                     continue
-                check_image_set(parsed, ids, tags)
-                committed = commit_parsed(store, key, parsed, area, list(refs), scope)
+                check_image_set(parsed, images.ids, images.tags)
+                committed = commit_parsed(store, key, parsed, area, list(images.refs), scope)
                 break
     return {
         "result": "saved",
@@ -581,6 +628,27 @@ def _save_locked(store, key, refs, infos, ids, tags, progress, scope=TRUSTED) ->
         "format": parsed.format,
         "images": _image_summary(committed["entry"]),
     }
+
+
+def _read_docker_save(
+    store: Store,
+    refs: list[str],
+    area: str,
+    candidates: dict[int, set[str]],
+    progress: Callable[[int], None] | None,
+    hash_pool: concurrent.futures.Executor,
+) -> ParsedArchive:
+    """``_stream_docker_save`` with running out of space said as a SaveFailed."""
+    try:
+        return _stream_docker_save(store, refs, area, candidates, progress, hash_pool)
+    except NoSpaceWhileWriting as exc:
+        raise SaveFailed(f"{exc}; the previous entry is untouched") from None
+    except OSError as exc:
+        if is_no_space(exc):
+            raise SaveFailed(
+                f"no space left in {store.root}: {exc.strerror}; the previous entry is untouched"
+            ) from None
+        raise
 
 
 def import_archive(
