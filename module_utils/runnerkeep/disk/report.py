@@ -206,52 +206,79 @@ def disk_report(
         "cache": cache_usage(expand(paths["cache_dir"])),
     }
     if include_docker:
-        if root_error and "not installed" in root_error:
-            report["docker"] = {"available": False, "error": root_error}
-        else:
-            try:
-                report["docker"] = {"available": True, "kinds": docker_usage()}
-            except RunnerkeepError as exc:
-                report["docker"] = {"available": False, "error": str(exc)}
-                if not root_error:
-                    errors.append(f"docker: {exc}")
-            # The details fail on their own: the usage by kind measured above stays.
-            if docker_verbose and report["docker"]["available"]:
-                try:
-                    report["docker"]["details"] = docker_details(limit)
-                except RunnerkeepError as exc:
-                    report["docker"]["details_error"] = str(exc)
-                    errors.append(f"docker: {exc}")
+        report["docker"] = _docker_part(root_error, docker_verbose, limit, errors)
     if include_largest:
-        roots = settings["report_roots"]
-        if roots is None:
-            roots = [*settings["work_dirs"], "/tmp"]
-        depth = as_int(settings["largest_dirs_depth"], "disk.largest_dirs_depth", 1)
-        largest = []
-        for root_dir in roots:
-            root_dir = expand(root_dir)
-            if not os.path.isdir(root_dir):
-                largest.append({"root": root_dir, "exists": False, "dirs": []})
-                continue
-            dirs, total = largest_dirs(root_dir, depth=depth, limit=limit)
-            largest.append(
-                {
-                    "root": root_dir,
-                    "exists": True,
-                    "disk_bytes": total.disk_bytes,
-                    "dirs": dirs,
-                    "error_count": len(total.errors),
-                }
-            )
-        report["largest_dirs"] = largest
+        report["largest_dirs"] = _largest_dirs_part(settings, limit)
     report["errors"] = errors
     report["duration_seconds"] = round(time.monotonic() - started, 3)
     return report
 
 
+def _docker_part(
+    root_error: str | None, verbose: bool, limit: int, errors: list[str]
+) -> dict[str, Any]:
+    """Docker's usage by kind (and with ``verbose`` the largest images, containers, volumes)."""
+    if root_error and "not installed" in root_error:
+        return {"available": False, "error": root_error}
+    try:
+        docker: dict[str, Any] = {"available": True, "kinds": docker_usage()}
+    except RunnerkeepError as exc:
+        if not root_error:
+            errors.append(f"docker: {exc}")
+        return {"available": False, "error": str(exc)}
+    # The details fail on their own: the usage by kind measured above stays.
+    if verbose:
+        try:
+            docker["details"] = docker_details(limit)
+        except RunnerkeepError as exc:
+            docker["details_error"] = str(exc)
+            errors.append(f"docker: {exc}")
+    return docker
+
+
+def _largest_dirs_part(settings: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The largest directories under each report root (default: the work dirs and /tmp)."""
+    roots = settings["report_roots"]
+    if roots is None:
+        roots = [*settings["work_dirs"], "/tmp"]
+    depth = as_int(settings["largest_dirs_depth"], "disk.largest_dirs_depth", 1)
+    largest = []
+    for root_dir in roots:
+        root_dir = expand(root_dir)
+        if not os.path.isdir(root_dir):
+            largest.append({"root": root_dir, "exists": False, "dirs": []})
+            continue
+        dirs, total = largest_dirs(root_dir, depth=depth, limit=limit)
+        largest.append(
+            {
+                "root": root_dir,
+                "exists": True,
+                "disk_bytes": total.disk_bytes,
+                "dirs": dirs,
+                "error_count": len(total.errors),
+            }
+        )
+    return largest
+
+
 def render_report(report: dict[str, Any]) -> str:
     """The report for people."""
-    lines = ["Filesystems:"]
+    lines = _render_filesystems(report)
+    docker = report.get("docker")
+    if docker is not None:
+        lines.append("")
+        lines += _render_docker(docker, report["docker_root"])
+    lines += _render_cache(report["cache"])
+    for entry in report.get("largest_dirs", []):
+        lines.append("")
+        lines += _render_largest(entry)
+    if report["errors"]:
+        lines.append("")
+        lines += [f"error: {escape_text(e)}" for e in report["errors"]]
+    return "\n".join(lines)
+
+
+def _render_filesystems(report: dict[str, Any]) -> list[str]:
     rows = [
         [
             fs["mount_point"],
@@ -262,65 +289,65 @@ def render_report(report: dict[str, Any]) -> str:
         ]
         for fs in report["filesystems"]
     ]
-    lines.append(table(rows, ["mount", "size", "free", "free inodes", "holds"]))
+    lines = ["Filesystems:", table(rows, ["mount", "size", "free", "free inodes", "holds"])]
     for err in report.get("filesystem_errors", []):
         lines.append(
             f"  unreadable: {escape_text(err['path'])} ({err['role']}): {escape_text(err['error'])}"
         )
-    docker = report.get("docker")
-    if docker is not None:
-        lines.append("")
-        if docker.get("available"):
-            lines.append(f"Docker usage (root {report['docker_root']}):")
-            rows = [
-                [
-                    kind,
-                    str(v["total_count"]),
-                    str(v["active"]),
-                    format_size(v["size_bytes"]),
-                    format_size(v["reclaimable_bytes"]),
-                ]
-                for kind, v in docker["kinds"].items()
-            ]
-            lines.append(table(rows, ["kind", "count", "active", "size", "reclaimable"]))
-            details = docker.get("details")
-            if details and details["largest_images"]:
-                lines.append("Largest images (unique bytes):")
-                for image in details["largest_images"]:
-                    used = f", used by {image['containers']}" if image["containers"] else ""
-                    lines.append(
-                        f"  {format_size(image['unique_bytes']):>10}  "
-                        f"{escape_text(image['image'])}{escape_text(used)}"
-                    )
-            if details and details["largest_volumes"]:
-                lines.append("Largest volumes:")
-                for volume in details["largest_volumes"]:
-                    lines.append(
-                        f"  {format_size(volume['size_bytes']):>10}  {escape_text(volume['name'])}"
-                    )
-        else:
-            lines.append(f"Docker usage: unavailable ({docker.get('error')})")
-    cache = report["cache"]
-    lines.append("")
-    if cache["exists"]:
-        lines.append(
-            f"Image cache {cache['path']}: {format_size(cache['logical_bytes'])} logical, "
-            f"{format_size(cache['disk_bytes'])} on disk, {cache['files']} files"
-        )
-    else:
-        lines.append(f"Image cache {cache['path']}: does not exist yet")
-    for entry in report.get("largest_dirs", []):
-        lines.append("")
-        if not entry["exists"]:
-            lines.append(f"Largest under {escape_text(entry['root'])}: (does not exist)")
-            continue
-        lines.append(
-            f"Largest under {escape_text(entry['root'])} "
-            f"({format_size(entry['disk_bytes'])} total):"
-        )
-        for item in entry["dirs"]:
-            lines.append(f"  {format_size(item['disk_bytes']):>10}  {escape_text(item['path'])}")
-    if report["errors"]:
-        lines.append("")
-        lines += [f"error: {escape_text(e)}" for e in report["errors"]]
-    return "\n".join(lines)
+    return lines
+
+
+def _render_docker(docker: dict[str, Any], docker_root_dir: str) -> list[str]:
+    if not docker.get("available"):
+        return [f"Docker usage: unavailable ({docker.get('error')})"]
+    rows = [
+        [
+            kind,
+            str(usage["total_count"]),
+            str(usage["active"]),
+            format_size(usage["size_bytes"]),
+            format_size(usage["reclaimable_bytes"]),
+        ]
+        for kind, usage in docker["kinds"].items()
+    ]
+    lines = [
+        f"Docker usage (root {docker_root_dir}):",
+        table(rows, ["kind", "count", "active", "size", "reclaimable"]),
+    ]
+    details = docker.get("details")
+    if details and details["largest_images"]:
+        lines.append("Largest images (unique bytes):")
+        for image in details["largest_images"]:
+            used = f", used by {image['containers']}" if image["containers"] else ""
+            lines.append(
+                f"  {format_size(image['unique_bytes']):>10}  "
+                f"{escape_text(image['image'])}{escape_text(used)}"
+            )
+    if details and details["largest_volumes"]:
+        lines.append("Largest volumes:")
+        for volume in details["largest_volumes"]:
+            lines.append(
+                f"  {format_size(volume['size_bytes']):>10}  {escape_text(volume['name'])}"
+            )
+    return lines
+
+
+def _render_cache(cache: dict[str, Any]) -> list[str]:
+    if not cache["exists"]:
+        return ["", f"Image cache {cache['path']}: does not exist yet"]
+    return [
+        "",
+        f"Image cache {cache['path']}: {format_size(cache['logical_bytes'])} logical, "
+        f"{format_size(cache['disk_bytes'])} on disk, {cache['files']} files",
+    ]
+
+
+def _render_largest(entry: dict[str, Any]) -> list[str]:
+    if not entry["exists"]:
+        return [f"Largest under {escape_text(entry['root'])}: (does not exist)"]
+    lines = [
+        f"Largest under {escape_text(entry['root'])} ({format_size(entry['disk_bytes'])} total):"
+    ]
+    for item in entry["dirs"]:
+        lines.append(f"  {format_size(item['disk_bytes']):>10}  {escape_text(item['path'])}")
+    return lines
