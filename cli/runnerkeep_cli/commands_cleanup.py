@@ -21,11 +21,11 @@ import time
 
 from runnerkeep.cleanup import (
     active_jobs,
-    job_end,
-    job_start,
     list_cleaners,
+    release_job_lock,
     run_cleanup,
     state_dir_of,
+    take_job_lock,
     wait_for_jobs,
 )
 from runnerkeep.cleanup.catalog import STAGES, TOOLCHAINS
@@ -260,7 +260,7 @@ def cleanup_run(args: argparse.Namespace) -> CommandResult:
 def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     job_id = _job_id(args)
-    record = job_start(state_dir_of(config), job_id, args.pid, spool_dir=spool_dir_of(config))
+    record = take_job_lock(state_dir_of(config), job_id, args.pid, spool_dir=spool_dir_of(config))
     data = {"job_id": job_id, "lock": record}
     if record.get("recorded") is False:  # the core has said why, on stderr
         text = f"job {escape_text(job_id)}: job lock not recorded"
@@ -277,7 +277,7 @@ def cleanup_job_start(args: argparse.Namespace) -> CommandResult:
 def cleanup_job_end(args: argparse.Namespace) -> CommandResult:
     config = load_config(args.config)
     job_id = _job_id(args)
-    record = job_end(state_dir_of(config), job_id, spool_dir=spool_dir_of(config))
+    record = release_job_lock(state_dir_of(config), job_id, spool_dir=spool_dir_of(config))
     released = record is not None and record.get("released") is not False
     data = {"job_id": job_id, "released": released}
     if released:

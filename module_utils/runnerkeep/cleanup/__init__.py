@@ -6,7 +6,7 @@ Public API::
     report = run_cleanup("post", config, target_free_bytes="20%", dry_run=True)
     report.as_dict()
 
-plus the CI job lock (``job_start``, ``job_end``, ``job_lock``, ``active_jobs``) and
+plus the CI job lock (``take_job_lock``, ``release_job_lock``, ``job_lock``, ``active_jobs``) and
 ``list_cleaners``. See ``stages.py`` for the engine, ``walk.py`` for the safe walker,
 ``catalog.py`` for the built-in cleaners and ``docker_cleaners.py`` for Docker.
 """
@@ -14,7 +14,16 @@ plus the CI job lock (``job_start``, ``job_end``, ``job_lock``, ``active_jobs``)
 from __future__ import annotations
 
 from .docker_cleaners import record_image_use
-from .lock import active_jobs, check_job_lock, job_end, job_lock, job_start, wait_for_jobs
+from .lock import (
+    active_jobs,
+    check_job_lock,
+    job_end,
+    job_lock,
+    job_start,
+    release_job_lock,
+    take_job_lock,
+    wait_for_jobs,
+)
 from .report import CleanerReport, CleanupReport
 from .stages import cleanup_section, list_cleaners, run_cleanup, state_dir_of
 
@@ -29,7 +38,9 @@ __all__ = [
     "job_start",
     "list_cleaners",
     "record_image_use",
+    "release_job_lock",
     "run_cleanup",
     "state_dir_of",
+    "take_job_lock",
     "wait_for_jobs",
 ]

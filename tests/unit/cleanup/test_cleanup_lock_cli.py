@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cleanuptest_helpers import files_cleaner, make_file
-from runnerkeep.cleanup import active_jobs, job_end, job_lock, job_start, run_cleanup
+from runnerkeep.cleanup import active_jobs, job_lock, release_job_lock, run_cleanup, take_job_lock
 from runnerkeep.cleanup.lock import lock_dir, run_lock
 from runnerkeep.errors import EXIT_LOCKED, LockHeldError
 from runnerkeep_cli.main import main
@@ -33,7 +33,7 @@ def state(config):
 
 def test_job_lock_blocks_post_and_emergency_not_pre(junk):
     root, config = junk
-    job_start(state(config), "job-1", pid=os.getpid())
+    take_job_lock(state(config), "job-1", pid=os.getpid())
     for stage in ("post", "emergency"):
         with pytest.raises(LockHeldError, match="job-1"):
             run_cleanup(stage, config, run_all=True, cleaner_names=["t"])
@@ -60,14 +60,14 @@ def test_dry_run_during_a_job_notes_the_lock(junk):
 
 def test_job_end_releases_and_is_idempotent(junk):
     _root, config = junk
-    record = job_start(state(config), "gh/123:build", pid=os.getpid())
+    record = take_job_lock(state(config), "gh/123:build", pid=os.getpid())
     files = os.listdir(lock_dir(state(config)))
     assert "gh_123_build.json" in files
     with open(os.path.join(lock_dir(state(config)), "gh_123_build.json")) as handle:
         assert json.load(handle)["job_id"] == "gh/123:build"
     assert record["pid"] == os.getpid()
-    assert job_end(state(config), "gh/123:build")["job_id"] == "gh/123:build"
-    assert job_end(state(config), "gh/123:build") is None
+    assert release_job_lock(state(config), "gh/123:build")["job_id"] == "gh/123:build"
+    assert release_job_lock(state(config), "gh/123:build") is None
     assert run_cleanup("post", config, run_all=True, cleaner_names=["t"]).items_removed == 2
 
 
@@ -75,7 +75,7 @@ def test_stale_lock_of_a_dead_process_is_removed(junk):
     _root, config = junk
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    job_start(state(config), "dead-job", pid=proc.pid)
+    take_job_lock(state(config), "dead-job", pid=proc.pid)
     live, stale = active_jobs(state(config))
     assert live == []
     assert stale[0]["job_id"] == "dead-job" and "gone" in stale[0]["stale"]
@@ -87,7 +87,7 @@ def test_stale_lock_of_a_dead_process_is_removed(junk):
 
 def test_lock_older_than_max_age_is_stale(junk):
     _root, config = junk
-    job_start(state(config), "ancient", pid=os.getpid(), now=time.time() - 2 * 86400)
+    take_job_lock(state(config), "ancient", pid=os.getpid(), now=time.time() - 2 * 86400)
     live, stale = active_jobs(state(config), max_age=86400)
     assert live == [] and "older than" in stale[0]["stale"]
 

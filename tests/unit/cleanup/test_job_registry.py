@@ -89,11 +89,11 @@ def finish(pid, hold_w):
 
 @pytest.fixture
 def job_process(host):
-    """A real process of the job uid that writes its own lock through ``job_start`` (as the
+    """A real process of the job uid that writes its own lock through ``take_job_lock`` (as the
     CI user it goes to the spool) and lives until the test ends."""
     state, _spool = host
     pid, line, hold = as_job_user(
-        lambda: lock.job_start(state, "real-job", os.getpid()).get("lock_file"), keep_alive=True
+        lambda: lock.take_job_lock(state, "real-job", os.getpid()).get("lock_file"), keep_alive=True
     )
     try:
         yield pid, line.strip("'")
@@ -196,7 +196,7 @@ def test_the_cli_status_shows_spool_jobs_and_the_hooks_of_a_job_user_use_the_spo
 def test_job_end_of_the_job_user_removes_its_own_record(host, job_process):
     state, _spool_dir = host
     _proc, where = job_process
-    pid, line, hold = as_job_user(lambda: lock.job_end(state, "real-job"))
+    pid, line, hold = as_job_user(lambda: lock.release_job_lock(state, "real-job"))
     finish(pid, hold)
     assert "real-job" in line
     assert not os.path.exists(where)
@@ -206,7 +206,7 @@ def test_job_end_of_the_job_user_removes_its_own_record(host, job_process):
 def test_a_job_cannot_remove_another_users_record(host):
     state, spool_dir = host
     other = plant(spool_dir, "job-other.json", forged(1), uid=1234)
-    pid, _line, hold = as_job_user(lambda: lock.job_end(state, "other"))
+    pid, _line, hold = as_job_user(lambda: lock.release_job_lock(state, "other"))
     finish(pid, hold)
     assert os.path.exists(other)  # the sticky bit: only root judges it (and removes it stale)
     assert spool.read_spool(spool_dir, "job")[0].uid == 1234

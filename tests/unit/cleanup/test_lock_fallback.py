@@ -86,25 +86,25 @@ def test_a_job_lock_the_state_dir_cannot_take_goes_to_the_run_dir_and_blocks_pos
     sdir, run_dir, monkeypatch, err
 ):
     refuse_writes(monkeypatch, sdir, err)
-    record = lock.job_start(sdir, "j1", pid=os.getpid())
+    record = lock.take_job_lock(sdir, "j1", pid=os.getpid())
     assert record["lock_file"].startswith(str(run_dir) + os.sep)
     live, _stale = lock.active_jobs(sdir)
     assert [r["job_id"] for r in live] == ["j1"]
     with pytest.raises(LockHeldError, match="j1"):
         lock.check_job_lock(sdir, "post")
-    assert lock.job_end(sdir, "j1")["job_id"] == "j1"
+    assert lock.release_job_lock(sdir, "j1")["job_id"] == "j1"
     assert lock.active_jobs(sdir) == ([], [])
     assert not os.path.exists(sdir)
 
 
 def test_a_seeded_read_only_state_dir_uses_its_existing_guard(sdir, run_dir, monkeypatch):
-    lock.job_start(sdir, "old", pid=os.getpid())
-    lock.job_end(sdir, "old")
+    lock.take_job_lock(sdir, "old", pid=os.getpid())
+    lock.release_job_lock(sdir, "old")
     assert os.path.exists(os.path.join(lock.lock_dir(sdir), lock.GUARD))
     refuse_writes(monkeypatch, sdir, errno.EROFS)
-    lock.job_start(sdir, "j1", pid=os.getpid())
+    lock.take_job_lock(sdir, "j1", pid=os.getpid())
     assert [r["job_id"] for r in lock.active_jobs(sdir)[0]] == ["j1"]
-    lock.job_end(sdir, "j1")
+    lock.release_job_lock(sdir, "j1")
     assert lock.active_jobs(sdir) == ([], [])
     # Only the job lock went to the run dir: the guard was the state dir's own.
     assert os.listdir(lock.fallback_lock_dir(sdir)) == []
@@ -113,9 +113,9 @@ def test_a_seeded_read_only_state_dir_uses_its_existing_guard(sdir, run_dir, mon
 def test_a_lock_that_a_read_only_state_dir_keeps_is_a_warning_not_a_failure(
     sdir, run_dir, monkeypatch, capsys
 ):
-    lock.job_start(sdir, "j1", pid=os.getpid())
+    lock.take_job_lock(sdir, "j1", pid=os.getpid())
     refuse_writes(monkeypatch, sdir, errno.EROFS)
-    result = lock.job_end(sdir, "j1")
+    result = lock.release_job_lock(sdir, "j1")
     assert result["released"] is False and "cannot remove" in result["warning"]
     assert capsys.readouterr().err.count("warning") == 1
 
@@ -181,7 +181,7 @@ def test_a_dry_run_sees_a_job_recorded_in_the_run_dir_and_removes_nothing(
     sdir, run_dir, monkeypatch
 ):
     refuse_writes(monkeypatch, sdir)
-    lock.job_start(sdir, "j1", pid=os.getpid())
+    lock.take_job_lock(sdir, "j1", pid=os.getpid())
     before = sorted(os.listdir(lock.fallback_lock_dir(sdir)))
     live, _ = lock.active_jobs(sdir, remove_stale=False)
     assert [r["job_id"] for r in live] == ["j1"]
