@@ -277,8 +277,9 @@ def _stream_docker_save(
     area: str,
     candidates: dict[int, set[str]],
     progress: Callable[[int], None] | None,
-    pool: concurrent.futures.Executor,
+    hash_pool: concurrent.futures.Executor,
 ) -> ParsedArchive:
+    """Run `docker save` and read its stdout once (tar_reader), then analyze what it held."""
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(
             [docker_binary(), "save", *refs],
@@ -291,22 +292,23 @@ def _stream_docker_save(
         try:
             try:
                 stats = read_archive_stream(
-                    proc.stdout, store, area, candidates, progress, hash_pool=pool
+                    proc.stdout, store, area, candidates, progress, hash_pool=hash_pool
                 )
             except ArchiveError as exc:
                 # A short stream usually means docker failed: say what docker said.
-                rc = _wait_briefly(proc)
+                exit_code = _wait_briefly(proc)
                 raise SaveFailed(
-                    f"docker save produced a bad archive: {exc}" + _docker_said(rc, errfile)
+                    f"docker save produced a bad archive: {exc}" + _docker_said(exit_code, errfile)
                 ) from None
-            rc = proc.wait()
+            exit_code = proc.wait()
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
-        if rc != 0:
-            raise SaveFailed(f"docker save failed (exit {rc})" + _docker_said(rc, errfile))
+        if exit_code != 0:
+            said = _docker_said(exit_code, errfile)
+            raise SaveFailed(f"docker save failed (exit {exit_code})" + said)
         try:
             return analyze(stats)
         except ArchiveError as exc:
