@@ -164,11 +164,27 @@ class CleanupReport:
         return f" (cleaners counted {format_size(claimed)})"
 
     def text(self, show_items: int = 20) -> str:
-        verb = "would free" if self.dry_run else "freed"
-        lines = [
+        """The human report: per cleaner, per filesystem, the headline, then what would go
+        (dry run), refusals, errors and notes. Every untrusted string is escaped."""
+        lines = [self._title(), self._cleaner_table(), ""]
+        filesystems = self._filesystem_table()
+        if filesystems:
+            lines.append(filesystems)
+        lines.extend(self._measured_lines())
+        lines.append(self._headline())
+        if self.dry_run and show_items:
+            lines.extend(self._would_remove_lines(show_items))
+        lines.extend(self._problem_lines())
+        lines.extend(f"note: {escape_text(msg)}" for msg in self.notes)
+        return "\n".join(lines)
+
+    def _title(self) -> str:
+        return (
             f"cleanup stage {escape_text(self.stage)}{' (dry run)' if self.dry_run else ''}"
             f"{' (forced)' if self.forced else ''}{' (all cleaners)' if self.run_all else ''}"
-        ]
+        )
+
+    def _cleaner_table(self) -> str:
         header = ["cleaner", "status", "bytes", "inodes", "items", "errors", "time"]
         rows = [
             [
@@ -193,13 +209,15 @@ class CleanupReport:
                 f"{self.duration:.2f}s",
             ]
         )
-        lines.append(table(rows, header))
-        lines.append("")
-        fs_rows = []
+        return table(rows, header)
+
+    def _filesystem_table(self) -> str:
+        """Free space and inodes before, after and wanted per filesystem; "" when none."""
+        rows = []
         for mount, info in sorted(self.filesystems.items()):
             before, after = info.get("before", {}), info.get("after", {})
             target = self.targets.get(mount, {})
-            fs_rows.append(
+            rows.append(
                 [
                     mount,
                     format_size(before.get("free_bytes", 0)),
@@ -210,46 +228,42 @@ class CleanupReport:
                     str(target.get("free_inodes", 0)),
                 ]
             )
-        if fs_rows:
-            lines.append(
-                table(
-                    fs_rows,
-                    [
-                        "filesystem",
-                        "free before",
-                        "free after",
-                        "target",
-                        "inodes before",
-                        "inodes after",
-                        "target",
-                    ],
-                )
-            )
-        lines.extend(self._measured_lines())
-        lines.append(
+        if not rows:
+            return ""
+        header = ["filesystem", "free before", "free after", "target"]
+        return table(rows, [*header, "inodes before", "inodes after", "target"])
+
+    def _headline(self) -> str:
+        verb = "would free" if self.dry_run else "freed"
+        return (
             f"{verb} {format_size(self.bytes_freed)} and {self.inodes_freed} inodes in "
             f"{self.items_removed} items{self._counted_note()}; "
             f"target {'met' if self.target_met else 'NOT met'}"
         )
-        if self.dry_run and show_items:
-            listed = [(c.name, i) for c in self.cleaners for i in c.items]
-            if listed:
-                lines.append("")
-                lines.append("would remove:")
-                for name, item in listed[:show_items]:
-                    lines.append(
-                        f"  [{escape_text(name)}] {escape_text(item['path'])}  "
-                        f"{format_size(item['bytes'])}"
-                    )
-                if len(listed) > show_items:
-                    lines.append(f"  ... and {len(listed) - show_items} more (--json lists all)")
-        problems = [(c.name, e) for c in self.cleaners for e in c.errors]
-        refusals = [(c.name, r) for c in self.cleaners for r in c.refused]
-        for name, ref in refusals:
+
+    def _would_remove_lines(self, show_items: int) -> list[str]:
+        """The first ``show_items`` items a dry run would remove."""
+        listed = [(c.name, i) for c in self.cleaners for i in c.items]
+        if not listed:
+            return []
+        lines = ["", "would remove:"]
+        for name, item in listed[:show_items]:
+            lines.append(
+                f"  [{escape_text(name)}] {escape_text(item['path'])}  {format_size(item['bytes'])}"
+            )
+        if len(listed) > show_items:
+            lines.append(f"  ... and {len(listed) - show_items} more (--json lists all)")
+        return lines
+
+    def _problem_lines(self) -> list[str]:
+        """Every refused root, then the first 10 errors."""
+        lines = []
+        for name, ref in [(c.name, r) for c in self.cleaners for r in c.refused]:
             lines.append(
                 f"refused [{escape_text(name)}] {escape_text(ref['root'])}: "
                 f"{escape_text(ref['reason'])}"
             )
+        problems = [(c.name, e) for c in self.cleaners for e in c.errors]
         for name, err in problems[:10]:
             lines.append(
                 f"error [{escape_text(name)}] {escape_text(err.get('path', ''))}: "
@@ -257,6 +271,4 @@ class CleanupReport:
             )
         if len(problems) > 10:
             lines.append(f"... and {len(problems) - 10} more errors (--json lists all)")
-        for msg in self.notes:
-            lines.append(f"note: {escape_text(msg)}")
-        return "\n".join(lines)
+        return lines
