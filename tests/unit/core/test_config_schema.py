@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runnerkeep import schema
-from runnerkeep.cache.settings import CACHE_DEFAULTS
+from runnerkeep.cache import CACHE_DEFAULTS
 from runnerkeep.cleanup import cleaners as files_cleaners
 from runnerkeep.cleanup import docker_cleaners
 from runnerkeep.cleanup.catalog import (
