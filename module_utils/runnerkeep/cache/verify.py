@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import CacheMiss, ConfigError
@@ -19,6 +20,16 @@ from .store import (
     read_regular,
     validate_name,
 )
+
+
+@dataclass
+class _Findings:
+    """What a verify found so far: the entries that passed the cheap checks, and what is bad."""
+
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> entry
+    bad_entries: list[dict[str, str]] = field(default_factory=list)
+    bad_blobs: dict[str, str] = field(default_factory=dict)  # digest -> reason
+    checked_bytes: int = 0
 
 
 def verify_store(
@@ -40,74 +51,97 @@ def verify_store(
         if key:
             raise CacheMiss(f"no cache at {store.root}")
         return _empty_report(store)
-    bad_entries: list[dict[str, str]] = []
-    bad_blobs: dict[str, str] = {}
     with store.store_lock() if repair else store.read_lock():
-        keys = [validate_name(key)] if key else store.list_keys()
-        entries: dict[str, dict[str, Any]] = {}
-        for k in keys:
-            try:
-                entry, _ = load_checked_entry(store, k)
-                entries[k] = entry
-            except CacheMiss as exc:
-                bad_entries.append({"key": k, "reason": str(exc)})
-            except CorruptBlob as exc:
-                bad_blobs[exc.digest] = str(exc)
-                bad_entries.append({"key": k, "reason": str(exc)})
-            except CorruptEntry as exc:
-                bad_entries.append({"key": k, "reason": str(exc)})
+        names = [validate_name(key)] if key else store.list_keys()
+        found = _check_entries(store, names)
         referenced: dict[str, int] = {}
-        for entry in entries.values():
+        for entry in found.entries.values():
             referenced.update(entry_blobs(entry))
         on_disk = store.list_blobs()
-        to_hash = sorted(referenced if key else set(on_disk) | set(referenced))
-        to_hash = [d for d in to_hash if d in on_disk and d not in bad_blobs]
-        # Biggest first so the two threads finish together.
-        to_hash.sort(key=lambda d: -on_disk[d])
-        checked_bytes = 0
-
-        def on_hashed(found: BlobHash) -> None:
-            nonlocal checked_bytes
-            if found.error is None:
-                checked_bytes += found.size
-                if progress:
-                    progress(checked_bytes)
-
-        for digest, found in rehash_blobs(store, to_hash, workers, on_hashed).items():
-            problem = _blob_problem(found, referenced.get(digest))
-            if problem:
-                bad_blobs[digest] = problem
-        for k, entry in entries.items():
-            blobs = entry_blobs(entry)
-            bad = sorted(d for d in blobs if d in bad_blobs)
-            if bad:
-                bad_entries.append({"key": k, "reason": f"uses bad blob(s): {', '.join(bad)}"})
-        quarantined: list[str] = []
-        if repair:
-            for digest, reason in bad_blobs.items():
-                target = store.quarantine("blob", store.blob_path(digest), reason)
-                if target:
-                    quarantined.append(target)
-            for bad in bad_entries:
-                target = store.quarantine("entry", store.entry_path(bad["key"]), bad["reason"])
-                if target:
-                    quarantined.append(target)
+        to_hash = _blobs_to_hash(referenced if key else set(on_disk) | set(referenced), on_disk)
+        to_hash = [digest for digest in to_hash if digest not in found.bad_blobs]
+        _hash_blobs(store, to_hash, referenced, workers, progress, found)
+        _mark_entries_using_bad_blobs(found)
+        quarantined = _quarantine_findings(store, found) if repair else []
         unreferenced = sorted(set(on_disk) - set(referenced)) if not key else []
     duration = time.monotonic() - start
     return {
         "dir": store.root,
-        "ok": not bad_entries and not bad_blobs,
-        "entries_checked": len(keys),
+        "ok": not found.bad_entries and not found.bad_blobs,
+        "entries_checked": len(names),
         "blobs_checked": len(to_hash),
-        "bytes_checked": checked_bytes,
-        "bad_entries": sorted(bad_entries, key=lambda b: b["key"]),
-        "bad_blobs": [{"digest": d, "reason": r} for d, r in sorted(bad_blobs.items())],
+        "bytes_checked": found.checked_bytes,
+        "bad_entries": sorted(found.bad_entries, key=lambda bad: bad["key"]),
+        "bad_blobs": [{"digest": d, "reason": r} for d, r in sorted(found.bad_blobs.items())],
         "unreferenced_blobs": len(unreferenced),
         "quarantined": quarantined,
         "duration": round(duration, 3),
-        "throughput_bytes_per_second": int(checked_bytes / duration) if duration > 0 else 0,
-        "empty": not keys and not on_disk,
+        "throughput_bytes_per_second": int(found.checked_bytes / duration) if duration > 0 else 0,
+        "empty": not names and not on_disk,
     }
+
+
+def _check_entries(store: Store, names: list[str]) -> _Findings:
+    """The cheap checks of every entry (load_checked_entry): no layer is read yet."""
+    found = _Findings()
+    for name in names:
+        try:
+            entry, _ = load_checked_entry(store, name)
+            found.entries[name] = entry
+        except CorruptBlob as exc:
+            found.bad_blobs[exc.digest] = str(exc)
+            found.bad_entries.append({"key": name, "reason": str(exc)})
+        except (CacheMiss, CorruptEntry) as exc:
+            found.bad_entries.append({"key": name, "reason": str(exc)})
+    return found
+
+
+def _blobs_to_hash(wanted: Any, on_disk: dict[str, int]) -> list[str]:
+    """The wanted blobs that are on disk, biggest first so the threads finish together."""
+    present = [digest for digest in sorted(wanted) if digest in on_disk]
+    present.sort(key=lambda digest: -on_disk[digest])
+    return present
+
+
+def _hash_blobs(
+    store: Store,
+    to_hash: list[str],
+    referenced: dict[str, int],
+    workers: int,
+    progress: Callable[[int], None] | None,
+    found: _Findings,
+) -> None:
+    def on_hashed(result: BlobHash) -> None:
+        if result.error is None:
+            found.checked_bytes += result.size
+            if progress:
+                progress(found.checked_bytes)
+
+    for digest, result in rehash_blobs(store, to_hash, workers, on_hashed).items():
+        problem = _blob_problem(result, referenced.get(digest))
+        if problem:
+            found.bad_blobs[digest] = problem
+
+
+def _mark_entries_using_bad_blobs(found: _Findings) -> None:
+    for name, entry in found.entries.items():
+        bad = sorted(digest for digest in entry_blobs(entry) if digest in found.bad_blobs)
+        if bad:
+            found.bad_entries.append({"key": name, "reason": f"uses bad blob(s): {', '.join(bad)}"})
+
+
+def _quarantine_findings(store: Store, found: _Findings) -> list[str]:
+    """Move every bad blob and bad entry aside; where each went."""
+    quarantined: list[str] = []
+    for digest, reason in found.bad_blobs.items():
+        target = store.quarantine("blob", store.blob_path(digest), reason)
+        if target:
+            quarantined.append(target)
+    for bad in found.bad_entries:
+        target = store.quarantine("entry", store.entry_path(bad["key"]), bad["reason"])
+        if target:
+            quarantined.append(target)
+    return quarantined
 
 
 def _blob_problem(found: BlobHash, entry_size: int | None) -> str | None:
