@@ -38,14 +38,23 @@ HOW_TO = (
 )
 
 
+# The engine's programs: installed (with one line) by ensure_engine when no engine answers.
+ENGINE_PROGRAMS = {"docker": "docker.io", "dockerd": "docker.io"}
+
 # Program the harness or a test runs on this machine -> the Debian package that ships it.
 HOST_PROGRAMS = {
     "debootstrap": "debootstrap",  # the offline runner base image (harness/image.py)
     "skopeo": "skopeo",  # OCI archives in the cache tests
     "unshare": "util-linux",  # private mount namespaces in the hardening tests
     "mount": "mount",
+    "umount": "mount",  # tmpfs and bind mounts the disk and cleanup tests make
     "tar": "tar",
+    "ssh": "openssh-client",  # the harness reaches runner containers over SSH, as Ansible does
+    "ssh-keygen": "openssh-client",  # the fleet's throwaway SSH key
+    "ip": "iproute2",  # a network namespace in the watch deadline test
 }
+# tests/unit/core/test_external_programs.py finds every program the tests run on this machine
+# and fails when one is neither here, nor in ENGINE_PROGRAMS, nor a README requirement.
 
 
 class EngineUnavailable(RuntimeError):
@@ -98,20 +107,22 @@ _apt_updated = False
 
 def _apt_install(packages: list[str]) -> None:
     global _apt_updated
+    if not _apt_updated:
+        _apt_get(["apt-get", "update"], timeout=300)
+        _apt_updated = True
+    _apt_get(["apt-get", "install", "-y", "--no-install-recommends", *packages], timeout=600)
+
+
+def _apt_get(cmd: list[str], timeout: float) -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    steps = [] if _apt_updated else [(["apt-get", "update"], 300)]
-    steps.append((["apt-get", "install", "-y", "--no-install-recommends", *packages], 600))
-    for cmd, limit in steps:
-        proc = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=limit, check=False
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise EngineUnavailable(
+            f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
+            + HOW_TO
         )
-        if proc.returncode != 0:
-            raise EngineUnavailable(
-                f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}\n"
-                + HOW_TO
-            )
-        if cmd[1] == "update":
-            _apt_updated = True
 
 
 def ensure_host_programs() -> None:
