@@ -13,7 +13,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError
 from ..fsutil import mount_point_of
@@ -33,13 +33,30 @@ class Item:
     fs: str | None
     last_used: float = 0.0
     kind: str = "path"
-    ref: Any = None
+    ref: Any = None  # what ``remove`` needs: a FileRef, a Docker object id, ...
     # Hard-linked inodes only partly met in this item: settled across the run's items in
     # removal order (walk.TreeStats.settle_links), so an inode counts where its last link goes.
     links: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "bytes": self.bytes, "inodes": self.inodes, "kind": self.kind}
+
+class FileRef(NamedTuple):
+    """Where a files cleaner's item is, for ``remove``: entry ``name`` of the directory
+    ``parent_parts`` beneath ``root``, as planned at ``planned_at`` (what changed since is kept).
+    """
+
+    root: str
+    parent_parts: list[str]
+    name: str
+    planned_at: float
+
+
+class _Patterns(NamedTuple):
+    """A files cleaner's matching rules: each pattern split into its components (one per
+    directory level), entry names never matched, and whether directories may match."""
+
+    components: list[list[str]]
+    exclude: list[str]
+    files_only: bool
 
 
 @dataclass
@@ -113,17 +130,15 @@ class Cleaner:
     def remove(self, item: Item) -> Outcome:
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, **self.settings}
-
 
 def check_pattern(pattern: str, where: str) -> list[str]:
-    comps = pattern.split("/")
-    if pattern.startswith("/") or any(c in ("", ".", "..") for c in comps):
+    """The components of a cleaner's pattern; ConfigError when it could leave its root."""
+    components = pattern.split("/")
+    if pattern.startswith("/") or any(c in ("", ".", "..") for c in components):
         raise ConfigError(
             f"{where}: pattern {pattern!r} must be relative to the root, without '.', '..' or '//'"
         )
-    return comps
+    return components
 
 
 class FilesCleaner(Cleaner):
@@ -189,6 +204,9 @@ class FilesCleaner(Cleaner):
                 stats.settle_links(self.ctx.seen)
                 item.bytes, item.inodes, item.links = stats.bytes, stats.inodes, {}
 
+    def _one_filesystem(self) -> bool:
+        return not self.ctx.section.get("cross_filesystems")
+
     def _candidates(self) -> list[Item]:
         """Every matching entry old enough, unsorted, hard links not settled yet."""
         items: list[Item] = []
@@ -198,10 +216,9 @@ class FilesCleaner(Cleaner):
         where = f"cleanup.cleaners.{self.name}.patterns"
         exclude = list(self.settings.get("exclude") or [])
         files_only = bool(self.settings.get("files_only"))
-        cross = bool(self.ctx.section.get("cross_filesystems"))
         points = walk.read_mount_points()  # once per plan: a file mount has no mount ID test
         for root, patterns in self._roots():
-            comp_lists = [check_pattern(p, where) for p in patterns]
+            rules = _Patterns([check_pattern(p, where) for p in patterns], exclude, files_only)
             self.mount_points[root] = walk.mount_points_beneath(root, points)
             try:
                 root_fd = walk.open_root(root)
@@ -209,135 +226,71 @@ class FilesCleaner(Cleaner):
                 self.refused.append((root, f"cannot open without following symlinks: {exc}"))
                 continue
             try:
-                fs = mount_point_of(root)
-                opts = walk.WalkOptions.for_root(
-                    root_fd,
-                    protected=self.ctx.protected,
-                    one_filesystem=not cross,
-                    mount_points=self.mount_points[root],
-                )
-                matches = self._match(root_fd, root, comp_lists, exclude, files_only, opts)
-                for parent_parts, name in matches:
-                    rel = "/".join([*parent_parts, name])
-                    if self.keep(rel):
-                        continue
-                    path = f"{root}/{rel}"
-                    try:
-                        pfd = walk.open_beneath(root_fd, parent_parts, opts)
-                    except walk.OtherMountError:
-                        self.kept.append((path, walk.OTHER_MOUNT))
-                        continue
-                    except OSError as exc:
-                        self.errors.append((path, exc.strerror or str(exc)))
-                        continue
-                    try:
-                        stats = walk.size_entry(pfd, name, path, opts)
-                    finally:
-                        os.close(pfd)
-                    self.errors.extend(stats.errors)
-                    self.kept.extend(stats.kept)
-                    if stats.inodes == 0 and not stats.links:
-                        continue  # kept or gone (a hard link's inode still counts as found)
-                    if self.ctx.now - stats.newest_mtime < min_age:
-                        continue
-                    items.append(
-                        Item(
-                            path=path,
-                            bytes=stats.bytes,
-                            inodes=stats.inodes,
-                            fs=fs,
-                            last_used=stats.newest_mtime,
-                            ref=(root, parent_parts, name, planned_at),
-                            links=stats.links,
-                        )
-                    )
+                items.extend(self._root_candidates(root_fd, root, rules, planned_at, min_age))
             finally:
                 os.close(root_fd)
         return items
 
-    def _match(self, root_fd, root, comp_lists, exclude, files_only, opts):
-        """(parent_parts, name) of entries matching any pattern; nested matches dropped."""
-        listings: dict[tuple, list] = {}
-
-        def listing(parts: tuple) -> list:
-            if parts in listings:
-                return listings[parts]
-            result = []
-            try:
-                fd = walk.open_beneath(root_fd, list(parts), opts)
-            except walk.OtherMountError:
-                self.kept.append(("/".join([root, *parts]), walk.OTHER_MOUNT))
-                listings[parts] = result
-                return result
-            except OSError as exc:
-                self.errors.append(("/".join([root, *parts]), exc.strerror or str(exc)))
-                listings[parts] = result
-                return result
-            try:
-                with os.scandir(fd) as it:
-                    entries = list(it)
-                for entry in entries:
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError as exc:
-                        path = "/".join([root, *parts, entry.name])
-                        self.errors.append((path, exc.strerror or str(exc)))
-                        continue
-                    if opts.mount_point(fd, entry.name, st):
-                        self.kept.append(("/".join([root, *parts, entry.name]), walk.OTHER_MOUNT))
-                        continue
-                    result.append((entry.name, st))
-            except OSError as exc:
-                self.errors.append(("/".join([root, *parts]), exc.strerror or str(exc)))
-            finally:
-                os.close(fd)
-            listings[parts] = result
-            return result
-
-        found: set[tuple] = set()
-        for comps in comp_lists:
-            frontier = [()]
-            for level, comp in enumerate(comps):
-                last = level == len(comps) - 1
-                nxt = []
-                for parts in frontier:
-                    for name, st in listing(parts):
-                        if not fnmatch.fnmatchcase(name, comp):
-                            continue
-                        if any(fnmatch.fnmatchcase(name, ex) for ex in exclude):
-                            continue
-                        if (st.st_dev, st.st_ino) in opts.protected:
-                            self.kept.append(("/".join([root, *parts, name]), "protected"))
-                            continue
-                        mode = st.st_mode
-                        if last:
-                            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-                                found.add((*parts, name))
-                            elif stat.S_ISDIR(mode) and not files_only:
-                                if opts.one_filesystem and st.st_dev != opts.dev:
-                                    path = "/".join([root, *parts, name])
-                                    self.kept.append((path, walk.OTHER_FS))
-                                    continue
-                                found.add((*parts, name))
-                        elif stat.S_ISDIR(mode) and (
-                            not opts.one_filesystem or st.st_dev == opts.dev
-                        ):
-                            nxt.append((*parts, name))
-                frontier = nxt
-        ordered = sorted(found)
-        result = []
-        chosen: set[tuple] = set()
-        for rel in ordered:
-            if any(rel[:i] in chosen for i in range(1, len(rel))):
+    def _root_candidates(
+        self, root_fd: int, root: str, rules: _Patterns, planned_at: float, min_age: float
+    ) -> list[Item]:
+        """The entries beneath ``root`` (open on ``root_fd``) matching ``rules``, sized."""
+        fs = mount_point_of(root)
+        opts = walk.WalkOptions.for_root(
+            root_fd,
+            protected=self.ctx.protected,
+            one_filesystem=self._one_filesystem(),
+            mount_points=self.mount_points[root],
+        )
+        items = []
+        matcher = _Matcher(root_fd, root, rules, opts, self.kept, self.errors)
+        for parent_parts, name in matcher.matches():
+            rel = "/".join([*parent_parts, name])
+            if self.keep(rel):
                 continue
-            chosen.add(rel)
-            result.append((list(rel[:-1]), rel[-1]))
-        return result
+            path = f"{root}/{rel}"
+            stats = self._size_match(root_fd, path, parent_parts, name, opts)
+            if stats is None or (stats.inodes == 0 and not stats.links):
+                continue  # kept or gone (a hard link's inode still counts as found)
+            if self.ctx.now - stats.newest_mtime < min_age:
+                continue
+            items.append(
+                Item(
+                    path=path,
+                    bytes=stats.bytes,
+                    inodes=stats.inodes,
+                    fs=fs,
+                    last_used=stats.newest_mtime,
+                    ref=FileRef(root, parent_parts, name, planned_at),
+                    links=stats.links,
+                )
+            )
+        return items
+
+    def _size_match(
+        self, root_fd: int, path: str, parent_parts: list[str], name: str, opts: walk.WalkOptions
+    ) -> walk.TreeStats | None:
+        """Size the match ``name`` in ``parent_parts``; None when its directory is gone or
+        on another mount (noted as error or kept)."""
+        try:
+            parent_fd = walk.open_beneath(root_fd, parent_parts, opts)
+        except walk.OtherMountError:
+            self.kept.append((path, walk.OTHER_MOUNT))
+            return None
+        except OSError as exc:
+            self.errors.append((path, exc.strerror or str(exc)))
+            return None
+        try:
+            stats = walk.size_entry(parent_fd, name, path, opts)
+        finally:
+            os.close(parent_fd)
+        self.errors.extend(stats.errors)
+        self.kept.extend(stats.kept)
+        return stats
 
     def remove(self, item: Item) -> Outcome:
         root, parent_parts, name, planned_at = item.ref
         out = Outcome()
-        cross = bool(self.ctx.section.get("cross_filesystems"))
         try:
             root_fd = walk.open_root(root)
         except OSError as exc:
@@ -347,13 +300,13 @@ class FilesCleaner(Cleaner):
             opts = walk.WalkOptions.for_root(
                 root_fd,
                 protected=self.ctx.protected,
-                one_filesystem=not cross,
+                one_filesystem=self._one_filesystem(),
                 seen=self.ctx.seen_removed,
                 cutoff=planned_at,
                 mount_points=self.mount_points.get(root, frozenset()),
             )
             try:
-                pfd = walk.open_beneath(root_fd, parent_parts, opts)
+                parent_fd = walk.open_beneath(root_fd, parent_parts, opts)
             except walk.OtherMountError:
                 out.kept.append((item.path, walk.OTHER_MOUNT))
                 return out
@@ -361,15 +314,132 @@ class FilesCleaner(Cleaner):
                 out.errors.append((item.path, exc.strerror or str(exc)))
                 return out
             try:
-                stats = walk.remove_entry(pfd, name, item.path, opts)
+                stats = walk.remove_entry(parent_fd, name, item.path, opts)
             finally:
-                os.close(pfd)
+                os.close(parent_fd)
         finally:
             os.close(root_fd)
         out.bytes, out.inodes = stats.bytes, stats.inodes
         out.errors, out.kept = stats.errors, stats.kept
         out.removed = stats.removed > 0
         return out
+
+
+class _Matcher:
+    """Finds the entries beneath one root that match a files cleaner's patterns.
+
+    A pattern is matched one component per directory level (``*/*.gz``: each top-level
+    directory, then the ``.gz`` files in it); each directory is listed once however many
+    patterns pass through it. Protected entries, mount points and (on one filesystem) other
+    filesystems are kept, with the reason, in ``kept``; what cannot be read goes to ``errors``.
+    """
+
+    def __init__(
+        self,
+        root_fd: int,
+        root: str,
+        rules: _Patterns,
+        opts: walk.WalkOptions,
+        kept: list[tuple[str, str]],
+        errors: list[tuple[str, str]],
+    ) -> None:
+        self.root_fd = root_fd
+        self.root = root
+        self.rules = rules
+        self.opts = opts
+        self.kept = kept
+        self.errors = errors
+        self.listings: dict[tuple, list[tuple[str, os.stat_result]]] = {}
+
+    def matches(self) -> list[tuple[list[str], str]]:
+        """(parent_parts, name) of entries matching any pattern; nested matches dropped."""
+        found: set[tuple] = set()
+        for components in self.rules.components:
+            frontier: list[tuple] = [()]
+            for level, component in enumerate(components):
+                last = level == len(components) - 1
+                deeper: list[tuple] = []
+                for parts in frontier:
+                    for name, st in self._listing(parts):
+                        if self._wanted(name, component):
+                            self._match_entry(parts, name, st, last, found, deeper)
+                frontier = deeper
+        return _outermost(found)
+
+    def _wanted(self, name: str, component: str) -> bool:
+        if not fnmatch.fnmatchcase(name, component):
+            return False
+        return not any(fnmatch.fnmatchcase(name, excluded) for excluded in self.rules.exclude)
+
+    def _match_entry(
+        self, parts: tuple, name: str, st: os.stat_result, last: bool, found: set, deeper: list
+    ) -> None:
+        """A name matching its component: found (last component), a directory to go down
+        into (``deeper``), or kept."""
+        opts = self.opts
+        if (st.st_dev, st.st_ino) in opts.protected:
+            self.kept.append(("/".join([self.root, *parts, name]), "protected"))
+            return
+        mode = st.st_mode
+        same_filesystem = not opts.one_filesystem or st.st_dev == opts.dev
+        if not last:
+            if stat.S_ISDIR(mode) and same_filesystem:
+                deeper.append((*parts, name))
+        elif stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            found.add((*parts, name))
+        elif stat.S_ISDIR(mode) and not self.rules.files_only:
+            if same_filesystem:
+                found.add((*parts, name))
+            else:
+                self.kept.append(("/".join([self.root, *parts, name]), walk.OTHER_FS))
+
+    def _listing(self, parts: tuple) -> list[tuple[str, os.stat_result]]:
+        """(name, lstat) of each entry of the directory ``parts``, listed once per plan."""
+        if parts not in self.listings:
+            self.listings[parts] = self._list(parts)
+        return self.listings[parts]
+
+    def _list(self, parts: tuple) -> list[tuple[str, os.stat_result]]:
+        where = "/".join([self.root, *parts])
+        try:
+            fd = walk.open_beneath(self.root_fd, list(parts), self.opts)
+        except walk.OtherMountError:
+            self.kept.append((where, walk.OTHER_MOUNT))
+            return []
+        except OSError as exc:
+            self.errors.append((where, exc.strerror or str(exc)))
+            return []
+        result = []
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.errors.append((f"{where}/{entry.name}", exc.strerror or str(exc)))
+                    continue
+                if self.opts.mount_point(fd, entry.name, st):
+                    self.kept.append((f"{where}/{entry.name}", walk.OTHER_MOUNT))
+                    continue
+                result.append((entry.name, st))
+        except OSError as exc:
+            self.errors.append((where, exc.strerror or str(exc)))
+        finally:
+            os.close(fd)
+        return result
+
+
+def _outermost(found: set[tuple]) -> list[tuple[list[str], str]]:
+    """(parent parts, name) of each match not inside another match, in path order."""
+    result = []
+    chosen: set[tuple] = set()
+    for rel in sorted(found):
+        if any(rel[:i] in chosen for i in range(1, len(rel))):
+            continue
+        chosen.add(rel)
+        result.append((list(rel[:-1]), rel[-1]))
+    return result
 
 
 class ToolchainsCleaner(FilesCleaner):
@@ -425,7 +495,7 @@ class JournaldCleaner(FilesCleaner):
         for item in files:  # oldest first
             if total <= limit:
                 break
-            name = item.ref[2]
+            name = item.ref.name
             if "@" not in name and not name.endswith("~"):
                 continue  # active journal
             chosen.append(item)
