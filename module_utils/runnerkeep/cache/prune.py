@@ -100,42 +100,13 @@ def _prune_locked(
     scan = _scan(store)
     on_disk = store.list_blobs()
     size_before = sum(on_disk.values())
-    evicted: list[dict[str, Any]] = []
-    keep = dict(scan)
-    for key, info in sorted(scan.items(), key=lambda kv: kv[1]["last_used"]):
-        if key in protect:
-            continue
-        reason = None
-        if info["entry"] is None:
-            reason = "unreadable entry"
-        elif max_age is not None and now - info["last_used"] > max_age:
-            reason = "older than max_age"
-        if reason:
-            evicted.append({"key": key, "reason": reason})
-            del keep[key]
-    if max_size is not None:
-        for key, _info in sorted(keep.items(), key=lambda kv: kv[1]["last_used"]):
-            if _unique_size(keep, on_disk) <= max_size:
-                break
-            if key in protect:
-                continue
-            evicted.append({"key": key, "reason": "over max_size (least recently used)"})
-            del keep[key]
+    evicted, keep = _choose_evictions(scan, on_disk, now, max_size, max_age, protect)
     referenced: set[str] = set()
     for info in keep.values():
         referenced.update(info["blobs"])
     garbage = sorted(set(on_disk) - referenced)
-    freed = sum(on_disk[d] for d in garbage)
-    warnings = []
-    for item in evicted:
-        info = scan[item["key"]]
-        if info["entry"] is None:
-            moved = None
-            if not dry_run:
-                moved = store.quarantine("entry", store.entry_path(item["key"]), info["problem"])
-            warnings.append(_skip_warning(item["key"], info["problem"], moved))
-        elif not dry_run:
-            store.remove_entry(item["key"])
+    freed = sum(on_disk[digest] for digest in garbage)
+    warnings = _evict(store, scan, evicted, dry_run)
     if not dry_run:
         for digest in garbage:
             with contextlib.suppress(FileNotFoundError):
@@ -156,6 +127,58 @@ def _prune_locked(
         "empty": not scan and not on_disk,
         "dry_run": dry_run,
     }
+
+
+def _choose_evictions(
+    scan: dict[str, dict[str, Any]],
+    on_disk: dict[str, int],
+    now: float,
+    max_size: int | None,
+    max_age: float | None,
+    protect: set[str] | frozenset[str],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(evicted with why, the entries kept): unreadable and too old first, then least recently
+    used until the blobs the kept entries use fit ``max_size``. Protected names stay."""
+    evicted: list[dict[str, Any]] = []
+    keep = dict(scan)
+    by_last_use = sorted(scan.items(), key=lambda item: item[1]["last_used"])
+    for name, info in by_last_use:
+        if name in protect:
+            continue
+        reason = None
+        if info["entry"] is None:
+            reason = "unreadable entry"
+        elif max_age is not None and now - info["last_used"] > max_age:
+            reason = "older than max_age"
+        if reason:
+            evicted.append({"key": name, "reason": reason})
+            del keep[name]
+    if max_size is not None:
+        for name, _info in sorted(keep.items(), key=lambda item: item[1]["last_used"]):
+            if _unique_size(keep, on_disk) <= max_size:
+                break
+            if name in protect:
+                continue
+            evicted.append({"key": name, "reason": "over max_size (least recently used)"})
+            del keep[name]
+    return evicted, keep
+
+
+def _evict(
+    store: Store, scan: dict[str, dict[str, Any]], evicted: list[dict[str, Any]], dry_run: bool
+) -> list[str]:
+    """Remove the evicted entries (an unreadable one is quarantined instead); the warnings."""
+    warnings = []
+    for item in evicted:
+        info = scan[item["key"]]
+        if info["entry"] is None:
+            moved = None
+            if not dry_run:
+                moved = store.quarantine("entry", store.entry_path(item["key"]), info["problem"])
+            warnings.append(_skip_warning(item["key"], info["problem"], moved))
+        elif not dry_run:
+            store.remove_entry(item["key"])
+    return warnings
 
 
 def _skip_warning(key: str, problem: str, moved_to: str | None) -> str:
