@@ -88,6 +88,8 @@ class RunContext:
     state_dir: str = ""
     # runnerkeep's own directories and the Docker root: never roots of a files cleaner
     own_dirs: dict = field(default_factory=dict)
+    # {"fs": mount point or None} of the engine's data root, asked once per run (Docker cleaners)
+    docker_engine_fs: dict = field(default_factory=dict)
 
 
 class Cleaner:

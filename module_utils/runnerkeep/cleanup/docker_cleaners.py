@@ -32,22 +32,22 @@ from ..units import parse_size
 from .cleaners import Cleaner, Item, Outcome
 
 USE_FILE = os.path.join("cleanup", "image-use.json")
-_TS_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?")
+_DOCKER_TIME = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?")
 
 
 def parse_docker_time(text: str | None) -> float:
     """Docker's RFC 3339 timestamps (always UTC in inspect output) -> epoch; 0 when unset."""
     if not text or text.startswith("0001-01-01"):
         return 0.0
-    m = _TS_RE.match(text)
-    if not m:
+    match = _DOCKER_TIME.match(text)
+    if not match:
         return 0.0
-    parts = [int(x) for x in m.groups()[:6]]
-    frac = float("0." + m.group(7)) if m.group(7) else 0.0
-    return calendar.timegm((*parts, 0, 0, 0)) + frac
+    parts = [int(x) for x in match.groups()[:6]]
+    fraction = float("0." + match.group(7)) if match.group(7) else 0.0
+    return calendar.timegm((*parts, 0, 0, 0)) + fraction
 
 
-def _human(text: str | None) -> int:
+def _docker_size(text: str | None) -> int:
     """Docker's human sizes ("1.2GB", "100kB", "0B") -> bytes (decimal units, like Docker)."""
     if not text:
         return 0
@@ -89,8 +89,8 @@ class DockerCleaner(Cleaner):
 
     def _filters(self) -> list[str]:
         out = []
-        for flt in self.ctx.section.get("docker_filters") or []:
-            out += ["--filter", flt]
+        for docker_filter in self.ctx.section.get("docker_filters") or []:
+            out += ["--filter", docker_filter]
         return out
 
     def filesystems(self) -> set[str]:
@@ -98,11 +98,12 @@ class DockerCleaner(Cleaner):
         return {fs} if fs else set()
 
     def _engine_fs(self) -> str | None:
-        cache = self.ctx.__dict__.setdefault("_docker", {})
-        if "fs" not in cache:
+        """The filesystem of the engine's data root (asked once per run), None when absent."""
+        known = self.ctx.docker_engine_fs
+        if "fs" not in known:
             root = engine_info().get("DockerRootDir") or "/var/lib/docker"
-            cache["fs"] = mount_point_of(root) if os.path.isdir(root) else None
-        return cache["fs"]
+            known["fs"] = mount_point_of(root) if os.path.isdir(root) else None
+        return known["fs"]
 
     def containers(self) -> list[dict[str, Any]]:
         """Every container (not only those in scope): images they use are never removed."""
@@ -116,15 +117,15 @@ class DockerCleaner(Cleaner):
             data = []
         if not self.ctx.dry_run:
             uses = {}
-            for c in data:
-                state = c.get("State") or {}
+            for container in data:
+                state = container.get("State") or {}
                 when = (
                     self.ctx.now
                     if state.get("Running")
                     else parse_docker_time(state.get("FinishedAt"))
-                    or parse_docker_time(c.get("Created"))
+                    or parse_docker_time(container.get("Created"))
                 )
-                image = c.get("Image")
+                image = container.get("Image")
                 if image:
                     uses[image] = max(uses.get(image, 0.0), when)
             if self.ctx.state_dir:
@@ -133,7 +134,8 @@ class DockerCleaner(Cleaner):
         return data
 
     def used_images(self) -> set[str]:
-        return {c.get("Image") for c in self.containers() if c.get("Image")}
+        images = (container.get("Image") for container in self.containers())
+        return {image for image in images if image}
 
     def system_df(self) -> dict[str, Any]:
         out = run_docker(["system", "df", "-v", "--format", "{{json .}}"]).stdout
@@ -152,10 +154,10 @@ class ContainersCleaner(DockerCleaner):
         min_age = self.min_age()
         items = []
         stopped = [
-            c
-            for c in self.containers()
-            if c.get("Id") in scoped
-            and (c.get("State") or {}).get("Status") in ("exited", "created", "dead")
+            container
+            for container in self.containers()
+            if container.get("Id") in scoped
+            and (container.get("State") or {}).get("Status") in ("exited", "created", "dead")
         ]
         if not stopped:
             return []
@@ -164,27 +166,28 @@ class ContainersCleaner(DockerCleaner):
             ["container", "inspect", "--size", *[c["Id"] for c in stopped]], check=False
         )
         try:
-            for c in json.loads(proc.stdout or "[]"):
-                sizes[c["Id"]] = int(c.get("SizeRw") or 0)
+            for container in json.loads(proc.stdout or "[]"):
+                sizes[container["Id"]] = int(container.get("SizeRw") or 0)
         except ValueError:
             pass
-        for c in stopped:
-            state = c.get("State") or {}
+        for container in stopped:
+            state = container.get("State") or {}
             ended = parse_docker_time(state.get("FinishedAt")) or parse_docker_time(
-                c.get("Created")
+                container.get("Created")
             )
             if self.ctx.now - ended < min_age:
                 continue
-            name = (c.get("Name") or "").lstrip("/")
+            name = (container.get("Name") or "").lstrip("/")
+            container_id = container["Id"]
             items.append(
                 Item(
-                    path=f"container {name} ({c['Id'][:12]})",
-                    bytes=sizes.get(c["Id"], 0),
+                    path=f"container {name} ({container_id[:12]})",
+                    bytes=sizes.get(container_id, 0),
                     inodes=0,
                     fs=fs,
                     last_used=ended,
                     kind="container",
-                    ref=c["Id"],
+                    ref=container_id,
                 )
             )
         items.sort(key=lambda i: (i.last_used, i.path))
@@ -208,8 +211,8 @@ class ImagesCleaner(DockerCleaner):
         for ref in refs:
             bare = ref.split("@")[0]
             repo = bare.rsplit(":", 1)[0] if ":" in bare.split("/")[-1] else bare
-            for pat in patterns:
-                if fnmatch.fnmatchcase(ref, pat) or fnmatch.fnmatchcase(repo, pat):
+            for pattern in patterns:
+                if fnmatch.fnmatchcase(ref, pattern) or fnmatch.fnmatchcase(repo, pattern):
                     return True
         return False
 
@@ -231,26 +234,26 @@ class ImagesCleaner(DockerCleaner):
         except ValueError:
             inspected = []
         unique = {}
-        for img in self.system_df().get("Images") or []:
-            unique[img.get("ID")] = _human(img.get("UniqueSize"))
+        for image in self.system_df().get("Images") or []:
+            unique[image.get("ID")] = _docker_size(image.get("UniqueSize"))
         uses = load_image_use(self.ctx.state_dir) if self.ctx.state_dir else {}
         min_age = self.min_age()
         items = []
-        for img in inspected:
-            image_id = img.get("Id")
-            refs = list(img.get("RepoTags") or [])
+        for image in inspected:
+            image_id = image.get("Id")
+            refs = list(image.get("RepoTags") or [])
             if not self.dangling and not refs:
                 continue  # dangling: the dangling-images cleaner's business
-            if self._protected(refs + list(img.get("RepoDigests") or [])):
+            if self._protected(refs + list(image.get("RepoDigests") or [])):
                 self.kept.append((", ".join(refs) or image_id, "protected image"))
                 continue
             arrived = parse_docker_time(
-                (img.get("Metadata") or {}).get("LastTagTime")
-            ) or parse_docker_time(img.get("Created"))
+                (image.get("Metadata") or {}).get("LastTagTime")
+            ) or parse_docker_time(image.get("Created"))
             last_use = uses.get(image_id) or arrived
             if self.ctx.now - last_use < min_age:
                 continue
-            size = unique.get(image_id, int(img.get("Size") or 0))
+            size = unique.get(image_id, int(image.get("Size") or 0))
             label = ", ".join(refs) if refs else image_id[7:19]
             items.append(
                 Item(
@@ -295,15 +298,15 @@ class BuildCacheCleaner(DockerCleaner):
         min_age = self.min_age()
         total = 0
         count = 0
-        for rec in self.system_df().get("BuildCache") or []:
-            if rec.get("InUse") in (True, "true"):
+        for record in self.system_df().get("BuildCache") or []:
+            if record.get("InUse") in (True, "true"):
                 continue
-            last = parse_docker_time(rec.get("LastUsedAt")) or parse_docker_time(
-                rec.get("CreatedAt")
+            last = parse_docker_time(record.get("LastUsedAt")) or parse_docker_time(
+                record.get("CreatedAt")
             )
             if self.ctx.now - last < min_age:
                 continue
-            total += _human(rec.get("Size"))
+            total += _docker_size(record.get("Size"))
             count += 1
         if not count:
             return []
@@ -327,8 +330,8 @@ class BuildCacheCleaner(DockerCleaner):
             out = run_docker(args, timeout=600).stdout
         except DockerCommandError as exc:
             return Outcome(errors=[(item.path, str(exc))])
-        m = re.search(r"Total(?: reclaimed space)?:\s*(\S+)", out)
-        freed = _human(m.group(1)) if m else item.bytes
+        total = re.search(r"Total(?: reclaimed space)?:\s*(\S+)", out)
+        freed = _docker_size(total.group(1)) if total else item.bytes
         return Outcome(bytes=freed, removed=True)
 
 
@@ -343,9 +346,8 @@ class VolumesCleaner(DockerCleaner):
         ).stdout.split()
         if not names:
             return []
-        sizes = {
-            v.get("Name"): _human(v.get("Size")) for v in self.system_df().get("Volumes") or []
-        }
+        volumes = self.system_df().get("Volumes") or []
+        sizes = {volume.get("Name"): _docker_size(volume.get("Size")) for volume in volumes}
         fs = self._engine_fs()
         return [
             Item(

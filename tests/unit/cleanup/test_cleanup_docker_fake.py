@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 from runnerkeep.cleanup import run_cleanup
-from runnerkeep.cleanup.docker_cleaners import _human, parse_docker_time
+from runnerkeep.cleanup.docker_cleaners import _docker_size, parse_docker_time
 
 FAKE = r"""
 import json, os, sys
@@ -127,4 +127,4 @@ def test_parse_docker_time(text, epoch):
     [("1.5MB", 1_500_000), ("100kB", 100_000), ("0B", 0), ("2GB (50%)", 2 * 10**9), ("", 0)],
 )
 def test_docker_human_sizes(text, size):
-    assert _human(text) == size
+    assert _docker_size(text) == size
