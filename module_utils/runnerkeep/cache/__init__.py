@@ -7,12 +7,12 @@ front doors over these. On-disk format: docs/cache-format.md.
 from __future__ import annotations
 
 from .archive_layout import familiar_ref
+from .cache_config import CACHE_DEFAULTS, cache_settings, resolve_cache_dir
 from .entrymac import KeyUnavailable
 from .progress import ProgressLine
 from .prune import list_entries, prune_store, remove_key
 from .restore import export_entry, export_entry_fd, restore_entry
 from .save import SaveFailed, import_archive, import_archive_fd, make_room, save_entry
-from .settings import CACHE_DEFAULTS, cache_settings, resolve_cache_dir
 from .store import TRUSTED, CorruptBlob, CorruptEntry, Store, validate_key, validate_scope
 from .tar_reader import ArchiveError
 from .verify import sign_entries, verify_store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runnerkeep.cache.settings import cache_settings
+from runnerkeep.cache.cache_config import cache_settings
 from runnerkeep.disk.budget import current_budget
 
 
@@ -41,7 +41,7 @@ def test_budget_that_cannot_be_met_leaves_the_cache_without_quota(tmp_path):
 
 def test_transfer_deadline_reaches_the_service():
     from runnerkeep.cache import service
-    from runnerkeep.cache.settings import cache_settings
+    from runnerkeep.cache.cache_config import cache_settings
 
     settings = cache_settings({"cache": {"transfer_deadline": "5m"}})
     assert settings["transfer_deadline"] == 300.0

@@ -1,4 +1,8 @@
-"""The ``cache`` section of the config file and where the store lives."""
+"""The ``cache`` section of the config file (defaults, parsed values) and where the store lives.
+
+Named cache_config, not settings: disk/settings.py is the disk section's, and a module named
+after the function it exports (cache_settings) would be shadowed by it in the package.
+"""
 
 from __future__ import annotations
 
