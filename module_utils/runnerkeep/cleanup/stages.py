@@ -69,44 +69,53 @@ def state_dir_of(config: dict[str, Any]) -> str:
 
 def cleaner_settings(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Built-in cleaners overlaid with ``cleanup.cleaners``; new names add files cleaners."""
-    defs = builtin_cleaners()
-    user = section.get("cleaners") or {}
-    if not isinstance(user, dict):
+    merged = builtin_cleaners()
+    configured = section.get("cleaners") or {}
+    if not isinstance(configured, dict):
         raise ConfigError("cleanup.cleaners must be a JSON object (cleaner name -> settings)")
-    all_kinds = {**KINDS, **docker_cleaners.KINDS}
-    for name, over in user.items():
-        where = f"cleanup.cleaners.{name}"
-        if not isinstance(over, dict):
-            raise ConfigError(f"{where} must be a JSON object")
-        unknown = sorted(set(over) - CLEANER_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(CLEANER_KEYS))}"
-            )
-        base = defs.get(name)
-        if base is None:
-            if over.get("kind", "files") != "files":
-                raise ConfigError(f"{where}: a new cleaner must be of kind 'files'")
-            base = dict(NEW_CLEANER_DEFAULTS)
-        elif "kind" in over and over["kind"] != base["kind"]:
-            raise ConfigError(f"{where}: kind of a built-in cleaner cannot change")
-        defs[name] = {**base, **over}
-    for name, settings in defs.items():
-        if settings["kind"] not in all_kinds:
-            raise ConfigError(f"cleanup.cleaners.{name}: unknown kind {settings['kind']!r}")
-        bad = sorted(set(settings.get("stages") or []) - set(STAGES))
-        if bad:
-            raise ConfigError(
-                f"cleanup.cleaners.{name}.stages: unknown stage(s) {', '.join(bad)}; "
-                f"stages are {', '.join(STAGES)}"
-            )
-        for key in ("roots", "patterns", "exclude", "stages", "items", "keep"):
-            if key in settings and not isinstance(settings[key], list):
-                raise ConfigError(f"cleanup.cleaners.{name}.{key} must be a list")
-        for pattern in settings.get("patterns") or []:
-            check_pattern(pattern, f"cleanup.cleaners.{name}.patterns")
-    return defs
+    for name, overrides in configured.items():
+        merged[name] = _overlay(name, merged.get(name), overrides)
+    for name, settings in merged.items():
+        _check_settings(name, settings)
+    return merged
+
+
+def _overlay(name: str, builtin: dict[str, Any] | None, overrides: Any) -> dict[str, Any]:
+    """The settings of cleaner ``name``: ``overrides`` over the built-in (or new) cleaner."""
+    where = f"cleanup.cleaners.{name}"
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where} must be a JSON object")
+    unknown = sorted(set(overrides) - CLEANER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(CLEANER_KEYS))}"
+        )
+    if builtin is None:
+        if overrides.get("kind", "files") != "files":
+            raise ConfigError(f"{where}: a new cleaner must be of kind 'files'")
+        builtin = dict(NEW_CLEANER_DEFAULTS)
+    elif "kind" in overrides and overrides["kind"] != builtin["kind"]:
+        raise ConfigError(f"{where}: kind of a built-in cleaner cannot change")
+    return {**builtin, **overrides}
+
+
+def _check_settings(name: str, settings: dict[str, Any]) -> None:
+    """ConfigError unless cleaner ``name``'s merged settings name a known kind and stages,
+    lists where lists belong and patterns that stay beneath their roots."""
+    if settings["kind"] not in {**KINDS, **docker_cleaners.KINDS}:
+        raise ConfigError(f"cleanup.cleaners.{name}: unknown kind {settings['kind']!r}")
+    bad = sorted(set(settings.get("stages") or []) - set(STAGES))
+    if bad:
+        raise ConfigError(
+            f"cleanup.cleaners.{name}.stages: unknown stage(s) {', '.join(bad)}; "
+            f"stages are {', '.join(STAGES)}"
+        )
+    for key in ("roots", "patterns", "exclude", "stages", "items", "keep"):
+        if key in settings and not isinstance(settings[key], list):
+            raise ConfigError(f"cleanup.cleaners.{name}.{key} must be a list")
+    for pattern in settings.get("patterns") or []:
+        check_pattern(pattern, f"cleanup.cleaners.{name}.patterns")
 
 
 def build_cleaners(
@@ -118,7 +127,7 @@ def build_cleaners(
         if stage is not None and stage not in (settings.get("stages") or []):
             continue
         out.append(all_kinds[settings["kind"]](name, settings, ctx))
-    out.sort(key=lambda c: (c.cost, c.name))
+    out.sort(key=lambda cleaner: (cleaner.cost, cleaner.name))
     return out
 
 
