@@ -95,7 +95,7 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
 
 
 def report(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.report import disk_report, render_report
+    from runnerkeep.disk.usage_report import disk_report, render_report
 
     data = disk_report(
         load_config(args.config),
@@ -107,8 +107,8 @@ def report(args: argparse.Namespace) -> CommandResult:
 
 
 def history(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.disk_config import state_dir
     from runnerkeep.disk.history import read_history_report, running_jobs
-    from runnerkeep.disk.settings import state_dir
 
     config = load_config(args.config)
     state_directory = state_dir(config)

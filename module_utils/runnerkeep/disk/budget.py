@@ -37,8 +37,8 @@ from typing import Any, Callable
 from ..errors import ConfigError
 from ..fsutil import filesystem_usage
 from ..units import format_size, parse_size_or_percent
+from .disk_config import as_int, budget_path, disk_settings, expand, paths_of, size, state_dir
 from .history import read_history
-from .settings import as_int, budget_path, disk_settings, expand, paths_of, size, state_dir
 from .sizing import tree_size
 
 LEVELS = ("ok", "warning", "critical", "emergency")

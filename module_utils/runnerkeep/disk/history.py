@@ -41,7 +41,7 @@ from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
 from ..textutil import escape_text
 from ..units import parse_duration
-from .settings import as_int, budget_path, disk_settings, expand, seconds, state_dir
+from .disk_config import as_int, budget_path, disk_settings, expand, seconds, state_dir
 
 DONE_SKEW = 300.0  # seconds a done record's end may lie in the future (clocks)
 # Done records of one owner uid ingested per watch cycle: more than its runners can finish in

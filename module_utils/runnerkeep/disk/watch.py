@@ -72,9 +72,9 @@ from .budget import (
     fallback_budget,
     measure_inputs,
 )
+from .disk_config import as_int, disk_settings, seconds, state_dir
 from .metrics import WatchReadings, event_totals, fold_events, watch_metric_set, write_textfile
-from .report import docker_usage, filesystems, watched_paths
-from .settings import as_int, disk_settings, seconds, state_dir
+from .usage_report import docker_usage, filesystems, watched_paths
 
 STATE_FILE = "disk-watch.json"
 LOCK_FILE = "disk-watch.lock"

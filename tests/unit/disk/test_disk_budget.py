@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from runnerkeep.disk.budget import BudgetInputs, compute_budget, percentile
-from runnerkeep.disk.settings import DISK_DEFAULTS
+from runnerkeep.disk.disk_config import DISK_DEFAULTS
 from runnerkeep.errors import ConfigError
 
 GiB = 1024**3

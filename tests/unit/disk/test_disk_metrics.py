@@ -54,8 +54,8 @@ def test_write_textfile_is_atomic_and_leaves_no_temp(tmp_path):
 def full_readings():
     """Readings of a cycle where every part answered, so every family has samples."""
     from runnerkeep.disk.budget import BudgetInputs, compute_budget
+    from runnerkeep.disk.disk_config import DISK_DEFAULTS
     from runnerkeep.disk.metrics import WatchReadings, event_totals
-    from runnerkeep.disk.settings import DISK_DEFAULTS
 
     inputs = BudgetInputs(
         path="/data",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from runnerkeep.disk.report import disk_report, filesystems, parse_docker_size, render_report
 from runnerkeep.disk.sizing import largest_dirs, tree_size
+from runnerkeep.disk.usage_report import disk_report, filesystems, parse_docker_size, render_report
 
 
 def test_parse_docker_size():
@@ -81,7 +81,7 @@ def test_docker_details_from_df_verbose(monkeypatch):
     import json
     import subprocess
 
-    from runnerkeep.disk import report
+    from runnerkeep.disk import usage_report as report
 
     sample = {
         "Images": [

@@ -201,7 +201,7 @@ def test_missing_docker_is_reported_and_metrics_still_written(
 
 
 def test_unreadable_filesystem_is_reported(make_config, fake_disk, syslog_calls, monkeypatch):
-    from runnerkeep.disk import report
+    from runnerkeep.disk import usage_report as report
 
     real = report.filesystem_usage
 

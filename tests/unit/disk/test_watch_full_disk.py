@@ -12,8 +12,8 @@ from runnerkeep.cleanup import run_cleanup
 from runnerkeep.cleanup.catalog import BUILTIN_CLEANERS
 from runnerkeep.disk import watch as watch_mod
 from runnerkeep.disk.budget import BudgetInputs, compute_budget
+from runnerkeep.disk.disk_config import DISK_DEFAULTS
 from runnerkeep.disk.metrics import metric_value, parse_metrics
-from runnerkeep.disk.settings import DISK_DEFAULTS
 from runnerkeep.disk.watch import run_watch
 from runnerkeep.errors import EXIT_CHECK_FAILED
 from runnerkeep_cli.main import main
