@@ -368,11 +368,11 @@ class Wrapper:
     whole: bool  # the parameter is the whole command (else its program)
 
 
-def _wrapped(function, call: ast.Call) -> Wrapper | None:
-    """How `function` passes a parameter to its subprocess call, if it does."""
+def _wrapped(function, call: ast.Call, whole_command: bool) -> Wrapper | None:
+    """How `function` passes a parameter to the command (or program) it runs, if it does."""
     if function is None or not call.args:
         return None
-    node, whole = call.args[0], True
+    node, whole = call.args[0], whole_command
     if isinstance(node, ast.Call) and ast.unparse(node.func) == "list" and node.args:
         node = node.args[0]
     if isinstance(node, (ast.List, ast.Tuple)) and node.elts:
@@ -414,7 +414,7 @@ def scan(paths: list[Path] | None = None, root: Path = ROOT) -> Scan:
     for module in modules.values():
         for call, kind in _command_calls(module):
             scope = module.enclosing_function(call)
-            wrapper = _wrapped(scope, call) if kind == "command" else None
+            wrapper = _wrapped(scope, call, whole_command=kind == "command")
             if wrapper is not None:
                 wrappers[id(scope)] = wrapper
             else:
