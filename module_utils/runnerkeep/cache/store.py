@@ -347,46 +347,15 @@ class Store:
 
     def remove_stale_temps(self) -> list[str]:
         """Remove temp dirs of operations that died (their lock is free); returns what went."""
-        removed: list[str] = []
         try:
             names = os.listdir(self.tmp_dir)
         except (FileNotFoundError, NotADirectoryError):
             names = []
+        removed: list[str] = []
         for name in names:
-            path = os.path.join(self.tmp_dir, name)
-            if name.endswith(".lock") and not name.startswith("."):
-                try:
-                    fd = open_regular(path)
-                except FileNotFoundError:
-                    continue
-                except OSError:
-                    # Not a lock any operation holds (a FIFO or symlink planted here): drop
-                    # the name itself, never what it points to.
-                    _remove_name(path)
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    os.close(fd)
-                    continue  # owner alive
-                try:
-                    shutil.rmtree(path[: -len(".lock")], ignore_errors=True)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                    removed.append(name[: -len(".lock")])
-                finally:
-                    os.close(fd)
-            elif name.startswith(".") and name.endswith(".lock"):
-                # A pre-rename lock: the owner died between open and rename (or is there now).
-                if _older_than(path, 60):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            elif (
-                _is_real_dir(path) and not os.path.lexists(path + ".lock") and _older_than(path, 60)
-            ):
-                # A directory whose lock file is gone: its owner was killed mid-cleanup.
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
+            gone = self._remove_if_dead(name)
+            if gone:
+                removed.append(gone)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for name in os.listdir(self.entry_dir):
                 path = os.path.join(self.entry_dir, name)
@@ -395,6 +364,47 @@ class Store:
                         os.unlink(path)
                     removed.append("entries/" + name)
         return removed
+
+    def _remove_if_dead(self, name: str) -> str | None:
+        """Clean up the tmp/ item ``name`` if the operation owning it is gone; what went."""
+        path = os.path.join(self.tmp_dir, name)
+        if name.endswith(".lock") and not name.startswith("."):
+            return self._remove_area_if_unlocked(name)
+        if name.startswith(".") and name.endswith(".lock"):
+            # A pre-rename lock: the owner died between open and rename (or is there now).
+            if _older_than(path, 60):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return None
+        if _is_real_dir(path) and not os.path.lexists(path + ".lock") and _older_than(path, 60):
+            # A directory whose lock file is gone: its owner was killed mid-cleanup.
+            shutil.rmtree(path, ignore_errors=True)
+            return name
+        return None
+
+    def _remove_area_if_unlocked(self, lock_name: str) -> str | None:
+        """A temp area whose lock we can take belongs to a dead operation: remove both."""
+        path = os.path.join(self.tmp_dir, lock_name)
+        try:
+            fd = open_regular(path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            # Not a lock any operation holds (a FIFO or symlink planted here): drop the name
+            # itself, never what it points to.
+            _remove_name(path)
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return None  # owner alive
+            shutil.rmtree(path[: -len(".lock")], ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return lock_name[: -len(".lock")]
+        finally:
+            os.close(fd)
 
     def temp_bytes(self) -> int:
         total = 0
