@@ -1,4 +1,4 @@
-"""Fast tree sizing with ``os.fwalk`` + ``stat(name, dir_fd=...)`` (never follows symlinks).
+"""Fast tree sizing with an ``fwalk`` + ``stat(name, dir_fd=...)`` (never follows symlinks).
 
 Logical bytes are ``st_size``; on-disk bytes are ``st_blocks * 512``. Hard-linked files count
 once. The walk stays on the filesystem it starts on (like ``du -x``): a mount point below a
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 
 @dataclass
@@ -52,7 +54,7 @@ def _walk(root: str, depth: int, result: TreeSize, per_dir: dict[str, int] | Non
     def onerror(exc: OSError) -> None:
         result.errors.append(f"{exc.filename}: {exc.strerror}")
 
-    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, onerror=onerror):
+    for dirpath, dirnames, filenames, dirfd in fwalk(root, onerror):
         result.dirs += 1
         own_bytes = 0
         keep = []
@@ -90,6 +92,71 @@ def _walk(root: str, depth: int, result: TreeSize, per_dir: dict[str, int] | Non
             if rel_depth > depth:
                 dirpath = os.sep.join(parts[: root_parts + depth])
             per_dir[dirpath] = per_dir.get(dirpath, 0) + own_bytes
+
+
+def fwalk(
+    root: str, onerror: Callable[[OSError], None]
+) -> Iterator[tuple[str, list[str], list[str], int]]:
+    """``os.fwalk(root, onerror=onerror)`` (top down, symlinks not followed), without recursion.
+
+    Before Python 3.13 os.fwalk recurses once per directory level, so a tree about 1000 levels
+    deep (a CI user can make one under /tmp or a work dir) raised RecursionError out of the
+    report. This is Python 3.13's iterative fwalk cut down to what the walks here use: the same
+    entries in the same order, the lstat/open/fstat check against swapped-in symlinks, one open
+    descriptor per level of the current path (a level the descriptor limit refuses goes to
+    ``onerror`` like any unreadable directory). Pruning the yielded dirnames prunes the walk.
+    """
+    stack: list[tuple[str, Any]] = [("walk", (True, None, root, root))]
+    try:
+        while stack:
+            action, value = stack.pop()
+            if action == "close":
+                os.close(value)
+                continue
+            is_root, parent_fd, path, name = value
+            try:
+                before = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=parent_fd)
+            except OSError as exc:
+                if is_root:
+                    raise
+                onerror(exc)
+                continue
+            stack.append(("close", fd))
+            if is_root and not stat_mod.S_ISDIR(before.st_mode):
+                continue
+            if not os.path.samestat(before, os.stat(fd)):
+                continue  # swapped for a symlink or another directory since it was listed
+            dirnames, filenames = _list_dir(fd)
+            yield path, dirnames, filenames, fd
+            prefix = os.path.join(path, "")
+            stack.extend(("walk", (False, fd, prefix + d, d)) for d in reversed(dirnames))
+    finally:
+        while stack:
+            action, value = stack.pop()
+            if action == "close":
+                os.close(value)
+
+
+def _list_dir(fd: int) -> tuple[list[str], list[str]]:
+    """(directories, other entries) as os.fwalk splits them: a symlink to a directory is listed
+    with the directories (never entered); a dangling one with the others."""
+    dirnames: list[str] = []
+    filenames: list[str] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    dirnames.append(entry.name)
+                else:
+                    filenames.append(entry.name)
+            except OSError:
+                try:
+                    if entry.is_symlink():
+                        filenames.append(entry.name)
+                except OSError:
+                    pass
+    return dirnames, filenames
 
 
 def tree_size(root: str) -> TreeSize:

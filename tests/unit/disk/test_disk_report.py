@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from runnerkeep.disk.sizing import largest_dirs, tree_size
 from runnerkeep.disk.usage_report import disk_report, filesystems, parse_docker_size, render_report
@@ -52,6 +53,51 @@ def test_largest_dirs_rolls_up_to_depth(tmp_path):
     assert sizes[str(root / "big")] >= sizes[str(root / "big" / "deep")]
     assert sizes[str(root / "small")] >= 10_000
     assert total.disk_bytes >= 310_000
+
+
+def _nest(root: str, levels: int) -> None:
+    """``root/d/d/.../d``, ``levels`` deep, made through directory descriptors."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+
+
+def _unnest(root: str, levels: int) -> None:
+    """Remove what ``_nest`` made, deepest first (shutil.rmtree recurses per level too)."""
+    fds = [os.open(root, os.O_RDONLY)]
+    try:
+        for _ in range(levels - 1):
+            fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+        while fds:
+            parent = fds.pop()
+            os.rmdir("d", dir_fd=parent)
+            os.close(parent)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_sized(tmp_path):
+    # A CI user can make such a tree under /tmp or a work dir; os.fwalk before Python 3.13
+    # recursed once per level and the report ended in RecursionError.
+    root = tmp_path / "deep"
+    root.mkdir()
+    levels = sys.getrecursionlimit() + 100
+    _nest(str(root), levels)
+    try:
+        size = tree_size(str(root))
+        assert (size.dirs, size.errors) == (levels + 1, [])
+        dirs, total = largest_dirs(str(root), depth=2, limit=5)
+        assert total.dirs == levels + 1
+        assert [d["path"] for d in dirs] == [str(root / "d"), str(root / "d" / "d")]
+    finally:
+        _unnest(str(root), levels)
 
 
 def test_filesystems_group_by_mount_point(tmp_path):
