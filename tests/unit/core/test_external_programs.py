@@ -61,6 +61,8 @@ PIP_PROGRAMS = {
     "pipx": "pipx",
     "runnerkeep": ".",
 }
+# Calls that name the same program as their first argument.
+PASS_THROUGH = {"shutil.which", "str", "os.fspath", "Path", "os.path.abspath", "os.path.realpath"}
 # The controller Pythons the zipapp must build identically with (test_zipapp_reproducible.py
 # runs those it finds and fails, saying how to install them, when fewer than two are there).
 SUPPORTED_PYTHONS = {f"python3.{minor}" for minor in range(9, 14)}
@@ -77,6 +79,7 @@ DYNAMIC_SITES: dict[tuple[str, str], set[str]] = {
     # the ansible-galaxy find_galaxy() found
     ("tools/build_collection.py", "galaxy_build"): {"ansible-galaxy"},
     # every supported interpreter found on this machine
+    ("tools/run_sanity.py", "interpreter_dir"): SUPPORTED_PYTHONS,
     **{
         ("tests/unit/core/test_zipapp_reproducible.py", function): SUPPORTED_PYTHONS
         for function in (
@@ -211,6 +214,13 @@ class Resolver:
     def __init__(self, modules: dict[str, Module]) -> None:
         self.modules = modules
         self._busy: set[tuple[str, int]] = set()
+        self.call_sites: dict[int, list[tuple[Module, ast.Call]]] = {}  # id(def) -> its calls
+        for module in modules.values():
+            for node in ast.walk(module.tree):
+                if isinstance(node, ast.Call):
+                    found = self.callee(module, node)
+                    if found is not None:
+                        self.call_sites.setdefault(id(found[1]), []).append((module, node))
 
     def function(self, module: Module, name: str):
         """(module, def) a bare name calls: defined here, or imported from a scanned file."""
@@ -278,7 +288,7 @@ class Resolver:
     def _program_of_call(self, module: Module, node: ast.Call, scope) -> set[str] | None:
         callee = ast.unparse(node.func)
         last = node.args[-1] if node.args else None
-        if callee in ("shutil.which", "str", "os.fspath", "Path") and node.args:
+        if callee in PASS_THROUGH and node.args:
             return self.program(module, node.args[0], scope)
         if callee in ("os.environ.get", "os.getenv", "os.path.join") and len(node.args) >= 2:
             return self.program(module, last, scope)
@@ -315,8 +325,25 @@ class Resolver:
                 items = [_element(item, node.index) for item in items]
             return self._union(module, items, scope, resolve)
         if node.id in _parameters(scope):
-            return None
+            return self._parameter(node.id, scope, resolve)
         return self._union(module, module.values_of(node.id, scope, at=node), scope, resolve)
+
+    def _parameter(self, name: str, function, resolve) -> set[str] | None:
+        """A parameter is whatever every caller passes for it (None: a caller we cannot see)."""
+        sites = self.call_sites.get(id(function), [])
+        params = [a.arg for a in function.args.posonlyargs + function.args.args]
+        if not sites or name not in params:
+            return None
+        found: set[str] = set()
+        for caller, call in sites:
+            arg = _argument(call, params, name)
+            programs = None
+            if arg is not None:
+                programs = resolve(caller, arg, caller.enclosing_function(call))
+            if programs is None:
+                return None
+            found |= programs
+        return found
 
     def _items(self, module, iterable, scope) -> list | None:
         """The literal items a loop goes through (dict keys for a dict)."""
@@ -351,6 +378,17 @@ class Resolver:
                 return None
             found |= programs
         return found or None
+
+
+def _argument(call: ast.Call, params: list[str], name: str) -> ast.expr | None:
+    """The expression a call passes for parameter `name` (a method's self not counted)."""
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return keyword.value
+    index = params.index(name) - (1 if params[:1] == ["self"] else 0)
+    if 0 <= index < len(call.args) and not isinstance(call.args[index], ast.Starred):
+        return call.args[index]
+    return None
 
 
 def _element(item, index: int):
@@ -530,6 +568,7 @@ def test_the_scanner_on_a_sample(tmp_path):
         "def tool():\n    return shutil.which(TOOL)\n"
         "def sh(*args):\n    return subprocess.run(list(args))\n"
         "def dynamic(cmd):\n    return subprocess.run(cmd)\n"
+        "def version(tool):\n    cmd = [tool, '--version']\n    return subprocess.run(cmd)\n"
         "def main(argv):\n"
         "    subprocess.run(['/usr/bin/frobnicate', '-x'])\n"
         "    subprocess.check_call([tool(), 'x'])\n"
@@ -538,9 +577,19 @@ def test_the_scanner_on_a_sample(tmp_path):
         "    subprocess.run([sys.executable, '-c', 'pass'])\n"
         "    subprocess.run('wibble --now', shell=True)\n"
         "    dynamic(argv)\n"
+        "    version('zork')\n"
     )
     found = scan([sample], root=tmp_path)
-    assert set(found.programs) == {"frobnicate", "quux", "zap", "aa", "bb", "python3", "wibble"}
+    assert set(found.programs) == {
+        "frobnicate",
+        "quux",
+        "zap",
+        "aa",
+        "bb",
+        "python3",
+        "wibble",
+        "zork",
+    }
     assert {(f, fn) for f, fn, _line in found.unresolved} == {("sample.py", "main")}
 
 
