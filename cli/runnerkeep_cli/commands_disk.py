@@ -50,7 +50,7 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     cmd = add(
         "report",
         "filesystems (size, free bytes/inodes), Docker usage by kind, cache size, largest dirs",
-        report,
+        disk_report,
     )
     cmd.add_argument("--no-docker", action="store_true", help="skip 'docker system df'")
     cmd.add_argument("--no-largest", action="store_true", help="skip the largest-dirs walk")
@@ -60,15 +60,15 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         help="also list the largest images, containers and volumes ('docker system df -v')",
     )
 
-    cmd = add("history", "recorded job peaks (newest last) and jobs still running", history)
+    cmd = add("history", "recorded job peaks (newest last) and jobs still running", disk_history)
     cmd.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N jobs")
 
-    add("budget", "the disk budget with its arithmetic in words", budget)
+    add("budget", "the disk budget with its arithmetic in words", disk_budget)
 
     cmd = add(
         "watch",
         "one watch cycle: metrics, alerts on state change, emergency cleanup",
-        watch,
+        disk_watch,
     )
     cmd.add_argument("--loop", action="store_true", help="repeat every --interval until stopped")
     cmd.add_argument(
@@ -84,29 +84,31 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         "computed (default: 0 after a cycle)",
     )
 
-    cmd = add("job-start", "record a job's start and start its background peak sampler", job_start)
+    cmd = add(
+        "job-start", "record a job's start and start its background peak sampler", disk_job_start
+    )
     cmd.add_argument("--job-id", required=True, metavar="ID")
     cmd.add_argument(
         "--no-sampler", action="store_true", help="record the start only (no background sampler)"
     )
 
-    cmd = add("job-end", "stop the job's sampler and record start/peak/end", job_end)
+    cmd = add("job-end", "stop the job's sampler and record start/peak/end", disk_job_end)
     cmd.add_argument("--job-id", required=True, metavar="ID")
 
 
-def report(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.usage_report import disk_report, render_report
+def disk_report(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk import usage_report
 
-    data = disk_report(
+    data = usage_report.disk_report(
         load_config(args.config),
         include_docker=not args.no_docker,
         include_largest=not args.no_largest,
         docker_verbose=args.docker_details,
     )
-    return CommandResult(data, render_report(data), EXIT_OK)
+    return CommandResult(data, usage_report.render_report(data), EXIT_OK)
 
 
-def history(args: argparse.Namespace) -> CommandResult:
+def disk_history(args: argparse.Namespace) -> CommandResult:
     from runnerkeep.disk.disk_config import state_dir
     from runnerkeep.disk.history import read_history_report, running_jobs
 
@@ -153,7 +155,7 @@ def _history_row(record: dict) -> list[str]:
     ]
 
 
-def budget(args: argparse.Namespace) -> CommandResult:
+def disk_budget(args: argparse.Namespace) -> CommandResult:
     from runnerkeep.disk.budget import current_budget
 
     result = current_budget(load_config(args.config))
@@ -201,7 +203,7 @@ def _watch_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def watch(args: argparse.Namespace) -> CommandResult:
+def disk_watch(args: argparse.Namespace) -> CommandResult:
     from runnerkeep.disk.watch import run_watch
 
     if not args.loop:
@@ -257,10 +259,10 @@ def _check_code(args: argparse.Namespace, result: dict) -> int:
     return EXIT_OK
 
 
-def job_start(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.history import job_start as start
+def disk_job_start(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.history import job_start
 
-    result = start(load_config(args.config), args.job_id, spawn=not args.no_sampler)
+    result = job_start(load_config(args.config), args.job_id, spawn=not args.no_sampler)
     job = result["job"]
     text = (
         f"job {escape_text(args.job_id)}: {format_size(job['start_used_bytes'])} used on "
@@ -271,10 +273,10 @@ def job_start(args: argparse.Namespace) -> CommandResult:
     return CommandResult(result, text, EXIT_OK)
 
 
-def job_end(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.history import job_end as end
+def disk_job_end(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.disk.history import job_end
 
-    record = end(load_config(args.config), args.job_id)
+    record = job_end(load_config(args.config), args.job_id)
     if record.get("recorded") is False:
         print(f"runnerkeep: warning: {record['warning']}", file=sys.stderr)
         return CommandResult(record, "", EXIT_OK)
