@@ -336,6 +336,7 @@ class WatchCycle:
         new = self.advance_state(state, previous, budget, inputs, now)
         changed = new != previous
         cleanup = self.emergency_step(state, budget, changed, now)
+        # Alerts only now: protecting the disk never waits on a receiver.
         self.send_alerts(state)
         counters = self.count_events(state)
         self.log_error_changes(state)
