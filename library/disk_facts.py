@@ -169,7 +169,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.config import load_config
-    from ansible.module_utils.runnerkeep.disk.report import disk_report
+    from ansible.module_utils.runnerkeep.disk.usage_report import disk_report
     from ansible.module_utils.runnerkeep.errors import RunnerkeepError
     from ansible.module_utils.runnerkeep.schema import validate_config
 

@@ -302,7 +302,7 @@ def main():
             dry_run=module.check_mode,
             force=params["force"],
             run_all=params["run_all"],
-            only=params["cleaners"] or None,
+            cleaner_names=params["cleaners"] or None,
         )
     except LockHeldError as exc:
         if params["when_busy"] == "skip":

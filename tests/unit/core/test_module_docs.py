@@ -45,7 +45,7 @@ import json, runpy, sys
 import ansible.module_utils
 import runnerkeep
 import runnerkeep.cache, runnerkeep.cache.owner, runnerkeep.cleanup, runnerkeep.config
-import runnerkeep.disk.budget, runnerkeep.disk.report, runnerkeep.errors, runnerkeep.schema
+import runnerkeep.disk.budget, runnerkeep.disk.usage_report, runnerkeep.errors, runnerkeep.schema
 import runnerkeep.units
 for name, mod in list(sys.modules.items()):
     if name == "runnerkeep" or name.startswith("runnerkeep."):
