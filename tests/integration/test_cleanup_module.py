@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runnerkeep.cleanup import job_end, job_start
+from runnerkeep.cleanup import release_job_lock, take_job_lock
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +119,7 @@ def test_real_run_removes_and_reports_per_cleaner(setup):
 def test_busy_runner_is_skipped_or_fails_clearly(setup):
     root, cfg, config = setup
     state = config["paths"]["state_dir"]
-    job_start(state, "busy-job", pid=os.getpid())
+    take_job_lock(state, "busy-job", pid=os.getpid())
     try:
         code, result = module(cfg, args="stage=post cleaners=t run_all=true when_busy=skip")
         assert code == 0 and result.get("skipped") and result["busy"] is True
@@ -128,7 +128,7 @@ def test_busy_runner_is_skipped_or_fails_clearly(setup):
         assert "holds the runner lock" in result["msg"]
         assert len(os.listdir(root)) == 5
     finally:
-        job_end(state, "busy-job")
+        release_job_lock(state, "busy-job")
 
 
 def test_bad_config_fails_with_a_clear_message(setup, tmp_path):

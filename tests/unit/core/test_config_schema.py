@@ -27,7 +27,7 @@ from runnerkeep.cleanup.catalog import (
 )
 from runnerkeep.cleanup.stages import NEW_CLEANER_DEFAULTS
 from runnerkeep.config import DEFAULT_PATHS, MAX_CONFIG_BYTES, load_config
-from runnerkeep.disk.settings import DISK_DEFAULTS
+from runnerkeep.disk.disk_config import DISK_DEFAULTS
 from runnerkeep.errors import ConfigError
 from runnerkeep.schema import check_option, validate_config
 
@@ -372,7 +372,7 @@ MODULE_RUNNER = """
 import runpy, sys
 import ansible.module_utils
 import runnerkeep, runnerkeep.config, runnerkeep.errors, runnerkeep.schema
-import runnerkeep.cleanup, runnerkeep.disk.budget, runnerkeep.disk.report
+import runnerkeep.cleanup, runnerkeep.disk.budget, runnerkeep.disk.usage_report
 for name, mod in list(sys.modules.items()):
     if name == "runnerkeep" or name.startswith("runnerkeep."):
         sys.modules["ansible.module_utils." + name] = mod
