@@ -290,3 +290,35 @@ def test_version_mismatch_is_one_clear_line(tool, tmp_path, monkeypatch):
         match=r"^galaxy.yml version 1.2.4 differs from runnerkeep.__version__ 1.2.3",
     ):
         tool.checked_version()
+
+
+def test_dev_collection_presents_the_sources(tmp_path):
+    """In the checkout ansible.cfg finds runnerkeep.runner in collections/: links to the sources."""
+    dev = os.path.join(ROOT, "collections", "ansible_collections", "runnerkeep", "runner")
+    links = {
+        "plugins/modules": "library",
+        "plugins/module_utils": "module_utils",
+        "roles": "roles",
+        "playbooks": "playbooks",
+        "meta": "meta",
+        "galaxy.yml": "galaxy.yml",
+    }
+    for link, source in links.items():
+        path = os.path.join(dev, link)
+        assert os.path.islink(path) and not os.path.isabs(os.readlink(path)), link
+        assert os.path.realpath(path) == os.path.realpath(os.path.join(ROOT, source)), link
+    zipapp = os.path.join(ROOT, "roles", "runner_base", "files", "runnerkeep.pyz")
+    assert os.readlink(zipapp) == "../../../dist/runnerkeep.pyz"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), HOME=str(tmp_path))
+    doc = subprocess.run(
+        [os.path.join(BIN, "ansible-doc"), "--json", "runnerkeep.runner.runner_cleanup"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert doc.returncode == 0, doc.stderr
+    where = json.loads(doc.stdout)["runnerkeep.runner.runner_cleanup"]["doc"]["filename"]
+    assert where == os.path.join(dev, "plugins", "modules", "runner_cleanup.py")
