@@ -117,6 +117,10 @@ notes:
     O(reserve), O(max_size) and O(max_age) are checked like the C(cache) keys of the config
     file; a bad value fails the task naming the option.
   - Entries are signed with the key in C(cache.key_file) when the config sets one.
+  - >-
+    Root never works in the store as root: when the store belongs to another user (the
+    C(runnerkeep.runner.image_cache) role gives it to the service user), the work runs in a
+    child process that becomes that user (keeping the C(docker) group) and sends the result back.
 requirements:
   - python >= 3.9 on the managed host
   - the docker CLI (or the local Docker Engine API socket) on the managed host
@@ -268,6 +272,10 @@ exit_code:
   sample: 3
 """
 
+import importlib
+import json
+import os
+import pkgutil
 import traceback
 
 from ansible.module_utils.basic import AnsibleModule
@@ -293,22 +301,124 @@ try:
 except ImportError as exc:  # pragma: no cover - shown to the user by fail_json
     IMPORT_ERROR = str(exc)
 
+CORE_PACKAGE = "ansible.module_utils.runnerkeep"
 
-def run(module):
-    p = module.params
-    config = load_config(p["config_file"])
+
+class TaskFailed(Exception):
+    """The task fails with these return values (msg and the rest)."""
+
+    def __init__(self, fields):
+        super().__init__(fields["msg"])
+        self.fields = fields
+
+
+def run(params, check, warnings):
+    """The task's return values; raises TaskFailed or a core error when it fails."""
+    config = load_config(params["config_file"])
     for name in ("reserve", "max_size", "max_age"):  # options that stand for cache.* keys
-        if p[name]:
-            check_option("cache", name, p[name], f"option {name}")
-    cache_dir = resolve_cache_dir(p["dir"], config)
+        if params[name]:
+            check_option("cache", name, params[name], f"option {name}")
+    cache_dir = resolve_cache_dir(params["dir"], config)
     # The entries' HMAC key (cache.key_file): a key this module ignored would let it accept
     # forged entries and write unsigned ones every later reader rejects.
-    store_dir = Store(cache_dir, key_file=cache_settings(config)["key_file"])
-    # Root acts in the store as its owner (runnerkeep), never as root: files it created there
-    # would be ones the service and the maintenance timer cannot replace.
-    drop_to_store_owner(cache_dir)
+    store = Store(cache_dir, key_file=cache_settings(config)["key_file"])
+
+    def work(child_warnings):
+        return run_state(params, check, config, cache_dir, store, child_warnings)
+
+    if not owned_by_another_user(cache_dir):
+        return work(warnings)
+    outcome = as_store_owner(cache_dir, work, params)
+    warnings.extend(outcome["warnings"])
+    if "failed" in outcome:
+        raise TaskFailed(outcome["failed"])
+    return outcome["result"]
+
+
+def owned_by_another_user(cache_dir):
+    """Whether drop_to_store_owner would drop: root, and a store another user owns."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return os.stat(cache_dir).st_uid != 0
+    except OSError:
+        return False
+
+
+def as_store_owner(cache_dir, work, params):
+    """The outcome of ``work`` run as the store's owner, in a forked child.
+
+    Root acts in the store as its owner (runnerkeep), never as root: files it created there
+    would be ones the service and the maintenance timer cannot replace. The drop is for good,
+    and exit_json reads ansible-core's own code from the AnsiballZ payload, which only root may
+    read: so the child drops and works, and this root parent reports what it sends back."""
+    preload_core()  # nothing of the core may need the root-only payload after the drop
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the module
+        status = 1
+        try:
+            os.close(read_end)
+            status = owner_child(write_end, cache_dir, work, params)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        outcome = json.loads(data.decode("utf-8")) if data else None
+    except ValueError:
+        outcome = None
+    if os.waitstatus_to_exitcode(status) != 0 or not isinstance(outcome, dict):
+        raise RunnerkeepError(
+            f"image cache: the process working as the owner of {cache_dir} ended without an "
+            f"answer (exit status {os.waitstatus_to_exitcode(status)}); see the host's log"
+        )
+    return outcome
+
+
+def owner_child(write_end, cache_dir, work, params):
+    """The child's life: drop, work, send the outcome to the parent; its exit status."""
+
+    def dropped(warnings):
+        drop_to_store_owner(cache_dir)
+        return work(warnings)
+
+    try:
+        data = encoded(task_outcome(dropped, params))
+    except BaseException as exc:  # a bug: still one line the parent can show (never stdout)
+        failed = {
+            "msg": f"image cache: internal error: {type(exc).__name__}: {exc}",
+            "exception": traceback.format_exc(),
+        }
+        data = encoded({"failed": failed, "warnings": []})
+    with os.fdopen(write_end, "wb") as pipe:
+        pipe.write(data)
+    return 0
+
+
+def preload_core():
+    """Import every core module now, while the payload can be read (some import lazily)."""
+    package = importlib.import_module(CORE_PACKAGE)
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        try:
+            importlib.import_module(module.name)
+        except ImportError as exc:
+            raise RunnerkeepError(f"image cache: cannot load {module.name}: {exc}") from None
+
+
+def encoded(outcome):
+    try:
+        return json.dumps(outcome).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        failed = {"msg": f"image cache: a result that is not JSON: {exc}"}
+        return json.dumps({"failed": failed, "warnings": outcome.get("warnings", [])}).encode()
+
+
+def run_state(p, check, config, cache_dir, store_dir, warnings):
+    """The work of O(state), as the store's owner."""
     state_dir = (config.get("paths") or {}).get("state_dir")
-    check = module.check_mode
     state = p["state"]
     out = {"changed": False, "cache_dir": cache_dir}
 
@@ -326,7 +436,7 @@ def run(module):
             state_dir=None if check else state_dir,
             dry_run=check,
         )
-        _warn(module, result)
+        warnings.extend(result.get("warnings") or [])
         out.update(result)
         out["changed"] = result["result"] in ("saved", "would_save")
     elif state == "restored":
@@ -337,9 +447,8 @@ def run(module):
             )
         except CacheMiss as exc:
             if p["fail_on_miss"]:
-                module.fail_json(
-                    msg=str(exc), hit=False, result="miss", exit_code=exc.exit_code, **out
-                )
+                fields = dict(out, msg=str(exc), hit=False, result="miss")
+                raise TaskFailed(dict(fields, exit_code=exc.exit_code)) from None
             out.update(hit=False, result="miss", loaded=False, msg=str(exc))
             return out
         out.update(result)
@@ -360,7 +469,7 @@ def run(module):
             bad = [b["key"] for b in report["bad_entries"]] + [
                 b["digest"] for b in report["bad_blobs"]
             ]
-            module.fail_json(msg="cache verify found problems: " + ", ".join(bad), **out)
+            raise TaskFailed(dict(out, msg="cache verify found problems: " + ", ".join(bad)))
     elif state == "pruned":
         settings = cache_settings(config)
         max_size = parse_size(p["max_size"], "max_size") if p["max_size"] else settings["max_size"]
@@ -373,7 +482,7 @@ def run(module):
             dry_run=check,
             state_dir=None if check else state_dir,  # the same event the CLI's prune records
         )
-        _warn(module, report)
+        warnings.extend(report.get("warnings") or [])
         out.update(report=report, result="pruned", bytes_freed=report["bytes_freed"])
         out["changed"] = bool(report["evicted"] or report["blobs_deleted"])
     elif state == "absent":
@@ -382,9 +491,26 @@ def run(module):
     return out
 
 
-def _warn(module, report):
-    for line in report.get("warnings") or []:
-        module.warn(line)
+def task_outcome(work, params):
+    """Every way ``work`` ends, as data: {"result": ...} or {"failed": ...}, with "warnings"."""
+    warnings = []
+    try:
+        return {"result": work(warnings), "warnings": warnings}
+    except TaskFailed as exc:
+        failed = exc.fields
+    except RunnerkeepError as exc:
+        failed = {"msg": str(exc), "exit_code": exc.exit_code, "cache_dir": params["dir"]}
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        failed = {"msg": f"image cache: {exc.strerror or exc}{where}", "cache_dir": params["dir"]}
+    except (ValueError, TypeError, KeyError) as exc:
+        # A core bug or input the core did not catch: one clear line, the trace for -vvv.
+        failed = {
+            "msg": f"image cache: unexpected {type(exc).__name__}: {exc}",
+            "exception": traceback.format_exc(),
+            "cache_dir": params["dir"],
+        }
+    return {"failed": failed, "warnings": warnings}
 
 
 def main():
@@ -415,23 +541,14 @@ def main():
     )
     if IMPORT_ERROR:
         module.fail_json(msg="runnerkeep core (module_utils/runnerkeep) missing: " + IMPORT_ERROR)
-    try:
-        result = run(module)
-    except RunnerkeepError as exc:
-        module.fail_json(msg=str(exc), exit_code=exc.exit_code, cache_dir=module.params["dir"])
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        module.fail_json(
-            msg=f"image cache: {exc.strerror or exc}{where}", cache_dir=module.params["dir"]
-        )
-    except (ValueError, TypeError, KeyError) as exc:
-        # A core bug or input the core did not catch: one clear line, the trace for -vvv.
-        module.fail_json(
-            msg=f"image cache: unexpected {type(exc).__name__}: {exc}",
-            exception=traceback.format_exc(),
-            cache_dir=module.params["dir"],
-        )
-    module.exit_json(**result)
+    outcome = task_outcome(
+        lambda warnings: run(module.params, module.check_mode, warnings), module.params
+    )
+    for line in outcome["warnings"]:
+        module.warn(line)
+    if "failed" in outcome:
+        module.fail_json(**outcome["failed"])
+    module.exit_json(**outcome["result"])
 
 
 if __name__ == "__main__":
