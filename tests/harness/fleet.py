@@ -6,12 +6,17 @@
         fleet.run_playbook("playbooks/site.yml")
         fleet.hosts[0].exec("docker info")
 
+    # a mixed fleet: one host per Debian release (harness.image.RELEASES)
+    with Fleet.start(3, release=["bullseye", "bookworm", "trixie"]) as fleet:
+        fleet.hosts[0].release  # "bullseye"
+
 Each host is a container of the runner image (systemd as PID 1, inner Docker on
 vfs, sshd) started with an explicit capability list (never --privileged), sized
 tmpfs mounts for /var/lib/docker and /var/cache/runnerkeep, and sshd published on
 127.0.0.1 with a port Docker picks. The fleet's workdir (default
 ``<repo>/.fleet/<fleet-id>``) holds the generated ed25519 key, an ssh_config and
-the Ansible inventory ``inventory.yml``.
+the Ansible inventory ``inventory.yml`` (hosts of a ``release`` fleet carry
+``runnerkeep_harness_release``).
 
 Containers carry the labels ``io.runnerkeep.harness=1``, ``io.runnerkeep.fleet=<id>``
 and ``io.runnerkeep.owner=<host>:<boot-id>:<pid>:<start-time>``. ``stop()`` removes
@@ -48,6 +53,7 @@ LABEL_HARNESS = "io.runnerkeep.harness"
 LABEL_FLEET = "io.runnerkeep.fleet"
 LABEL_OWNER = "io.runnerkeep.owner"
 LABEL_HOST = "io.runnerkeep.host"
+LABEL_RELEASE = "io.runnerkeep.release"
 
 #: What a runner host needs instead of --privileged (see /work/shared/ENVIRONMENT.md).
 CAPABILITIES = (
@@ -112,6 +118,8 @@ class RunnerHost:
     ssh_port: int
     key_file: str
     ssh_config: str = ""
+    release: str = ""  # Debian codename of the host's image ("" when an image was given)
+    image: str = ""
     _testinfra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def exec(
@@ -297,6 +305,30 @@ def _yaml_str(value: Any) -> str:
     return json.dumps(value)  # a JSON scalar is a valid YAML flow scalar
 
 
+def _host_releases(count: int, release: str | Sequence[str] | None, image: str | None) -> list[str]:
+    """The release of each of ``count`` hosts ([] when none was asked for)."""
+    from .image import release_info
+
+    if release is None:
+        return []
+    if image is not None:
+        raise ValueError("give Fleet.start an image or a release, not both")
+    releases = [release] * count if isinstance(release, str) else list(release)
+    if len(releases) != count:
+        raise ValueError(f"{len(releases)} releases given for {count} hosts: give one per host")
+    return [release_info(r).name for r in releases]
+
+
+def _resolve_images(releases: list[str], image: str | None) -> list[tuple[str, str]]:
+    """(release, image) per host: each release's runner image, built once per release."""
+    from .image import ensure_runner_image
+
+    if not releases:
+        return [("", image or ensure_runner_image())]
+    built = {r: ensure_runner_image(release=r) for r in dict.fromkeys(releases)}
+    return [(r, built[r]) for r in releases]
+
+
 class Fleet:
     """Containers started by ``Fleet.start``; a context manager that stops them."""
 
@@ -309,11 +341,14 @@ class Fleet:
         *,
         own_workdir: bool,
         keep: bool = False,
+        host_images: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.name = name
         self.fleet_id = fleet_id
         self.workdir = workdir
         self.image = image
+        # (release, image) of host i+1; empty: every host runs ``image`` (release unknown).
+        self.host_images = list(host_images)
         self.keep = keep
         self.hosts: list[RunnerHost] = []
         self.key_file = str(workdir / "id_ed25519")
@@ -339,6 +374,7 @@ class Fleet:
         workdir: str | None = None,
         *,
         image: str | None = None,
+        release: str | Sequence[str] | None = None,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         keep: bool = False,
     ) -> Fleet:
@@ -347,12 +383,15 @@ class Fleet:
         ``extra_tmpfs`` maps container paths to sizes (``{"/tmp": "256m"}``); sizes
         take docker's tmpfs syntax (``512m``, ``2g``). ``keep=True`` leaves the
         fleet running at exit (debugging; remove later with ``stop()`` or cleanup).
+        ``release`` picks the Debian release of the runner image (built if needed): one
+        codename for every host, or one per host (a list of ``count`` codenames); it cannot
+        be combined with ``image``. Neither given: the default release's image.
         """
         from .engine import ensure_engine
-        from .image import ensure_runner_image
 
         if count < 1:
             raise ValueError("count must be >= 1")
+        releases = _host_releases(count, release, image)
         if not _NAME_RE.match(name):
             raise ValueError(f"fleet name {name!r} must match {_NAME_RE.pattern}")
         mounts = {"/var/lib/docker": docker_disk, "/var/cache/runnerkeep": cache_disk}
@@ -364,14 +403,23 @@ class Fleet:
                 raise ValueError(f"{path} is mounted by the harness already")
 
         ensure_engine()
-        image = image or ensure_runner_image()
+        host_images = _resolve_images(releases, image)
+        image = host_images[0][1]
         fleet_id = f"{name}-{secrets.token_hex(3)}"
         own = workdir is None or not Path(workdir).exists()
         wd = Path(workdir) if workdir else FLEET_DIR / fleet_id
         wd.mkdir(parents=True, exist_ok=True)
         if own:
             wd.chmod(0o700)  # holds the private key
-        fleet = cls(name, fleet_id, wd.resolve(), image, own_workdir=own, keep=keep)
+        fleet = cls(
+            name,
+            fleet_id,
+            wd.resolve(),
+            image,
+            own_workdir=own,
+            keep=keep,
+            host_images=host_images if releases else (),
+        )
         (wd / "owner").write_text(_owner_token() + "\n")
         with _LIVE_LOCK:
             _install_handlers()
@@ -428,6 +476,7 @@ class Fleet:
             raise FleetError(f"fleet {self.fleet_id} aborted")
         host_name = f"{self.name}-{index}"
         container = f"{self.fleet_id}-{index}"
+        release, image = self._image_of(index)
         pubkey = Path(self.key_file + ".pub").read_text().strip()
         args = [
             "run",
@@ -444,6 +493,8 @@ class Fleet:
             f"{LABEL_OWNER}={_owner_token()}",
             "--label",
             f"{LABEL_HOST}={host_name}",
+            "--label",
+            f"{LABEL_RELEASE}={release}",
             "--cgroupns=host",
             "-v",
             "/sys/fs/cgroup:/sys/fs/cgroup:rw",
@@ -463,7 +514,7 @@ class Fleet:
         for path, size in mounts.items():
             args += ["--tmpfs", f"{path}:size={size},exec"]
         self._containers.append(container)  # before run: stop() must know it
-        docker(*args, self.image, timeout=120)
+        docker(*args, image, timeout=120)
         if self.aborting():  # stop() ran while we created it
             docker("rm", "-f", "-v", container, check=False, timeout=60)
             raise FleetError(f"fleet {self.fleet_id} aborted")
@@ -474,8 +525,22 @@ class Fleet:
         if port is None:
             raise FleetError(f"{container}: sshd port not published on 127.0.0.1: {port_line}")
         self.hosts.append(
-            RunnerHost(host_name, container, port, self.key_file, ssh_config=self.ssh_config)
+            RunnerHost(
+                host_name,
+                container,
+                port,
+                self.key_file,
+                ssh_config=self.ssh_config,
+                release=release,
+                image=image,
+            )
         )
+
+    def _image_of(self, index: int) -> tuple[str, str]:
+        """(release, image) of host ``index`` (1-based)."""
+        if self.host_images:
+            return self.host_images[index - 1]
+        return "", self.image
 
     def aborting(self) -> bool:
         """True once stop() or Ctrl-C asked the start-up to give up (for wait_host loops)."""
@@ -593,6 +658,8 @@ class Fleet:
                 "          ansible_python_interpreter: /usr/bin/python3",
                 f"          runnerkeep_harness_container: {_yaml_str(h.container)}",
             ]
+            if h.release:
+                lines.append(f"          runnerkeep_harness_release: {_yaml_str(h.release)}")
         Path(self.inventory).write_text("\n".join(lines) + "\n")
 
     # -- use -----------------------------------------------------------------
@@ -799,6 +866,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--name", default="rk")
     s.add_argument("--docker-disk", default="2g")
     s.add_argument("--cache-disk", default="1g")
+    s.add_argument(
+        "--release",
+        action="append",
+        metavar="CODENAME",
+        help="Debian release of the hosts (bullseye, bookworm, trixie); once for all hosts, "
+        "or once per host (a mixed fleet: COUNT is then the number given)",
+    )
     args = parser.parse_args(argv)
     if args.cmd == "cleanup":
         n = remove_leftovers(include_live=args.all)
@@ -807,11 +881,14 @@ def main(argv: list[str] | None = None) -> int:
         for row in list_fleets():
             print("\t".join(row))
     elif args.cmd == "start":
+        releases = args.release or []
+        count = len(releases) if len(releases) > 1 else args.count
         fleet = Fleet.start(
-            args.count,
+            count,
             name=args.name,
             docker_disk=args.docker_disk,
             cache_disk=args.cache_disk,
+            release=releases[0] if len(releases) == 1 else (releases or None),
             keep=True,
         )
         print(fleet.inventory)
