@@ -365,7 +365,7 @@ def as_store_owner(cache_dir, work, params):
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     try:
         outcome = json.loads(data.decode("utf-8")) if data else None
     except ValueError:
