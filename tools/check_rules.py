@@ -39,19 +39,9 @@ def alertmanager_files() -> list[str]:
     return sorted(glob.glob(os.path.join(ALERTMANAGER_DIR, "*.yml")))
 
 
-def find_tools() -> dict[str, str]:
-    """{"promtool": path, "amtool": path}; SystemExit(2) naming the package when one is missing."""
+def missing_tools() -> list[str]:
     found = {"promtool": shutil.which("promtool"), "amtool": shutil.which("amtool")}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        packages = " ".join(sorted({PACKAGES[name] for name in missing}))
-        print(
-            f"check_rules: {', '.join(missing)} not found; install it: "
-            f"apt-get install -y {packages}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
-    return {name: str(path) for name, path in found.items()}
+    return [name for name, path in found.items() if path is None]
 
 
 def run(argv: list[str], cwd: str) -> bool:
@@ -68,18 +58,25 @@ def run(argv: list[str], cwd: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    tools = find_tools()
+    missing = missing_tools()
+    if missing:
+        packages = " ".join(sorted({PACKAGES[name] for name in missing}))
+        print(
+            f"check_rules: {', '.join(missing)} not found; install: apt-get install -y {packages}",
+            file=sys.stderr,
+        )
+        return 2
     rules, tests, configs = rule_files(), test_files(), alertmanager_files()
     if not rules or not tests:
         print(f"check_rules: no rule files or rule tests in {PROMETHEUS_DIR}", file=sys.stderr)
         return 1
     results = [
-        run([tools["promtool"], "check", "rules", *rules], PROMETHEUS_DIR),
+        run(["promtool", "check", "rules", *rules], PROMETHEUS_DIR),
         # Test files name their rule files relative to themselves.
-        run([tools["promtool"], "test", "rules", *tests], PROMETHEUS_DIR),
+        run(["promtool", "test", "rules", *tests], PROMETHEUS_DIR),
     ]
     if configs:
-        results.append(run([tools["amtool"], "check-config", *configs], ALERTMANAGER_DIR))
+        results.append(run(["amtool", "check-config", *configs], ALERTMANAGER_DIR))
     failed = results.count(False)
     print(f"check_rules: {len(results) - failed} of {len(results)} checks passed")
     return 1 if failed else 0

@@ -7,7 +7,9 @@ file. ``parse_metrics`` reads the format back (tests and ``runnerkeep disk watch
 
 ``WATCH_METRICS`` is every metric the watch writes, as data: name, type, help, labels and how
 its samples are taken from a cycle's ``WatchReadings``. ``watch_metric_set`` turns one cycle's
-readings into a ``MetricSet``; a metric reference can be generated from the same table.
+readings into a ``MetricSet``. ``PLANNED_METRICS`` are the metrics the Prometheus rules
+(monitoring/) already use that other parts of runnerkeep are to write; their names and labels
+are fixed here. docs/metrics.md is generated from both tables (tools/metrics_doc.py).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import events
+from .. import __version__, events
 from ..fsutil import atomic_write
 from .budget import LEVELS, Budget, BudgetInputs
 
@@ -218,6 +221,8 @@ class MetricDef:
     help: str
     labels: tuple[str, ...]
     samples: Callable[[WatchReadings], Iterable[Sample]]
+    # What writes it (the metric reference says so).
+    writer: str = "disk watch"
 
 
 def _one(value: float) -> list[Sample]:
@@ -308,7 +313,24 @@ def _skipped_samples(readings: WatchReadings) -> list[Sample]:
     return [({"file": name}, count) for name, count in sorted(readings.records_skipped.items())]
 
 
+def _build_info_samples(_readings: WatchReadings) -> list[Sample]:
+    python = "{}.{}.{}".format(*sys.version_info[:3])
+    return [({"version": __version__, "python": python}, 1)]
+
+
+def _not_written_here(_readings: WatchReadings) -> list[Sample]:
+    return []
+
+
 WATCH_METRICS: tuple[MetricDef, ...] = (
+    # Which runnerkeep wrote the file (a fleet mid-upgrade shows both versions).
+    MetricDef(
+        "runnerkeep_build_info",
+        GAUGE,
+        "always 1; the runnerkeep version and the Python running the watch",
+        ("version", "python"),
+        _build_info_samples,
+    ),
     # The state machine.
     MetricDef(
         "runnerkeep_disk_state",
@@ -594,6 +616,29 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         "when the watch last ran",
         (),
         lambda readings: _one(round(readings.run_time, 3)),
+    ),
+)
+
+# Used by monitoring/prometheus/runnerkeep-rules.yml, written by parts of issue 13 not built yet.
+# When a part is built, its row moves from here to the table of the code that writes it, with
+# the same name, type and labels (a unit test keeps every metric the rules use in one table).
+PLANNED_METRICS: tuple[MetricDef, ...] = (
+    MetricDef(
+        "runnerkeep_runner_drained",
+        GAUGE,
+        "1 while the runner's agent is stopped because a job could not fit (drained), else 0; "
+        "reason: what was short (free bytes or free inodes, and where)",
+        ("reason",),
+        _not_written_here,
+        writer="admission control (planned)",
+    ),
+    MetricDef(
+        "runnerkeep_cache_oldest_unverified_seconds",
+        GAUGE,
+        "seconds since the least recently verified blob of the image cache was last verified",
+        (),
+        _not_written_here,
+        writer="cache scrub (planned)",
     ),
 )
 
