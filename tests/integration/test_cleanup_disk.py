@@ -128,7 +128,12 @@ def test_post_stage_stops_at_real_target(tmp_path, mount_tmpfs):
     before = filesystem_usage(str(mnt))
     target = before.free_bytes + 5 * MIB
     report = run_cleanup(
-        "post", config, target_free_bytes=target, target_free_inodes=0, paths=[str(mnt)], only=ONLY
+        "post",
+        config,
+        target_free_bytes=target,
+        target_free_inodes=0,
+        paths=[str(mnt)],
+        cleaner_names=ONLY,
     )
     after = filesystem_usage(str(mnt))
     assert after.free_bytes >= target
@@ -155,7 +160,7 @@ def test_emergency_goes_deeper_until_target(tmp_path, mount_tmpfs):
         target_free_bytes=target,
         target_free_inodes=0,
         paths=[str(mnt)],
-        only=ONLY,
+        cleaner_names=ONLY,
     )
     assert [c.name for c in report.cleaners] == ONLY
     assert report.cleaner("t-temp").status == "done"
@@ -174,7 +179,7 @@ def test_dry_run_predicts_real_statvfs_change_within_1_percent(tmp_path, mount_t
         make_file(str(mnt / "tmp" / "build-0" / "small" / f"s{i}"), 100 + i * 37, 30)
     settle_dir_mtimes(mnt / "tmp")
     config = config_for(tmp_path, mnt)
-    kwargs = {"run_all": True, "paths": [str(mnt)], "only": ONLY}
+    kwargs = {"run_all": True, "paths": [str(mnt)], "cleaner_names": ONLY}
     dry = run_cleanup("emergency", config, dry_run=True, **kwargs)
     before = filesystem_usage(str(mnt))
     real = run_cleanup("emergency", config, **kwargs)
@@ -208,7 +213,7 @@ def test_inode_exhaustion_is_relieved_to_the_inode_target(tmp_path, mount_tmpfs)
         target_free_bytes=0,
         target_free_inodes=1000,
         paths=[str(mnt)],
-        only=ONLY,
+        cleaner_names=ONLY,
     )
     free_inodes = filesystem_usage(str(mnt)).free_inodes
     assert 1000 <= free_inodes < 1200  # stopped soon after the target, not everything
@@ -229,7 +234,7 @@ def test_symlink_escape_attempts_leave_targets_intact(tmp_path, mount_tmpfs):
         t = time.time() - 10 * DAY
         os.utime(mnt / "tmp" / path, (t, t), follow_symlinks=False)
     report = run_cleanup(
-        "post", config_for(tmp_path, mnt), run_all=True, paths=[str(mnt)], only=["t-temp"]
+        "post", config_for(tmp_path, mnt), run_all=True, paths=[str(mnt)], cleaner_names=["t-temp"]
     )
     assert os.listdir(mnt / "tmp") == []
     assert (outside / "precious").read_text() == "keep me"

@@ -151,7 +151,7 @@ def seed_images(lab):
 def test_images_removed_least_recently_used_first_and_only_the_right_ones(lab):
     ids = seed_images(lab)
     config = lab.config(**{"docker-images": {"min_age": "1d"}})
-    dry = run_cleanup("post", config, run_all=True, only=["docker-images"], dry_run=True)
+    dry = run_cleanup("post", config, run_all=True, cleaner_names=["docker-images"], dry_run=True)
     listed = [i["path"] for i in dry.cleaner("docker-images").items]
     assert listed == [
         f"image rkclean-{lab.tag}-oldest:1",
@@ -159,7 +159,7 @@ def test_images_removed_least_recently_used_first_and_only_the_right_ones(lab):
     ]
     assert lab.exists(ids["oldest"])  # dry run removed nothing
 
-    real = run_cleanup("post", config, run_all=True, only=["docker-images"])
+    real = run_cleanup("post", config, run_all=True, cleaner_names=["docker-images"])
     assert [i["path"] for i in real.cleaner("docker-images").items] == listed
     assert real.cleaner("docker-images").errors == []
     assert not lab.exists(ids["oldest"]) and not lab.exists(ids["older"])
@@ -193,7 +193,7 @@ def test_image_stage_stops_at_target(lab):
     report = run_cleanup(
         "post",
         config,
-        only=["docker-images"],
+        cleaner_names=["docker-images"],
         target_free_bytes=10**9 + 1000,
         target_free_inodes=0,
         probe=probe,
@@ -213,7 +213,7 @@ def test_stopped_containers_then_dangling_images(lab):
     assert first_b != second_b
     config = lab.config(**{"docker-containers": {"min_age": "0s"}})
     report = run_cleanup(
-        "pre", config, run_all=True, only=["docker-containers", "docker-dangling-images"]
+        "pre", config, run_all=True, cleaner_names=["docker-containers", "docker-dangling-images"]
     )
     assert [c.name for c in report.cleaners] == ["docker-containers", "docker-dangling-images"]
     assert not lab.container_exists(stopped)
@@ -227,7 +227,7 @@ def test_containers_younger_than_min_age_stay(lab):
     lab.image("a")
     young = lab.container(f"rkclean-{lab.tag}-a:1")
     config = lab.config(**{"docker-containers": {"min_age": "1h"}})
-    run_cleanup("post", config, run_all=True, only=["docker-containers"])
+    run_cleanup("post", config, run_all=True, cleaner_names=["docker-containers"])
     assert lab.container_exists(young)
 
 
@@ -237,6 +237,6 @@ def test_real_run_records_image_use_from_containers(lab):
     image = lab.image("used")
     lab.container(f"rkclean-{lab.tag}-used:1")
     config = lab.config(**{"docker-images": {"min_age": "1d"}})
-    run_cleanup("post", config, run_all=True, only=["docker-images"])
+    run_cleanup("post", config, run_all=True, cleaner_names=["docker-images"])
     uses = load_image_use(config["paths"]["state_dir"])
     assert image in uses and time.time() - uses[image] < 3600

@@ -114,7 +114,7 @@ CHILD = textwrap.dedent(
         {"evil": evil, "toolchains": toolchains}, allowed_mount_points=shadowed
     )
     glob_run = run_cleanup(
-        "post", glob_config, run_all=True, only=["evil", "toolchains"]
+        "post", glob_config, run_all=True, cleaner_names=["evil", "toolchains"]
     ).as_dict()
     after = sentinel()
 
@@ -122,10 +122,12 @@ CHILD = textwrap.dedent(
         "kind": "files", "roots": [work + "/bound"], "patterns": ["*"], "min_age": "0s",
         "stages": ["post"],
     }
-    refused_run = run_cleanup("post", config({"b": bound}), run_all=True, only=["b"]).as_dict()
+    refused_run = run_cleanup(
+        "post", config({"b": bound}), run_all=True, cleaner_names=["b"]
+    ).as_dict()
     kept = os.path.exists(work + "/real/src/old.bin")
     named = config({"b": bound}, allowed_mount_points=[work + "/bound"])
-    allowed_run = run_cleanup("post", named, run_all=True, only=["b"]).as_dict()
+    allowed_run = run_cleanup("post", named, run_all=True, cleaner_names=["b"]).as_dict()
     removed = not os.path.exists(work + "/real/src/old.bin")
     print(json.dumps({
         "glob_run": glob_run, "before": before, "after": after,

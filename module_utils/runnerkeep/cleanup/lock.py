@@ -416,12 +416,6 @@ def wait_for_jobs(
         time.sleep(min(poll, max(deadline - time.monotonic(), 0.05)))
 
 
-# The old names, kept only until tests/integration/test_cleanup_module.py and
-# tests/unit/disk/test_watch_hardening.py use the new ones (notes/requests/H.md).
-job_start = take_job_lock
-job_end = release_job_lock
-
-
 @contextlib.contextmanager
 def job_lock(state_dir: str, job_id: str, pid: int | None = None) -> Iterator[dict[str, Any]]:
     """Hold the job lock for the duration of a ``with`` block (in-process callers, tests)."""

@@ -217,7 +217,6 @@ def run_cleanup(
     cleaner_names: list[str] | None = None,
     probe: Probe | None = None,
     now: float | None = None,
-    only: list[str] | None = None,
 ) -> CleanupReport:
     """Run ``stage`` ("pre", "post" or "emergency"); see the module docstring.
 
@@ -226,10 +225,8 @@ def run_cleanup(
     them; ``cleaner_names`` limits it to the named cleaners (the CLI's ``--cleaner``);
     ``probe`` replaces ``filesystem_usage`` (tests). Raises LockHeldError when a job holds the
     lock (post/emergency, no ``force``) or another cleanup is running, ConfigError for bad
-    settings. ``only`` is the old name of ``cleaner_names``, kept until its callers move.
+    settings.
     """
-    if cleaner_names is None:
-        cleaner_names = only
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
     started = time.monotonic()

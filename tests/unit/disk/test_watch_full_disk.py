@@ -241,7 +241,7 @@ def test_the_watch_cleans_a_full_disk_whose_state_dir_cannot_be_written(
     )
 
     def cleanup(stage, cfg, **kw):
-        return run_cleanup(stage, cfg, only=["t"], **kw)
+        return run_cleanup(stage, cfg, cleaner_names=["t"], **kw)
 
     _refuse_creation(monkeypatch, config["paths"]["state_dir"])
     result = run_watch(config, cleanup_func=cleanup)

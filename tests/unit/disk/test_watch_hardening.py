@@ -282,11 +282,11 @@ def test_a_guard_held_forever_is_a_lock_error_not_a_hang(tmp_path, monkeypatch):
         fcntl.flock(holder, fcntl.LOCK_EX)  # another open file description: a real conflict
         started = time.monotonic()
         with must_finish_within(10), pytest.raises(LockHeldError, match="job lock guard"):
-            lock.job_start(sdir, "j1", os.getpid())
+            lock.take_job_lock(sdir, "j1", os.getpid())
         assert time.monotonic() - started < 3
     finally:
         os.close(holder)
-    assert lock.job_start(sdir, "j1", os.getpid())["job_id"] == "j1"
+    assert lock.take_job_lock(sdir, "j1", os.getpid())["job_id"] == "j1"
 
 
 def test_a_dry_run_of_the_job_locks_removes_and_creates_nothing(tmp_path):
