@@ -7,8 +7,9 @@ in a temporary directory and runs there:
 
     ansible-test sanity --venv --python <this Python's X.Y> [--test NAME ...]
 
-then ``--test compile --test import`` once more for each ``--also-python`` (3.9 by default: the
-core's oldest Python on runner hosts). Exits non-zero when a test fails.
+then ``--test compile --test import`` once more for each ``--also-python`` (by default 3.9, the
+oldest Python on runner hosts, and 3.13, the newest supported). Exits non-zero when a test
+fails.
 
 Offline-ish: ``--venv`` installs each test's pinned requirements from the package index, with
 no container registry. ansible-test bootstraps pip in those venvs with a script it downloads
@@ -54,6 +55,7 @@ packages = [a for a in sys.argv[1:] if a not in ("--no-setuptools", "--no-wheel"
 subprocess.check_call([sys.executable, "-m", "ensurepip", "--default-pip"])
 subprocess.check_call([sys.executable, "-m", "pip", "install", *packages])
 '''
+ALSO_PYTHON = ("3.9", "3.13")  # the ends of the Pythons runner hosts may have
 RUN_TIMEOUT = 3600  # seconds for one ansible-test run (first runs install every venv)
 
 
@@ -123,6 +125,12 @@ def interpreter_dir(version: str) -> str:
             if os.access(os.path.join(home, f"python{version}"), os.X_OK):
                 return home
     raise SanityError(f"no working python{version} found (PATH, pyenv); install it or leave it out")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    if not re.fullmatch(r"\d+\.\d+", version):
+        raise SanityError(f"--also-python {version!r}: expected X.Y, e.g. 3.9")
+    return tuple(int(part) for part in version.split("."))
 
 
 def build_tarball(out_dir: str) -> str:
@@ -264,7 +272,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--also-python",
         action="append",
         default=None,
-        help="also run compile and import on this Python X.Y (default 3.9; 'none' for none)",
+        help="also run compile and import on this Python X.Y (default 3.9 and 3.13; 'none')",
     )
     parser.add_argument("--cache-dir", default=default_cache_dir(), help="ansible-test's home")
     parser.add_argument("--keep", action="store_true", help="keep the unpacked collection")
@@ -275,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     ansible_test = find_tool("ansible-test")
     core = ansible_core_version(ansible_test)
     python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    others = [v for v in (args.also_python or ["3.9"]) if v not in ("none", python)]
+    wanted = args.also_python or list(ALSO_PYTHON)
+    others = sorted({v for v in wanted if v not in ("none", python)}, key=version_key)
     python_dirs = [interpreter_dir(v) for v in [python, *others]]
     os.makedirs(args.cache_dir, exist_ok=True)
     env = sanity_env(os.path.abspath(args.cache_dir), python_dirs)
