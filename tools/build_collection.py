@@ -9,6 +9,7 @@ collection tree and runs ``ansible-galaxy collection build`` on it:
     roles/                    -> roles/   (plus roles/runner_base/files/runnerkeep.pyz, built here)
     playbooks/*.yml           -> playbooks/   (except the repo-only REPO_ONLY_PLAYBOOKS)
     docs/*.md                 -> docs/
+    tests/sanity/ignore-*.txt -> tests/sanity/   (ansible-test sanity's ignores)
     galaxy.yml, meta/runtime.yml, LICENSE, README.md, CHANGELOG.md
 
 ansible-galaxy stamps the build time into the archive and lists files in directory order, so
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMESPACE = "runnerkeep"
@@ -53,6 +55,7 @@ TOP_FILES = (
     "README.md",
     "CHANGELOG.md",
 )
+SANITY_IGNORE = re.compile(r"ignore-[0-9.]+\.txt")
 SKIP_DIRS = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache"})
 SKIP_SUFFIXES = (".pyc", ".pyo", ".retry", ".swp")
 # 2020-01-01T00:00:00Z, as the zipapp; SOURCE_DATE_EPOCH overrides it.
@@ -188,12 +191,22 @@ def stage_tree(stage: str) -> None:
     for name in sorted(os.listdir(playbooks)):
         if name.endswith(".yml") and name not in REPO_ONLY_PLAYBOOKS:
             copy_file(os.path.join(playbooks, name), os.path.join(stage, "playbooks", name))
-    docs = os.path.join(ROOT, "docs")
-    for name in sorted(os.listdir(docs)):
-        if name.endswith(".md"):
-            copy_file(os.path.join(docs, name), os.path.join(stage, "docs", name))
+    copy_matching("docs", lambda name: name.endswith(".md"), stage)
+    # ansible-test sanity reads them there (tools/run_sanity.py).
+    copy_matching(os.path.join("tests", "sanity"), SANITY_IGNORE.fullmatch, stage)
     for rel in TOP_FILES:
         copy_file(os.path.join(ROOT, rel), os.path.join(stage, rel))
+
+
+def copy_matching(rel_dir: str, wanted_name: Callable[[str], object], stage: str) -> None:
+    """Files of one repository directory (not its subdirectories) whose name is wanted."""
+    source = os.path.join(ROOT, rel_dir)
+    if not os.path.isdir(source):
+        return
+    for name in sorted(os.listdir(source)):
+        path = os.path.join(source, name)
+        if wanted_name(name) and os.path.isfile(path) and not os.path.islink(path):
+            copy_file(path, os.path.join(stage, rel_dir, name))
 
 
 def find_ansible_galaxy(explicit: str | None) -> str:

@@ -116,6 +116,15 @@ def test_core_is_shipped_unchanged(members):
             assert members[name] == handle.read(), name
 
 
+def test_sanity_ignores_travel_with_the_collection(members):
+    sanity = os.path.join(ROOT, "tests", "sanity")
+    ignores = [n for n in os.listdir(sanity) if re.fullmatch(r"ignore-[0-9.]+\.txt", n)]
+    assert ignores
+    for name in ignores:
+        with open(os.path.join(sanity, name), "rb") as handle:
+            assert members[f"tests/sanity/{name}"] == handle.read(), name
+
+
 def imported_modules(source: str) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(source)):
