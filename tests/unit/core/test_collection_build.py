@@ -26,7 +26,10 @@ from runnerkeep import __version__
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TOOL = os.path.join(ROOT, "tools", "build_collection.py")
 TARBALL = f"runnerkeep-runner-{__version__}.tar.gz"
-MODULES = ("disk_budget", "disk_facts", "image_cache", "runner_cleanup")
+# Every module of library/ ships; these four at least (issue 11).
+MODULES = tuple(
+    sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "library")) if n.endswith(".py"))
+)
 ROLES = ("disk_monitor", "image_cache", "runner_base", "runner_maintenance")
 PLAYBOOKS = ("cache_restore", "cache_save", "maintain", "provision")
 BIN = os.path.dirname(sys.executable)
@@ -66,6 +69,10 @@ def tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_the_four_modules_are_in_library():
+    assert {"disk_budget", "disk_facts", "image_cache", "runner_cleanup"} <= set(MODULES)
 
 
 def test_galaxy_version_is_the_package_version():
