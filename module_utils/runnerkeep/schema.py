@@ -461,6 +461,7 @@ DISK = Object(
         "syslog_tag": Text("a syslog tag without '/'", no_slash=True),
         "webhook_url": Optional(HttpUrl(), empty_string=True),
         "webhook_url_file": Optional(AbsPath(), empty_string=True),
+        "webhook_auth_header_file": Optional(AbsPath(), empty_string=True),
         "webhook_timeout": Duration(positive=True),
         "webhook_retries": Int(0, 100),
         "emergency_cleanup": Bool(),

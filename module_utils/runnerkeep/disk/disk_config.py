@@ -59,6 +59,8 @@ DISK_DEFAULTS: dict[str, Any] = {
     "webhook_url": None,
     # A file (root-only) holding the webhook URL, so the secret stays out of config fragments.
     "webhook_url_file": None,
+    # A file (root-only) holding the webhook request's auth header (disk/alerts.py).
+    "webhook_auth_header_file": None,
     "webhook_timeout": "5s",
     "webhook_retries": 2,
     "emergency_cleanup": True,
