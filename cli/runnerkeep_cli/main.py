@@ -23,6 +23,7 @@ GROUPS = {
     "cache": "runnerkeep_cli.commands_cache",
     "cleanup": "runnerkeep_cli.commands_cleanup",
     "disk": "runnerkeep_cli.commands_disk",
+    "fleet-facts": "runnerkeep_cli.commands_fleet",
     "self-check": "runnerkeep_cli.commands_host",
 }
 
