@@ -12,11 +12,20 @@ deadline covers lookup, connect, send and read of every attempt together. The UR
 child on stdin (never in its argv, which every user can read in /proc), and what comes back is
 redacted with the URL's secrets (``secrets.redact_text``): an error naming the URL cannot leak
 its token into a message.
+
+The body carries a Slack-compatible ``text`` (``slack_text``: the alert's message, one line,
+``&<>`` escaped), so a Slack or Mattermost incoming webhook shows it as is. An optional header
+(``disk.webhook_auth_header_file``: a root-only file like ``disk.webhook_url_file``, whose first
+line is the ``Authorization`` value, e.g. ``Bearer TOKEN``, or a whole ``Name: value`` header)
+goes with every POST, through the child's stdin like the URL, and is redacted like it. Redirects
+are not followed: a credential (the header, or the URL's userinfo) must never be sent on to
+another address.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -24,7 +33,8 @@ import sys
 import time
 from typing import Any
 
-from ..secrets import redact_data, url_secrets
+from ..errors import ConfigError
+from ..secrets import MIN_SECRET_LEN, read_secret_file, redact_data, url_secrets
 
 PRIORITIES = {
     "ok": "notice",
@@ -100,8 +110,14 @@ def split_auth(url):
     header = "Basic " + base64.b64encode(token.encode()).decode()
     return urllib.parse.urlunsplit(parts._replace(netloc=hostport)), {"Authorization": header}
 
-def send(url, data, timeout, retries, deadline, note):
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A credential must not follow a redirect to another address: a 3xx is a failure.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+def send(url, data, timeout, retries, deadline, note, extra_headers=None):
     url, auth = split_auth(url)
+    opener = urllib.request.build_opener(NoRedirect)
     attempts = 0
     error = None
     status = None
@@ -115,10 +131,10 @@ def send(url, data, timeout, retries, deadline, note):
         request = urllib.request.Request(
             url, data=data, method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "runnerkeep-disk-watch",
-                     **auth},
+                     **auth, **(extra_headers or {})},
         )
         try:
-            with urllib.request.urlopen(request, timeout=min(timeout, remaining)) as response:
+            with opener.open(request, timeout=min(timeout, remaining)) as response:
                 status = response.status
                 response.read(65536)
             if 200 <= status < 300:
@@ -143,7 +159,7 @@ if __name__ == "__main__":
         sys.stdout.write("attempt\n")
         sys.stdout.flush()
     result = send(job["url"], job["data"].encode(), job["timeout"], job["retries"],
-                  time.monotonic() + job["budget"], note)
+                  time.monotonic() + job["budget"], note, job.get("headers"))
     sys.stdout.write(json.dumps(result) + "\n")
 """
 
@@ -152,17 +168,33 @@ _CHILD_MARGIN = 0.15
 
 
 def post_webhook(
-    url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
+    url: str,
+    body: dict[str, Any],
+    *,
+    timeout: float,
+    retries: int,
+    deadline: float,
+    auth_header: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """POST ``body`` as JSON; at most ``1 + retries`` attempts, never past ``deadline``
-    (a ``time.monotonic()`` value). Returns {"ok", "attempts", "status", "error"}, the error
-    redacted."""
-    result = _post(url, body, timeout=timeout, retries=retries, deadline=deadline)
-    return redact_data(result, url_secrets(url))
+    """POST ``body`` as JSON, with a Slack-compatible ``text`` when it has a message
+    (``with_text``) and ``auth_header`` (name, value) when given; at most ``1 + retries``
+    attempts, never past ``deadline`` (a ``time.monotonic()`` value). Returns
+    {"ok", "attempts", "status", "error"}, the error redacted."""
+    headers = dict([auth_header]) if auth_header else {}
+    result = _post(
+        url, with_text(body), headers, timeout=timeout, retries=retries, deadline=deadline
+    )
+    return redact_data(result, [*url_secrets(url), *header_secrets(auth_header)])
 
 
 def _post(
-    url: str, body: dict[str, Any], *, timeout: float, retries: int, deadline: float
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    retries: int,
+    deadline: float,
 ) -> dict[str, Any]:
     remaining = deadline - time.monotonic()
     if remaining <= 0.05:
@@ -170,6 +202,7 @@ def _post(
     job = {
         "url": url,
         "data": json.dumps(body, sort_keys=True),
+        "headers": headers,
         "timeout": float(timeout),
         "retries": max(0, int(retries)),
         "budget": max(0.05, remaining - _CHILD_MARGIN),
@@ -231,4 +264,88 @@ def _post_in_process(job: dict[str, Any]) -> dict[str, Any]:
         job["retries"],
         time.monotonic() + job["budget"],
         lambda: None,
+        job["headers"],
     )
+
+
+# --- the body's Slack-compatible text -------------------------------------------------------
+
+# Slack and Mattermost render these emoji codes; other receivers show them as words.
+_ICONS = {
+    "ok": ":white_check_mark:",
+    "warning": ":warning:",
+    "critical": ":rotating_light:",
+    "emergency": ":fire:",
+}
+
+
+def slack_text(body: dict[str, Any]) -> str:
+    """One line for a chat: icon, host and message, ``&<>`` escaped as Slack requires (a path
+    or message holding ``<...>`` would otherwise become a link or a mention)."""
+    icon = _ICONS.get(str(body.get("state")), ":information_source:")
+    host = body.get("host") or "?"
+    resent = " (sent again: the webhook missed it)" if body.get("resent") else ""
+    message = " ".join(str(body.get("message", "")).split())
+    text = f"{icon} runnerkeep on {host}{resent}: {message}"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def with_text(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with a ``text`` field made from its message (a copy; a body that has its own
+    ``text``, or no message, is sent as it is)."""
+    if "text" in body or "message" not in body:
+        return body
+    return {**body, "text": slack_text(body)}
+
+
+# --- the optional auth header ---------------------------------------------------------------
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers the POST itself needs; a file naming one would break every delivery.
+_RESERVED_HEADERS = {"content-type", "content-length", "host", "transfer-encoding", "connection"}
+AUTH_KEY = "disk.webhook_auth_header_file"
+
+
+def webhook_auth_header(
+    settings: dict[str, Any],
+) -> tuple[str, str] | None:
+    """(name, value) from ``disk.webhook_auth_header_file`` (root watch only; the same checks
+    as the URL file), or None when it is unset. ConfigError naming the file, never its
+    content, when it cannot be used."""
+    path = settings.get("webhook_auth_header_file") or None
+    if not path:
+        return None
+    return parse_auth_header(read_secret_file(path, AUTH_KEY), path)
+
+
+def parse_auth_header(line: str, path: str) -> tuple[str, str]:
+    """``Name: value`` (a header name, a colon) or else the ``Authorization`` value."""
+    name, colon, rest = line.partition(":")
+    if colon and _HEADER_NAME.match(name):
+        header = (name, rest.strip())
+    else:
+        header = ("Authorization", line.strip())
+    if not header[1]:
+        raise ConfigError(
+            f"{AUTH_KEY}: {path} holds no header value; its first line is the Authorization "
+            "value (e.g. 'Bearer TOKEN') or a whole header ('X-Token: TOKEN')"
+        )
+    if _HEADER_VALUE_BAD.search(header[1]):
+        raise ConfigError(f"{AUTH_KEY}: {path}: the header value holds control characters")
+    if header[0].lower() in _RESERVED_HEADERS:
+        raise ConfigError(
+            f"{AUTH_KEY}: {path} sets {header[0]}, which the POST sets itself; "
+            "use Authorization or a header of your receiver"
+        )
+    return header
+
+
+def header_secrets(header: tuple[str, str] | None) -> list[str]:
+    """What of the header must never be shown: its value and the credential after a scheme
+    word ('Bearer TOKEN' -> TOKEN), longest first."""
+    if not header:
+        return []
+    value = header[1]
+    found = {value, value.split(None, 1)[-1]}
+    return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 
+import pytest
+from runnerkeep.disk import alerts
 from runnerkeep.disk.alerts import post_webhook
 from runnerkeep.disk.metrics import metric_value, parse_metrics
 from runnerkeep.disk.watch import run_watch
+from runnerkeep.errors import ConfigError
 
 GiB = 1024**3
 
@@ -142,3 +147,160 @@ def test_alerts_a_dead_webhook_missed_are_sent_next_cycle_in_order(
     # nothing is sent twice
     run_watch(config)
     assert len(webhook.received) == 2
+
+
+# --- Slack-compatible text, the auth header, no redirects -------------------------------------
+
+
+@contextlib.contextmanager
+def recording_server(status=204, location=None):
+    """A loopback server that records (headers, body) of each POST and answers ``status``."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length))
+            self.server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(status)
+            if location:
+                self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.requests = []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def post(url, body, **kwargs):
+    return post_webhook(url, body, timeout=5, retries=0, deadline=time.monotonic() + 10, **kwargs)
+
+
+def test_the_watch_alert_carries_a_slack_text(make_config, fake_disk, syslog_calls, webhook):
+    config = make_config(webhook_url=webhook.url)
+    fake_disk.free_bytes = 24 * GiB
+    run_watch(config)
+    body = webhook.received[0]
+    # Slack's escaping: "->" shows as "->" in the chat
+    escaped = body["message"].replace(">", "&gt;")
+    assert body["text"] == f":warning: runnerkeep on {body['host']}: {escaped}"
+    assert body["message"].startswith("disk ok -> warning on /fake: 24.0 GiB free")
+
+
+def test_slack_text_is_one_escaped_line_with_the_state_icon():
+    body = {"state": "emergency", "host": "r1", "message": "disk <x> & y\nz"}
+    assert alerts.slack_text(body) == ":fire: runnerkeep on r1: disk &lt;x&gt; &amp; y z"
+    resent = alerts.slack_text({"state": "ok", "host": "r1", "message": "m", "resent": True})
+    assert resent == ":white_check_mark: runnerkeep on r1 (sent again: the webhook missed it): m"
+    assert alerts.slack_text({"event": "x", "message": "m"}).startswith(":information_source:")
+
+
+def test_a_body_with_its_own_text_or_no_message_is_sent_as_it_is():
+    assert alerts.with_text({"x": 1}) == {"x": 1}
+    assert alerts.with_text({"message": "m", "text": "mine"}) == {"message": "m", "text": "mine"}
+    body = {"message": "m", "state": "warning", "host": "h"}
+    assert alerts.with_text(body)["text"] == ":warning: runnerkeep on h: m"
+    assert "text" not in body  # a copy: the pending queue keeps the body as the watch made it
+
+
+def test_the_auth_header_goes_with_the_post():
+    with recording_server() as server:
+        result = post(
+            server.url, {"message": "m"}, auth_header=("Authorization", "Bearer tok-123456")
+        )
+        other = post(server.url, {"message": "m"}, auth_header=("X-Token", "abcdef"))
+        none = post(server.url, {"message": "m"})
+    assert result["ok"] and other["ok"] and none["ok"]
+    headers = [h for h, _body in server.requests]
+    assert headers[0]["authorization"] == "Bearer tok-123456"
+    assert headers[1]["x-token"] == "abcdef" and "authorization" not in headers[1]
+    assert "authorization" not in headers[2] and "x-token" not in headers[2]
+    assert all(h["content-type"] == "application/json" for h in headers)
+
+
+def test_a_redirect_is_not_followed_so_the_credential_stays():
+    header = ("Authorization", "Bearer t0k3n")
+    with recording_server() as elsewhere, recording_server(302, elsewhere.url) as server:
+        result = post(server.url, {"message": "m"}, auth_header=header)
+    assert not result["ok"]
+    assert result["status"] == 302 and result["error"] == "HTTP 302"
+    assert len(server.requests) == 1
+    assert elsewhere.requests == []
+
+
+def test_the_header_value_is_redacted_from_what_comes_back(monkeypatch):
+    monkeypatch.setattr(
+        alerts, "_post", lambda *a, **k: {"ok": False, "error": "refused Bearer s3cr3t-t0k3n"}
+    )
+    result = post(
+        "http://127.0.0.1:1/hook", {}, auth_header=("Authorization", "Bearer s3cr3t-t0k3n")
+    )
+    assert "s3cr3t" not in json.dumps(result)
+    assert alerts.header_secrets(("Authorization", "Bearer s3cr3t")) == ["Bearer s3cr3t", "s3cr3t"]
+    assert alerts.header_secrets(None) == []
+
+
+def secret_file(tmp_path, text, mode=0o600):
+    path = tmp_path / "auth"
+    path.write_text(text, encoding="utf-8")
+    os.chmod(path, mode)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "header"),
+    [
+        ("Bearer abc.def\n", ("Authorization", "Bearer abc.def")),
+        ("X-Gotify-Key: abcdef\nignored", ("X-Gotify-Key", "abcdef")),
+        ("Authorization: Basic dXNlcjpwdw==", ("Authorization", "Basic dXNlcjpwdw==")),
+        ("  token-without-scheme  ", ("Authorization", "token-without-scheme")),
+    ],
+)
+def test_the_auth_header_file_gives_a_header(tmp_path, line, header):
+    settings = {"webhook_auth_header_file": secret_file(tmp_path, line)}
+    assert alerts.webhook_auth_header(settings) == header
+
+
+def test_no_auth_header_file_is_no_header():
+    assert alerts.webhook_auth_header({}) is None
+    assert alerts.webhook_auth_header({"webhook_auth_header_file": ""}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "mode", "says"),
+    [
+        ("Bearer hunter2-secret", 0o644, "group or other"),
+        ("", 0o600, "holds no header value"),
+        ("X-Token:   ", 0o600, "holds no header value"),
+        ("Bearer hunter2\x01secret", 0o600, "control characters"),
+        ("Content-Length: 5", 0o600, "sets Content-Length"),
+    ],
+)
+def test_an_unusable_auth_header_file_is_a_config_error_without_its_content(
+    tmp_path, text, mode, says
+):
+    path = secret_file(tmp_path, text, mode)
+    with pytest.raises(ConfigError) as caught:
+        alerts.webhook_auth_header({"webhook_auth_header_file": path})
+    message = str(caught.value)
+    assert says in message and path in message
+    assert "hunter2" not in message
+    assert message.startswith("disk.webhook_auth_header_file: ")
+
+
+def test_a_missing_auth_header_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        alerts.webhook_auth_header({"webhook_auth_header_file": str(tmp_path / "nope")})
