@@ -29,23 +29,25 @@ RISK_COLOURS = {
 }
 USED = "#9aa3b2"
 EMPTY = "#e6e9ef"
-BAR_W, BAR_H = 240, 16
-CACHE_W = 170
-SPARK_W, SPARK_H = 170, 30
+BAR_W, BAR_H = 200, 16
+CACHE_W = 130
+SPARK_W, SPARK_H = 130, 30
 
 STYLE = """
-body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px;
+body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 20px;
   color: #1d2330; background: #fafbfc; }
 h1 { font-size: 22px; margin: 0 0 4px; }
 .sub { color: #5a6272; margin-bottom: 16px; }
 .chips span { display: inline-block; padding: 3px 10px; margin: 0 6px 6px 0; border-radius: 12px;
   background: #eef1f6; }
 table { border-collapse: collapse; width: 100%; background: #fff; }
-th, td { text-align: left; vertical-align: top; padding: 8px;
+th, td { text-align: left; vertical-align: top; padding: 8px 6px;
   border-bottom: 1px solid #e3e6ec; }
 th { font-size: 12px; color: #5a6272; text-transform: uppercase; letter-spacing: .03em; }
 td.host { font-weight: 600; overflow-wrap: anywhere; min-width: 110px; max-width: 170px; }
-td.risk { min-width: 200px; max-width: 240px; }
+td.risk { min-width: 170px; max-width: 220px; }
+td.host .fig { font-weight: normal; }
+div.drained { min-width: 110px; }
 .badge { display: inline-block; color: #fff; border-radius: 4px; padding: 1px 7px;
   font-weight: 600; }
 .reasons { margin: 4px 0 0; padding-left: 16px; color: #3b4252; }
