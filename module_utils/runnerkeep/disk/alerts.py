@@ -182,7 +182,7 @@ def post_webhook(
     {"ok", "attempts", "status", "error"}, the error redacted."""
     headers = dict([auth_header]) if auth_header else {}
     result = _post(
-        url, with_text(body), headers, timeout=timeout, retries=retries, deadline=deadline
+        url, with_text(body), headers=headers, timeout=timeout, retries=retries, deadline=deadline
     )
     return redact_data(result, [*url_secrets(url), *header_secrets(auth_header)])
 
@@ -190,8 +190,8 @@ def post_webhook(
 def _post(
     url: str,
     body: dict[str, Any],
-    headers: dict[str, str],
     *,
+    headers: dict[str, str] | None = None,
     timeout: float,
     retries: int,
     deadline: float,
@@ -202,7 +202,7 @@ def _post(
     job = {
         "url": url,
         "data": json.dumps(body, sort_keys=True),
-        "headers": headers,
+        "headers": headers or {},
         "timeout": float(timeout),
         "retries": max(0, int(retries)),
         "budget": max(0.05, remaining - _CHILD_MARGIN),
