@@ -16,7 +16,6 @@ from runnerkeep.cache import (
     ProgressLine,
     SaveFailed,
     Store,
-    cache_settings,
     export_entry,
     import_archive,
     list_entries,
@@ -34,6 +33,7 @@ from runnerkeep.config import load_config, merge_section
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
+from runnerkeep.wiring import cache_settings
 
 from runnerkeep_cli.output import CommandResult, table
 

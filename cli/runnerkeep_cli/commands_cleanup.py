@@ -23,7 +23,6 @@ from runnerkeep.cleanup import (
     active_jobs,
     list_cleaners,
     release_job_lock,
-    run_cleanup,
     state_dir_of,
     take_job_lock,
     wait_for_jobs,
@@ -34,6 +33,7 @@ from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
 from runnerkeep.spool import spool_dir_of
 from runnerkeep.textutil import escape_text
 from runnerkeep.units import parse_duration
+from runnerkeep.wiring import run_cleanup
 
 from runnerkeep_cli.options import common_options
 from runnerkeep_cli.output import CommandResult, table

@@ -203,11 +203,17 @@ def _watch_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def disk_watch(args: argparse.Namespace) -> CommandResult:
+def _watch_cycle(config: dict) -> dict:
+    """One watch cycle; its emergency step runs the cleanup core's stage (budget targets)."""
     from runnerkeep.disk.watch import run_watch
+    from runnerkeep.wiring import run_cleanup
 
+    return run_watch(config, cleanup_func=run_cleanup)
+
+
+def disk_watch(args: argparse.Namespace) -> CommandResult:
     if not args.loop:
-        result = run_watch(load_config(args.config))
+        result = _watch_cycle(load_config(args.config))
         return CommandResult(result, _watch_text(result), _check_code(args, result))
     interval = parse_duration(args.interval, "--interval")
     if interval <= 0:
@@ -218,7 +224,7 @@ def disk_watch(args: argparse.Namespace) -> CommandResult:
         started = time.monotonic()
         try:
             # Re-read the config every cycle: a role may have changed it.
-            result = run_watch(load_config(args.config))
+            result = _watch_cycle(load_config(args.config))
             text = _watch_text(result)
         except (RunnerkeepError, OSError) as exc:
             # A bad config or a failed cycle is reported; the loop keeps watching.

@@ -86,11 +86,18 @@ def mount_point_of(path: str) -> str:
     return path
 
 
-def filesystem_usage(path: str) -> FilesystemUsage:
-    """statvfs of the filesystem holding ``path``; walks up to the nearest existing parent."""
+def nearest_existing(path: str) -> str:
+    """``path`` made absolute, or its nearest parent that exists (a directory a run has not
+    created yet lives on the filesystem of the first parent that does)."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
+    return probe
+
+
+def filesystem_usage(path: str) -> FilesystemUsage:
+    """statvfs of the filesystem holding ``path``; walks up to the nearest existing parent."""
+    probe = nearest_existing(path)
     st = os.statvfs(probe)
     return FilesystemUsage(
         path=path,
@@ -104,11 +111,4 @@ def filesystem_usage(path: str) -> FilesystemUsage:
 
 def same_filesystem(a: str, b: str) -> bool:
     """True when both paths (or their nearest existing parents) live on one filesystem."""
-
-    def dev(path: str) -> int:
-        probe = os.path.abspath(path)
-        while not os.path.exists(probe):
-            probe = os.path.dirname(probe)
-        return os.stat(probe).st_dev
-
-    return dev(a) == dev(b)
+    return os.stat(nearest_existing(a)).st_dev == os.stat(nearest_existing(b)).st_dev

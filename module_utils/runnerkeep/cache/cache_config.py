@@ -1,19 +1,24 @@
 """The ``cache`` section of the config file (defaults, parsed values) and where the store lives.
 
-Named cache_config, not settings: disk/settings.py is the disk section's, and a module named
-after the function it exports (cache_settings) would be shadowed by it in the package.
+Named cache_config, not settings: disk/disk_config.py is the disk section's, and a module
+named after the function it exports (cache_settings) would be shadowed by it in the package.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ..config import merge_section
-from ..errors import ConfigError, RunnerkeepError
+from ..errors import ConfigError
 from ..units import parse_duration, parse_size
 
 CACHE_DIR_ENV = "RUNNERKEEP_CACHE_DIR"
+
+# The store's quota when ``cache.max_size`` is unset: config -> bytes, None for no quota. The
+# front doors pass the disk budget's (disk.budget.cache_quota, runnerkeep.wiring); the cache
+# does not import disk/.
+BudgetQuota = Callable[[dict[str, Any]], Optional[int]]
 
 CACHE_DEFAULTS: dict[str, Any] = {
     # Left free on every filesystem a save writes to (cache dir, Docker root).
@@ -37,11 +42,15 @@ CACHE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def cache_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The merged ``cache`` section with sizes and durations parsed."""
+def cache_settings(
+    config: dict[str, Any], budget_quota: BudgetQuota | None = None
+) -> dict[str, Any]:
+    """The merged ``cache`` section with sizes and durations parsed; without ``max_size`` the
+    quota is ``budget_quota(config)`` (None given: no quota)."""
     section = merge_section(config, "cache", CACHE_DEFAULTS)
     if section["max_size"] in (None, ""):
-        max_size, max_size_source = _budget_quota(config), "disk budget"
+        max_size = budget_quota(config) if budget_quota is not None else None
+        max_size_source = "disk budget"
         if max_size is None:
             max_size_source = "none"
     else:
@@ -71,20 +80,6 @@ def _workers(value: Any) -> int:
     if type(value) is not int or not 1 <= value <= 64:
         raise ConfigError(f"cache.verify_workers: expected an integer from 1 to 64, got {value!r}")
     return value
-
-
-def _budget_quota(config: dict[str, Any]) -> int | None:
-    """The disk budget's cache quota on a monitored host; None where no budget applies."""
-    if "disk" not in config:
-        return None
-    try:
-        from ..disk.budget import current_budget
-
-        return current_budget(config).cache_quota_bytes
-    except (ImportError, RunnerkeepError, OSError):
-        # A disk too small for the budget: the watch and disk_monitor report it; the cache
-        # keeps working without a quota rather than refusing every save.
-        return None
 
 
 def resolve_cache_dir(explicit: str | None, config: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from .. import docker_cli
 from ..config import DEFAULT_PATHS, merge_section
 from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
-from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of
+from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of, nearest_existing
 from ..spool import spool_dir_of
 from ..units import parse_duration, parse_size_or_percent
 from . import docker_cleaners
@@ -142,29 +142,14 @@ def list_cleaners(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # Where a stage's targets may come from the disk budget: (stage, config) -> (filesystem, free
-# bytes, free inodes), or None when there is no budget for this host.
+# bytes, free inodes), or None when there is no budget for this host. The front doors pass
+# disk.budget.cleanup_targets (runnerkeep.wiring); cleanup does not import disk/.
 BudgetTargets = Callable[[str, dict[str, Any]], Optional[tuple[str, int, int]]]
 
 
-def disk_budget_targets(stage: str, config: dict[str, Any]) -> tuple[str, int, int] | None:
-    """(filesystem, free bytes, free inodes) the disk budget sets for ``stage``, or None.
-
-    The one place cleanup reaches into ``disk/`` (imported here, lazily, because disk imports
-    cleanup for its emergency stage); the run takes it as a ``BudgetTargets`` callable.
-    Only hosts with a ``disk`` section (written by the disk_monitor role) use the budget: it is
-    sized from that host's job history, which only a monitored host records. None also when no
-    budget can be computed here (a disk too small for it: the watch reports that).
-    """
-    if "disk" not in config:
-        return None
-    try:
-        from ..disk.budget import current_budget
-
-        budget = current_budget(config)
-    except (ImportError, RunnerkeepError, OSError):
-        return None
-    free, inodes = budget.stage_targets(stage)
-    return mount_point_of(_existing(budget.path)), free, inodes
+def no_budget_targets(stage: str, config: dict[str, Any]) -> None:
+    """The ``BudgetTargets`` of a run given none: configured or built-in targets only."""
+    return None
 
 
 def _target_specs(
@@ -215,6 +200,7 @@ def run_cleanup(
     force: bool = False,
     run_all: bool = False,
     cleaner_names: list[str] | None = None,
+    budget_targets: BudgetTargets | None = None,
     probe: Probe | None = None,
     now: float | None = None,
 ) -> CleanupReport:
@@ -223,9 +209,10 @@ def run_cleanup(
     ``target_free_bytes``/``target_free_inodes`` override ``cleanup.targets.<stage>`` (ints,
     or strings such as "20G" or "15%"); ``paths`` limits the run to the filesystems holding
     them; ``cleaner_names`` limits it to the named cleaners (the CLI's ``--cleaner``);
-    ``probe`` replaces ``filesystem_usage`` (tests). Raises LockHeldError when a job holds the
-    lock (post/emergency, no ``force``) or another cleanup is running, ConfigError for bad
-    settings.
+    ``budget_targets`` gives the disk budget's targets (the front doors pass
+    ``disk.budget.cleanup_targets``; None: no budget); ``probe`` replaces
+    ``filesystem_usage`` (tests). Raises LockHeldError when a job holds the lock
+    (post/emergency, no ``force``) or another cleanup is running, ConfigError for bad settings.
     """
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
@@ -254,7 +241,8 @@ def run_cleanup(
 
     with contextlib.nullcontext() if dry_run else run_lock(state_dir):
         wanted = _Wanted(target_free_bytes, target_free_inodes, paths)
-        _StageRun(report, ctx, cleaners, lock_max_age).run(probe or filesystem_usage, wanted)
+        stage_run = _StageRun(report, ctx, cleaners, lock_max_age, budget_targets)
+        stage_run.run(probe or filesystem_usage, wanted)
     report.duration = time.monotonic() - started
     return report
 
@@ -452,13 +440,13 @@ class _StageRun:
         ctx: RunContext,
         cleaners: list[Cleaner],
         lock_max_age: float,
-        budget_targets: BudgetTargets = disk_budget_targets,
+        budget_targets: BudgetTargets | None = None,
     ) -> None:
         self.report = report
         self.ctx = ctx
         self.cleaners = cleaners
         self.lock_max_age = lock_max_age
-        self.budget_targets = budget_targets
+        self.budget_targets = budget_targets or no_budget_targets
         self.items_max = int(ctx.section.get("report_items_max") or 10000)
         self.interrupted = False  # a CI job took the lock: the remaining cleaners are skipped
         self.cleaner_filesystems: dict[str, Any] = {}
@@ -622,7 +610,7 @@ def _cleaner_filesystems(cleaners: list[Cleaner]) -> dict[str, Any]:
 def _concerned_filesystems(paths: list[str] | None, cleaner_fs: dict[str, Any]) -> set[str]:
     """The filesystems named with ``paths``, else every one the cleaners work on."""
     if paths:
-        return {mount_point_of(_existing(p)) for p in paths}
+        return {mount_point_of(nearest_existing(p)) for p in paths}
     requested: set[str] = set()
     for filesystems in cleaner_fs.values():
         if isinstance(filesystems, set):
@@ -669,10 +657,3 @@ def _remove_item(
     cleaner_report.errors.extend({"path": p, "error": e} for p, e in outcome.errors)
     cleaner_report.keep(outcome.kept)
     return outcome.bytes, outcome.inodes, outcome.removed
-
-
-def _existing(path: str) -> str:
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    return probe

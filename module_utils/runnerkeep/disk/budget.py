@@ -34,8 +34,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from ..errors import ConfigError
-from ..fsutil import filesystem_usage
+from ..errors import ConfigError, RunnerkeepError
+from ..fsutil import filesystem_usage, mount_point_of, nearest_existing
 from ..units import format_size, parse_size_or_percent
 from .disk_config import as_int, budget_path, disk_settings, expand, paths_of, size, state_dir
 from .history import read_history
@@ -589,3 +589,34 @@ def measure_inputs(config: dict[str, Any]) -> BudgetInputs:
 def current_budget(config: dict[str, Any]) -> Budget:
     """The budget for this host now: what cleanup, the cache precheck and the watch read."""
     return compute_budget(measure_inputs(config), disk_settings(config))
+
+
+# What the other subsystems read of the budget, handed to them by the front doors
+# (runnerkeep.wiring): the cache's quota and a cleanup stage's targets. Only hosts with a
+# ``disk`` section (written by the disk_monitor role) have a budget: it is sized from that
+# host's job history, which only a monitored host records.
+
+
+def cache_quota(config: dict[str, Any]) -> int | None:
+    """The budget's cache quota in bytes (``cache.max_size`` unset), None where no budget
+    applies: an unmonitored host, or a disk too small for a budget (the watch and disk_monitor
+    report that; the cache keeps working without a quota rather than refusing every save)."""
+    if "disk" not in config:
+        return None
+    try:
+        return current_budget(config).cache_quota_bytes
+    except (RunnerkeepError, OSError):
+        return None
+
+
+def cleanup_targets(stage: str, config: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(filesystem, free bytes, free inodes) the budget sets for a cleanup ``stage``, or None
+    where no budget applies (as ``cache_quota``)."""
+    if "disk" not in config:
+        return None
+    try:
+        budget = current_budget(config)
+    except (RunnerkeepError, OSError):
+        return None
+    free, inodes = budget.stage_targets(stage)
+    return mount_point_of(nearest_existing(budget.path)), free, inodes

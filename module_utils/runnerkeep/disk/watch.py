@@ -8,7 +8,8 @@ always, the webhook when ``disk.webhook_url`` or ``disk.webhook_url_file`` (a ro
 read here and nowhere else) is set (timeout, bounded retries, all inside
 ``disk.watch_timeout``; alerts it failed to take are kept in the state, the newest 20, and
 sent again, oldest first and marked ``resent``, at the start of later cycles). Entering
-emergency runs the cleanup core's emergency stage towards the post-stage target (again at
+emergency runs the cleanup core's emergency stage (its ``run_cleanup`` is handed in by the
+front door: disk/ does not import cleanup/) towards the post-stage target (again at
 most every ``disk.emergency_cleanup_cooldown`` while the state stays emergency) and alerts
 what it freed; the state returns to ok on the next cycle that measures enough free space.
 
@@ -268,21 +269,17 @@ def _save_fallback(state_directory: str, state: dict[str, Any]) -> str | None:
 # --- the emergency stage: the watch's one way into the cleanup core --------------------------
 
 
-def emergency_stage(cleanup_func: Callable | None = None) -> Callable[..., Any]:
+def emergency_stage(run_cleanup: Callable[..., Any]) -> Callable[..., Any]:
     """The cleanup core's emergency stage, as ``stage(config, budget, force) -> report``.
 
-    Every call the watch makes into ``runnerkeep.cleanup`` goes through here. The import is
-    lazy so the watch still runs (and says so) without the cleanup core; raises ImportError
-    then. ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests). To make the
-    dependency explicit, the front door can pass ``cleanup_func`` and this import goes away.
+    ``run_cleanup`` is the cleanup core's (the front door passes it in, wired to the budget's
+    targets: ``runnerkeep.wiring.run_cleanup``; tests pass a fake): the watch does not import
+    cleanup/, and every call it makes into the cleanup core goes through here.
     """
-    run = cleanup_func
-    if run is None:
-        from ..cleanup import run_cleanup as run
 
     def stage(config: dict[str, Any], budget: Budget, force: bool) -> Any:
         target_bytes, target_inodes = budget.stage_targets("emergency")
-        return run(
+        return run_cleanup(
             "emergency",
             config,
             target_free_bytes=target_bytes,
@@ -506,14 +503,13 @@ class WatchCycle:
 
     def emergency_cleanup(self, budget: Budget) -> dict[str, Any]:
         """Run the emergency stage and measure what it freed; never raises."""
-        try:
-            stage = emergency_stage(self.cleanup_func)
-        except ImportError as exc:
+        if self.cleanup_func is None:
             return {
                 "ok": False,
-                "error": f"the cleanup core (runnerkeep.cleanup) is not available: {exc}; "
-                "emergency cleanup skipped",
+                "error": "no cleanup core was given to this watch (the front door passes "
+                "runnerkeep.cleanup's run_cleanup): emergency cleanup skipped",
             }
+        stage = emergency_stage(self.cleanup_func)
         try:
             before = filesystem_usage(budget.path)
         except OSError as exc:
@@ -746,7 +742,9 @@ def _budget_error(budget: Budget | None, errors: list[str]) -> str | None:
 def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -> dict[str, Any]:
     """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
 
-    ``cleanup_func`` replaces ``runnerkeep.cleanup.run_cleanup`` (tests)."""
+    ``cleanup_func`` is the cleanup core's ``run_cleanup`` the emergency step calls (the front
+    door passes ``runnerkeep.wiring.run_cleanup``; tests a fake); None: no emergency cleanup,
+    the cycle says so."""
     state_directory = state_dir(config)
     fd = _open_watch_lock(state_directory)
     try:

@@ -148,9 +148,30 @@ def test_targets_default_from_config_per_stage(tmp_path, make_config):
     }
 
 
+def test_a_stage_given_no_budget_targets_never_reads_the_budget(tmp_path, make_config):
+    """cleanup/ does not import disk/: the budget's targets are only what it is handed."""
+    _cheap, _deep, cleaners = two_cleaners(tmp_path)
+    config = make_config(cleaners)
+    config["disk"] = {"path": str(tmp_path), "job_peak_floor": "1MiB", "cache_quota_min": 0}
+    report = run_cleanup("post", config, cleaner_names=["cheap", "deep"], dry_run=True)
+    assert {t["source"] for t in report.targets.values()} == {"default"}
+    asked = []
+
+    def budget_targets(stage, given):
+        asked.append((stage, given is config))
+        return None
+
+    run_cleanup(
+        "post", config, cleaner_names=["cheap"], dry_run=True, budget_targets=budget_targets
+    )
+    assert asked == [("post", True)]
+
+
 def test_targets_default_from_the_disk_budget_on_its_filesystem(tmp_path, make_config):
-    """A monitored host (config has a `disk` section) stops where the disk budget says."""
+    """A monitored host (config has a `disk` section) stops where the disk budget says (the
+    front doors run the stage through runnerkeep.wiring, which hands it the budget's targets)."""
     from runnerkeep.disk.budget import current_budget
+    from runnerkeep.wiring import run_cleanup
 
     _cheap, _deep, cleaners = two_cleaners(tmp_path)
     config = make_config(cleaners)

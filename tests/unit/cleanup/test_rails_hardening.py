@@ -333,7 +333,10 @@ def test_dry_run_leaves_stale_job_locks_and_creates_nothing(tmp_path, make_confi
 @pytest.mark.parametrize("damage", ["fifo", "garbage"])
 def test_dry_run_with_budget_targets_leaves_damaged_history_alone(tmp_path, make_config, damage):
     # Targets come from the disk budget, which reads the job-peak history: a dry run (module
-    # check mode) must not move a damaged history aside; only a writer repairs it.
+    # check mode) must not move a damaged history aside; only a writer repairs it. The front
+    # doors run the stage through runnerkeep.wiring, which hands it the budget's targets.
+    from runnerkeep.wiring import run_cleanup
+
     _cheap, _deep, cleaners = two_cleaners(tmp_path)
     config = make_config(cleaners)
     config["disk"] = {"path": str(tmp_path)}
@@ -348,6 +351,7 @@ def test_dry_run_with_budget_targets_leaves_damaged_history_alone(tmp_path, make
     report = run_cleanup("post", config, dry_run=True, cleaner_names=["cheap", "deep"])
     assert snapshot(tmp_path) == before
     assert any(t["source"] for t in report.targets.values())
+    assert any("disk budget" in t["source"] for t in report.targets.values())
 
 
 def test_a_cleaner_rooted_in_the_configured_cache_dir_is_refused_end_to_end(tmp_path, make_config):

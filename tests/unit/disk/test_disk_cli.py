@@ -107,3 +107,27 @@ def test_job_end_with_a_damaged_job_record_warns_and_exits_0(tmp_path, capsys):
     assert "warning" in out.err and "Traceback" not in out.err
     assert main(["disk", "history", "--json", "--config", cfg]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 0
+
+
+def test_watch_hands_its_emergency_step_the_budgeted_cleanup_stage(tmp_path, capsys, monkeypatch):
+    # disk/ does not import cleanup/: the CLI passes runnerkeep.wiring.run_cleanup (the stage
+    # with the budget's targets) into the watch, which calls it on entering emergency.
+    from runnerkeep import wiring
+
+    calls = []
+
+    def run_cleanup(stage, config, **options):
+        calls.append((stage, options["paths"], options["force"]))
+        raise wiring.stages.ConfigError("stage stopped here")
+
+    monkeypatch.setattr(wiring, "run_cleanup", run_cleanup)
+    cfg = write_config(
+        tmp_path, warning_free="99%", critical_free="98%", emergency_free="97%", cache_quota="1M"
+    )
+    assert main(["disk", "watch", "--json", "--config", cfg]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["state"] == "emergency"
+    assert [(stage, len(paths), force) for stage, paths, force in calls] == [
+        ("emergency", 1, False)
+    ]
+    assert "stage stopped here" in result["emergency_cleanup"]["error"]
