@@ -21,6 +21,11 @@ from .. import __version__, events, statefile
 from ..errors import RunnerkeepError
 from ..textutil import escape_text
 
+try:
+    from ..config import state_dir_of
+except ImportError:  # before the core's config refactor (issue 15) lands: the old home
+    from ..disk.disk_config import state_dir as state_dir_of
+
 FACTS_FORMAT = 1
 DRAIN_FILE = "drain.json"
 QUARANTINE_LOG = os.path.join("quarantine", "log.jsonl")
@@ -53,9 +58,7 @@ BUDGET_FIELDS = (
 
 def gather_host_facts(config: dict[str, Any], *, include_docker: bool = True) -> dict[str, Any]:
     """The facts of this host (see the module doc); never raises for one failed part."""
-    from ..disk.disk_config import state_dir
-
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     facts: dict[str, Any] = {
         "format": FACTS_FORMAT,
         "version": __version__,

@@ -15,6 +15,7 @@ from typing import Any
 from .host_facts import FACTS_FORMAT
 
 MODEL_FORMAT = 1
+TASK_FAILED = "Task failed: "
 LEVELS = ("ok", "warning", "critical", "emergency")
 # Corruptions on one host from which repeated rot points at its disk rather than at chance.
 SUSPECT_DISK_CORRUPTIONS = 3
@@ -73,7 +74,10 @@ def host_input(result: Any) -> dict[str, Any]:
     if not isinstance(result, dict) or not result:
         return {"status": "not gathered", "message": "no result: the host was not run"}
     if result.get("unreachable"):
-        return {"status": "unreachable", "message": _first_line(result.get("msg"))}
+        message = _first_line(result.get("msg"))
+        # ansible-core 2.19 puts this before every task error: it says nothing here.
+        message = message[len(TASK_FAILED) :] if message.startswith(TASK_FAILED) else message
+        return {"status": "unreachable", "message": message}
     if result.get("skipped"):
         return {"status": "not gathered", "message": "skipped"}
     rc = result.get("rc")

@@ -24,6 +24,8 @@ def test_host_input_classifies_every_kind_of_result():
         "status": "unreachable",
         "message": UNREACHABLE["msg"],
     }
+    prefixed = dict(UNREACHABLE, msg="Task failed: " + UNREACHABLE["msg"])
+    assert host_input(prefixed)["message"] == UNREACHABLE["msg"]
     failed = host_input({"rc": 2, "stdout": "", "stderr": "usage: ...\nruntime: bad choice"})
     assert failed == {"status": "error", "message": "runtime: bad choice"}
     assert host_input({"rc": 0, "stdout": "not json"})["status"] == "error"
