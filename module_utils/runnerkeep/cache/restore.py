@@ -10,6 +10,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from .. import docker_api
 from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engine_socket
 from ..docker_cli import docker_binary, engine_info, run_docker
 from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepError
@@ -18,6 +19,8 @@ from ..fsutil import atomic_output
 from ..procutil import enlarge_pipe
 from .archive_writer import entry_archive_length, write_entry_archive
 from .checks import load_checked_entry, quarantine_for
+from .partial import blobs_held, entry_chains, held_chains
+from .progress import announce_total
 from .store import (
     TRUSTED,
     CorruptBlob,
@@ -78,7 +81,27 @@ def readable_name(store: Store, key: str, scope: str) -> str:
 
 
 def daemon_images(ids: list[str]) -> dict[str, list[str]]:
-    """image ID -> its RepoTags, for the IDs the daemon holds."""
+    """image ID -> its RepoTags, for the IDs the daemon holds: through the local socket when the
+    CLI would use it (a few ms instead of the CLI's start-up), else through the CLI."""
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        try:
+            return _daemon_images_from_socket(socket_path, ids)
+        except EngineSocketUnavailable:
+            pass  # the CLI reports an unreachable engine in its own words
+    return _daemon_images_from_cli(ids)
+
+
+def _daemon_images_from_socket(socket_path: str, ids: list[str]) -> dict[str, list[str]]:
+    present = {}
+    for image_id in ids:
+        info = docker_api.inspect_image(socket_path, image_id)
+        if info is not None:
+            present[info["Id"]] = list(info.get("RepoTags") or [])
+    return present
+
+
+def _daemon_images_from_cli(ids: list[str]) -> dict[str, list[str]]:
     proc = run_docker(["image", "inspect", *ids], check=False)
     if proc.returncode != 0 and "No such" not in proc.stderr:
         engine_info()  # raises DockerUnavailableError when the engine does not answer
@@ -96,9 +119,20 @@ def _ensure_tags(entry: dict[str, Any], present: dict[str, list[str]]) -> list[s
     for image in entry["images"]:
         for tag in image["tags"]:
             if tag not in present.get(image["id"], []):
-                run_docker(["tag", image["id"], tag])
+                _tag(image["id"], tag)
                 retagged.append(tag)
     return retagged
+
+
+def _tag(image_id: str, tag: str) -> None:
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        try:
+            docker_api.tag_image(socket_path, image_id, tag)
+            return
+        except EngineSocketUnavailable:
+            pass
+    run_docker(["tag", image_id, tag])
 
 
 def restore_entry(
@@ -141,8 +175,8 @@ def restore_entry(
             result.update(result="would_load", loaded=False, bytes_loaded=size)
             return result
         else:
-            sent, via = _load_missing_images(store, name, entry, ids, progress, misses)
-            result.update(result="hit", loaded=True, bytes_loaded=sent, loaded_via=via)
+            loaded = _load_missing_images(store, name, entry, ids, progress, misses)
+            result.update(result="hit", loaded=True, **loaded)
         if not dry_run:
             store.touch_entry(name)
     result["duration"] = round(time.monotonic() - start, 3)
@@ -155,6 +189,7 @@ def restore_entry(
             key=key,
             loaded=result["loaded"],
             bytes_loaded=result["bytes_loaded"],
+            bytes_left_out=result.get("bytes_left_out", 0),
             duration=result["duration"],
         )
     return result
@@ -193,13 +228,12 @@ def _load_missing_images(
     ids: list[str],
     progress: Callable[[int], None] | None,
     misses: _Misses,
-) -> tuple[int, str]:
+) -> dict[str, Any]:
     """Stream the entry into the daemon, then check it holds every image and re-point the tags:
-    (bytes sent, how). A blob found bad on the way is a miss (quarantined, nothing tagged)."""
-    if progress is not None and getattr(progress, "total", 0) is None:
-        progress.total = sum(entry_blobs(entry).values())  # for the ETA
+    _load's account of it. A blob found bad on the way is a miss (quarantined, nothing
+    tagged)."""
     try:
-        sent, via = _load(store, entry, progress)
+        loaded = _load(store, entry, progress)
     except CorruptBlob as exc:
         raise misses.reject(store, name, exc, how="rejected during load (nothing tagged)") from None
     present = daemon_images(ids)
@@ -207,23 +241,68 @@ def _load_missing_images(
     if missing:
         raise DockerCommandError(f"docker load finished but the daemon lacks {', '.join(missing)}")
     _ensure_tags(entry, present)
-    return sent, via
+    return loaded
 
 
-def _load(store: Store, entry: dict[str, Any], progress) -> tuple[int, str]:
-    """Stream the entry into the engine: (bytes sent, "engine-api" or "docker-cli")."""
+def _load(store: Store, entry: dict[str, Any], progress) -> dict[str, Any]:
+    """Stream the entry into the engine: bytes_loaded (sent), loaded_via ("engine-api" or
+    "docker-cli"), and bytes_left_out / layers_left_out (layers the daemon held)."""
     socket_path = local_engine_socket()
     if socket_path is not None:
-        length = entry_archive_length(entry)
         try:
-            # Raises unless the body written is exactly ``length`` bytes.
-            load_image_archive(
-                socket_path, length, lambda fd: write_entry_archive(entry, store, fd, progress)
-            )
-            return length, "engine-api"
+            return _load_through_socket(socket_path, store, entry, progress)
         except EngineSocketUnavailable:
             pass  # the CLI reports an unreachable engine in its own words
-    return _load_through_cli(store, entry, progress), "docker-cli"
+    announce_total(progress, entry_archive_length(entry))
+    sent = _load_through_cli(store, entry, progress)
+    return {"bytes_loaded": sent, "loaded_via": "docker-cli", "bytes_left_out": 0}
+
+
+def _load_through_socket(
+    socket_path: str, store: Store, entry: dict[str, Any], progress
+) -> dict[str, Any]:
+    """Into ``POST /images/load``: first without the layers the daemon holds (see partial.py);
+    if the engine refuses that archive (an engine that wants every blob, or a base image removed
+    since we looked), the whole archive. CorruptBlob from either send is the caller's miss."""
+    left_out = _blobs_the_daemon_holds(socket_path, entry)
+    refused = None
+    if left_out:
+        try:
+            sent = _send_archive(socket_path, store, entry, progress, left_out)
+            return {
+                "bytes_loaded": sent,
+                "loaded_via": "engine-api",
+                "bytes_left_out": sum(left_out.values()),
+                "layers_left_out": len(left_out),
+            }
+        except DockerCommandError as exc:
+            refused = str(exc)
+    sent = _send_archive(socket_path, store, entry, progress, {})
+    loaded = {"bytes_loaded": sent, "loaded_via": "engine-api", "bytes_left_out": 0}
+    if refused:
+        loaded["partial_refused"] = refused
+    return loaded
+
+
+def _blobs_the_daemon_holds(socket_path: str, entry: dict[str, Any]) -> dict[str, int]:
+    try:
+        return blobs_held(entry, held_chains(socket_path, entry_chains(entry)))
+    except DockerCommandError:
+        return {}  # the engine would not say: the whole archive, which only costs time
+
+
+def _send_archive(
+    socket_path: str, store: Store, entry: dict[str, Any], progress, left_out: dict[str, int]
+) -> int:
+    length = entry_archive_length(entry, left_out)
+    announce_total(progress, length)
+    # Raises unless the body written is exactly ``length`` bytes.
+    load_image_archive(
+        socket_path,
+        length,
+        lambda fd: write_entry_archive(entry, store, fd, progress, leave_out=left_out),
+    )
+    return length
 
 
 def _load_through_cli(store: Store, entry: dict[str, Any], progress) -> int:
@@ -310,6 +389,7 @@ def export_entry_fd(
     with store.store_lock():
         name = readable_name(store, key, scope)
         entry, digest = _checked_entry_or_miss(store, key, name, misses)
+        announce_total(progress, entry_archive_length(entry))
         try:
             size = write_entry_archive(entry, store, fd, progress)
         except CorruptBlob as exc:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable
 
-from .. import __version__
-from ..docker_cli import docker_binary, engine_info, inspect_images
+from .. import __version__, docker_api, docker_cli
+from ..docker_api import EngineSocketUnavailable, ImageExport, local_engine_socket
+from ..docker_cli import docker_binary
 from ..errors import (
     CacheMiss,
     DockerCommandError,
@@ -26,6 +28,7 @@ from ..procutil import enlarge_pipe
 from ..units import format_size
 from .archive_layout import LEGACY_LAYER_TYPE, ParsedArchive, analyze, familiar_ref
 from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
+from .progress import announce_total
 from .prune import prune_store
 from .store import (
     TRUSTED,
@@ -142,6 +145,29 @@ def make_room(config: dict[str, Any] | None, plan: list[dict[str, Any]] | None =
 # ---------------------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------------------
+def inspect_images(refs: list[str]) -> list[dict[str, Any]]:
+    """`docker image inspect` of each ref: through the local socket when the CLI would use it
+    (no CLI start-up, ~40 ms), else through the CLI."""
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        try:
+            return docker_api.inspect_images(socket_path, refs)
+        except EngineSocketUnavailable:
+            pass  # the CLI reports an unreachable engine in its own words
+    return docker_cli.inspect_images(refs)
+
+
+def engine_info() -> dict[str, Any]:
+    """`docker info`, the same way as inspect_images."""
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        try:
+            return docker_api.engine_info(socket_path)
+        except EngineSocketUnavailable:
+            pass
+    return docker_cli.engine_info()
+
+
 def resolve_images(refs: list[str]) -> tuple[list[dict[str, Any]], set[str], dict[str, str]]:
     """inspect each ref: its info, the set of image IDs asked for, tag -> ID to be found."""
     if not refs:
@@ -278,6 +304,63 @@ def _stream_docker_save(
     candidates: dict[int, set[str]],
     progress: Callable[[int], None] | None,
     hash_pool: concurrent.futures.Executor,
+) -> tuple[ParsedArchive, str]:
+    """The images' archive read once (tar_reader) and analyzed: (what it held, how it was read).
+
+    Straight from the engine's socket (``GET /images/get``) when the CLI would use that socket
+    anyway: `docker save` would copy every byte once more through its own process and a pipe.
+    With a context, TCP, TLS or ssh, `docker save` it is."""
+    socket_path = local_engine_socket()
+    if socket_path is not None:
+        try:
+            export = docker_api.export_images(socket_path, refs)
+        except EngineSocketUnavailable:
+            pass  # the CLI reports an unreachable engine in its own words
+        except DockerCommandError as exc:
+            raise SaveFailed(str(exc)) from None
+        else:
+            return _read_engine_export(export, store, area, candidates, progress, hash_pool), (
+                "engine-api"
+            )
+    return _read_cli_save(store, refs, area, candidates, progress, hash_pool), "docker-cli"
+
+
+def _read_engine_export(
+    export: ImageExport,
+    store: Store,
+    area: str,
+    candidates: dict[int, set[str]],
+    progress: Callable[[int], None] | None,
+    hash_pool: concurrent.futures.Executor,
+) -> ParsedArchive:
+    """Read the engine's export to its end, then analyze what it held."""
+    with export:
+        try:
+            stats = read_archive_stream(
+                export, store, area, candidates, progress, hash_pool=hash_pool
+            )
+        except ArchiveError as exc:
+            # An engine that fails mid-export writes its error into the stream: say it.
+            said = export.engine_error()
+            raise SaveFailed(
+                f"docker save produced a bad archive: {exc}"
+                + (f"; the engine said: {said}" if said else "")
+            ) from None
+        except ConnectionError as exc:
+            raise SaveFailed(f"the engine's export broke off: {exc}") from None
+    try:
+        return analyze(stats)
+    except ArchiveError as exc:
+        raise SaveFailed(f"docker save produced a bad archive: {exc}") from None
+
+
+def _read_cli_save(
+    store: Store,
+    refs: list[str],
+    area: str,
+    candidates: dict[int, set[str]],
+    progress: Callable[[int], None] | None,
+    hash_pool: concurrent.futures.Executor,
 ) -> ParsedArchive:
     """Run `docker save` and read its stdout once (tar_reader), then analyze what it held."""
     with tempfile.TemporaryFile() as errfile:
@@ -405,8 +488,9 @@ def save_entry(
 
 def _inspect_images_and_engine(refs: list[str], check_space: bool) -> tuple[_ImagesToSave, Any]:
     """The images asked for, and the engine's info when a space check needs it."""
-    # `docker info` (for the space check) runs beside `docker image inspect`: each is a CLI
-    # round trip of ~0.1 s, and a save of stored blobs should cost no more than docker save.
+    # `docker info` (for the space check) runs beside `docker image inspect`: through the CLI
+    # each is a round trip of ~0.1 s, and a save of stored blobs should cost no more than
+    # docker save.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         engine_future = pool.submit(engine_info) if check_space else None
         try:
@@ -448,8 +532,7 @@ def _save_locked(
         if stored:
             return stored
         plan = _make_sure_it_fits(store, images.infos, space)
-        if progress is not None and getattr(progress, "total", 0) is None:
-            progress.total = sum(int(i.get("Size") or 0) for i in images.infos)  # for the ETA
+        announce_total(progress, sum(int(info.get("Size") or 0) for info in images.infos))
         result = _save_from_docker(store, key, images, progress, scope)
         result["space"] = plan
         return result
@@ -610,7 +693,7 @@ def _save_from_docker(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as hash_pool:
         for attempt in (1, 2):
             with store.temp_area() as area:
-                parsed = _read_docker_save(
+                parsed, via = _read_docker_save(
                     store, images.refs, area, candidates, progress, hash_pool
                 )
                 if parsed.lost_needed and attempt == 1:
@@ -627,6 +710,7 @@ def _save_from_docker(
         "bytes_written": committed["bytes_written"],
         "bytes_reused": committed["bytes_reused"],
         "bytes_read": parsed.bytes_read,
+        "saved_via": via,
         "format": parsed.format,
         "images": _image_summary(committed["entry"]),
     }
@@ -639,7 +723,7 @@ def _read_docker_save(
     candidates: dict[int, set[str]],
     progress: Callable[[int], None] | None,
     hash_pool: concurrent.futures.Executor,
-) -> ParsedArchive:
+) -> tuple[ParsedArchive, str]:
     """``_stream_docker_save`` with running out of space said as a SaveFailed."""
     try:
         return _stream_docker_save(store, refs, area, candidates, progress, hash_pool)
@@ -700,6 +784,7 @@ def import_archive_fd(
     store = as_store(store_dir)
     store.ensure()
     handle: BinaryIO = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+    _announce_file_size(progress, fd)
     try:
         with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
@@ -735,6 +820,16 @@ def import_archive_fd(
         "images": _image_summary(committed["entry"]),
         "duration": round(time.monotonic() - start, 3),
     }
+
+
+def _announce_file_size(progress: Callable[[int], None] | None, fd: int) -> None:
+    """A regular file's size is the archive's: the progress line's total (a pipe has none)."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        announce_total(progress, info.st_size)
 
 
 def _image_summary(entry: dict[str, Any]) -> list[dict[str, Any]]:
