@@ -135,3 +135,59 @@ def test_the_metric_name_pattern_skips_recording_rule_names():
     assert METRIC_NAME.findall("runnerkeep:metrics_age:seconds + runnerkeep_build_info") == [
         "runnerkeep_build_info"
     ]
+
+
+# --- tools/check_rules.py (the promtool runs themselves are the rules session's) ---------------
+
+
+def load_check_rules():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_rules", ROOT / "tools" / "check_rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_check_rules_names_the_package_of_a_missing_tool(monkeypatch, capsys):
+    tool = load_check_rules()
+    monkeypatch.setattr(tool.shutil, "which", lambda name: None)
+    assert tool.main([]) == 2
+    err = capsys.readouterr().err
+    assert "promtool, amtool not found" in err
+    assert "apt-get install -y prometheus prometheus-alertmanager" in err
+
+
+def test_check_rules_runs_every_check_and_fails_when_one_fails(monkeypatch, capsys):
+    import subprocess
+
+    tool = load_check_rules()
+    monkeypatch.setattr(tool.shutil, "which", lambda name: f"/usr/bin/{name}")
+    calls = []
+
+    def fake_run(argv, cwd, timeout, check):
+        calls.append(argv)
+        failing = argv[:3] == ["promtool", "test", "rules"]
+        return subprocess.CompletedProcess(argv, 1 if failing else 0)
+
+    monkeypatch.setattr(tool.subprocess, "run", fake_run)
+    assert tool.main([]) == 1
+    assert [argv[:3] for argv in calls] == [
+        ["promtool", "check", "rules"],
+        ["promtool", "test", "rules"],
+        ["amtool", "check-config", str(ROOT / "monitoring/alertmanager/runnerkeep-example.yml")],
+    ]
+    assert str(RULES) in calls[0] and str(RULE_TESTS) not in calls[0]
+    assert calls[1][3:] == [str(RULE_TESTS)]
+    assert "2 of 3 checks passed" in capsys.readouterr().out
+
+
+def test_check_rules_passes_when_every_check_passes(monkeypatch):
+    import subprocess
+
+    tool = load_check_rules()
+    monkeypatch.setattr(tool.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(
+        tool.subprocess, "run", lambda argv, **k: subprocess.CompletedProcess(argv, 0)
+    )
+    assert tool.main([]) == 0
