@@ -39,6 +39,18 @@ DEFAULT_PATHS = {
 }
 
 
+def paths_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``paths`` section over ``DEFAULT_PATHS``, an empty value counting as unset
+    (``load_config`` merged the defaults in already; a config built in code may lack some)."""
+    given = {key: value for key, value in (config.get("paths") or {}).items() if value}
+    return {**DEFAULT_PATHS, **given}
+
+
+def state_dir_of(config: dict[str, Any]) -> str:
+    """``paths.state_dir``: root's own state (job locks, disk history, events, watch state)."""
+    return paths_of(config)["state_dir"]
+
+
 def config_path(explicit: str | None = None) -> str:
     """The config file to read: ``--config``, else ``$RUNNERKEEP_CONFIG``, else the default."""
     return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH

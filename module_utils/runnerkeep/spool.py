@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import statefile
+from .config import state_dir_of
 
 SPOOL_NAME = "spool"
 RECORD_BOUND = 64 * 1024  # one job or done record is a few hundred bytes
@@ -67,8 +68,9 @@ def default_spool(state_dir: str) -> str:
 
 
 def spool_dir_of(config: dict[str, Any]) -> str:
-    paths = config.get("paths") or {}
-    return paths.get("spool_dir") or default_spool(paths.get("state_dir") or "/var/lib/runnerkeep")
+    """``paths.spool_dir``, else the spool of ``paths.state_dir`` (not ``DEFAULT_PATHS``'s: a
+    config that moves the state dir and names no spool keeps its spool in it)."""
+    return (config.get("paths") or {}).get("spool_dir") or default_spool(state_dir_of(config))
 
 
 def safe_id(job_id: Any) -> str:
@@ -229,7 +231,7 @@ class Spool:
         if len(data) > bound:
             entry.problem = f"larger than {bound} bytes"
         elif lines:
-            entry.record, entry.skipped = _parse_lines(data, validate)
+            entry.record, entry.skipped = statefile.parse_json_lines(data, validate)
         else:
             entry.record = _parse_object(data, validate)
             if entry.record is None:
@@ -273,32 +275,7 @@ def _parse_object(data: bytes, validate: statefile.Validator | None) -> Any:
         return None
     if not isinstance(record, dict):
         return None
-    return _validated(record, validate)
-
-
-def _parse_lines(data: bytes, validate: statefile.Validator | None) -> tuple[list[Any], int]:
-    records, skipped = [], 0
-    for line in data.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            record = _validated(statefile.loads_strict(line), validate)
-        except ValueError:
-            record = None
-        if record is None:
-            skipped += 1
-        else:
-            records.append(record)
-    return records, skipped
-
-
-def _validated(record: Any, validate: statefile.Validator | None) -> Any:
-    if validate is None:
-        return record
-    try:
-        return validate(record)
-    except Exception:  # a validator looking at hostile data: any failure means unusable
-        return None
+    return statefile.validated(record, validate)
 
 
 _warned_dirs: set[str] = set()

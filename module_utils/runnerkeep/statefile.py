@@ -58,8 +58,6 @@ _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOE
 # should be: damage to move aside, unlike EACCES or EROFS, which are the host's business.
 _DAMAGED_ERRNOS = (errno.ELOOP, errno.ENXIO, errno.EISDIR)
 
-# A directory that cannot take a new file now: full disk, quota, read-only, no permission.
-WRITE_REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 RUN_DIR_ENV = "RUNNERKEEP_RUN_DIR"
 DEFAULT_RUN_DIR = "/run/runnerkeep"
 
@@ -212,7 +210,8 @@ def _kind_of(path: str) -> str:
     return "not a regular file"
 
 
-def _validated(record: Any, validate: Validator | None) -> Any:
+def validated(record: Any, validate: Validator | None) -> Any:
+    """``validate(record)``, None when the validator refuses it or fails on it."""
     if validate is None:
         return record
     # A validator is ordinary code looking at hostile data: any exception means "unusable".
@@ -235,24 +234,30 @@ def read_json_lines(
     """
     report = ReadReport(path)
     data = _read_or_report(path, max_bytes, report, repair)
-    records: list[Any] = []
     if data is None:
-        return records, _finish(report)
+        return [], _finish(report)
+    records, report.skipped = parse_json_lines(data, validate)
+    report.records = len(records)
+    return records, _finish(report)
+
+
+def parse_json_lines(data: bytes, validate: Validator | None = None) -> tuple[list[Any], int]:
+    """(records that parse and pass ``validate``, lines skipped) of JSON-lines bytes: the one
+    parser of every JSON-lines file the core reads (state files here, the spool's)."""
+    records: list[Any] = []
+    skipped = 0
     for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
-            record = loads_strict(line)
+            record = validated(loads_strict(line), validate)
         except ValueError:
-            report.skipped += 1
-            continue
-        record = _validated(record, validate)
+            record = None
         if record is None:
-            report.skipped += 1
+            skipped += 1
         else:
             records.append(record)
-    report.records = len(records)
-    return records, _finish(report)
+    return records, skipped
 
 
 def read_json_object(
@@ -274,7 +279,7 @@ def read_json_object(
         except ValueError:
             record = None
     if isinstance(record, dict):
-        record = _validated(record, validate)
+        record = validated(record, validate)
     if not isinstance(record, dict):
         report.unreadable = "too large" if report.skipped_bytes else "not a valid JSON object"
         report.skipped_bytes = 0
@@ -486,11 +491,6 @@ def lock_holder_pid(fd: int) -> str:
 
 
 # --- the run dir: where state goes when the state dir cannot be written ---------------------
-
-
-def write_refused(exc: BaseException) -> bool:
-    """Whether ``exc`` says the directory cannot take a file now (not that the file is bad)."""
-    return isinstance(exc, OSError) and exc.errno in WRITE_REFUSED
 
 
 def run_dir() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
-from ..config import merge_section
+from ..config import merge_section, paths_of
 from ..errors import ConfigError
 from ..units import parse_duration, parse_size
 
@@ -84,10 +84,4 @@ def _workers(value: Any) -> int:
 
 def resolve_cache_dir(explicit: str | None, config: dict[str, Any]) -> str:
     """``--dir`` > ``$RUNNERKEEP_CACHE_DIR`` > config ``paths.cache_dir``."""
-    paths = config.get("paths") or {}
-    return (
-        explicit
-        or os.environ.get(CACHE_DIR_ENV)
-        or paths.get("cache_dir")
-        or "/var/cache/runnerkeep/images"
-    )
+    return explicit or os.environ.get(CACHE_DIR_ENV) or paths_of(config)["cache_dir"]

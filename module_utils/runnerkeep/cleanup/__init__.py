@@ -23,7 +23,7 @@ from .lock import (
     wait_for_jobs,
 )
 from .report import CleanerReport, CleanupReport
-from .stages import cleanup_section, list_cleaners, run_cleanup, state_dir_of
+from .stages import cleanup_section, list_cleaners, run_cleanup
 
 __all__ = [
     "CleanerReport",
@@ -36,7 +36,6 @@ __all__ = [
     "record_image_use",
     "release_job_lock",
     "run_cleanup",
-    "state_dir_of",
     "take_job_lock",
     "wait_for_jobs",
 ]

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import mounts
-from ..config import DEFAULT_PATHS
+from ..config import paths_of
 from . import walk
 from .catalog import TOOLCHAINS
 
@@ -171,7 +171,7 @@ def own_dirs(config: Mapping[str, Any], docker_root: str | None = None) -> dict[
     ``docker_root`` is what ``docker info`` reports (the caller asks the engine once per run);
     the default root is always included too, for hosts where the engine is down right now.
     """
-    paths = {**DEFAULT_PATHS, **{k: v for k, v in (config.get("paths") or {}).items() if v}}
+    paths = paths_of(config)
     found = {}
     for key in ("cache_dir", "state_dir", "log_dir"):
         value = paths.get(key)

@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from .. import docker_cli
-from ..config import DEFAULT_PATHS, merge_section
+from ..config import merge_section, state_dir_of
 from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of, nearest_existing
@@ -61,10 +61,6 @@ NEW_CLEANER_DEFAULTS: dict[str, Any] = {
 
 def cleanup_section(config: dict[str, Any]) -> dict[str, Any]:
     return merge_section(config, "cleanup", SECTION_DEFAULTS)
-
-
-def state_dir_of(config: dict[str, Any]) -> str:
-    return (config.get("paths") or {}).get("state_dir") or DEFAULT_PATHS["state_dir"]
 
 
 def cleaner_settings(section: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -34,10 +34,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from ..config import paths_of, state_dir_of
 from ..errors import ConfigError, RunnerkeepError
 from ..fsutil import filesystem_usage, mount_point_of, nearest_existing
 from ..units import format_size, parse_size_or_percent
-from .disk_config import as_int, budget_path, disk_settings, expand, paths_of, size, state_dir
+from .disk_config import as_int, budget_path, disk_settings, expand, size
 from .history import read_history
 from .sizing import tree_size
 
@@ -571,7 +572,7 @@ def measure_inputs(config: dict[str, Any]) -> BudgetInputs:
             f"disk budget: cannot read the filesystem of {path}: {exc.strerror}"
         ) from None
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
-    records = read_history(state_dir(config))[-max_jobs:]
+    records = read_history(state_dir_of(config))[-max_jobs:]
     cache = tree_size(expand(paths_of(config)["cache_dir"]))
     return BudgetInputs(
         path=path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..config import DEFAULT_PATHS, merge_section
+from ..config import merge_section, paths_of
 from ..errors import ConfigError
 from ..units import parse_duration, parse_size
 
@@ -80,14 +80,6 @@ def disk_settings(config: dict[str, Any]) -> dict[str, Any]:
             f"disk.report_roots: expected a list of paths, got {settings['report_roots']!r}"
         )
     return settings
-
-
-def paths_of(config: dict[str, Any]) -> dict[str, str]:
-    return {**DEFAULT_PATHS, **(config.get("paths") or {})}
-
-
-def state_dir(config: dict[str, Any]) -> str:
-    return paths_of(config)["state_dir"]
 
 
 def budget_path(config: dict[str, Any]) -> str:

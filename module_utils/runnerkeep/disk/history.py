@@ -35,13 +35,14 @@ import time
 from typing import Any
 
 from .. import events, spool, statefile
+from ..config import state_dir_of
 from ..errors import ConfigError, LockHeldError
 from ..fsutil import atomic_write, filesystem_usage
 from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
 from ..textutil import escape_text
 from ..units import parse_duration
-from .disk_config import as_int, budget_path, disk_settings, expand, seconds, state_dir
+from .disk_config import as_int, budget_path, disk_settings, expand, seconds
 
 DONE_SKEW = 300.0  # seconds a done record's end may lie in the future (clocks)
 # Done records of one owner uid ingested per watch cycle: more than its runners can finish in
@@ -76,7 +77,7 @@ def _job_paths(state_directory: str, job_id: str, spool_dir: str | None = None) 
 
 def _spool_of(config: dict[str, Any]) -> str | None:
     """The spool when this process writes there (not the state dir's owner), else None."""
-    return spool.spool_dir_of(config) if spool.use_spool(state_dir(config)) else None
+    return spool.spool_dir_of(config) if spool.use_spool(state_dir_of(config)) else None
 
 
 def sample(path: str) -> dict[str, int]:
@@ -162,7 +163,7 @@ def _update_peak(job: dict[str, Any], now: dict[str, int]) -> bool:
 def job_start(config: dict[str, Any], job_id: str, *, spawn: bool = True) -> dict[str, Any]:
     """Record the start of a job and (by default) start its background peak sampler."""
     settings = disk_settings(config)
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     spooled = _spool_of(config)
     job_file, pid_file = _job_paths(state_directory, job_id, spooled)
     if not spooled:
@@ -287,7 +288,7 @@ def _stop_sampler(pid_file: str, wait: float = 3.0) -> bool:
 def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     """Stop the sampler, take the last sample and append the job's record to the history."""
     settings = disk_settings(config)
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     spooled = _spool_of(config)
     job_file, pid_file = _job_paths(state_directory, job_id, spooled)
     _stop_sampler(pid_file)
@@ -455,7 +456,7 @@ def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any
     "deferred": {uid: count}}; ``dry_run`` reads only. When the filesystem cannot be measured
     nothing is ingested (no clamp without a measure): every record waits."""
     settings = disk_settings(config)
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
     oldest = time.time() - _lock_max_age(config)
     path = expand(budget_path(config))

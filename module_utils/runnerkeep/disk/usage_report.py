@@ -14,12 +14,13 @@ import re
 import time
 from typing import Any
 
+from ..config import paths_of
 from ..docker_cli import docker_json_lines, engine_info, run_docker
 from ..errors import DockerCommandError, RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..textutil import escape_text, table
 from ..units import format_size
-from .disk_config import as_int, disk_settings, expand, paths_of
+from .disk_config import as_int, disk_settings, expand
 from .sizing import largest_dirs, tree_size
 
 DOCKER_KINDS = {

@@ -57,6 +57,7 @@ import time
 from typing import Any, Callable
 
 from .. import events, statefile
+from ..config import state_dir_of
 from ..docker_cli import engine_info
 from ..errors import ConfigError, LockHeldError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
@@ -73,7 +74,7 @@ from .budget import (
     fallback_budget,
     measure_inputs,
 )
-from .disk_config import as_int, disk_settings, seconds, state_dir
+from .disk_config import as_int, disk_settings, seconds
 from .metrics import WatchReadings, event_totals, fold_events, watch_metric_set, write_textfile
 from .usage_report import docker_usage, filesystems, watched_paths
 
@@ -301,7 +302,7 @@ class WatchCycle:
     def __init__(self, config: dict[str, Any], cleanup_func: Callable | None) -> None:
         self.config = config
         self.settings = disk_settings(config)
-        self.state_directory = state_dir(config)
+        self.state_directory = state_dir_of(config)
         self.started = time.monotonic()
         self.deadline = self.started + seconds(self.settings, "watch_timeout")
         self.errors: list[str] = []
@@ -745,7 +746,7 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
     ``cleanup_func`` is the cleanup core's ``run_cleanup`` the emergency step calls (the front
     door passes ``runnerkeep.wiring.run_cleanup``; tests a fake); None: no emergency cleanup,
     the cycle says so."""
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     fd = _open_watch_lock(state_directory)
     try:
         if fd is not None:
