@@ -29,12 +29,13 @@ from runnerkeep.cache import (
 )
 from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.trust import trust_from_env
-from runnerkeep.config import load_config, merge_section
+from runnerkeep.config import load_config, merge_section, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
 from runnerkeep.wiring import cache_settings
 
+from runnerkeep_cli.options import add_command
 from runnerkeep_cli.output import CommandResult, table
 
 HELP = """\
@@ -85,21 +86,20 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         name: str, handler: Callable, help_text: str, job_op: bool = False, hidden: bool = False
     ) -> argparse.ArgumentParser:
         parents = [common, store, via] if job_op else [common, store]
-        extra = {} if hidden else {"help": help_text}
-        p = sub.add_parser(
+        return add_command(
+            sub,
             name,
+            handler,
+            help_text,
             parents=parents,
-            description=help_text,
             epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            **extra,
+            description=help_text,
+            hidden=hidden,
         )
-        p.set_defaults(handler=handler)
-        return p
 
     p = add(
         "save",
-        cmd_save,
+        cache_save,
         "save images under a key (docker save, verified, then committed)",
         job_op=True,
     )
@@ -119,12 +119,12 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="check space, write nothing")
 
     p = add(
-        "restore", cmd_restore, "load a key's images into the daemon (exit 3 = miss)", job_op=True
+        "restore", cache_restore, "load a key's images into the daemon (exit 3 = miss)", job_op=True
     )
     p.add_argument("--key", required=True)
     p.add_argument("--dry-run", action="store_true", help="say whether a load would happen")
 
-    p = add("verify", cmd_verify, "re-hash every blob and check every entry (exit 6 if bad)")
+    p = add("verify", cache_verify, "re-hash every blob and check every entry (exit 6 if bad)")
     p.add_argument("--key", help="only this key's entry and blobs")
     p.add_argument(
         "--repair", action="store_true", help="move bad entries and blobs to the quarantine"
@@ -132,14 +132,14 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
 
     add(
         "list",
-        cmd_list,
+        cache_list,
         "keys, images, sizes (logical and unique), created, last used",
         job_op=True,
     )
 
     p = add(
         "export",
-        cmd_export,
+        cache_export,
         "write a key's images as an archive `docker load` accepts",
         job_op=True,
     )
@@ -147,26 +147,29 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE.tar")
 
     p = add(
-        "import", cmd_import, "verify, then store, an archive (docker-archive or OCI)", job_op=True
+        "import",
+        cache_import,
+        "verify, then store, an archive (docker-archive or OCI)",
+        job_op=True,
     )
     p.add_argument("--key", required=True)
     p.add_argument("archive", metavar="FILE.tar")
 
-    p = add("prune", cmd_prune, "evict least recently used entries, delete unreferenced blobs")
+    p = add("prune", cache_prune, "evict least recently used entries, delete unreferenced blobs")
     p.add_argument("--max-size", metavar="SIZE", help="quota (default: config cache.max_size)")
     p.add_argument("--max-age", metavar="DURATION", help="evict entries unused this long")
     p.add_argument("--dry-run", action="store_true", help="report what would go")
 
     add(
         "sign-entries",
-        cmd_sign_entries,
+        cache_sign_entries,
         "sign the entries written before the store had a key (blobs re-hashed first; "
         "bad ones quarantined)",
     )
 
     p = add(
         "register-job",
-        cmd_register_job,
+        cache_register_job,
         "job-start hook: register this job's trust (from the runner's environment) with the "
         "cache service, bound to the job's worker process (--worker-pid, else the parent)",
     )
@@ -181,7 +184,7 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
 
     p = add(
         "serve-connection",
-        cmd_serve_connection,
+        cache_serve_connection,
         "internal: serve the cache service connection on fd 0 (runnerkeep-cache@.service)",
         hidden=True,
     )
@@ -205,8 +208,7 @@ def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
         drop_to_store_owner(store.root)
     if not hasattr(args, "service"):  # commands the service does not offer
         _check_access(store)
-    state_dir = (config.get("paths") or {}).get("state_dir") or "/var/lib/runnerkeep"
-    return store, config, state_dir
+    return store, config, state_dir_of(config)
 
 
 def _section(config: dict[str, Any]) -> dict[str, Any]:
@@ -269,7 +271,7 @@ def _images_text(images: list[dict[str, Any]]) -> str:
     return ", ".join(", ".join(i["tags"]) or i["id"][:19] for i in images)
 
 
-def cmd_save(args: argparse.Namespace) -> CommandResult:
+def cache_save(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     socket_path = _service_socket(args, store, config)
     reserve = parse_size(args.reserve, "--reserve") if args.reserve else None
@@ -323,7 +325,7 @@ def save_text(key: str, store_dir: str, result: dict[str, Any]) -> str:
     )
 
 
-def cmd_restore(args: argparse.Namespace) -> CommandResult:
+def cache_restore(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     socket_path = _service_socket(args, store, config)
     if socket_path:
@@ -352,7 +354,7 @@ def restore_text(key: str, result: dict[str, Any]) -> str:
     return f"key '{key}': images already present ({_images_text(result['images'])})"
 
 
-def cmd_verify(args: argparse.Namespace) -> CommandResult:
+def cache_verify(args: argparse.Namespace) -> CommandResult:
     store, config, _state = _context(args)
     store_dir = store.root
     settings = cache_settings(config)
@@ -390,7 +392,7 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
-def cmd_list(args: argparse.Namespace) -> CommandResult:
+def cache_list(args: argparse.Namespace) -> CommandResult:
     store, config, _state = _context(args)
     socket_path = _service_socket(args, store, config)
     data = service.call_service(socket_path, "list", {}) if socket_path else list_entries(store)
@@ -429,7 +431,7 @@ def _scoped(row: dict[str, Any]) -> str:
     return f"{row['key']} [{row['scope']}]"
 
 
-def cmd_export(args: argparse.Namespace) -> CommandResult:
+def cache_export(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     socket_path = _service_socket(args, store, config)
     if socket_path:
@@ -460,7 +462,7 @@ def export_text(key: str, result: dict[str, Any]) -> str:
     return f"exported key '{key}' to {result['output']} ({format_size(result['bytes'])})"
 
 
-def cmd_import(args: argparse.Namespace) -> CommandResult:
+def cache_import(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     socket_path = _service_socket(args, store, config)
     if socket_path:
@@ -492,7 +494,7 @@ def import_text(key: str, archive: str, result: dict[str, Any]) -> str:
     )
 
 
-def cmd_prune(args: argparse.Namespace) -> CommandResult:
+def cache_prune(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     settings = cache_settings(config)
     max_size = parse_size(args.max_size, "--max-size") if args.max_size else settings["max_size"]
@@ -519,7 +521,7 @@ def cmd_prune(args: argparse.Namespace) -> CommandResult:
     return CommandResult(result, "\n".join(lines), EXIT_OK)
 
 
-def cmd_sign_entries(args: argparse.Namespace) -> CommandResult:
+def cache_sign_entries(args: argparse.Namespace) -> CommandResult:
     store, config, _state = _context(args)
     report = sign_entries(store, workers=cache_settings(config)["verify_workers"])
     lines = [f"signed {name}" for name in report["signed"]]
@@ -539,7 +541,7 @@ def _read_event_file(path: str) -> bytes:
         os.close(fd)
 
 
-def cmd_register_job(args: argparse.Namespace) -> CommandResult:
+def cache_register_job(args: argparse.Namespace) -> CommandResult:
     """Never fails the job: a registration that cannot be made leaves the job untrusted
     ("unregistered"), which costs cache hits, not safety."""
     config = load_config(args.config)
@@ -561,7 +563,7 @@ def cmd_register_job(args: argparse.Namespace) -> CommandResult:
     return CommandResult(data, f"registered job (worker {data['worker_pid']}): {kind} ({reason})")
 
 
-def cmd_serve_connection(args: argparse.Namespace) -> CommandResult:
+def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
     """fd 0 is the connection (StandardInput=socket). Nothing may go to stdout: it is the
     connection too; the response is the only thing written."""
     sock = socket.socket(fileno=os.dup(0))

@@ -23,19 +23,18 @@ from runnerkeep.cleanup import (
     active_jobs,
     list_cleaners,
     release_job_lock,
-    state_dir_of,
     take_job_lock,
     wait_for_jobs,
 )
 from runnerkeep.cleanup.catalog import STAGES, TOOLCHAINS
-from runnerkeep.config import load_config
+from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_LOCKED, EXIT_OK, ConfigError, LockHeldError
 from runnerkeep.spool import spool_dir_of
 from runnerkeep.textutil import escape_text
 from runnerkeep.units import parse_duration
 from runnerkeep.wiring import run_cleanup
 
-from runnerkeep_cli.options import common_options
+from runnerkeep_cli.options import add_command, common_options
 from runnerkeep_cli.output import CommandResult, table
 
 JOB_ID_ENV = ("RUNNERKEEP_JOB_ID", "CI_JOB_ID", "GITHUB_RUN_ID")
@@ -138,22 +137,23 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     # overwrite what was given before it (`cleanup --json status`).
     common = common_options(only_when_given=True)
 
-    run = sub.add_parser(
+    run = add_command(
+        sub,
         "run",
+        cleanup_run,
+        "run a stage (same as the options on 'cleanup' itself)",
         parents=[common],
-        help="run a stage (same as the options on 'cleanup' itself)",
         epilog=RUN_EPILOG + "\n" + epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_options(run, suppress=True)
-    run.set_defaults(handler=cleanup_run)
 
-    start = sub.add_parser(
+    start = add_command(
+        sub,
         "job-start",
+        cleanup_job_start,
+        "runner hook at job start: take the job lock, then run the pre stage",
         parents=[common],
-        help="runner hook at job start: take the job lock, then run the pre stage",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_options(start)
     start.add_argument(
@@ -162,36 +162,35 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         help="a process that lives as long as the job (hooks pass $PPID); default: our parent",
     )
     start.add_argument("--no-pre", action="store_true", help="take the lock only")
-    start.set_defaults(handler=cleanup_job_start)
 
-    end = sub.add_parser(
+    end = add_command(
+        sub,
         "job-end",
+        cleanup_job_end,
+        "runner hook at job end: release the job lock, then run the post stage",
         parents=[common],
-        help="runner hook at job end: release the job lock, then run the post stage",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_job_options(end)
     end.add_argument("--no-post", action="store_true", help="release the lock only")
-    end.set_defaults(handler=cleanup_job_end)
 
-    status = sub.add_parser(
+    add_command(
+        sub,
         "status",
+        cleanup_status,
+        "show the job locks (exit 7 when a job holds the lock)",
         parents=[common],
-        help="show the job locks (exit 7 when a job holds the lock)",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.set_defaults(handler=cleanup_status)
 
-    lister = sub.add_parser(
+    add_command(
+        sub,
         "list-cleaners",
+        cleanup_list,
+        "list the cleaners with their effective settings, in cost order",
         parents=[common],
-        help="list the cleaners with their effective settings, in cost order",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lister.set_defaults(handler=cleanup_list)
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:

@@ -7,13 +7,14 @@ import json
 import sys
 import time
 
-from runnerkeep.config import load_config
+from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.secrets import redact_text
 from runnerkeep.spool import spool_dir_of
 from runnerkeep.textutil import escape_text
 from runnerkeep.units import format_size, parse_duration
 
+from runnerkeep_cli.options import add_command
 from runnerkeep_cli.output import CommandResult, table
 
 DESCRIPTION = """\
@@ -36,16 +37,15 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     sub.required = True
 
     def add(name: str, help_text: str, handler) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(
+        return add_command(
+            sub,
             name,
+            handler,
+            help_text,
             parents=[common],
-            help=help_text,
-            description=help_text,
             epilog=epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            description=help_text,
         )
-        cmd.set_defaults(handler=handler)
-        return cmd
 
     cmd = add(
         "report",
@@ -109,11 +109,10 @@ def disk_report(args: argparse.Namespace) -> CommandResult:
 
 
 def disk_history(args: argparse.Namespace) -> CommandResult:
-    from runnerkeep.disk.disk_config import state_dir
     from runnerkeep.disk.history import read_history_report, running_jobs
 
     config = load_config(args.config)
-    state_directory = state_dir(config)
+    state_directory = state_dir_of(config)
     records, skipped = read_history_report(state_directory)
     shown = records[-args.limit :] if args.limit > 0 else records
     running = running_jobs(state_directory, spool_dir_of(config))

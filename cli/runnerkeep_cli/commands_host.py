@@ -7,18 +7,19 @@ import argparse
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK
 from runnerkeep.selfcheck import run_self_check
 
+from runnerkeep_cli.options import add_command
 from runnerkeep_cli.output import CommandResult, table
 
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
-    parser = groups.add_parser(
+    add_command(
+        groups,
         "self-check",
+        self_check,
+        "check that this host can run runnerkeep (python, config, directories, Docker)",
         parents=[common],
-        help="check that this host can run runnerkeep (python, config, directories, Docker)",
         epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(handler=self_check)
 
 
 def self_check(args: argparse.Namespace) -> CommandResult:

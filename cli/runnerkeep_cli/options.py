@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 
 def common_options(only_when_given: bool = False) -> argparse.ArgumentParser:
@@ -34,3 +35,30 @@ def common_options(only_when_given: bool = False) -> argparse.ArgumentParser:
         help="print the Python traceback of an internal error (also $RUNNERKEEP_DEBUG=1)",
     )
     return common
+
+
+def add_command(
+    sub: Any,
+    name: str,
+    handler: Callable[[argparse.Namespace], Any],
+    help_text: str,
+    *,
+    parents: list[argparse.ArgumentParser],
+    epilog: str,
+    description: str | None = None,
+    hidden: bool = False,
+) -> argparse.ArgumentParser:
+    """Add one command (``sub`` is a subparsers action) the way every group adds its commands:
+    its parents (the common options first), help, epilog as written, and the handler main()
+    calls. ``hidden`` leaves an internal command out of the listing."""
+    listed = {} if hidden else {"help": help_text}
+    parser = sub.add_parser(
+        name,
+        parents=parents,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **listed,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
