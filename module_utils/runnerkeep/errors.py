@@ -63,12 +63,6 @@ class CacheMiss(RunnerkeepError):
     exit_code = EXIT_CACHE_MISS
 
 
-class CheckFailed(RunnerkeepError):
-    """A verification found problems."""
-
-    exit_code = EXIT_CHECK_FAILED
-
-
 class LockHeldError(RunnerkeepError):
     """A CI job holds the runner lock."""
 
