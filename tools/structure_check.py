@@ -26,9 +26,9 @@ CORE = os.path.join(ROOT, "module_utils", "runnerkeep")
 PACKAGE = "runnerkeep"
 MAX_LINES = 80
 SUBSYSTEMS = ("cache", "cleanup", "disk")
-# The one direction left between subsystems: the cache makes room through a cleanup stage
-# (passed in from the front doors would be nicer still; an arrow that is allowed is drawn
-# in docs/architecture.md).
+# Arrows allowed between subsystems: none. What one needs of another (the budget's quota and
+# targets, a cleanup stage) is handed in by the front doors, built in runnerkeep.wiring. An
+# arrow added here needs its reason written beside it.
 ALLOWED_ARROWS: frozenset[tuple[str, str]] = frozenset()
 
 

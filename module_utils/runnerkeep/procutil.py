@@ -64,7 +64,7 @@ def same_process(pid: int, start_time: str | None) -> bool:
 def enlarge_pipe(fd: int) -> None:
     """Ask for a 1 MiB pipe buffer on ``fd``; silently keeps the default where that is refused.
 
-    The default 64 KiB pipe reads erratically; 1 MiB gives a steady stream (ENVIRONMENT.md).
+    The default 64 KiB pipe reads erratically; 1 MiB gives a steady stream.
     """
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
