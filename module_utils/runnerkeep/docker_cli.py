@@ -2,7 +2,9 @@
 
 runnerkeep talks to the engine through the ``docker`` command, because the CLI is the only
 Docker client a runner host is guaranteed to have and it honours DOCKER_HOST and contexts the
-way the runner's jobs do. The one exception is the restore stream (``docker_api.py``).
+way the runner's jobs do. The exception is the image cache when the CLI would use the local
+socket anyway: its save and restore streams and the questions around them (image inspect,
+engine info, tags) go straight to the socket (``docker_api.py``), and come here otherwise.
 """
 
 from __future__ import annotations
