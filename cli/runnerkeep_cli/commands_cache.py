@@ -12,10 +12,10 @@ import time
 from typing import Any, Callable
 
 from runnerkeep.cache import (
-    CACHE_DEFAULTS,
     ProgressLine,
     SaveFailed,
     Store,
+    access_settings,
     export_entry,
     import_archive,
     list_entries,
@@ -29,7 +29,7 @@ from runnerkeep.cache import (
 )
 from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.trust import trust_from_env
-from runnerkeep.config import load_config, merge_section, state_dir_of
+from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
@@ -202,7 +202,7 @@ def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
     ``cache_settings`` (save, verify, prune) compute it themselves: without
     ``cache.max_size`` it measures the disk budget."""
     config = load_config(args.config)
-    store = Store(resolve_cache_dir(args.dir, config), key_file=_section(config)["key_file"])
+    store = Store(resolve_cache_dir(args.dir, config), key_file=access_settings(config)["key_file"])
     if getattr(args, "service", None) is not True:
         # Root in direct mode acts as the store's owner (runnerkeep), never as root.
         drop_to_store_owner(store.root)
@@ -211,17 +211,9 @@ def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
     return store, config, state_dir_of(config)
 
 
-def _section(config: dict[str, Any]) -> dict[str, Any]:
-    section = merge_section(config, "cache", CACHE_DEFAULTS)
-    return {
-        "key_file": section["key_file"] or None,
-        "service_socket": section["service_socket"] or None,
-    }
-
-
 def _service_socket(args: argparse.Namespace, store: Store, config: dict[str, Any]) -> str | None:
     """The service socket when this command goes through the service, else None (direct)."""
-    socket_path = _section(config)["service_socket"]
+    socket_path = access_settings(config)["service_socket"]
     if args.service is True:
         return socket_path
     if (
@@ -545,7 +537,7 @@ def cache_register_job(args: argparse.Namespace) -> CommandResult:
     """Never fails the job: a registration that cannot be made leaves the job untrusted
     ("unregistered"), which costs cache hits, not safety."""
     config = load_config(args.config)
-    socket_path = args.socket or _section(config)["service_socket"]
+    socket_path = args.socket or access_settings(config)["service_socket"]
     trusted, scope, reason = trust_from_env(os.environ, _read_event_file)
     data: dict[str, Any] = {"trusted": trusted, "scope": scope, "reason": reason}
     if not service.is_socket(socket_path):
@@ -570,7 +562,9 @@ def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
     try:
         try:
             config = load_config(args.config)
-            store = Store(resolve_cache_dir(None, config), key_file=_section(config)["key_file"])
+            store = Store(
+                resolve_cache_dir(None, config), key_file=access_settings(config)["key_file"]
+            )
             settings = cache_settings(config)
         except RunnerkeepError as exc:
             service.send_error(sock, exc)

@@ -7,7 +7,7 @@ front doors over these. On-disk format: docs/cache-format.md.
 from __future__ import annotations
 
 from .archive_layout import familiar_ref
-from .cache_config import CACHE_DEFAULTS, cache_settings, resolve_cache_dir
+from .cache_config import CACHE_DEFAULTS, access_settings, cache_settings, resolve_cache_dir
 from .entrymac import KeyUnavailable
 from .progress import ProgressLine
 from .prune import list_entries, prune_store, remove_key
@@ -27,6 +27,7 @@ __all__ = [
     "ProgressLine",
     "SaveFailed",
     "Store",
+    "access_settings",
     "cache_settings",
     "export_entry",
     "export_entry_fd",

@@ -70,6 +70,15 @@ def cache_settings(
         "transfer_deadline": parse_duration(
             section["transfer_deadline"], "cache.transfer_deadline"
         ),
+        **access_settings(config),
+    }
+
+
+def access_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``key_file`` and ``service_socket``: what opening the store or reaching the service
+    needs, without ``cache_settings``' quota (which may measure the disk budget)."""
+    section = merge_section(config, "cache", CACHE_DEFAULTS)
+    return {
         "service_socket": section["service_socket"] or None,
         "key_file": section["key_file"] or None,
     }
