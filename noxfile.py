@@ -71,6 +71,19 @@ def sanity(session: nox.Session) -> None:
 
 
 @nox.session
+def rules(session: nox.Session) -> None:
+    """Prometheus rules and the Alertmanager example: promtool check/test, amtool check-config
+    (Debian's prometheus and prometheus-alertmanager; the harness installs them when missing)."""
+    session.run(
+        "python",
+        "-c",
+        "from harness.engine import ensure_host_programs; ensure_host_programs()",
+        env=_env(),
+    )
+    session.run("python", "tools/check_rules.py")
+
+
+@nox.session
 def build(session: nox.Session) -> None:
     """Build dist/runnerkeep.pyz, the self-contained CLI for runner hosts."""
     session.run("python", "tools/build_zipapp.py")
