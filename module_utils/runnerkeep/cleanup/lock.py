@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -58,16 +56,14 @@ from typing import Any
 from .. import spool, statefile
 from ..errors import LockHeldError
 from ..fsutil import atomic_write
-from ..procutil import process_alive, process_start_time, same_process
+from ..jobs import DEFAULT_MAX_AGE, new_record, spool_stale_reason, stale_reason, valid_record
 
 LOCK_DIR = "job-locks"
 GUARD = ".guard"
 RUN_LOCK = "cleanup.lock"
-DEFAULT_MAX_AGE = 24 * 3600.0
 BLOCKED_STAGES = ("post", "emergency")
 GUARD_WAIT = 10.0  # seconds a hook waits for the guard before LockHeldError
 RUN_LOCK_WAIT = 1.0  # seconds before cleanup.lock is judged by its holder
-CLOCK_SKEW = 300.0  # seconds a lock's start may lie in the future (clocks of hook and host)
 
 
 def lock_dir(state_dir: str) -> str:
@@ -147,14 +143,7 @@ def take_job_lock(
     """Take the job lock for ``job_id`` (idempotent: a repeated start refreshes the record).
 
     As the CI user (the state dir is root's) the lock is a record in the spool."""
-    pid = os.getppid() if pid is None else int(pid)
-    record = {
-        "job_id": str(job_id),
-        "pid": pid,
-        "pid_start": process_start_time(pid),
-        "started": time.time() if now is None else now,
-        "host": socket.gethostname(),
-    }
+    record = new_record(job_id, os.getppid() if pid is None else int(pid), now)
     if spool.use_spool(state_dir):
         return _spool_start(spool_dir or spool.default_spool(state_dir), record)
     with _guard(state_dir):
@@ -235,67 +224,10 @@ def release_job_lock(
     return removed
 
 
-def valid_record(record: Any) -> dict[str, Any] | None:
-    """A lock record with the types ``stale_reason`` and the status output rely on."""
-    if not isinstance(record, dict):
-        return None
-    pid = record.get("pid")
-    started = record.get("started")
-    if not statefile.plain_int(pid, 1) or not statefile.finite_number(started):
-        return None
-    if not isinstance(record.get("pid_start"), (str, type(None))):
-        return None
-    if not isinstance(record.get("job_id"), (str, int)) or isinstance(record["job_id"], bool):
-        return None
-    return record
-
-
 def _read(path: str, repair: bool = False) -> dict[str, Any] | None:
     # Not moved aside even outside dry runs: an unusable lock is stale and removed as such.
     record, _report = statefile.read_json_object(path, valid_record, repair=repair)
     return record
-
-
-def stale_reason(record: dict[str, Any] | None, max_age: float, now: float) -> str | None:
-    if record is None:
-        return "unreadable lock file"
-    started = record.get("started")
-    if not statefile.finite_number(started) or not math.isfinite(max_age):
-        return "unreadable lock file"
-    if started > now + CLOCK_SKEW:
-        # It would never grow older than lock_max_age: a forged or clock-broken lock.
-        return "started in the future"
-    if now - started > max_age:
-        return f"older than {max_age:.0f}s"
-    pid = record.get("pid")
-    if not statefile.plain_int(pid, 1):
-        return "unreadable lock file"
-    pid_start = record.get("pid_start")
-    usable_start = isinstance(pid_start, str) and bool(pid_start)
-    if not process_alive(pid, pid_start if usable_start else None):
-        return f"process {pid} is gone"
-    if not usable_start:
-        # Without it a reused pid (or pid 1) would keep the lock alive for lock_max_age.
-        return "cannot be checked: no process start time"
-    return None
-
-
-def spool_stale_reason(
-    record: dict[str, Any] | None, owner: int | None, max_age: float, now: float
-) -> str | None:
-    """Why a spool job record is not a live job (None: it is). Only the file's owner is
-    trusted; the process it names must be alive, be that process (start time) and run as
-    that owner."""
-    reason = stale_reason(record, max_age, now)
-    if reason:
-        return reason
-    pid = record["pid"]
-    if not same_process(pid, record.get("pid_start")):
-        return f"process {pid} is gone or is another process"
-    uid = spool.process_real_uid(pid)
-    if owner is None or uid != owner:
-        return f"process {pid} does not run as the record's owner (uid {owner})"
-    return None
 
 
 def active_jobs(

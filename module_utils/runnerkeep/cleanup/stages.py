@@ -31,8 +31,9 @@ from ..config import merge_section, state_dir_of
 from ..errors import ConfigError, DockerUnavailableError, RunnerkeepError
 from ..events import record_event
 from ..fsutil import FilesystemUsage, filesystem_usage, mount_point_of, nearest_existing
+from ..jobs import max_age_of
 from ..spool import spool_dir_of
-from ..units import parse_duration, parse_size_or_percent
+from ..units import parse_size_or_percent
 from . import docker_cleaners
 from .catalog import CLEANER_KEYS, SECTION_DEFAULTS, STAGES, builtin_cleaners
 from .cleaners import KINDS, Cleaner, Item, RunContext, check_pattern
@@ -215,7 +216,7 @@ def run_cleanup(
     started = time.monotonic()
     section = cleanup_section(config)
     state_dir = state_dir_of(config)
-    lock_max_age = parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
+    lock_max_age = max_age_of(config)
     report = CleanupReport(stage=stage, dry_run=dry_run, forced=force, run_all=run_all)
     report.jobs = _jobs_seen(report, config, lock_max_age)
     ctx = RunContext(

@@ -38,13 +38,12 @@ from .. import events, spool, statefile
 from ..config import state_dir_of
 from ..errors import ConfigError, LockHeldError
 from ..fsutil import atomic_write, filesystem_usage
+from ..jobs import CLOCK_SKEW, max_age_of
 from ..procutil import process_start_time as _proc_start_time
 from ..procutil import same_process
 from ..textutil import escape_text
-from ..units import parse_duration
 from .disk_config import as_int, budget_path, disk_settings, expand, seconds
 
-DONE_SKEW = 300.0  # seconds a done record's end may lie in the future (clocks)
 # Done records of one owner uid ingested per watch cycle: more than its runners can finish in
 # one interval, few enough that a forged flood trickles in (see ingest_spool).
 DONE_PER_UID = 4
@@ -408,11 +407,6 @@ def _ingested(
     }
 
 
-def _lock_max_age(config: dict[str, Any]) -> float:
-    section = config.get("cleanup") or {}
-    return parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
-
-
 def _last_end_by_uid(state_directory: str) -> dict[int, float]:
     """The end time of the newest spooled record of each uid already in the history."""
     last: dict[int, float] = {}
@@ -424,7 +418,7 @@ def _last_end_by_uid(state_directory: str) -> dict[int, float]:
 
 
 def _done_problem(record: dict[str, Any], now: float, oldest: float, after: float | None) -> str:
-    if record["end_time"] > now + DONE_SKEW:
+    if record["end_time"] > now + CLOCK_SKEW:
         return "ends in the future"
     if record["start_time"] < oldest:
         return "started longer ago than cleanup.lock_max_age"
@@ -458,7 +452,7 @@ def ingest_spool(config: dict[str, Any], dry_run: bool = False) -> dict[str, Any
     settings = disk_settings(config)
     state_directory = state_dir_of(config)
     max_jobs = as_int(settings["history_max_jobs"], "disk.history_max_jobs", 1)
-    oldest = time.time() - _lock_max_age(config)
+    oldest = time.time() - max_age_of(config)
     path = expand(budget_path(config))
     result: dict[str, Any] = {"ingested": [], "rejected": [], "deferred": {}}
     try:
