@@ -130,52 +130,31 @@ exit_code:
   sample: 2
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.disk.budget import current_budget
-    from ansible.module_utils.runnerkeep.errors import RunnerkeepError
-    from ansible.module_utils.runnerkeep.schema import validate_config
+    from ansible.module_utils.runnerkeep.module_frame import (
+        load_task_config,
+        module_options,
+        run_module,
+    )
 
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - reported by fail_json below
+except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
     IMPORT_ERROR = str(exc)
 
+    def module_options(**own):
+        """module_frame.module_options without the core: enough for main() to report it."""
+        return dict(own, config_file=dict(type="path"))
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            config_file=dict(type="path"),
-            disk=dict(type="dict", default={}),
-        ),
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
-    try:
-        if module.params["disk"]:
-            validate_config({"disk": module.params["disk"]}, "option disk")
-        config = load_config(module.params["config_file"])
-        if module.params["disk"]:
-            config["disk"] = dict(config.get("disk") or {}, **module.params["disk"])
-        budget = current_budget(config)
-    except RunnerkeepError as exc:
-        module.fail_json(msg=str(exc), exit_code=exc.exit_code)
-    except OSError as exc:
-        module.fail_json(msg=f"disk budget failed: {exc.strerror or exc} ({exc.filename})")
-    except ValueError as exc:
-        module.fail_json(msg=f"disk budget failed: {exc}")
-    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
-        module.fail_json(
-            msg=f"internal error: {type(exc).__name__}: {exc}", exception=traceback.format_exc()
-        )
-    data = budget.as_dict()
-    module.exit_json(
+
+def run(task):
+    """The budget's return values (RETURN); read only, so check mode is the same run."""
+    budget = current_budget(load_task_config(task.params, overlay="disk"))
+    return dict(
         changed=False,
-        budget=data,
+        budget=budget.as_dict(),
         cache_quota_bytes=budget.cache_quota_bytes,
         pre_target_free_bytes=budget.pre_target_free_bytes,
         post_target_free_bytes=budget.post_target_free_bytes,
@@ -184,6 +163,18 @@ def main():
         watermarks=budget.watermarks(),
         explanation=budget.explanation,
     )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=module_options(
+            disk=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
+    run_module(module, run, "disk budget failed")
 
 
 if __name__ == "__main__":

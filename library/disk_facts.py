@@ -163,25 +163,40 @@ exit_code:
   sample: 2
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.runnerkeep.config import load_config
     from ansible.module_utils.runnerkeep.disk.usage_report import disk_report
-    from ansible.module_utils.runnerkeep.errors import RunnerkeepError
-    from ansible.module_utils.runnerkeep.schema import validate_config
+    from ansible.module_utils.runnerkeep.module_frame import (
+        load_task_config,
+        module_options,
+        run_module,
+    )
 
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - reported by fail_json below
+except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
     IMPORT_ERROR = str(exc)
+
+    def module_options(**own):
+        """module_frame.module_options without the core: enough for main() to report it."""
+        return dict(own, config_file=dict(type="path"))
+
+
+def run(task):
+    """The report as the runnerkeep_disk fact; read only, so check mode is the same run."""
+    params = task.params
+    report = disk_report(
+        load_task_config(params, overlay="disk"),
+        include_docker=params["include_docker"],
+        include_largest=params["include_largest"],
+        docker_verbose=params["docker_details"],
+    )
+    return dict(changed=False, ansible_facts={"runnerkeep_disk": report})
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            config_file=dict(type="path"),
+        argument_spec=module_options(
             disk=dict(type="dict", default={}),
             include_docker=dict(type="bool", default=True),
             include_largest=dict(type="bool", default=True),
@@ -191,29 +206,7 @@ def main():
     )
     if IMPORT_ERROR:
         module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
-    try:
-        if module.params["disk"]:
-            validate_config({"disk": module.params["disk"]}, "option disk")
-        config = load_config(module.params["config_file"])
-        if module.params["disk"]:
-            config["disk"] = dict(config.get("disk") or {}, **module.params["disk"])
-        report = disk_report(
-            config,
-            include_docker=module.params["include_docker"],
-            include_largest=module.params["include_largest"],
-            docker_verbose=module.params["docker_details"],
-        )
-    except RunnerkeepError as exc:
-        module.fail_json(msg=str(exc), exit_code=exc.exit_code)
-    except OSError as exc:
-        module.fail_json(msg=f"disk report failed: {exc.strerror or exc} ({exc.filename})")
-    except ValueError as exc:
-        module.fail_json(msg=f"disk report failed: {exc}")
-    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
-        module.fail_json(
-            msg=f"internal error: {type(exc).__name__}: {exc}", exception=traceback.format_exc()
-        )
-    module.exit_json(changed=False, ansible_facts={"runnerkeep_disk": report})
+    run_module(module, run, "disk report failed")
 
 
 if __name__ == "__main__":

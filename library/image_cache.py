@@ -55,7 +55,7 @@ options:
     aliases: [cache_dir]
   config_file:
     description:
-      - The runnerkeep config file (JSON).
+      - The runnerkeep config file (JSON); fragments in C(config.d/) beside it are merged.
       - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   reserve:
@@ -270,20 +270,23 @@ exit_code:
   returned: failed, when the core refused
   type: int
   sample: 3
+busy:
+  description:
+    - >-
+      True when the task failed because another process holds a lock it needs (the store's;
+      RV(exit_code) is 7): a later run can succeed.
+  returned: failed, when a lock is held
+  type: bool
+  sample: true
 """
 
-import importlib
-import json
 import os
-import pkgutil
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.runnerkeep.cache import (
         Store,
-        cache_settings,
         prune_store,
         remove_key,
         resolve_cache_dir,
@@ -292,29 +295,31 @@ try:
         verify_store,
     )
     from ansible.module_utils.runnerkeep.cache.owner import drop_to_store_owner
-    from ansible.module_utils.runnerkeep.config import load_config
-    from ansible.module_utils.runnerkeep.errors import CacheMiss, RunnerkeepError
+    from ansible.module_utils.runnerkeep.errors import CacheMiss
+    from ansible.module_utils.runnerkeep.module_frame import (
+        TaskFailed,
+        in_child,
+        load_task_config,
+        module_options,
+        run_module,
+    )
     from ansible.module_utils.runnerkeep.schema import check_option
     from ansible.module_utils.runnerkeep.units import parse_duration, parse_size
+    from ansible.module_utils.runnerkeep.wiring import cache_settings
 
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - shown to the user by fail_json
+except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
     IMPORT_ERROR = str(exc)
 
-CORE_PACKAGE = "ansible.module_utils.runnerkeep"
+    def module_options(**own):
+        """module_frame.module_options without the core: enough for main() to report it."""
+        return dict(own, config_file=dict(type="path"))
 
 
-class TaskFailed(Exception):
-    """The task fails with these return values (msg and the rest)."""
-
-    def __init__(self, fields):
-        super().__init__(fields["msg"])
-        self.fields = fields
-
-
-def run(params, check, warnings):
+def run(task):
     """The task's return values; raises TaskFailed or a core error when it fails."""
-    config = load_config(params["config_file"])
+    params = task.params
+    config = load_task_config(params)
     for name in ("reserve", "max_size", "max_age"):  # options that stand for cache.* keys
         if params[name]:
             check_option("cache", name, params[name], f"option {name}")
@@ -323,16 +328,20 @@ def run(params, check, warnings):
     # forged entries and write unsigned ones every later reader rejects.
     store = Store(cache_dir, key_file=cache_settings(config)["key_file"])
 
-    def work(child_warnings):
-        return run_state(params, check, config, cache_dir, store, child_warnings)
+    def work(child_task):
+        return run_state(child_task, config, cache_dir, store)
 
     if not owned_by_another_user(cache_dir):
-        return work(warnings)
-    outcome = as_store_owner(cache_dir, work, params)
-    warnings.extend(outcome["warnings"])
-    if "failed" in outcome:
-        raise TaskFailed(outcome["failed"])
-    return outcome["result"]
+        return work(task)
+    # Root acts in the store as its owner (runnerkeep), never as root: files it created there
+    # would be ones the service and the maintenance timer cannot replace.
+    return in_child(
+        task,
+        work,
+        become=lambda: drop_to_store_owner(cache_dir),
+        what="image cache failed",
+        who=f"the process working as the owner of {cache_dir}",
+    )
 
 
 def owned_by_another_user(cache_dir):
@@ -345,80 +354,12 @@ def owned_by_another_user(cache_dir):
         return False
 
 
-def as_store_owner(cache_dir, work, params):
-    """The outcome of ``work`` run as the store's owner, in a forked child.
-
-    Root acts in the store as its owner (runnerkeep), never as root: files it created there
-    would be ones the service and the maintenance timer cannot replace. The drop is for good,
-    and exit_json reads ansible-core's own code from the AnsiballZ payload, which only root may
-    read: so the child drops and works, and this root parent reports what it sends back."""
-    preload_core()  # nothing of the core may need the root-only payload after the drop
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the module
-        status = 1
-        try:
-            os.close(read_end)
-            status = owner_child(write_end, cache_dir, work, params)
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    status = os.waitpid(pid, 0)[1]
-    try:
-        outcome = json.loads(data.decode("utf-8")) if data else None
-    except ValueError:
-        outcome = None
-    if os.waitstatus_to_exitcode(status) != 0 or not isinstance(outcome, dict):
-        raise RunnerkeepError(
-            f"image cache: the process working as the owner of {cache_dir} ended without an "
-            f"answer (exit status {os.waitstatus_to_exitcode(status)}); see the host's log"
-        )
-    return outcome
-
-
-def owner_child(write_end, cache_dir, work, params):
-    """The child's life: drop, work, send the outcome to the parent; its exit status."""
-
-    def dropped(warnings):
-        drop_to_store_owner(cache_dir)
-        return work(warnings)
-
-    try:
-        data = encoded(task_outcome(dropped, params))
-    except BaseException as exc:  # a bug: still one line the parent can show (never stdout)
-        failed = {
-            "msg": f"image cache: internal error: {type(exc).__name__}: {exc}",
-            "exception": traceback.format_exc(),
-        }
-        data = encoded({"failed": failed, "warnings": []})
-    with os.fdopen(write_end, "wb") as pipe:
-        pipe.write(data)
-    return 0
-
-
-def preload_core():
-    """Import every core module now, while the payload can be read (some import lazily)."""
-    package = importlib.import_module(CORE_PACKAGE)
-    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        try:
-            importlib.import_module(module.name)
-        except ImportError as exc:
-            raise RunnerkeepError(f"image cache: cannot load {module.name}: {exc}") from None
-
-
-def encoded(outcome):
-    try:
-        return json.dumps(outcome).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        failed = {"msg": f"image cache: a result that is not JSON: {exc}"}
-        return json.dumps({"failed": failed, "warnings": outcome.get("warnings", [])}).encode()
-
-
-def run_state(p, check, config, cache_dir, store_dir, warnings):
+def run_state(task, config, cache_dir, store):
     """The work of O(state), as the store's owner."""
-    state_dir = (config.get("paths") or {}).get("state_dir")
+    p = task.params
+    check = task.check_mode
+    # No state dir in check mode: a miss or a prune would otherwise be recorded as an event.
+    state_dir = task.event_dir((config.get("paths") or {}).get("state_dir"))
     state = p["state"]
     out = {"changed": False, "cache_dir": cache_dir}
 
@@ -426,29 +367,27 @@ def run_state(p, check, config, cache_dir, store_dir, warnings):
         settings = cache_settings(config)
         reserve = parse_size(p["reserve"], "reserve") if p["reserve"] else settings["reserve"]
         result = save_entry(
-            store_dir,
+            store,
             p["key"],
             p["images"],
             reserve=reserve,
             make_room_config=config,
             make_room_first=p["make_room"],
             max_size=settings["max_size"],
-            state_dir=None if check else state_dir,
+            state_dir=state_dir,
             dry_run=check,
         )
-        warnings.extend(result.get("warnings") or [])
+        task.warn(result.get("warnings"))
         out.update(result)
         out["changed"] = result["result"] in ("saved", "would_save")
     elif state == "restored":
         try:
-            # No state_dir in check mode: a miss would otherwise be recorded as an event.
-            result = restore_entry(
-                store_dir, p["key"], state_dir=None if check else state_dir, dry_run=check
-            )
+            result = restore_entry(store, p["key"], state_dir=state_dir, dry_run=check)
         except CacheMiss as exc:
             if p["fail_on_miss"]:
-                fields = dict(out, msg=str(exc), hit=False, result="miss")
-                raise TaskFailed(dict(fields, exit_code=exc.exit_code)) from None
+                raise TaskFailed(
+                    str(exc), **out, hit=False, result="miss", exit_code=exc.exit_code
+                ) from None
             out.update(hit=False, result="miss", loaded=False, msg=str(exc))
             return out
         out.update(result)
@@ -458,7 +397,7 @@ def run_state(p, check, config, cache_dir, store_dir, warnings):
         )
     elif state == "verified":
         report = verify_store(
-            store_dir,
+            store,
             p["key"],
             workers=cache_settings(config)["verify_workers"],
             repair=p["repair"] and not check,
@@ -469,53 +408,31 @@ def run_state(p, check, config, cache_dir, store_dir, warnings):
             bad = [b["key"] for b in report["bad_entries"]] + [
                 b["digest"] for b in report["bad_blobs"]
             ]
-            raise TaskFailed(dict(out, msg="cache verify found problems: " + ", ".join(bad)))
+            raise TaskFailed("cache verify found problems: " + ", ".join(bad), **out)
     elif state == "pruned":
         settings = cache_settings(config)
         max_size = parse_size(p["max_size"], "max_size") if p["max_size"] else settings["max_size"]
         max_age = parse_duration(p["max_age"], "max_age") if p["max_age"] else settings["max_age"]
         report = prune_store(
-            store_dir,
+            store,
             max_size=max_size,
             max_age=max_age,
             quarantine_retention=settings["quarantine_retention"],
             dry_run=check,
-            state_dir=None if check else state_dir,  # the same event the CLI's prune records
+            state_dir=state_dir,  # the same event the CLI's prune records
         )
-        warnings.extend(report.get("warnings") or [])
+        task.warn(report.get("warnings"))
         out.update(report=report, result="pruned", bytes_freed=report["bytes_freed"])
         out["changed"] = bool(report["evicted"] or report["blobs_deleted"])
     elif state == "absent":
-        result = remove_key(store_dir, p["key"], dry_run=check)
+        result = remove_key(store, p["key"], dry_run=check)
         out.update(result="absent", changed=result["removed"])
     return out
 
 
-def task_outcome(work, params):
-    """Every way ``work`` ends, as data: {"result": ...} or {"failed": ...}, with "warnings"."""
-    warnings = []
-    try:
-        return {"result": work(warnings), "warnings": warnings}
-    except TaskFailed as exc:
-        failed = exc.fields
-    except RunnerkeepError as exc:
-        failed = {"msg": str(exc), "exit_code": exc.exit_code, "cache_dir": params["dir"]}
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        failed = {"msg": f"image cache: {exc.strerror or exc}{where}", "cache_dir": params["dir"]}
-    except (ValueError, TypeError, KeyError) as exc:
-        # A core bug or input the core did not catch: one clear line, the trace for -vvv.
-        failed = {
-            "msg": f"image cache: unexpected {type(exc).__name__}: {exc}",
-            "exception": traceback.format_exc(),
-            "cache_dir": params["dir"],
-        }
-    return {"failed": failed, "warnings": warnings}
-
-
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=module_options(
             state=dict(
                 type="str",
                 default="restored",
@@ -524,7 +441,6 @@ def main():
             key=dict(type="str", no_log=False),
             images=dict(type="list", elements="str"),
             dir=dict(type="path", aliases=["cache_dir"]),
-            config_file=dict(type="path"),
             reserve=dict(type="str"),
             make_room=dict(type="bool", default=False),
             max_size=dict(type="str"),
@@ -540,15 +456,8 @@ def main():
         supports_check_mode=True,
     )
     if IMPORT_ERROR:
-        module.fail_json(msg="runnerkeep core (module_utils/runnerkeep) missing: " + IMPORT_ERROR)
-    outcome = task_outcome(
-        lambda warnings: run(module.params, module.check_mode, warnings), module.params
-    )
-    for line in outcome["warnings"]:
-        module.warn(line)
-    if "failed" in outcome:
-        module.fail_json(**outcome["failed"])
-    module.exit_json(**outcome["result"])
+        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
+    run_module(module, run, "image cache failed", defaults={"cache_dir": module.params["dir"]})
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ options:
     choices: [fail, skip]
   config_file:
     description:
-      - The runnerkeep config file (JSON).
+      - The runnerkeep config file (JSON); fragments in C(config.d/) beside it are merged.
       - The default is E(RUNNERKEEP_CONFIG), else C(/etc/runnerkeep/config.json).
     type: path
   diff_max_items:
@@ -234,19 +234,26 @@ report:
 """
 
 import os
-import traceback
 
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.runnerkeep.cleanup import run_cleanup
-    from ansible.module_utils.runnerkeep.config import load_config
-    from ansible.module_utils.runnerkeep.errors import LockHeldError, RunnerkeepError
+    from ansible.module_utils.runnerkeep.errors import LockHeldError
+    from ansible.module_utils.runnerkeep.module_frame import (
+        load_task_config,
+        module_options,
+        run_module,
+    )
     from ansible.module_utils.runnerkeep.schema import check_option
+    from ansible.module_utils.runnerkeep.wiring import run_cleanup
 
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - reported by fail_json below
+except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
     IMPORT_ERROR = str(exc)
+
+    def module_options(**own):
+        """module_frame.module_options without the core: enough for main() to report it."""
+        return dict(own, config_file=dict(type="path"))
 
 
 def _target(value):
@@ -271,56 +278,31 @@ def _checked_options(params):
     return free, inodes
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            stage=dict(type="str", required=True, choices=["pre", "post", "emergency"]),
-            target_free=dict(type="str"),
-            target_inodes=dict(type="str"),
-            paths=dict(type="list", elements="path"),
-            cleaners=dict(type="list", elements="str"),
-            run_all=dict(type="bool", default=False),
-            force=dict(type="bool", default=False),
-            when_busy=dict(type="str", default="fail", choices=["fail", "skip"]),
-            config_file=dict(type="path"),
-            diff_max_items=dict(type="int", default=200),
-        ),
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR:
-        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}", busy=False)
-    params = module.params
+def run(task, diff):
+    """The stage's return values; a busy runner is one too with O(when_busy=skip)."""
+    params = task.params
+    free, inodes = _checked_options(params)
     try:
-        free, inodes = _checked_options(params)
-        config = load_config(params["config_file"])
         report = run_cleanup(
             params["stage"],
-            config,
+            load_task_config(params),
             target_free_bytes=free,
             target_free_inodes=inodes,
             paths=params["paths"] or None,
-            dry_run=module.check_mode,
+            dry_run=task.check_mode,
             force=params["force"],
             run_all=params["run_all"],
             cleaner_names=params["cleaners"] or None,
         )
     except LockHeldError as exc:
-        if params["when_busy"] == "skip":
-            module.exit_json(changed=False, skipped=True, busy=True, msg=str(exc))
-        module.fail_json(msg=str(exc), busy=True, exit_code=exc.exit_code)
-    except RunnerkeepError as exc:
-        module.fail_json(msg=str(exc), busy=False, exit_code=exc.exit_code)
-    except OSError as exc:
-        module.fail_json(msg=f"cleanup failed: {exc.strerror or exc} ({exc.filename})", busy=False)
-    except ValueError as exc:
-        module.fail_json(msg=f"cleanup failed: {exc}", busy=False)
-    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
-        module.fail_json(
-            msg=f"internal error: {type(exc).__name__}: {exc}",
-            busy=False,
-            exception=traceback.format_exc(),
-        )
+        if params["when_busy"] != "skip":
+            raise
+        return dict(changed=False, skipped=True, busy=True, msg=str(exc))
+    return stage_result(report, params, diff)
 
+
+def stage_result(report, params, diff):
+    """What the module returns of a stage's report (RETURN)."""
     data = report.as_dict()
     cap = max(params["diff_max_items"], 0)
     removed_all = report.removed_paths()
@@ -351,7 +333,7 @@ def main():
         removed_total=total,
         report=data,
     )
-    if module._diff:
+    if diff:
         lines = [f"removed: {p}" for p in removed]
         if total > len(removed):
             lines.append(f"... and {total - len(removed)} more")
@@ -361,7 +343,29 @@ def main():
             "before_header": f"{params['stage']} stage: present",
             "after_header": f"{params['stage']} stage: removed {total} items",
         }
-    module.exit_json(**result)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=module_options(
+            stage=dict(type="str", required=True, choices=["pre", "post", "emergency"]),
+            target_free=dict(type="str"),
+            target_inodes=dict(type="str"),
+            paths=dict(type="list", elements="path"),
+            cleaners=dict(type="list", elements="str"),
+            run_all=dict(type="bool", default=False),
+            force=dict(type="bool", default=False),
+            when_busy=dict(type="str", default="fail", choices=["fail", "skip"]),
+            diff_max_items=dict(type="int", default=200),
+        ),
+        supports_check_mode=True,
+    )
+    if IMPORT_ERROR:
+        module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}", busy=False)
+    run_module(
+        module, lambda task: run(task, module._diff), "cleanup failed", defaults={"busy": False}
+    )
 
 
 if __name__ == "__main__":

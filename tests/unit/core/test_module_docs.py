@@ -319,6 +319,44 @@ def test_option_and_return_value_references_resolve(name):
     assert markup_problems(texts, set(argument_spec(name)), returned) == []
 
 
+# The modules that read the host's config (fleet_report runs on the controller and reads none).
+HOST_MODULES = ("runner_cleanup", "image_cache", "disk_budget", "disk_facts")
+
+
+def common_option_problems(specs: dict, docs: dict, common: dict) -> list[str]:
+    """Each module takes the frame's common options as the frame defines them, and documents
+    each the same way as the others (a reader of one module's docs knows the others')."""
+    problems = []
+    for option, settings in common.items():
+        for name, spec in specs.items():
+            if spec.get(option) != settings:
+                problems.append(f"{name}: {option} is {spec.get(option)!r}, not the frame's")
+        texts = {name: json.dumps(doc.get(option), sort_keys=True) for name, doc in docs.items()}
+        if len(set(texts.values())) > 1:
+            problems.append(f"{option} is documented differently: {sorted(texts)}")
+    return problems
+
+
+def test_the_host_modules_share_the_frames_common_options():
+    from runnerkeep.module_frame import COMMON_OPTIONS
+
+    specs = {name: argument_spec(name) for name in HOST_MODULES}
+    docs = {name: documentation(name)["options"] for name in HOST_MODULES}
+    assert common_option_problems(specs, docs, COMMON_OPTIONS) == []
+
+
+def test_the_common_option_check_fails_on_a_stray_copy():
+    common = {"config_file": {"type": "path"}}
+    doc = {"config_file": {"description": "The config.", "type": "path"}}
+    other = {"config_file": {"description": "Another text.", "type": "path"}}
+    specs = {"a": dict(common), "b": {"config_file": {"type": "str"}}}
+    problems = common_option_problems(specs, {"a": doc, "b": other}, common)
+    assert problems == [
+        "b: config_file is {'type': 'str'}, not the frame's",
+        "config_file is documented differently: ['a', 'b']",
+    ]
+
+
 def ansible_doc() -> str:
     """ansible-doc of the running interpreter's environment (the unit session installs it)."""
     beside = os.path.join(os.path.dirname(sys.executable), "ansible-doc")

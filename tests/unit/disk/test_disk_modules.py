@@ -6,6 +6,7 @@ import ast
 import os
 
 import pytest
+from runnerkeep.module_frame import COMMON_OPTIONS
 
 yaml = pytest.importorskip("yaml")
 
@@ -29,6 +30,9 @@ def _module_parts(name):
                 kw.arg: {k.arg: ast.literal_eval(k.value) for k in call.keywords}
                 for kw, call in zip(node.value.keywords, (k.value for k in node.value.keywords))
             }
+            # module_frame.module_options(...) adds the options every module shares.
+            if getattr(node.value.func, "id", None) == "module_options":
+                spec.update(COMMON_OPTIONS)
         if isinstance(node, ast.keyword) and node.arg == "supports_check_mode":
             strings["check_mode"] = ast.literal_eval(node.value)
     return strings, spec
