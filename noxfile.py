@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("yamllint", "-s", "-c", ".yamllint.yml", ".")
-    session.run("ansible-lint", "--offline", "playbooks", "roles")
+    session.run("ansible-lint", "--offline", "playbooks", "roles", "galaxy.yml", "meta/runtime.yml")
 
 
 @nox.session
@@ -57,6 +57,13 @@ def package(session: nox.Session) -> None:
         "-c",
         "import runnerkeep.cache, runnerkeep.cleanup, runnerkeep.disk, runnerkeep_cli",
     )
+
+
+@nox.session
+def collection(session: nox.Session) -> None:
+    """Build dist/runnerkeep-runner-VERSION.tar.gz, the Ansible collection runnerkeep.runner."""
+    session.install("ansible-core")
+    session.run("python", "tools/build_collection.py")
 
 
 @nox.session
