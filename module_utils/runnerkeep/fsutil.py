@@ -24,20 +24,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     Temp file in the same directory (same filesystem, so rename is atomic), fsync, rename,
     fsync the directory: the pattern of restic's local backend and ansible's atomic_move.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
+    with atomic_output(path) as fd:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, mode)
 
 
 @contextlib.contextmanager

@@ -343,18 +343,29 @@ def _open_checked_dir(
     return fd
 
 
-def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeStats:
-    """Size ``name`` (relative to ``parent_fd``): a file, a symlink (the link) or a whole tree."""
-    stats = TreeStats()
+def _entry_to_walk(
+    parent_fd: int, name: str, path: str, opts: WalkOptions, stats: TreeStats
+) -> os.stat_result | None:
+    """``name``'s lstat when sizing or removing it goes on; None when it is gone or unreadable
+    (an error in ``stats``), refused by the rails or a mount point kept (``stats`` says why)."""
     opts.learn_mount(parent_fd)
     try:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     except OSError as exc:
         stats.errors.append((path, _err(exc)))
-        return stats
+        return None
     if _should_skip(st, path, opts, stats) or _kept_mount_point(
         parent_fd, name, st, path, opts, stats
     ):
+        return None
+    return st
+
+
+def size_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> TreeStats:
+    """Size ``name`` (relative to ``parent_fd``): a file, a symlink (the link) or a whole tree."""
+    stats = TreeStats()
+    st = _entry_to_walk(parent_fd, name, path, opts, stats)
+    if st is None:
         return stats
     if not stat.S_ISDIR(st.st_mode):
         stats.add_sized(st)
@@ -921,15 +932,8 @@ def remove_entry(parent_fd: int, name: str, path: str, opts: WalkOptions) -> Tre
     other failures are recorded as errors and the removal goes on with the rest.
     """
     stats = TreeStats()
-    opts.learn_mount(parent_fd)
-    try:
-        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    except OSError as exc:
-        stats.errors.append((path, _err(exc)))
-        return stats
-    if _should_skip(st, path, opts, stats) or _kept_mount_point(
-        parent_fd, name, st, path, opts, stats
-    ):
+    st = _entry_to_walk(parent_fd, name, path, opts, stats)
+    if st is None:
         return stats
     if _changed_since(st, opts):
         stats.kept.append((path, CHANGED))
