@@ -171,8 +171,14 @@ def restore_entry(
             retagged = [] if dry_run else _ensure_tags(entry, present)
             result.update(result="hit", loaded=False, retagged=retagged, bytes_loaded=0)
         elif dry_run:
-            size = sum(entry_blobs(entry).values())
-            result.update(result="would_load", loaded=False, bytes_loaded=size)
+            held = _blobs_held_if_local(entry)  # asking the daemon changes nothing
+            size = sum(entry_blobs(entry).values()) - sum(held.values())
+            result.update(
+                result="would_load",
+                loaded=False,
+                bytes_loaded=size,
+                bytes_left_out=sum(held.values()),
+            )
             return result
         else:
             loaded = _load_missing_images(store, name, entry, ids, progress, misses)
@@ -282,6 +288,17 @@ def _load_through_socket(
     if refused:
         loaded["partial_refused"] = refused
     return loaded
+
+
+def _blobs_held_if_local(entry: dict[str, Any]) -> dict[str, int]:
+    """What a restore would leave out (only the socket path leaves anything out)."""
+    socket_path = local_engine_socket()
+    if socket_path is None:
+        return {}
+    try:
+        return _blobs_the_daemon_holds(socket_path, entry)
+    except EngineSocketUnavailable:
+        return {}
 
 
 def _blobs_the_daemon_holds(socket_path: str, entry: dict[str, Any]) -> dict[str, int]:

@@ -19,7 +19,7 @@ from runnerkeep.cache.archive_writer import entry_archive_length
 from runnerkeep.cache.partial import blobs_held, chain_ids, entry_chains, held_chains
 from runnerkeep.cache.restore import restore_entry
 from runnerkeep.cache.save import import_archive
-from runnerkeep.cache.store import Store
+from runnerkeep.cache.store import Store, entry_blobs
 from runnerkeep.errors import EXIT_CACHE_MISS, CacheMiss
 
 BASE = [random_layer(96 * 1024, "b0"), random_layer(64 * 1024, "b1")]
@@ -155,6 +155,17 @@ def test_a_damaged_blob_that_is_sent_is_still_a_miss(store, make_engine):
     assert load["received"] < load["announced"]  # cut before manifest.json
     assert APP_ID not in engine.images
     assert not os.path.exists(store.blob_path(sha(APP)))  # quarantined
+
+
+def test_a_dry_run_says_what_would_be_left_out_and_loads_nothing(store, make_engine):
+    engine = make_engine()
+    result = restore_entry(store, "k", dry_run=True)
+    assert result["result"] == "would_load"
+    assert result["bytes_left_out"] == len(BASE[0]) + len(BASE[1])
+    entry, _ = store.read_entry("k")
+    whole = sum(size for size in entry_blobs(entry).values())
+    assert result["bytes_loaded"] == whole - result["bytes_left_out"]
+    assert engine.loads == [] and not any("POST" in line for line in engine.requests)
 
 
 def test_chain_ids_follow_the_image_spec():
