@@ -22,15 +22,17 @@ from . import spool, statefile
 from .procutil import process_alive, process_start_time, same_process
 from .units import parse_duration
 
-DEFAULT_MAX_AGE = 24 * 3600.0  # cleanup.lock_max_age's default
+DEFAULT_MAX_AGE = 24 * 3600.0  # cleanup.lock_max_age unset (catalog.SECTION_DEFAULTS: "24h")
 CLOCK_SKEW = 300.0  # seconds a job's time may lie in the future (clocks of hook and host)
 
 
 def max_age_of(config: dict[str, Any]) -> float:
     """``cleanup.lock_max_age`` in seconds: the longest a job record counts as a running job
     (a runner killed mid-job must not block cleanup forever) or a done job may have lasted."""
-    section = config.get("cleanup") or {}
-    return parse_duration(section.get("lock_max_age", "24h"), "cleanup.lock_max_age")
+    value = (config.get("cleanup") or {}).get("lock_max_age")
+    if value is None:
+        return DEFAULT_MAX_AGE
+    return parse_duration(value, "cleanup.lock_max_age")
 
 
 def new_record(job_id: Any, pid: int, now: float | None = None) -> dict[str, Any]:

@@ -39,3 +39,11 @@ def test_a_forged_record_is_not_a_job():
     assert jobs.stale_reason(no_start, 3600, time.time()) == (
         "cannot be checked: no process start time"
     )
+
+
+def test_the_built_in_max_age_is_the_configured_default():
+    from runnerkeep.cleanup.catalog import SECTION_DEFAULTS
+    from runnerkeep.units import parse_duration
+
+    assert parse_duration(SECTION_DEFAULTS["lock_max_age"], "x") == jobs.DEFAULT_MAX_AGE
+    assert jobs.max_age_of({"cleanup": dict(SECTION_DEFAULTS)}) == jobs.DEFAULT_MAX_AGE
