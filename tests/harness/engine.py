@@ -52,6 +52,11 @@ HOST_PROGRAMS = {
     "ssh": "openssh-client",  # the harness reaches runner containers over SSH, as Ansible does
     "ssh-keygen": "openssh-client",  # the fleet's throwaway SSH key
     "ip": "iproute2",  # a network namespace in the watch deadline test
+    "prometheus": "prometheus",  # the alert rules end to end (test_alerting_e2e.py)
+    "promtool": "prometheus",  # rule unit tests (tools/check_rules.py)
+    "prometheus-alertmanager": "prometheus-alertmanager",  # alert routing end to end
+    "amtool": "prometheus-alertmanager",  # Alertmanager config check (tools/check_rules.py)
+    "chromium": "chromium",  # headless render of the fleet report (test_fleet_report.py)
 }
 # tests/unit/core/test_external_programs.py finds every program the tests run on this machine
 # and fails when one is neither here, nor in ENGINE_PROGRAMS, nor a README requirement.
