@@ -287,6 +287,7 @@ from ansible.module_utils.basic import AnsibleModule
 try:
     from ansible.module_utils.runnerkeep.cache import (
         Store,
+        access_settings,
         prune_store,
         remove_key,
         resolve_cache_dir,
@@ -295,6 +296,7 @@ try:
         verify_store,
     )
     from ansible.module_utils.runnerkeep.cache.owner import drop_to_store_owner
+    from ansible.module_utils.runnerkeep.config import state_dir_of
     from ansible.module_utils.runnerkeep.errors import CacheMiss
     from ansible.module_utils.runnerkeep.module_frame import (
         TaskFailed,
@@ -326,7 +328,7 @@ def run(task):
     cache_dir = resolve_cache_dir(params["dir"], config)
     # The entries' HMAC key (cache.key_file): a key this module ignored would let it accept
     # forged entries and write unsigned ones every later reader rejects.
-    store = Store(cache_dir, key_file=cache_settings(config)["key_file"])
+    store = Store(cache_dir, key_file=access_settings(config)["key_file"])
 
     def work(child_task):
         return run_state(child_task, config, cache_dir, store)
@@ -359,7 +361,7 @@ def run_state(task, config, cache_dir, store):
     p = task.params
     check = task.check_mode
     # No state dir in check mode: a miss or a prune would otherwise be recorded as an event.
-    state_dir = task.event_dir((config.get("paths") or {}).get("state_dir"))
+    state_dir = task.event_dir(state_dir_of(config))
     state = p["state"]
     out = {"changed": False, "cache_dir": cache_dir}
 
