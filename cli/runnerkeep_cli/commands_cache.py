@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from runnerkeep.cache import (
@@ -253,6 +254,18 @@ def _terminable():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _long_running(label: str) -> Iterator[ProgressLine]:
+    """A progress line on a terminal while the work runs (closed however it ends); SIGTERM
+    unwinds like Ctrl-C, so temp data is removed on the way."""
+    progress = ProgressLine(label)
+    try:
+        with _terminable():
+            yield progress
+    finally:
+        progress.close()
+
+
 def _warn(report: dict[str, Any]) -> None:
     """One line on stderr per damaged thing a command skipped (stdout stays the report)."""
     for line in report.get("warnings") or []:
@@ -279,24 +292,20 @@ def cache_save(args: argparse.Namespace) -> CommandResult:
         result = service.call_service(socket_path, "save", request)
         return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
     settings = cache_settings(config)
-    progress = ProgressLine(f"saving {args.key}")
-    try:
-        with _terminable():
-            result = save_entry(
-                store,
-                args.key,
-                args.images,
-                reserve=settings["reserve"] if reserve is None else reserve,
-                check_space=not args.skip_space_check,
-                make_room_config=config,
-                make_room_first=args.make_room,
-                max_size=settings["max_size"],
-                state_dir=state_dir,
-                progress=progress,
-                dry_run=args.dry_run,
-            )
-    finally:
-        progress.close()
+    with _long_running(f"saving {args.key}") as progress:
+        result = save_entry(
+            store,
+            args.key,
+            args.images,
+            reserve=settings["reserve"] if reserve is None else reserve,
+            check_space=not args.skip_space_check,
+            make_room_config=config,
+            make_room_first=args.make_room,
+            max_size=settings["max_size"],
+            state_dir=state_dir,
+            progress=progress,
+            dry_run=args.dry_run,
+        )
     return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
 
 
@@ -324,14 +333,10 @@ def cache_restore(args: argparse.Namespace) -> CommandResult:
         request = {"key": args.key, "dry_run": args.dry_run}
         result = service.call_service(socket_path, "restore", request)
         return CommandResult(result, restore_text(args.key, result), EXIT_OK)
-    progress = ProgressLine(f"restoring {args.key}")
-    try:
-        with _terminable():
-            result = restore_entry(
-                store, args.key, state_dir=state_dir, progress=progress, dry_run=args.dry_run
-            )
-    finally:
-        progress.close()
+    with _long_running(f"restoring {args.key}") as progress:
+        result = restore_entry(
+            store, args.key, state_dir=state_dir, progress=progress, dry_run=args.dry_run
+        )
     return CommandResult(result, restore_text(args.key, result), EXIT_OK)
 
 
@@ -429,14 +434,8 @@ def cache_export(args: argparse.Namespace) -> CommandResult:
     if socket_path:
         result = _export_through(socket_path, args.key, args.output)
         return CommandResult(result, export_text(args.key, result), EXIT_OK)
-    progress = ProgressLine(f"exporting {args.key}")
-    try:
-        with _terminable():
-            result = export_entry(
-                store, args.key, args.output, state_dir=state_dir, progress=progress
-            )
-    finally:
-        progress.close()
+    with _long_running(f"exporting {args.key}") as progress:
+        result = export_entry(store, args.key, args.output, state_dir=state_dir, progress=progress)
     return CommandResult(result, export_text(args.key, result), EXIT_OK)
 
 
@@ -468,14 +467,10 @@ def cache_import(args: argparse.Namespace) -> CommandResult:
         finally:
             os.close(fd)
         return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
-    progress = ProgressLine(f"importing {args.key}")
-    try:
-        with _terminable():
-            result = import_archive(
-                store, args.key, args.archive, state_dir=state_dir, progress=progress
-            )
-    finally:
-        progress.close()
+    with _long_running(f"importing {args.key}") as progress:
+        result = import_archive(
+            store, args.key, args.archive, state_dir=state_dir, progress=progress
+        )
     return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
 
 
