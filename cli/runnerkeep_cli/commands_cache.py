@@ -36,7 +36,7 @@ from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
 from runnerkeep.wiring import cache_settings
 
-from runnerkeep_cli.options import add_command
+from runnerkeep_cli.options import add_command, add_group
 from runnerkeep_cli.output import CommandResult, table
 
 HELP = """\
@@ -48,15 +48,13 @@ nothing usable exits 3: rebuild and save again.
 
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
-    parser = groups.add_parser(
+    sub = add_group(
+        groups,
         "cache",
-        help="verified Docker image cache: save, restore, verify, list, export, import, prune",
-        description=HELP,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "verified Docker image cache: save, restore, verify, list, export, import, prune",
+        HELP,
+        epilog,
     )
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    sub.required = True
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument(
         "--dir",

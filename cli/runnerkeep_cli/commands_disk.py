@@ -14,7 +14,7 @@ from runnerkeep.spool import spool_dir_of
 from runnerkeep.textutil import escape_text
 from runnerkeep.units import format_size, parse_duration
 
-from runnerkeep_cli.options import add_command
+from runnerkeep_cli.options import add_command, add_group
 from runnerkeep_cli.output import CommandResult, table
 
 DESCRIPTION = """\
@@ -26,15 +26,7 @@ on hosts without systemd. Job hooks call 'job-start' and 'job-end' to record dis
 
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
-    parser = groups.add_parser(
-        "disk",
-        help="disk report, job peaks, budget and watch",
-        description=DESCRIPTION,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
-    sub.required = True
+    sub = add_group(groups, "disk", "disk report, job peaks, budget and watch", DESCRIPTION, epilog)
 
     def add(name: str, help_text: str, handler) -> argparse.ArgumentParser:
         return add_command(

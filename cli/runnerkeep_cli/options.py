@@ -37,6 +37,21 @@ def common_options(only_when_given: bool = False) -> argparse.ArgumentParser:
     return common
 
 
+def add_group(groups: Any, name: str, help_text: str, description: str, epilog: str) -> Any:
+    """A command group whose subcommand is required; returns its subparsers action (for
+    ``add_command``)."""
+    parser = groups.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub.required = True
+    return sub
+
+
 def add_command(
     sub: Any,
     name: str,
