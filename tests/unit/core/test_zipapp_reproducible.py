@@ -79,10 +79,10 @@ def find_interpreters() -> dict[tuple[int, int], str]:
     return dict(sorted(found.items()))
 
 
-def build(python: str, output: str) -> subprocess.CompletedProcess:
+def build(python: str, output: str, builder: str = BUILD) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     return subprocess.run(
-        [python, BUILD, "--output", output],
+        [python, builder, "--output", output],
         capture_output=True,
         text=True,
         env=env,
@@ -108,19 +108,32 @@ def interpreters() -> dict[tuple[int, int], str]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The builder and the sources it packs, copied once: every build below packs the same
+    sources even while the working tree is being edited."""
+    top = tmp_path_factory.mktemp("tree")
+    (top / "tools").mkdir()
+    shutil.copy2(BUILD, top / "tools" / "build_zipapp.py")
+    for tree in ("module_utils/runnerkeep", "cli/runnerkeep_cli"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(os.path.join(ROOT, tree), top / tree, ignore=ignore)
+    return str(top / "tools" / "build_zipapp.py")
+
+
+@pytest.fixture(scope="module")
+def reference(snapshot: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The archive built by the running Python."""
     out = str(tmp_path_factory.mktemp("running") / "runnerkeep.pyz")
-    assert build(sys.executable, out).stdout.strip() == f"changed {out}"
+    assert build(sys.executable, out, snapshot).stdout.strip() == f"changed {out}"
     return out
 
 
-def test_same_bytes_when_built_twice_by_the_running_python(reference, tmp_path):
+def test_same_bytes_when_built_twice_by_the_running_python(snapshot, reference, tmp_path):
     again = str(tmp_path / "runnerkeep.pyz")
-    build(sys.executable, again)
+    build(sys.executable, again, snapshot)
     assert digest(again) == digest(reference)
     # a rebuild over an equal file leaves it alone and says so
-    assert build(sys.executable, again).stdout.strip() == f"unchanged {again}"
+    assert build(sys.executable, again, snapshot).stdout.strip() == f"unchanged {again}"
 
 
 def test_archive_holds_sources_only(reference):
@@ -131,12 +144,12 @@ def test_archive_holds_sources_only(reference):
     assert [n for n in names if not n.endswith((".py", ".json"))] == []
 
 
-def test_same_bytes_from_every_supported_python(interpreters, reference, tmp_path):
+def test_same_bytes_from_every_supported_python(interpreters, snapshot, reference, tmp_path):
     digests = {}
     for version, python in interpreters.items():
         out = str(tmp_path / f"py{version[0]}{version[1]}.pyz")
-        build(python, out)
-        build(python, out + ".again")
+        build(python, out, snapshot)
+        build(python, out + ".again", snapshot)
         assert digest(out) == digest(out + ".again"), f"{python} builds differ run to run"
         digests[_dotted(version)] = digest(out)
     assert set(digests.values()) == {digest(reference)}, digests
