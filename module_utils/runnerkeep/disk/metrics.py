@@ -207,6 +207,9 @@ class WatchReadings:
     watched_paths: list[tuple[str, str, bool]] = field(default_factory=list)
     spool: dict[str, Any] | None = None  # ``history.ingest_spool``'s result; None: it failed
     records_skipped: dict[str, int] = field(default_factory=dict)  # per state file, this cycle
+    # The drain step's result (``admission.watch_drain``): None when the step did not run (no
+    # drain state reported), with ``error`` when drain.json could not be used (state unknown).
+    drain: dict[str, Any] | None = None
     errors: int = 0  # problems met before the metrics were written
     duration_seconds: float = 0.0
     run_time: float = 0.0  # when the cycle started (time.time())
@@ -316,6 +319,30 @@ def _skipped_samples(readings: WatchReadings) -> list[Sample]:
 def _build_info_samples(_readings: WatchReadings) -> list[Sample]:
     python = "{}.{}.{}".format(*sys.version_info[:3])
     return [({"version": __version__, "python": python}, 1)]
+
+
+def _drain_known(readings: WatchReadings) -> bool:
+    return readings.drain is not None and not readings.drain.get("error")
+
+
+def _drained_samples(readings: WatchReadings) -> list[Sample]:
+    """1 with what was short while drained, 0 with an empty reason; none when unknown (a
+    damaged drain.json is not "not drained")."""
+    if not _drain_known(readings):
+        return []
+    if not readings.drain["drained"]:
+        return [({"reason": ""}, 0)]
+    reason = str(readings.drain.get("reason") or "").split(": ", 1)[0][:120]
+    return [({"reason": reason}, 1)]
+
+
+def _drained_seconds(readings: WatchReadings) -> list[Sample]:
+    if not _drain_known(readings):
+        return []
+    since = readings.drain.get("since")
+    if not readings.drain["drained"] or not isinstance(since, (int, float)):
+        return _one(0)
+    return _one(round(max(0.0, readings.run_time - since), 3))
 
 
 def _not_written_here(_readings: WatchReadings) -> list[Sample]:
@@ -595,6 +622,25 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         ("file",),
         _skipped_samples,
     ),
+    # Admission control: the drain state (drain.json) as this cycle leaves it.
+    MetricDef(
+        "runnerkeep_runner_drained",
+        GAUGE,
+        "1 while the runner is drained (a job could not fit: its agent is stopped or stops "
+        "when the job ends), else 0; reason: what was short (free bytes or free inodes, and "
+        "where). Absent when the drain record cannot be read",
+        ("reason",),
+        _drained_samples,
+        writer="disk watch (admission control's drain state)",
+    ),
+    MetricDef(
+        "runnerkeep_runner_drained_seconds",
+        GAUGE,
+        "how long the runner has been drained (0 when it is not)",
+        (),
+        _drained_seconds,
+        writer="disk watch (admission control's drain state)",
+    ),
     # The cycle itself.
     MetricDef(
         "runnerkeep_disk_watch_duration_seconds",
@@ -623,15 +669,6 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
 # When a part is built, its row moves from here to the table of the code that writes it, with
 # the same name, type and labels (a unit test keeps every metric the rules use in one table).
 PLANNED_METRICS: tuple[MetricDef, ...] = (
-    MetricDef(
-        "runnerkeep_runner_drained",
-        GAUGE,
-        "1 while the runner's agent is stopped because a job could not fit (drained), else 0; "
-        "reason: what was short (free bytes or free inodes, and where)",
-        ("reason",),
-        _not_written_here,
-        writer="admission control (planned)",
-    ),
     MetricDef(
         "runnerkeep_cache_oldest_unverified_seconds",
         GAUGE,

@@ -107,6 +107,7 @@ def full_readings():
         watched_paths=[("tmp", "/tmp", True), ("work_dir", "/srv/work", False)],
         spool={"ingested": [{}], "rejected": []},
         records_skipped={"disk-watch.json": 0, "events.jsonl": 2},
+        drain={"drained": True, "reason": "free bytes on /: needs 9 GiB", "since": 1400.0},
         errors=1,
         duration_seconds=0.5,
         run_time=2000.0,
