@@ -195,8 +195,10 @@ def preload_core() -> None:
     for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         try:
             importlib.import_module(found.name)
-        except ImportError as exc:
-            raise RunnerkeepError(f"cannot load {found.name}: {exc}") from None
+        except Exception as exc:  # any module that fails to load: one line, before the fork
+            raise RunnerkeepError(
+                f"cannot load {found.name}: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 def child_outcome(

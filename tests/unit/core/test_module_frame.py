@@ -14,7 +14,7 @@ import time
 
 import pytest
 from deadline import must_finish_within
-from runnerkeep import errors
+from runnerkeep import errors, module_frame
 from runnerkeep.errors import (
     CacheMiss,
     ConfigError,
@@ -365,6 +365,22 @@ def test_a_child_that_hangs_is_stopped_at_the_deadline(tmp_path):
     )
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
         os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_core_module_that_cannot_load_fails_before_the_fork(monkeypatch):
+    real_import = module_frame.importlib.import_module
+
+    def import_module(name):
+        if name.endswith(".units"):
+            raise AttributeError("'builtin_function_or_method' object has no attribute 'sleep'")
+        return real_import(name)
+
+    monkeypatch.setattr(module_frame.importlib, "import_module", import_module)
+    forked = []
+    monkeypatch.setattr(module_frame.os, "fork", lambda: forked.append(1) or 0)
+    with pytest.raises(RunnerkeepError, match=r"^cannot load runnerkeep\.units: AttributeError: "):
+        in_child(Task({}, False), lambda t: {}, lambda: None, "image cache failed", "the child")
+    assert forked == []
 
 
 def test_a_pipe_held_by_what_the_child_left_behind_does_not_hang_the_parent(tmp_path):
