@@ -77,8 +77,8 @@ def admission_settings(config: dict[str, Any]) -> dict[str, Any]:
         drain.check_unit(settings["agent_unit"])
     for key in ("settle_time", "deadline"):
         settings[key] = parse_duration(settings[key], f"admission.{key}")
-        if settings[key] < 0:
-            raise ConfigError(f"admission.{key}: cannot be negative")
+        if settings[key] < 0 or (key == "deadline" and settings[key] == 0):
+            raise ConfigError(f"admission.{key}: expected a duration above 0, got 0 or less")
     for key in ("max_drained", "fleet_drained"):
         value = settings[key]
         if value is None and key == "max_drained":

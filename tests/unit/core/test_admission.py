@@ -212,6 +212,7 @@ def test_every_job_filesystem_is_checked_the_work_dir_for_the_peak(tmp_path):
     [
         ("agent_unit", "x y", "admission.agent_unit"),
         ("settle_time", "soon", "admission.settle_time"),
+        ("deadline", 0, "admission.deadline"),
         ("max_drained", -1, "admission.max_drained"),
         ("fleet_drained", True, "admission.fleet_drained"),
         ("enabled", "yes", "admission.enabled"),
