@@ -1,4 +1,5 @@
-"""Sessions: `nox` runs lint, unit and integration; `nox -s demo` runs the main job; `nox -s bench`.
+"""Sessions: `nox` runs every test (lint, unit on each Python, package, collection, sanity, rules,
+integration); `nox -s demo` runs the main job; `nox -s bench` the speed targets.
 
 Sessions that need a Docker engine find one (DOCKER_HOST or the default socket) or, as root on
 Debian, install docker.io and start dockerd themselves (tests/harness/engine.py).
@@ -8,13 +9,58 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
+import subprocess
 
 import nox
 import nox.command
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-nox.options.sessions = ["lint", "unit", "package", "integration"]
+nox.options.sessions = [
+    "lint",
+    "unit",
+    "package",
+    "collection",
+    "sanity",
+    "rules",
+    "integration",
+]
 nox.options.error_on_missing_interpreters = True
+
+# The core runs on runner hosts from Python 3.9; the unit session runs on every supported
+# Python this machine has. pyenv versions are made visible to nox through PYENV_VERSION (the
+# shims then answer to python3.9 ... python3.13; the current global version stays first).
+SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
+
+
+def _expose_pyenv_versions() -> None:
+    versions_dir = os.path.expanduser("~/.pyenv/versions")
+    if not os.path.isdir(versions_dir) or not shutil.which("pyenv"):
+        return
+    installed = sorted(os.listdir(versions_dir))
+    chosen = []
+    for minor in SUPPORTED_PYTHONS:
+        patches = [
+            v for v in installed if v.startswith(minor + ".") and v[len(minor) + 1 :].isdigit()
+        ]
+        if patches:
+            chosen.append(max(patches, key=lambda v: int(v.rsplit(".", 1)[1])))
+    current = subprocess.run(
+        ["pyenv", "version-name"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    order = [v for v in current.split(":") if v] + [v for v in chosen if v not in current]
+    os.environ["PYENV_VERSION"] = ":".join(order)
+
+
+def _runs(program: str) -> bool:
+    path = shutil.which(program)
+    if not path:
+        return False
+    return subprocess.run([path, "-c", "pass"], capture_output=True, check=False).returncode == 0
+
+
+_expose_pyenv_versions()
+UNIT_PYTHONS = [v for v in SUPPORTED_PYTHONS if _runs(f"python{v}")]
 
 PYTHON_PATHS = os.pathsep.join(os.path.join(ROOT, p) for p in ("module_utils", "cli", "tests"))
 HARNESS_DEPS = ["pytest", "pytest-testinfra", "docker", "paramiko", "pyyaml", "ansible-core"]
@@ -38,25 +84,66 @@ def lint(session: nox.Session) -> None:
     session.run("ansible-lint", "--offline", "playbooks", "roles", "galaxy.yml", "meta/runtime.yml")
 
 
-@nox.session
+@nox.session(python=UNIT_PYTHONS or None)
 def unit(session: nox.Session) -> None:
-    """Core unit tests: fast, no Docker."""
+    """Core unit tests: fast, no Docker; once per supported Python found here."""
+    missing = [v for v in SUPPORTED_PYTHONS if v not in UNIT_PYTHONS]
+    env = _env()
+    if missing:
+        session.warn(
+            f"Python {', '.join(missing)} not found: the unit tests do not run on them here "
+            "(install them, e.g. with pyenv, to run them; CI machines have all five)"
+        )
+    if len(UNIT_PYTHONS) < 2:
+        # The zipapp's cross-version reproducibility needs a second interpreter to compare with.
+        env["RUNNERKEEP_SINGLE_PYTHON"] = "1"
     session.install("pytest", "hypothesis", "ansible-core")
-    session.run("pytest", "tests/unit", *session.posargs, env=_env())
+    session.run("pytest", "tests/unit", *session.posargs, env=env)
+
+
+def _check_installed(session: nox.Session, bindir: str, python: str) -> None:
+    """The console script and the packages of one install, with nothing from the checkout on the
+    path (PYTHONPATH cleared)."""
+    env = {"PYTHONPATH": ""}
+    script = os.path.join(bindir, "runnerkeep")
+    session.run(script, "--version", external=True, env=env)
+    # self-check exits 0 (all good) or 6 (a check found problems, e.g. no Docker engine here).
+    session.run(script, "self-check", "--json", external=True, env=env, success_codes=[0, 6])
+    modules = "runnerkeep.cache, runnerkeep.cleanup, runnerkeep.disk, runnerkeep_cli.main"
+    session.run(python, "-c", f"import {modules}", external=True, env=env)
 
 
 @nox.session
 def package(session: nox.Session) -> None:
-    """`pip install .` into a fresh venv gives a working `runnerkeep` console script."""
-    session.install(".")
-    session.run("runnerkeep", "--version")
-    # self-check exits 0 (all good) or 6 (a check found problems, e.g. no Docker engine here).
-    session.run("runnerkeep", "self-check", "--json", success_codes=[0, 6])
-    session.run(
-        "python",
-        "-c",
-        "import runnerkeep.cache, runnerkeep.cleanup, runnerkeep.disk, runnerkeep_cli",
-    )
+    """`pip install .`, `pip install dist/runnerkeep-*.whl` and `pipx install .` each give a
+    working `runnerkeep` console script, each checked in a fresh venv."""
+    session.install("build", "pipx")
+    tmp = session.create_tmp()
+    for stale in ("wheelhouse", "venv-source", "venv-wheel", "pipx"):
+        shutil.rmtree(os.path.join(tmp, stale), ignore_errors=True)
+    wheelhouse = os.path.join(tmp, "wheelhouse")
+    session.run("python", "-m", "build", "--wheel", "--outdir", wheelhouse, ROOT)
+    wheels = glob.glob(os.path.join(wheelhouse, "runnerkeep-*.whl"))
+    if len(wheels) != 1:
+        session.error(f"expected one runnerkeep wheel in {wheelhouse}, found {wheels}")
+    os.makedirs(os.path.join(ROOT, "dist"), exist_ok=True)
+    wheel = shutil.copy2(wheels[0], os.path.join(ROOT, "dist"))
+    session.log(f"built {wheel}")
+    for name, target in (("source", ROOT), ("wheel", wheel)):
+        venv = os.path.join(tmp, f"venv-{name}")
+        session.run("python", "-m", "venv", venv)
+        bindir = os.path.join(venv, "bin")
+        session.run(os.path.join(bindir, "pip"), "install", "-q", target, external=True)
+        _check_installed(session, bindir, os.path.join(bindir, "python"))
+    pipx_home = os.path.join(tmp, "pipx")
+    pipx_env = {
+        "PIPX_HOME": pipx_home,
+        "PIPX_BIN_DIR": os.path.join(pipx_home, "bin"),
+        "PIPX_MAN_DIR": os.path.join(pipx_home, "man"),
+    }
+    session.run("pipx", "install", ROOT, env=pipx_env)
+    venv_bin = os.path.join(pipx_home, "venvs", "runnerkeep", "bin")
+    _check_installed(session, os.path.join(pipx_home, "bin"), os.path.join(venv_bin, "python"))
 
 
 @nox.session

@@ -59,7 +59,13 @@ PIP_PROGRAMS = {
     "yamllint": "yamllint",
     "ansible": "ansible-core",
     "pipx": "pipx",
-    "runnerkeep": ".",
+    # the package session builds this repository (python -m build) and installs the wheel
+    "runnerkeep": "build",
+}
+# Programs used only when present, each call guarded by shutil.which (a clean machine just
+# goes without what they add).
+OPTIONAL_PROGRAMS = {
+    "pyenv": "noxfile.py finds the supported Pythons through it when pyenv is installed",
 }
 # Calls that name the same program as their first argument.
 PASS_THROUGH = {"shutil.which", "str", "os.fspath", "Path", "os.path.abspath", "os.path.realpath"}
@@ -76,6 +82,9 @@ DYNAMIC_SITES: dict[tuple[str, str], set[str]] = {
     },
     # an ssh argv from host.ssh_command() with another key
     ("tests/integration/test_harness.py", "test_started_host"): {"ssh"},
+    # noxfile: which supported Pythons answer (python3.9 ... python3.13)
+    ("noxfile.py", "_runs"): set(SUPPORTED_PYTHONS),
+    ("noxfile.py", "<module>"): set(SUPPORTED_PYTHONS),
     # the ansible-galaxy find_galaxy() found
     ("tools/build_collection.py", "galaxy_build"): {"ansible-galaxy"},
     # every supported interpreter found on this machine
@@ -508,6 +517,7 @@ def allowed_programs() -> dict[str, str]:
     allowed = {p: "README requirement" for p in README_REQUIRED}
     allowed.update({p: "supported Python (test says how to install)" for p in SUPPORTED_PYTHONS})
     allowed.update({p: f"Debian base ({pkg})" for p, pkg in BASE_DEBIAN.items()})
+    allowed.update({p: f"optional: {why}" for p, why in OPTIONAL_PROGRAMS.items()})
     for program, package in engine.HOST_PROGRAMS.items():
         allowed[program] = f"installed by the harness ({package})"
     for program in engine.ENGINE_PROGRAMS:
