@@ -1,4 +1,6 @@
-"""``cache verify``: re-read every blob (like ``restic check --read-data``), check every entry."""
+"""``cache verify``: re-read every blob (like ``restic check --read-data``), check every entry;
+with ``--max-duration``, the scrub (scrub.py): a time-bounded slice, least recently verified
+first."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any, Callable
 
 from ..errors import CacheMiss, ConfigError
 from .checks import BlobHash, load_checked_entry, quarantine_for, rehash_blobs
+from .scrub import DEFAULT_PERIOD, scrub_store
 from .store import (
     MAX_ENTRY_BYTES,
     CorruptBlob,
@@ -39,12 +42,31 @@ def verify_store(
     workers: int = 2,
     repair: bool = False,
     progress: Callable[[int], None] | None = None,
+    max_duration: float | None = None,
+    scrub_period: float = DEFAULT_PERIOD,
 ) -> dict[str, Any]:
     """Check entries and blobs; report every bad one. ``repair`` quarantines what is bad.
 
     Blobs are hashed on ``workers`` threads: hashlib and file reads release the GIL, so two
     threads use both cores. Without ``repair`` nothing is written, not even a lock file; a
-    store never written to is an empty, good store (unless a ``key`` is asked for)."""
+    store never written to is an empty, good store (unless a ``key`` is asked for).
+
+    ``max_duration`` (seconds): the scrub instead (``scrub.scrub_store``): the least recently
+    verified blobs for at most that long, so that every blob is re-read within
+    ``scrub_period``; its report has ``"scrub": True``."""
+    if max_duration is not None:
+        if key:
+            raise ConfigError(
+                "--max-duration scrubs the whole store a slice at a time: it takes no --key"
+            )
+        return scrub_store(
+            store_dir,
+            max_duration=max_duration,
+            period=scrub_period,
+            workers=workers,
+            repair=repair,
+            progress=progress,
+        )
     start = time.monotonic()
     store = as_store(store_dir)
     if not store.exists():
