@@ -6,9 +6,12 @@ Public API::
     report = run_cleanup("post", config, target_free_bytes="20%", dry_run=True)
     report.as_dict()
 
-plus the CI job lock (``take_job_lock``, ``release_job_lock``, ``job_lock``, ``active_jobs``) and
-``list_cleaners``. See ``stages.py`` for the engine, ``walk.py`` for the safe walker,
-``catalog.py`` for the built-in cleaners and ``docker_cleaners.py`` for Docker.
+Front doors call ``runnerkeep.wiring.run_cleanup``: the same, with the disk budget's targets
+handed in as ``budget_targets`` (cleanup does not import disk/). Also here: the CI job lock
+(``take_job_lock``, ``release_job_lock``, ``job_lock``, ``active_jobs``; the job record itself
+is ``runnerkeep.jobs``) and ``list_cleaners``. See ``stages.py`` for the engine, ``walk.py``
+for the safe walker, ``catalog.py`` for the built-in cleaners and ``docker_cleaners.py`` for
+Docker.
 """
 
 from __future__ import annotations
