@@ -213,7 +213,14 @@ def _hash_in_rounds(
             if not first:
                 clock.sleep(ROUND_PAUSE)  # a waiting prune takes the store now
             first = False
-            with store.store_lock():
+            with contextlib.ExitStack() as held:
+                try:
+                    held.enter_context(store.store_lock())
+                except LockHeldError:
+                    # A prune (or a stuck holder) kept the store past STORE_LOCK_WAIT: what
+                    # was read so far is still recorded.
+                    run.stopped = "the store stayed locked"
+                    return
                 _one_round(pool, store, run, max(1, workers), clock, progress)
 
 
@@ -284,25 +291,33 @@ def _take_result(
 
 def _quarantine_bad(store: Store, bad: dict[str, str]) -> list[str]:
     """Move every bad blob, and every entry using one, to the quarantine (its log is what the
-    fleet report counts), as ``verify --repair`` does."""
+    fleet report counts), as ``verify --repair`` does. A store that stays locked leaves them
+    where they are: they keep their old times, so the next run reads them first again."""
     moved: list[str] = []
-    with store.store_lock():
-        for digest, reason in sorted(bad.items()):
-            target = store.quarantine("blob", store.blob_path(digest), reason)
+    try:
+        with store.store_lock():
+            _quarantine_locked(store, bad, moved)
+    except LockHeldError:
+        pass
+    return moved
+
+
+def _quarantine_locked(store: Store, bad: dict[str, str], moved: list[str]) -> None:
+    for digest, reason in sorted(bad.items()):
+        target = store.quarantine("blob", store.blob_path(digest), reason)
+        if target:
+            moved.append(target)
+    for name in store.list_keys():
+        try:
+            entry, _digest = store.read_entry(name)
+        except (CacheMiss, CorruptEntry):
+            continue  # not this blob's business: verify and restore judge entries
+        used = sorted(digest for digest in entry_blobs(entry) if digest in bad)
+        if used:
+            reason = f"uses bad blob(s): {', '.join(used)} (scrub)"
+            target = store.quarantine("entry", store.entry_path(name), reason)
             if target:
                 moved.append(target)
-        for name in store.list_keys():
-            try:
-                entry, _digest = store.read_entry(name)
-            except (CacheMiss, CorruptEntry):
-                continue  # not this blob's business: verify and restore judge entries
-            used = sorted(digest for digest in entry_blobs(entry) if digest in bad)
-            if used:
-                reason = f"uses bad blob(s): {', '.join(used)} (scrub)"
-                target = store.quarantine("entry", store.entry_path(name), reason)
-                if target:
-                    moved.append(target)
-    return moved
 
 
 def _record(state: ScrubState, run: _Run, started: float) -> None:

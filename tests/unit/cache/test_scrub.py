@@ -303,6 +303,25 @@ def test_a_blob_pruned_while_the_scrub_runs_leaves_the_state(tmp_path, clock):
     assert verified_times(store) == {}
 
 
+def test_a_store_that_stays_locked_ends_the_run_and_keeps_what_was_read(store, clock):
+    blobs = [add_blob(store, size=8000, stored_at=START - (30 - i) * DAY) for i in range(4)]
+    rounds = []
+    real_lock = store.store_lock
+
+    def lock_once():
+        rounds.append(1)
+        if len(rounds) > 1:
+            raise LockHeldError("store.lock is locked by another process for more than 900s")
+        return real_lock()
+
+    store.store_lock = lock_once
+    report = scrub(store, clock, budget=1e9, period=DAY)
+    assert report["stopped"] == "the store stayed locked"
+    assert report["blobs_checked"] == 2  # one round: 8 s each, rounds of ROUND_SECONDS
+    times = verified_times(store)
+    assert [times[d] > START for d in blobs] == [True, True, False, False]
+
+
 def test_one_scrub_at_a_time(store, clock):
     add_blob(store)
     fd = os.open(os.path.join(store.root, "scrub.lock"), os.O_RDONLY | os.O_CREAT, 0o644)
