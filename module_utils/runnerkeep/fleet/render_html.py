@@ -72,7 +72,7 @@ def figure(value: str) -> str:
 
 def render_html(model: dict[str, Any]) -> str:
     now = model["generated_at"]
-    rows = "\n".join(_host_row(row, now) for row in model["hosts"])
+    rows = "\n".join(host_row_html(row, now) for row in model["hosts"])
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -113,7 +113,7 @@ def _summary(summary: dict[str, Any]) -> str:
     return '<div class="chips">' + "".join(f"<span>{text(c)}</span>" for c in chips) + "</div>"
 
 
-def _host_row(row: dict[str, Any], now: float) -> str:
+def host_row_html(row: dict[str, Any], now: float) -> str:
     risk = row["risk"]
     colour = RISK_COLOURS[risk["level"]]
     reasons = "".join(f"<li>{text(r)}</li>" for r in risk["reasons"])

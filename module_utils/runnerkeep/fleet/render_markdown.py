@@ -3,7 +3,9 @@ reasons behind each host's risk.
 
 A host or inventory string is escaped for Markdown (``cell``): one line (``escape_text``), no
 HTML (``<``, ``>``, ``&`` as entities, since Markdown passes HTML through), and the characters
-that would end a table cell or start emphasis, code or a link backslash-escaped.
+that would end a table cell or start emphasis, code or a link backslash-escaped. GitHub also
+links bare text (``https://...``, ``www.``, ``user@host``): a word joiner (U+2060, invisible)
+goes into each of those so host data never becomes a link.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from ..textutil import escape_text
 from . import describe
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+# What GFM's autolink extension starts a link at: any scheme's "://", "www." and the "@" of an
+# address (mailto:, xmpp: and bare e-mail). The joiner goes right after ":", "www" and "@".
+_AUTOLINK_START = re.compile(r"(?i):(?=//)|www(?=\.)|@")
+WORD_JOINER = "\u2060"
 HEADER = [
     "#",
     "host",
@@ -33,7 +39,8 @@ HEADER = [
 def cell(value: Any) -> str:
     """An untrusted value as inert Markdown inline text."""
     one_line = escape_text(value)
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
+    return _AUTOLINK_START.sub(lambda m: m.group(0) + WORD_JOINER, escaped)
 
 
 def render_markdown(model: dict[str, Any]) -> str:
@@ -48,11 +55,9 @@ def render_markdown(model: dict[str, Any]) -> str:
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
-    lines += [_row(row, now) for row in model["hosts"]]
+    lines += [host_row_markdown(row, now) for row in model["hosts"]]
     lines += ["", "## Why", ""]
-    for row in model["hosts"]:
-        reasons = "; ".join(cell(r) for r in row["risk"]["reasons"]) or "nothing found"
-        lines.append(f"- **{cell(row['name'])}** ({cell(row['risk']['level'])}): {reasons}")
+    lines += [why_line(row) for row in model["hosts"]]
     lines += ["", "n/a: the host does not report this figure."]
     return "\n".join(lines) + "\n"
 
@@ -69,7 +74,13 @@ def _summary(summary: dict[str, Any]) -> str:
     return ", ".join(parts) + "."
 
 
-def _row(row: dict[str, Any], now: float) -> str:
+def why_line(row: dict[str, Any]) -> str:
+    reasons = "; ".join(cell(r) for r in row["risk"]["reasons"]) or "nothing found"
+    return f"- **{cell(row['name'])}** ({cell(row['risk']['level'])}): {reasons}"
+
+
+def host_row_markdown(row: dict[str, Any], now: float) -> str:
+    """One host's table row (``why_line`` is its reasons line)."""
     risk = f"{row['risk']['level']} ({row['risk']['score']})"
     if row["status"] != "ok":
         message = f"{row['status']}: {row['message'] or 'no message'}"

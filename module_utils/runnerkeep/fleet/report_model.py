@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
+from .. import statefile
+from ..textutil import escape_text
 from .host_facts import FACTS_FORMAT
 
 MODEL_FORMAT = 1
@@ -36,13 +38,22 @@ WEIGHTS = {
 }
 # Score from which a host's risk is shown as this level (first match).
 RISK_LEVELS = ((90, "critical"), (60, "high"), (30, "medium"), (1, "low"), (0, "ok"))
+# The largest figure taken from a host: what an int64 counter can hold (a disk is far smaller).
+MAX_INT = 2**63 - 1
+# fleet-facts prints a few KiB (HISTORY_JOBS job peaks); more is not facts.
+MAX_FACTS_CHARS = 4 * 1024 * 1024
+# Characters of a failed task's stderr/msg looked at for its one-line message.
+MESSAGE_TAIL = 64 * 1024
+FACTS_UNUSABLE = "facts unusable"
 
 
 def _int(value: Any) -> int | None:
-    """A non-negative int from host data, else None (bool is not a number here)."""
+    """A non-negative int from host data up to MAX_INT, else None (bool is not a number here).
+
+    The bound keeps every later sum, ratio and float conversion (the HTML bars) in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if value != value or value < 0 or value in (float("inf"),):
+    if value != value or not 0 <= value <= MAX_INT:
         return None
     return int(value)
 
@@ -67,10 +78,45 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) and not _failed(value) else {}
 
 
+def guarded(build: Callable[[], dict[str, Any]], make_error: Callable[[str], Any]) -> Any:
+    """``build()``, or ``make_error(one line)`` when it raises: the per-host guard, so one
+    host's data can cost its own row and never the fleet's report."""
+    try:
+        return build()
+    except Exception as exc:  # host data is hostile: any failure is that host's
+        try:
+            why = f"{type(exc).__name__}: {exc}"
+        except Exception:  # even the exception's text may fail to print
+            why = type(exc).__name__
+        return make_error(escape_text(f"{FACTS_UNUSABLE}: internal error: {why}")[:300])
+
+
 def host_input(result: Any) -> dict[str, Any]:
     """What one host's registered ``runnerkeep fleet-facts --json`` task gave, classified:
     ``{"status": "ok", "facts": {...}}``, or a status of ``unreachable``, ``error`` or
-    ``not gathered`` with a one-line ``message``."""
+    ``not gathered`` with a one-line ``message``. Never raises, whatever the host sent."""
+    return guarded(lambda: _classify(result), _error_input)
+
+
+def _error_input(message: str) -> dict[str, Any]:
+    return {"status": "error", "message": message}
+
+
+def parse_facts(stdout: str) -> dict[str, Any]:
+    """One host's fleet-facts stdout, read with the core's strict parser (no NaN/Infinity,
+    bounded size, deep nesting a ValueError); raises ValueError with the one-line reason."""
+    if len(stdout) > MAX_FACTS_CHARS:
+        raise ValueError(f"fleet-facts printed more than {MAX_FACTS_CHARS} characters")
+    try:
+        facts = statefile.loads_strict(stdout)
+    except ValueError as exc:
+        raise ValueError(f"fleet-facts printed no usable JSON ({exc})"[:300]) from None
+    if not isinstance(facts, dict) or facts.get("format") != FACTS_FORMAT:
+        raise ValueError(f"fleet-facts format is not {FACTS_FORMAT}")
+    return facts
+
+
+def _classify(result: Any) -> dict[str, Any]:
     if not isinstance(result, dict) or not result:
         return {"status": "not gathered", "message": "no result: the host was not run"}
     if result.get("unreachable"):
@@ -86,16 +132,16 @@ def host_input(result: Any) -> dict[str, Any]:
         detail = result.get("stderr") or result.get("msg") or f"exit code {rc}"
         return {"status": "error", "message": _first_line(detail, last=True)}
     try:
-        facts = json.loads(stdout)
-    except ValueError:
-        return {"status": "error", "message": "fleet-facts printed no JSON"}
-    if not isinstance(facts, dict) or facts.get("format") != FACTS_FORMAT:
-        return {"status": "error", "message": f"fleet-facts format is not {FACTS_FORMAT}"}
+        facts = parse_facts(stdout)
+    except ValueError as exc:
+        return {"status": "error", "message": escape_text(exc)[:300]}
     return {"status": "ok", "facts": facts}
 
 
 def _first_line(value: Any, last: bool = False) -> str:
-    lines = [line.strip() for line in str(value or "").splitlines() if line.strip()]
+    found = value if isinstance(value, str) else str(value or "")
+    found = found[-MESSAGE_TAIL:] if last else found[:MESSAGE_TAIL]
+    lines = [line.strip() for line in found.splitlines() if line.strip()]
     if not lines:
         return "no message"
     return (lines[-1] if last else lines[0])[:300]
@@ -106,7 +152,7 @@ def build_model(
 ) -> dict[str, Any]:
     """The report: ``hosts`` maps each inventory name to a ``host_input`` result."""
     now = time.time() if now is None else now
-    rows = [host_row(str(name), entry, now) for name, entry in hosts.items()]
+    rows = [checked_row(str(name), entry, now) for name, entry in hosts.items()]
     rows.sort(key=lambda row: (-row["risk"]["score"], row["name"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -132,6 +178,33 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "suspect_disks": sum(1 for r in rows if r["corruption"]["suspect_disk"]),
         "by_risk": by_risk,
     }
+
+
+def checked_row(name: str, entry: Any, now: float) -> dict[str, Any]:
+    """``host_row`` built and rendered once (HTML, Markdown, JSON) under the per-host guard:
+    a row that fails anywhere is that host's error row ("facts unusable: ...")."""
+
+    def build() -> dict[str, Any]:
+        row = host_row(name, entry, now)
+        _render_probe(row, now)
+        return row
+
+    def error_row(message: str) -> dict[str, Any]:
+        return host_row(name, _error_input(message), now)
+
+    return guarded(build, error_row)
+
+
+def _render_probe(row: dict[str, Any], now: float) -> None:
+    """Render the row as every output will, so a value a renderer cannot take fails here."""
+    from .render_html import host_row_html
+    from .render_markdown import host_row_markdown, why_line
+
+    probe = dict(row, rank=0)
+    host_row_html(probe, now)
+    host_row_markdown(probe, now)
+    why_line(probe)
+    json.dumps(probe, allow_nan=False)
 
 
 def host_row(name: str, entry: Any, now: float) -> dict[str, Any]:
