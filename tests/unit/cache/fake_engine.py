@@ -54,6 +54,7 @@ class FakeEngine:
         self.export_cut: int | None = None
         self.export_error: str | None = None
         self.lock = threading.Lock()
+        self.recorded = threading.Condition()
         engine = self
 
         class Handler(_Handler):
@@ -82,6 +83,13 @@ class FakeEngine:
         }
         self.chains.update(chains_of(diff_ids))
         return image_id
+
+    def wait_for_loads(self, count: int, limit: float = 10.0) -> list[dict]:
+        """The loads recorded, once there are ``count`` (a client that hung up mid-body returns
+        before the handler has read to the end and recorded it). Bounded: ``limit`` seconds."""
+        with self.recorded:
+            self.recorded.wait_for(lambda: len(self.loads) >= count, timeout=limit)
+            return list(self.loads)
 
     def set_export(self, archive: bytes, cut: int | None = None, error: str | None = None):
         self.export, self.export_cut, self.export_error = archive, cut, error
@@ -189,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(announced)
             with fake.lock:
                 ok, message = fake.load(body, announced)
+            with fake.recorded:
+                fake.recorded.notify_all()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

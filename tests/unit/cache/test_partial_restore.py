@@ -151,7 +151,7 @@ def test_a_damaged_blob_that_is_sent_is_still_a_miss(store, make_engine):
     with pytest.raises(CacheMiss, match="quarantined") as caught:
         restore_entry(store, "k")
     assert caught.value.exit_code == EXIT_CACHE_MISS
-    [load] = engine.loads
+    [load] = engine.wait_for_loads(1)
     assert load["received"] < load["announced"]  # cut before manifest.json
     assert APP_ID not in engine.images
     assert not os.path.exists(store.blob_path(sha(APP)))  # quarantined
