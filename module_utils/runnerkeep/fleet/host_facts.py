@@ -8,6 +8,11 @@ in trouble is exactly the one the report must show.
 Read-only like every reader of state (docs/hardening.md): no lock file, no repair of a damaged
 state file, no spool ingestion. The drain record is written by the admission-control part
 (``<state_dir>/drain.json``); it is read when present and reported as ``None`` otherwise.
+
+A state file that is there but cannot be read as a whole (not a regular file, past its read
+bound, not a JSON object) makes every part read from it ``{"error": ...}`` (``checked``): a
+damaged host must never look clean ("0 corruptions", "no cleanup"). Single unusable lines of a
+JSON-lines file are counted (``skipped``), the rest still used.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ BUDGET_FIELDS = (
 )
 
 
+class DamagedState(RunnerkeepError):
+    """A state file a part needs could not be read as a whole."""
+
+
 def gather_host_facts(config: dict[str, Any], *, include_docker: bool = True) -> dict[str, Any]:
     """The facts of this host (see the module doc); never raises for one failed part."""
     state_directory = state_dir_of(config)
@@ -72,9 +81,9 @@ def gather_host_facts(config: dict[str, Any], *, include_docker: bool = True) ->
     facts["watch"] = _part(lambda: _watch_state(state_directory))
     facts["cache"] = _part(lambda: _cache(config, disk))
     facts["history"] = _part(lambda: _history(state_directory))
-    event_list, event_error = _events(state_directory)
-    facts["last_cleanup"] = event_error or last_cleanup(event_list)
-    facts["corruption"] = _part(lambda: _corruption(config, event_list, event_error))
+    event_list = _part(lambda: _events(state_directory))
+    facts["last_cleanup"] = _part(lambda: last_cleanup(_usable(event_list)))
+    facts["corruption"] = _part(lambda: _corruption(config, _usable(event_list)))
     facts["drain"] = _part(lambda: read_drain(state_directory))
     return facts
 
@@ -90,6 +99,25 @@ def _part(gather: Callable[[], Any]) -> Any:
         return {"error": escape_text(f"{exc.strerror or exc}{where}")}
     except Exception as exc:  # the guard: one line per part, never a traceback
         return {"error": escape_text(f"internal error: {type(exc).__name__}: {exc}")}
+
+
+def checked(report: statefile.ReadReport) -> statefile.ReadReport:
+    """``report`` when its file was read as a whole (or is absent), else DamagedState: the
+    one test of every state-file read here."""
+    if report.unreadable or report.skipped_bytes:
+        raise DamagedState(report.describe())
+    return report
+
+
+def _usable(part: Any) -> Any:
+    """A part gathered earlier that another part builds on; its failure is that part's too."""
+    if _failed(part):
+        raise DamagedState(part["error"])
+    return part
+
+
+def _failed(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"error"}
 
 
 def _disk_report(config: dict[str, Any], include_docker: bool) -> dict[str, Any]:
@@ -110,9 +138,10 @@ def _watch_state(state_directory: str) -> dict[str, Any] | None:
     """The disk watch's last state (ok/warning/critical/emergency), None before its first run."""
     from ..disk.watch import STATE_FILE, clean_state
 
-    state, _report = statefile.read_json_object(
+    state, report = statefile.read_json_object(
         os.path.join(state_directory, STATE_FILE), clean_state, repair=False
     )
+    checked(report)
     if state is None:
         return None
     keep = ("state", "since", "last_run", "emergency_cleanups", "last_emergency_cleanup")
@@ -144,6 +173,7 @@ def _history(state_directory: str) -> dict[str, Any]:
     from ..disk.history import JOBS_DIR, read_history_report
 
     records, report = read_history_report(state_directory)
+    checked(report)
     keep = ("start_time", "peak_bytes", "peak_inodes", "duration_seconds")
     jobs = [{key: record.get(key) for key in keep} for record in records[-HISTORY_JOBS:]]
     try:
@@ -154,19 +184,21 @@ def _history(state_directory: str) -> dict[str, Any]:
     return {"count": len(records), "jobs": jobs, "running": running, "skipped": report.skipped}
 
 
-def _events(state_directory: str) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
-    try:
-        records, _report = events.read_events_report(state_directory)
-    except OSError as exc:
-        return [], {"error": escape_text(f"events: {exc.strerror or exc}")}
-    return records, None
+def _events(state_directory: str) -> dict[str, Any]:
+    """The usable events and how many lines were skipped; DamagedState when the file is
+    there but cannot be read as a whole."""
+    records, report = events.read_events_report(state_directory)
+    checked(report)
+    return {"records": records, "skipped": report.skipped}
 
 
-def last_cleanup(event_list: list[dict[str, Any]]) -> dict[str, Any] | None:
+def last_cleanup(found: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest cleanup run: its stage, end time and bytes freed over its cleaners.
 
     A run records one event per cleaner; the events of the newest event's stage that follow
-    each other less than CLEANUP_RUN_GAP apart are taken as that run."""
+    each other less than CLEANUP_RUN_GAP apart are taken as that run. ``found`` is what
+    ``_events`` gave or a plain list of events."""
+    event_list = found["records"] if isinstance(found, dict) else found
     cleanups = [e for e in event_list if e.get("kind") == "cleanup"]
     if not cleanups:
         return None
@@ -189,22 +221,23 @@ def last_cleanup(event_list: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def _corruption(
-    config: dict[str, Any], event_list: list[dict[str, Any]], event_error: dict[str, str] | None
-) -> dict[str, Any]:
+def _corruption(config: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
     """Corruptions seen on this host: restores that found a corrupt entry or blob, and what
     verify or restore moved to the store's quarantine (its log, one line per item)."""
     from ..cache.cache_config import resolve_cache_dir
 
-    corrupt = [e for e in event_list if e.get("kind") == "cache" and e.get("result") == "corrupt"]
+    records = found["records"]
+    corrupt = [e for e in records if e.get("kind") == "cache" and e.get("result") == "corrupt"]
     path = os.path.join(resolve_cache_dir(None, config), QUARANTINE_LOG)
-    quarantined, _report = statefile.read_json_lines(path, _quarantine_record, repair=False)
+    quarantined, report = statefile.read_json_lines(path, _quarantine_record, repair=False)
+    checked(report)
     times = [e["time"] for e in corrupt] + [q["time"] for q in quarantined]
     return {
-        "corrupt_events": None if event_error else len(corrupt),
+        "corrupt_events": len(corrupt),
         "quarantined": len(quarantined),
         "quarantined_blobs": sum(1 for q in quarantined if q.get("what") == "blob"),
         "last_time": max(times) if times else None,
+        "skipped": found["skipped"] + report.skipped,
     }
 
 

@@ -84,6 +84,7 @@ def test_facts_read_history_events_quarantine_and_drain(host):
         "quarantined": 2,
         "quarantined_blobs": 1,
         "last_time": 2022.0,
+        "skipped": 1,  # the quarantine log's "garbage" line
     }
     assert facts["drain"] == {"drained": True, "reason": "job needs 9 GiB on /", "since": 1999.0}
     row = build_model({"h": host_input({"rc": 0, "stdout": json.dumps(facts)})})["hosts"][0]
