@@ -44,6 +44,7 @@ from typing import Any, Callable
 from .. import statefile
 from ..errors import CacheMiss, ConfigError, LockHeldError
 from ..fsutil import atomic_write
+from ..units import format_size
 from .hashing import hash_file
 from .store import (
     CorruptEntry,
@@ -107,8 +108,9 @@ class _Run:
     budget_end: float  # monotonic time past which no blob is started
     next_index: int = 0
     started_bytes: int = 0
-    checked_blobs: int = 0
-    checked_bytes: int = 0
+    good_blobs: int = 0  # re-hashed to their names (the totals count these)
+    good_bytes: int = 0
+    read_bytes: int = 0  # every byte hashed, bad blobs' too
     bad: dict[str, str] = field(default_factory=dict)  # digest -> reason
     gone: set[str] = field(default_factory=set)
     verified_at: dict[str, float] = field(default_factory=dict)  # digest -> when it passed
@@ -278,15 +280,16 @@ def _take_result(
     except OSError as exc:
         run.bad[digest] = f"blob {digest} cannot be read: {describe_os_error(exc)} (scrub)"
         return
+    run.read_bytes += size
+    if progress:
+        progress(run.read_bytes)
     if actual != digest:
         run.bad[digest] = f"blob {digest} fails its sha256 check (is {actual}) (scrub)"
         return
-    run.checked_blobs += 1
-    run.checked_bytes += size
+    run.good_blobs += 1
+    run.good_bytes += size
     # Each blob's own time: a long run does not date its first blobs by its end.
     run.verified_at[digest] = clock.wall()
-    if progress:
-        progress(run.checked_bytes)
 
 
 def _quarantine_bad(store: Store, bad: dict[str, str]) -> list[str]:
@@ -326,8 +329,8 @@ def _record(state: ScrubState, run: _Run, started: float) -> None:
         state.verified[digest] = when
     for digest in run.gone:
         state.verified.pop(digest, None)
-    state.totals["blobs"] += run.checked_blobs
-    state.totals["bytes"] += run.checked_bytes
+    state.totals["blobs"] += run.good_blobs
+    state.totals["bytes"] += run.good_bytes
     state.totals["corruptions"] += len(run.bad)
     if state.last_run is not None and state.last_run < started:
         state.gaps = [*state.gaps, started - state.last_run][-KEPT_GAPS:]
@@ -504,8 +507,8 @@ def _report(
         "dir": store.root,
         "scrub": True,
         "ok": not run.bad,
-        "blobs_checked": run.checked_blobs,
-        "bytes_checked": run.checked_bytes,
+        "blobs_checked": run.good_blobs + len(run.bad),
+        "bytes_checked": run.read_bytes,
         "bad_blobs": [{"digest": d, "reason": r} for d, r in sorted(run.bad.items())],
         "quarantined": quarantined,
         "blobs": len(state.verified),
@@ -547,4 +550,31 @@ def _empty_report(store: Store, period: float, max_duration: float) -> dict[str,
     }
 
 
-__all__ = ["ScrubClock", "read_scrub_status", "scrub_store"]
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The scrub's report as the CLI prints it."""
+    if report["empty"]:
+        return [f"nothing to scrub: no blobs in {report['dir']}"]
+    lines = [
+        f"scrubbed {report['blobs_checked']} blob(s), {format_size(report['bytes_checked'])} "
+        f"in {report['duration']:.1f}s ({report['stopped']}); {report['blobs']} blob(s) stored, "
+        f"oldest unverified {_age(report['oldest_unverified_seconds'])} ago, "
+        f"{report['overdue_blobs']} overdue (period {_age(report['period'])})"
+    ]
+    if report["state_reset"]:
+        lines.append("the scrub state was unusable: started over from the oldest blobs")
+    for bad in report["bad_blobs"]:
+        lines.append(f"BAD blob {bad['digest']}: {bad['reason']}")
+    for moved in report["quarantined"]:
+        lines.append(f"quarantined {moved}")
+    lines.append("all good" if report["ok"] else "problems found")
+    return lines
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+__all__ = ["ScrubClock", "read_scrub_status", "report_lines", "scrub_store"]

@@ -19,6 +19,7 @@ from runnerkeep.cache.scrub import (
     STATUS_FILE,
     ScrubClock,
     read_scrub_status,
+    report_lines,
     scrub_store,
 )
 from runnerkeep.errors import ConfigError, LockHeldError
@@ -421,3 +422,16 @@ def test_rounds_let_go_of_the_store_lock(store, clock):
     # between every two rounds, when a waiting prune takes the store.
     assert clock.sleeps and len(clock.sleeps) >= 2
     assert all(pause == scrub_mod.ROUND_PAUSE for pause in clock.sleeps)
+
+
+def test_report_lines(store, clock):
+    bad = add_blob(store, stored_at=START - 10 * DAY)
+    add_blob(store, stored_at=START - 10 * DAY)
+    rot(store, bad)
+    lines = report_lines(scrub(store, clock, budget=1e9, period=7 * DAY, repair=True))
+    assert lines[0].startswith("scrubbed 2 blob(s), 2.0 KiB in 2.0s (up to date); 1 blob(s) stored")
+    assert lines[0].endswith("0 overdue (period 7.0d)")
+    assert lines[1].startswith(f"BAD blob {bad}: blob {bad} fails its sha256 check")
+    assert lines[2].startswith("quarantined ") and lines[-1] == "problems found"
+    missing = scrub_store(store.root + "-none", max_duration=1, clock=clock)
+    assert report_lines(missing) == [f"nothing to scrub: no blobs in {store.root}-none"]
