@@ -19,7 +19,13 @@ description:
   - >-
     The page has no script and fetches nothing (inline CSS and SVG; a Content-Security-Policy
     forbids the rest): per host a bar of free space against the watermarks, the cache against
-    its quota and a sparkline of the recorded job peaks. Every string from a host is escaped.
+    its quota and a sparkline of the recorded job peaks. Every string from a host is escaped;
+    the Markdown carries no link made from host text (bare URLs are broken by a word joiner).
+  - >-
+    Every host's output is untrusted: it is parsed with the core's strict JSON reader (no
+    NaN/Infinity, bounded size and nesting), a number above 2**63-1 is n/a, and each host's row is
+    built under its own guard, so a host whose facts cannot be used is listed as C(error)
+    ("facts unusable") and the report of the other hosts is still written, in check mode too.
   - Run it on the controller (C(localhost)); playbooks/fleet_report.yml gathers and calls it.
 version_added: "0.1.0"
 author:
@@ -123,7 +129,9 @@ hosts:
       type: str
       returned: success
     status:
-      description: C(ok), C(unreachable), C(error) (the command failed) or C(not gathered).
+      description: >-
+        C(ok), C(unreachable), C(error) (the command failed or its facts were unusable) or
+        C(not gathered).
       type: str
       returned: success
     risk_level:
