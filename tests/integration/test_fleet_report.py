@@ -8,16 +8,23 @@ one of them. What this test seeds is removed again: the session fleet is shared.
 The browser checks: every inventory host is in the DOM Chromium built (as text, the hostile
 name never as markup), no script ran or failed and nothing was fetched (Chromium's console log
 on stderr), and the screenshot is a PNG of the window's size that is not blank.
+
+Hostile hosts (no fleet needed): the real module through ansible-playbook on localhost with one
+host's fleet-facts output nested 100,000 deep, one with sizes of 10**400 and one with bare URLs;
+check mode writes nothing, and both runs keep the other hosts' rows.
 """
 
 from __future__ import annotations
 
 import html.parser
 import json
+import os
+import re
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -213,3 +220,97 @@ def test_fleet_report_in_headless_chromium(provisioned_fleet, tmp_path):
     assert (width, height) == WINDOW
     assert distinct_rows > 100, "the screenshot is (nearly) blank"
     print(f"\nfleet report screenshot: {screenshot}")
+
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTILE_PLAY = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Fleet report with hostile hosts
+      runnerkeep.runner.fleet_report:
+        results: "{{ hostile_results }}"
+        dest: "{{ report_dest }}"
+      register: report
+    - name: Keep what the module said (a test artefact, written in check mode too)
+      ansible.builtin.copy:
+        content: "{{ report | to_json }}"
+        dest: "{{ result_file }}"
+      check_mode: false
+"""
+
+
+def _facts_stdout(**changes) -> str:
+    facts = {"format": 1, "version": "0.1.0", "time": time.time() - 30}
+    facts["budget"] = {
+        "capacity_bytes": 100 << 30,
+        "free_bytes": 40 << 30,
+        "warning_free_bytes": 13 << 30,
+        "critical_free_bytes": 9 << 30,
+        "emergency_free_bytes": 5 << 30,
+    }
+    facts.update(changes)
+    return json.dumps(facts)
+
+
+def _hostile_results() -> dict:
+    def result(stdout: str) -> dict:
+        return {"rc": 0, "stdout": stdout, "stderr": "", "changed": False}
+
+    huge = {"capacity_bytes": 10**400, "free_bytes": 1, "warning_free_bytes": 1}
+    link = {"drained": True, "reason": "see https://evil.example/x or www.evil.example"}
+    return {
+        "runner-good": result(_facts_stdout()),
+        "runner-deep": result("[" * 100_000 + "]" * 100_000),
+        "runner-huge": result(_facts_stdout(budget=huge, cache={"disk_bytes": 10**400})),
+        "runner-link": result(_facts_stdout(drain=link)),
+    }
+
+
+def _run_hostile_play(tmp_path: Path, dest: Path, check: bool) -> dict:
+    playbook = shutil.which("ansible-playbook") or os.path.join(
+        os.path.dirname(sys.executable), "ansible-playbook"
+    )
+    play = tmp_path / "hostile.yml"
+    play.write_text(HOSTILE_PLAY)
+    result_file = tmp_path / ("check.json" if check else "run.json")
+    extra = tmp_path / "extra.json"
+    variables = {"hostile_results": _hostile_results(), "report_dest": str(dest)}
+    variables["result_file"] = str(result_file)
+    extra.write_text(json.dumps(variables))  # 10**400 travels inside a string, as a host sends it
+    cmd = [playbook, "-i", "localhost,", "-c", "local", str(play), "-e", f"@{extra}"]
+    cmd += ["-e", f"ansible_python_interpreter={sys.executable}"]
+    cmd += ["--check"] if check else []
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    run = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stdout + run.stderr
+    return json.loads(result_file.read_text())
+
+
+def test_hostile_hosts_cost_only_their_own_rows(tmp_path):
+    dest = tmp_path / "report"
+    checked = _run_hostile_play(tmp_path, dest, check=True)
+    assert not dest.exists(), "check mode wrote the report"
+    statuses = {host["name"]: host["status"] for host in checked["hosts"]}
+    assert statuses == {
+        "runner-good": "ok",
+        "runner-deep": "error",
+        "runner-huge": "ok",
+        "runner-link": "ok",
+    }
+
+    written = _run_hostile_play(tmp_path, dest, check=False)
+    assert written["changed"] is True
+    model = json.loads((dest / "fleet-report.json").read_text())
+    rows = {row["name"]: row for row in model["hosts"]}
+    assert rows["runner-good"]["disk"]["free_bytes"] == 40 << 30
+    assert rows["runner-deep"]["message"].startswith("fleet-facts printed no usable JSON")
+    assert rows["runner-huge"]["disk"]["capacity_bytes"] is None
+    assert rows["runner-huge"]["cache"]["bytes"] is None
+    markdown = (dest / "fleet-report.md").read_text()
+    assert "runner-link" in markdown and "evil" in markdown
+    assert not re.search(r"(?i)://|www\.", markdown), "host text became a link"
+    assert "runner-good" in (dest / "index.html").read_text()
