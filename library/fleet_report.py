@@ -23,9 +23,10 @@ description:
     the Markdown carries no link made from host text (bare URLs are broken by a word joiner).
   - >-
     Every host's output is untrusted: it is parsed with the core's strict JSON reader (no
-    NaN/Infinity, bounded size and nesting), a number above 2**63-1 is n/a, and each host's row is
-    built under its own guard, so a host whose facts cannot be used is listed as C(error)
-    ("facts unusable") and the report of the other hosts is still written, in check mode too.
+    NaN/Infinity, bounded size and nesting, no integer above 2**63-1), a figure the report
+    cannot use is n/a, and each host's row is built under its own guard, so a host whose facts
+    cannot be used is listed as C(error) and the report of the other hosts is still written, in
+    check mode too.
   - Run it on the controller (C(localhost)); playbooks/fleet_report.yml gathers and calls it.
 version_added: "0.1.0"
 author:

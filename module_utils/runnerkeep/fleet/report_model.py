@@ -109,11 +109,27 @@ def parse_facts(stdout: str) -> dict[str, Any]:
         raise ValueError(f"fleet-facts printed more than {MAX_FACTS_CHARS} characters")
     try:
         facts = statefile.loads_strict(stdout)
+        _check_ints(facts)
     except ValueError as exc:
         raise ValueError(f"fleet-facts printed no usable JSON ({exc})"[:300]) from None
     if not isinstance(facts, dict) or facts.get("format") != FACTS_FORMAT:
         raise ValueError(f"fleet-facts format is not {FACTS_FORMAT}")
     return facts
+
+
+def _check_ints(value: Any) -> None:
+    """ValueError for any integer beyond int64 anywhere in ``value``: no counter a host keeps
+    is that large, so such facts are forged or broken, not one field to drop. Walked with a
+    list, not recursion: the parser already allows nesting near the recursion limit."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            raise ValueError(f"a number above {MAX_INT}")
 
 
 def _classify(result: Any) -> dict[str, Any]:

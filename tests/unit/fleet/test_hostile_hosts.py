@@ -28,6 +28,7 @@ def raw(stdout: str) -> dict:
 
 def hostile_results() -> dict[str, dict]:
     huge_budget = dict(facts()["budget"], capacity_bytes=HUGE, free_bytes=HUGE)
+    float_budget = dict(facts()["budget"], capacity_bytes=1e300, free_bytes=1e300)
     return {
         "runner-good": registered(facts()),
         "runner-deep": raw("[" * 100_000 + "]" * 100_000),
@@ -36,7 +37,14 @@ def hostile_results() -> dict[str, dict]:
         "runner-huge": registered(facts(budget=huge_budget)),
         "runner-huge-cache": registered(facts(cache={"disk_bytes": HUGE, "entries": HUGE})),
         "runner-huge-peak": registered(facts(history={"jobs": [{"peak_bytes": HUGE}]})),
-        "runner-huge-float": registered(facts(budget=dict(huge_budget, capacity_bytes=1e300))),
+        "runner-float": registered(
+            facts(
+                budget=float_budget,
+                cache={"disk_bytes": 1e300},
+                history={"jobs": [{"peak_bytes": 1e300}]},
+                last_cleanup={"time": 1e300, "bytes_freed": 1e300},
+            )
+        ),
     }
 
 
@@ -71,11 +79,27 @@ def test_numbers_above_int64_are_not_available():
     assert report_model._int(float("nan")) is None
     assert report_model._int(float("-inf")) is None
     rows = rows_by_name(whole_report(hostile_results()))
-    assert rows["runner-huge"]["disk"]["capacity_bytes"] is None
-    assert rows["runner-huge"]["disk"]["free_bytes"] is None
-    assert rows["runner-huge-float"]["disk"]["capacity_bytes"] is None
-    assert rows["runner-huge-cache"]["cache"]["bytes"] is None
-    assert rows["runner-huge-peak"]["job_peaks"]["values"] == []
+    # An integer beyond int64 anywhere: the facts are forged or broken, the host an error row.
+    for name in ("runner-huge", "runner-huge-cache", "runner-huge-peak"):
+        assert rows[name]["status"] == "error", rows[name]
+        assert "a number above" in rows[name]["message"]
+    # A finite float that large is a figure the report cannot use: n/a, the row still there.
+    floats = rows["runner-float"]
+    assert floats["status"] == "ok"
+    assert floats["disk"]["capacity_bytes"] is None and floats["disk"]["free_bytes"] is None
+    assert floats["cache"]["bytes"] is None and floats["job_peaks"]["values"] == []
+    assert floats["last_cleanup"] == {"time": None, "stage": None, "bytes_freed": None}
+    assert rows["runner-good"]["status"] == "ok"
+
+
+def test_a_model_given_huge_numbers_directly_still_renders():
+    huge_budget = dict(facts()["budget"], capacity_bytes=HUGE, free_bytes=HUGE)
+    entry = {"status": "ok", "facts": facts(budget=huge_budget, cache={"disk_bytes": HUGE})}
+    model = build_model({"h": entry, "g": host_input(registered(facts()))}, now=NOW)
+    render_html(model)
+    render_markdown(model)
+    row = rows_by_name(model)["h"]
+    assert row["status"] == "ok" and row["disk"]["capacity_bytes"] is None
 
 
 def test_a_row_that_fails_is_that_hosts_error_row(monkeypatch):
@@ -133,7 +157,7 @@ def test_the_module_writes_the_others_rows_in_check_mode_too(tmp_path):
     assert not dest.exists()
     statuses = {host["name"]: host["status"] for host in result["hosts"]}
     assert statuses["runner-good"] == "ok"
-    assert statuses["runner-deep"] == "error" and statuses["runner-huge"] == "ok"
+    assert statuses["runner-deep"] == "error" and statuses["runner-huge"] == "error"
     result = run_module(tmp_path, results=results, dest=str(dest))
     assert result["changed"] is True, result
     assert "runner-good" in (dest / "index.html").read_text()
