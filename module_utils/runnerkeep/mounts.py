@@ -14,7 +14,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import struct
+from typing import NamedTuple
 
 _AT_EMPTY_PATH = 0x1000
 _STATX_MNT_ID = 0x1000
@@ -23,6 +25,8 @@ _STATX_MASK_OFFSET = 0
 _STATX_MNT_ID_OFFSET = 144  # struct statx: stx_mnt_id follows stx_dev_minor (include/uapi)
 
 OPEN_PATH_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+MOUNTINFO = "/proc/self/mountinfo"
+_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 
 class MountIdUnavailable(OSError):
@@ -95,3 +99,73 @@ def is_mount_root(fd: int) -> bool:
         return mount_id(parent) != mount_id(fd)
     finally:
         os.close(parent)
+
+
+class Mount(NamedTuple):
+    """One line of /proc/self/mountinfo: which directory of which filesystem is mounted where."""
+
+    mount_id: int
+    parent_id: int
+    device: str  # "major:minor" of the filesystem
+    root: str  # the directory of that filesystem shown at mount_point
+    mount_point: str
+
+
+def _unescape(field: bytes) -> str:
+    # The kernel writes blanks, newlines and backslashes in paths as octal escapes (\040 ...).
+    return os.fsdecode(_MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field))
+
+
+def read_mountinfo(path: str = MOUNTINFO) -> list[Mount]:
+    """The mounts of this process's mount namespace; [] when /proc cannot tell."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return []
+    found = []
+    for line in data.splitlines():
+        fields = line.split(b" ")
+        if len(fields) < 5:
+            continue
+        try:
+            mount_id_, parent_id = int(fields[0]), int(fields[1])
+        except ValueError:
+            continue
+        found.append(
+            Mount(
+                mount_id_,
+                parent_id,
+                os.fsdecode(fields[2]),
+                _unescape(fields[3]),
+                _unescape(fields[4]),
+            )
+        )
+    return found
+
+
+def is_self_bind_mount(fd: int, mountinfo: list[Mount] | None = None) -> bool:
+    """True when the mount the directory open on ``fd`` tops shows the very directory its parent
+    mount shows at the same place: a directory bind-mounted onto itself.
+
+    systemd makes one of these for every ``ReadWritePaths=`` entry under ``ProtectSystem=``: it
+    brings nothing from elsewhere into the tree, so it is no boundary a cleanup must stop at.
+    A bind mount of another directory (``root`` differs) or of another filesystem (``device``
+    differs) is not one.
+    """
+    try:
+        own_id = mount_id(fd)
+    except OSError:
+        return False
+    mounts = {m.mount_id: m for m in (mountinfo if mountinfo is not None else read_mountinfo())}
+    own = mounts.get(own_id)
+    parent = mounts.get(own.parent_id) if own else None
+    if own is None or parent is None or own.device != parent.device:
+        return False
+    if own.mount_point == parent.mount_point:
+        return False  # stacked on the same point: what it covers is not its parent's view
+    below = os.path.relpath(own.mount_point, parent.mount_point)
+    if below.startswith(".."):
+        return False
+    shown_by_parent = os.path.normpath(os.path.join(parent.root, below))
+    return shown_by_parent == os.path.normpath(own.root)

@@ -225,7 +225,9 @@ def _mount_reason(path: str, allowed_mount_points: Iterable[str]) -> str | None:
     """Why ``path`` cannot be opened as a root, or is a mount point the config does not name.
 
     The check runs on a descriptor opened without following any symlink, and compares mount
-    IDs, so a bind mount of the same filesystem (same ``st_dev``) counts as a mount point.
+    IDs, so a bind mount of the same filesystem (same ``st_dev``) counts as a mount point. A
+    directory bind-mounted onto itself does not: systemd makes one for every
+    ``ReadWritePaths=`` entry of a hardened unit, and it brings nothing from elsewhere.
     """
     try:
         fd = walk.open_root(path)
@@ -233,7 +235,7 @@ def _mount_reason(path: str, allowed_mount_points: Iterable[str]) -> str | None:
         return f"cannot open without following symlinks: {exc.strerror or exc}"
     try:
         try:
-            is_root = mounts.is_mount_root(fd)
+            is_root = mounts.is_mount_root(fd) and not mounts.is_self_bind_mount(fd)
         except OSError:
             is_root = os.path.ismount(path)  # no mount IDs here (not Linux, no /proc)
     finally:

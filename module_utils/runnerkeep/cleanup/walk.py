@@ -42,7 +42,6 @@ import errno
 import functools
 import marshal
 import os
-import re
 import signal
 import stat
 import struct
@@ -51,7 +50,7 @@ from dataclasses import dataclass, field
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import Callable, NamedTuple, NoReturn
 
-from ..mounts import MountIdUnavailable, mount_id, mount_id_at
+from ..mounts import MOUNTINFO, MountIdUnavailable, mount_id, mount_id_at, read_mountinfo
 
 OPEN_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -143,28 +142,9 @@ class WalkOptions:
             return True
 
 
-MOUNTINFO = "/proc/self/mountinfo"
-_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
-
-
 def read_mount_points(path: str = MOUNTINFO) -> list[str]:
-    """Every mount point of this process's mount namespace; [] when /proc cannot tell.
-
-    Field 5 of each mountinfo line, with the kernel's octal escapes (``\\040`` for a blank,
-    ``\\012`` for a newline, ``\\134`` for a backslash) decoded, as ``os.fsdecode`` names them.
-    """
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return []
-    points = []
-    for line in data.splitlines():
-        fields = line.split(b" ")
-        if len(fields) > 4:
-            raw = _MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), fields[4])
-            points.append(os.fsdecode(raw))
-    return points
+    """Every mount point of this process's mount namespace; [] when /proc cannot tell."""
+    return [mount.mount_point for mount in read_mountinfo(path)]
 
 
 def mount_points_beneath(root: str, points: list[str]) -> frozenset:
