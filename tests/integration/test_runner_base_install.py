@@ -1,8 +1,10 @@
 """runner_base installs the zipapp as a release compiled by the host's own Python.
 
 The archive is the same bytes from any controller Python; on the host it is unpacked into
-/usr/local/lib/runnerkeep/releases/<digest>-<cache tag>, compiled (checked-hash .pyc) and the
-`lib` symlink the wrapper runs is flipped to it (roles/runner_base/files/install_zipapp.py).
+/usr/local/lib/runnerkeep/releases/<digest>-<cache tag>[-<n>], compiled (checked-hash .pyc), a
+manifest of its files written into it and the `lib` symlink the wrapper runs is flipped to it
+(roles/runner_base/files/install_zipapp.py). A re-run that finds the current release damaged
+builds a fresh one under a new name.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def test_the_command_runs_from_bytecode_the_host_compiled(provisioned_fleet):
     for host in provisioned_fleet.hosts:
         tag = host.exec(["python3", "-c", "import sys; print(sys.implementation.cache_tag)"])
         target = host.exec(["readlink", f"{INSTALL_DIR}/lib"]).stdout.strip()
-        assert re.fullmatch(rf"releases/[0-9a-f]{{16}}-{tag.stdout.strip()}", target), target
+        assert re.fullmatch(rf"releases/[0-9a-f]{{16}}-{tag.stdout.strip()}(-[0-9]+)?", target), (
+            target
+        )
         verbose = host.exec(["python3", "-v", f"{INSTALL_DIR}/lib", "--version"])
         loaded = re.findall(r"^# code object from '?([^'\n]+)'?$", verbose.stderr, re.M)
         ours = [path for path in loaded if path.startswith(f"{INSTALL_DIR}/releases/")]
@@ -126,3 +130,30 @@ def test_a_new_zipapp_is_reported_in_check_mode_then_installed_once(
             assert len(releases) == 2, releases  # the new one and the one before it
     finally:  # the session fleet goes back to the zipapp it had
         run_role(provisioned_fleet, tmp_path, installed_pyz, check=False)
+
+
+def test_a_role_rerun_repairs_a_damaged_release(provisioned_fleet, installed_pyz, tmp_path):
+    hosts = provisioned_fleet.hosts
+    damaged = {}
+    for host in hosts:
+        damaged[host.name] = host.exec(["readlink", "-f", f"{INSTALL_DIR}/lib"]).stdout.strip()
+        host.exec(["truncate", "-s", "0", f"{damaged[host.name]}/runnerkeep/config.py"])
+        broken = host.exec(["runnerkeep", "--version"], check=False)
+        assert broken.returncode != 0, broken.stdout  # the damage breaks the command
+    before = {h.name: install_tree(h) for h in hosts}
+    checked = run_role(provisioned_fleet, tmp_path, installed_pyz, check=True)
+    assert set(task_results(checked.stdout, TASKS[1]).values()) == {"changed"}
+    assert {h.name: install_tree(h) for h in hosts} == before
+    first = run_role(provisioned_fleet, tmp_path, installed_pyz, check=False)
+    second = run_role(provisioned_fleet, tmp_path, installed_pyz, check=False)
+    assert set(task_results(first.stdout, TASKS[0]).values()) == {"ok"}
+    assert set(task_results(first.stdout, TASKS[1]).values()) == {"changed"}
+    for task in TASKS:
+        assert set(task_results(second.stdout, task).values()) == {"ok"}, task
+    for host in hosts:
+        now = host.exec(["readlink", "-f", f"{INSTALL_DIR}/lib"]).stdout.strip()
+        assert now != damaged[host.name]
+        assert host.exec(["runnerkeep", "--version"]).stdout.startswith("runnerkeep ")
+        # the damaged release is kept as the previous one, untouched (never rebuilt in place)
+        size = host.exec(["stat", "-c", "%s", f"{damaged[host.name]}/runnerkeep/config.py"])
+        assert size.stdout.strip() == "0"
