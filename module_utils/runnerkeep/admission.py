@@ -344,7 +344,9 @@ def _refuse(
         events.record_event(
             state_dir_of(config), EVENT_KIND, result="refused", short=short, drained=unit
         )
-    line = refusal_line(short, bool(cleanup), note)
+    # A stage that failed or was skipped is part of why: said on the same line.
+    trouble = [c for c in cleanup if not c.endswith(" ran")]
+    line = refusal_line(short, bool(cleanup), "; ".join([note, *trouble]))
     return Outcome(False, line, note == "runner drained", cleanup, short)
 
 

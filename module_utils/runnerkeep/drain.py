@@ -51,7 +51,8 @@ def valid_record(record: Any) -> dict[str, Any] | None:
     """The record with every field of its type; None when one is missing or wrong."""
     if not isinstance(record, dict) or not isinstance(record.get("drained"), bool):
         return None
-    if not isinstance(record.get("reason"), str) or not isinstance(record.get("unit"), str):
+    # ``unit`` may be missing (a record written by hand): then no unit was recorded.
+    if not isinstance(record.get("reason"), str) or not isinstance(record.get("unit", ""), str):
         return None
     if not statefile.timestamp(record.get("since")):
         return None
@@ -59,7 +60,7 @@ def valid_record(record: Any) -> dict[str, Any] | None:
         "drained": record["drained"],
         "reason": record["reason"],
         "since": float(record["since"]),
-        "unit": record["unit"],
+        "unit": record.get("unit", ""),
     }
 
 

@@ -113,6 +113,11 @@ def test_the_emergency_stage_waits_for_other_jobs(tmp_path):
     assert not outcome.admitted
     assert [c[0] for c in host.calls] == ["pre"]
     assert "emergency stage skipped: 1 other job(s) running" in outcome.cleanup
+    # Why the emergency stage could not help is on the same one line.
+    assert outcome.line.endswith(
+        "; runner drained; emergency stage skipped: 1 other job(s) running"
+    )
+    assert "\n" not in outcome.line
 
 
 def test_other_jobs_leaves_out_the_requesters_own_lock(tmp_path, monkeypatch):

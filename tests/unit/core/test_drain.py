@@ -50,6 +50,7 @@ def test_the_fleet_report_reads_the_same_record(tmp_path):
         b'{"drained": false, "reason": 3, "since": 1, "unit": ""}',
         b'{"drained": false, "reason": "", "since": NaN, "unit": ""}',
         b'{"drained": false, "reason": "", "unit": ""}',
+        b'{"drained": false, "reason": "", "since": 1, "unit": 7}',
     ],
 )
 def test_a_damaged_record_is_an_error_never_not_drained(tmp_path, content):
@@ -59,6 +60,11 @@ def test_a_damaged_record_is_an_error_never_not_drained(tmp_path, content):
     with pytest.raises(drain.DrainRecordError):
         drain.is_drained(str(tmp_path))
     assert (tmp_path / "drain.json").read_bytes() == content  # a reader never repairs
+
+
+def test_a_record_without_unit_has_none(tmp_path):
+    (tmp_path / "drain.json").write_text('{"drained": true, "reason": "r", "since": 5}')
+    assert drain.read_drain(str(tmp_path))["unit"] == ""
 
 
 def test_a_symlinked_record_is_an_error_and_not_followed(tmp_path):
