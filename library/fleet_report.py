@@ -150,17 +150,15 @@ hosts:
       returned: success
 """
 
-import traceback
-
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    from ansible.module_utils.runnerkeep.errors import RunnerkeepError
     from ansible.module_utils.runnerkeep.fleet.report_files import write_report
     from ansible.module_utils.runnerkeep.fleet.report_model import build_model, host_input
+    from ansible.module_utils.runnerkeep.module_frame import run_module
 
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - reported by fail_json below
+except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
     IMPORT_ERROR = str(exc)
 
 
@@ -174,6 +172,22 @@ def host_summary(row):
     }
 
 
+def run(task):
+    """Write the report (nothing in check mode) and return what RETURN lists."""
+    params = task.params
+    hosts = {name: host_input(result) for name, result in params["results"].items()}
+    model = build_model(hosts, title=params["title"])
+    written = write_report(params["dest"], model, dry_run=task.check_mode)
+    return dict(
+        changed=bool(written["changed_files"]),
+        dir=written["dir"],
+        paths=written["paths"],
+        changed_files=written["changed_files"],
+        summary=model["summary"],
+        hosts=[host_summary(row) for row in model["hosts"]],
+    )
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -185,26 +199,7 @@ def main():
     )
     if IMPORT_ERROR:
         module.fail_json(msg=f"cannot import the runnerkeep core: {IMPORT_ERROR}")
-    try:
-        hosts = {name: host_input(result) for name, result in module.params["results"].items()}
-        model = build_model(hosts, title=module.params["title"])
-        written = write_report(module.params["dest"], model, dry_run=module.check_mode)
-    except RunnerkeepError as exc:
-        module.fail_json(msg=str(exc), exit_code=exc.exit_code)
-    except OSError as exc:
-        module.fail_json(msg=f"fleet report not written: {exc.strerror or exc} ({exc.filename})")
-    except Exception as exc:  # the guard: a bug is one line; -vvv shows the traceback
-        module.fail_json(
-            msg=f"internal error: {type(exc).__name__}: {exc}", exception=traceback.format_exc()
-        )
-    module.exit_json(
-        changed=bool(written["changed_files"]),
-        dir=written["dir"],
-        paths=written["paths"],
-        changed_files=written["changed_files"],
-        summary=model["summary"],
-        hosts=[host_summary(row) for row in model["hosts"]],
-    )
+    run_module(module, run, "fleet report not written")
 
 
 if __name__ == "__main__":

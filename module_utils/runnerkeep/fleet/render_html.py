@@ -211,7 +211,7 @@ def sparkline(peaks: dict[str, Any]) -> str:
     if not values:
         return ""
     budget = peaks["budget_peak_bytes"] or 0
-    top = max(max(values), budget) or 1
+    top = max(*values, budget) or 1
     step = SPARK_W / max(1, len(values) - 1)
 
     def y(value: int) -> float:

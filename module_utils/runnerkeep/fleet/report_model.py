@@ -9,6 +9,7 @@ names and strings stay raw here; each renderer escapes for its own format.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Callable
 
@@ -53,7 +54,7 @@ def _int(value: Any) -> int | None:
     The bound keeps every later sum, ratio and float conversion (the HTML bars) in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if value != value or not 0 <= value <= MAX_INT:
+    if (isinstance(value, float) and math.isnan(value)) or not 0 <= value <= MAX_INT:
         return None
     return int(value)
 
