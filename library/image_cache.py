@@ -307,7 +307,7 @@ try:
     )
     from ansible.module_utils.runnerkeep.schema import check_option
     from ansible.module_utils.runnerkeep.units import parse_duration, parse_size
-    from ansible.module_utils.runnerkeep.wiring import cache_settings
+    from ansible.module_utils.runnerkeep.wiring import cache_settings, make_room
 
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
@@ -373,7 +373,7 @@ def run_state(task, config, cache_dir, store):
             p["key"],
             p["images"],
             reserve=reserve,
-            make_room_config=config,
+            make_room=make_room(config),
             make_room_first=p["make_room"],
             max_size=settings["max_size"],
             state_dir=state_dir,

@@ -34,7 +34,7 @@ from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
-from runnerkeep.wiring import cache_settings
+from runnerkeep.wiring import cache_settings, make_room
 
 from runnerkeep_cli.options import add_command, add_group
 from runnerkeep_cli.output import CommandResult, table
@@ -297,7 +297,7 @@ def cache_save(args: argparse.Namespace) -> CommandResult:
             args.images,
             reserve=settings["reserve"] if reserve is None else reserve,
             check_space=not args.skip_space_check,
-            make_room_config=config,
+            make_room=make_room(config),
             make_room_first=args.make_room,
             max_size=settings["max_size"],
             state_dir=state_dir,

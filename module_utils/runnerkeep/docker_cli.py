@@ -74,9 +74,17 @@ def engine_info(timeout: float = 20.0) -> dict[str, Any]:
     return info
 
 
-def docker_root_dir() -> str:
-    """The engine's data root (``/var/lib/docker`` unless configured otherwise)."""
-    return engine_info().get("DockerRootDir") or "/var/lib/docker"
+DEFAULT_DOCKER_ROOT = "/var/lib/docker"  # the engine's data root unless configured otherwise
+
+
+def docker_root_of(info: dict[str, Any]) -> str:
+    """The data root a ``docker info`` answer names (the default when it names none)."""
+    return info.get("DockerRootDir") or DEFAULT_DOCKER_ROOT
+
+
+def docker_root_dir(timeout: float = 20.0) -> str:
+    """The engine's data root; raises DockerUnavailableError when the engine does not answer."""
+    return docker_root_of(engine_info(timeout=timeout))
 
 
 def inspect_images(refs: list[str]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Optional
 
 from .. import __version__, docker_api, docker_cli
 from ..docker_api import EngineSocketUnavailable, ImageExport, local_engine_socket
@@ -73,7 +73,7 @@ def space_plan(
         export_bytes += size
     if _engine_major(engine) >= 25:
         export_bytes = 0  # engines >= 25 stream the export without a temp copy
-    docker_root = engine.get("DockerRootDir") or "/var/lib/docker"
+    docker_root = docker_cli.docker_root_of(engine)
     needs = []
     if export_bytes and same_filesystem(store.root, docker_root):
         needs.append((store.root, new_bytes + export_bytes, "new blobs + engine's temp export"))
@@ -113,27 +113,21 @@ def _space_message(plan: list[dict[str, Any]]) -> str:
     return "not enough free space to save, nothing was written: " + "; ".join(parts)
 
 
-def make_room(config: dict[str, Any] | None, plan: list[dict[str, Any]] | None = None) -> list:
-    """Run the post-build cleanup stage (when that module is installed) on each filesystem that
-    is short, asking it to free up to the bytes the save needs there."""
-    try:
-        from ..cleanup import run_cleanup  # the cleanup work; optional here
-    except ImportError:
-        raise FreeSpaceError(
-            "--make-room is unavailable: the cleanup module (runnerkeep.cleanup) is not installed"
-        ) from None
+# What --make-room runs: (bytes needed, a path on the short filesystem) -> the post-build
+# stage's report. The front doors pass it in (runnerkeep.wiring.make_room): the cache does not
+# import cleanup/.
+MakeRoom = Callable[[Optional[int], Optional[str]], Any]
+
+
+def make_room(clean_up: MakeRoom | None, plan: list[dict[str, Any]] | None = None) -> list:
+    """Run the post-build cleanup (``clean_up``) on each filesystem that is short, asking it
+    to free up to the bytes the save needs there."""
+    if clean_up is None:
+        raise FreeSpaceError("--make-room is unavailable: no cleanup stage was given to this save")
     reports = []
     for need in [p for p in plan or [{}] if not p.get("ok")]:
         try:
-            reports.append(
-                run_cleanup(
-                    "post",
-                    config or {},
-                    target_free_bytes=need.get("needed_bytes"),
-                    paths=[need["path"]] if need.get("path") else None,
-                    dry_run=False,
-                )
-            )
+            reports.append(clean_up(need.get("needed_bytes"), need.get("path")))
         except RunnerkeepError as exc:
             raise FreeSpaceError(
                 (_space_message(plan) if plan else "not enough free space")
@@ -435,7 +429,7 @@ class _SpaceRule:
     check: bool
     reserve: int
     make_room_first: bool
-    make_room_config: dict[str, Any] | None
+    make_room: MakeRoom | None
     engine: Any  # `docker info`, or the RunnerkeepError asking for it raised (None: not asked)
 
 
@@ -447,7 +441,7 @@ def save_entry(
     scope: str = TRUSTED,
     reserve: int = 0,
     check_space: bool = True,
-    make_room_config: dict[str, Any] | None = None,
+    make_room: MakeRoom | None = None,
     make_room_first: bool = False,
     max_size: int | None = None,
     state_dir: str | None = None,
@@ -461,7 +455,7 @@ def save_entry(
     start = time.monotonic()
     store = as_store(store_dir)
     images, engine = _inspect_images_and_engine(refs, check_space)
-    space = _SpaceRule(check_space, reserve, make_room_first, make_room_config, engine)
+    space = _SpaceRule(check_space, reserve, make_room_first, make_room, engine)
     if dry_run:
         return _dry_run_save(store, key, name, images, space)
     try:
@@ -559,7 +553,7 @@ def _make_sure_it_fits(
         raise space.engine
     plan = space_plan(store, infos, space.reserve, space.engine)
     if not all(p["ok"] for p in plan) and space.make_room_first:
-        make_room(space.make_room_config, plan)
+        make_room(space.make_room, plan)
         plan = space_plan(store, infos, space.reserve, space.engine)
     if not all(p["ok"] for p in plan):
         raise FreeSpaceError(_space_message(plan))

@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any
 
-from ..docker_cli import engine_info, run_docker
+from ..docker_cli import docker_root_dir, run_docker
 from ..errors import DockerCommandError
 from ..fsutil import atomic_write, mount_point_of
 from ..units import parse_size
@@ -101,7 +101,7 @@ class DockerCleaner(Cleaner):
         """The filesystem of the engine's data root (asked once per run), None when absent."""
         known = self.ctx.docker_engine_fs
         if "fs" not in known:
-            root = engine_info().get("DockerRootDir") or "/var/lib/docker"
+            root = docker_root_dir()
             known["fs"] = mount_point_of(root) if os.path.isdir(root) else None
         return known["fs"]
 

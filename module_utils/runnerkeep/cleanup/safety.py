@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import mounts
 from ..config import paths_of
+from ..docker_cli import DEFAULT_DOCKER_ROOT
 from . import walk
 from .catalog import TOOLCHAINS
 
@@ -97,7 +98,6 @@ NEVER_INSIDE = ("/etc", "/proc", "/sys", "/boot")
 # The only system roots a catalog cleaner may use: the toolchain catalog names each one.
 CATALOG_ROOTS = frozenset(entry["root"] for entry in TOOLCHAINS.values())
 
-DEFAULT_DOCKER_ROOT = "/var/lib/docker"
 OWN_DIR_LABELS = {
     "cache_dir": "cache dir",
     "state_dir": "state dir",

@@ -280,7 +280,7 @@ def _stage_cleaners(
 def _docker_root() -> str | None:
     """The engine's data root, or None when no engine answers (the default is guarded anyway)."""
     try:
-        return docker_cli.engine_info(timeout=DOCKER_ROOT_TIMEOUT).get("DockerRootDir")
+        return docker_cli.docker_root_dir(timeout=DOCKER_ROOT_TIMEOUT)
     except (RunnerkeepError, OSError, ValueError, AttributeError):
         return None
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ..config import paths_of
-from ..docker_cli import docker_json_lines, engine_info, run_docker
+from ..docker_cli import DEFAULT_DOCKER_ROOT, docker_json_lines, docker_root_dir, run_docker
 from ..errors import DockerCommandError, RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..textutil import escape_text, table
@@ -60,9 +60,9 @@ def docker_root(settings: dict[str, Any]) -> tuple[str, str | None]:
     if settings.get("docker_root"):
         return settings["docker_root"], None
     try:
-        return engine_info(timeout=10).get("DockerRootDir") or "/var/lib/docker", None
+        return docker_root_dir(timeout=10), None
     except RunnerkeepError as exc:
-        return "/var/lib/docker", str(exc)
+        return DEFAULT_DOCKER_ROOT, str(exc)
 
 
 def watched_paths(config: dict[str, Any], docker_root_dir: str) -> list[tuple[str, str]]:

@@ -58,7 +58,7 @@ from typing import Any, Callable
 
 from .. import events, statefile
 from ..config import state_dir_of
-from ..docker_cli import engine_info
+from ..docker_cli import DEFAULT_DOCKER_ROOT, docker_root_of, engine_info
 from ..errors import ConfigError, LockHeldError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
 from ..secrets import redact_data, redact_text, redact_url, url_secrets, webhook_url
@@ -395,7 +395,7 @@ class WatchCycle:
             return docker, root
         try:
             info = engine_info(timeout=self.remaining(10))
-            root = root or info.get("DockerRootDir")
+            root = root or docker_root_of(info)
             docker.update(up=True, kinds=docker_usage(timeout=self.remaining(30)))
         # Not RunnerkeepError alone: engine_info and docker_usage parse docker's JSON with
         # json.loads (ValueError), and the docker binary can fail to start (OSError).
@@ -408,7 +408,7 @@ class WatchCycle:
         self, docker_root: str | None
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str, bool]]]:
         """(the filesystems of the watched paths, (role, path, readable) per watched path)."""
-        pairs = watched_paths(self.config, docker_root or "/var/lib/docker")
+        pairs = watched_paths(self.config, docker_root or DEFAULT_DOCKER_ROOT)
         fs_list, fs_errors = filesystems(pairs)
         unreadable = {(e["role"], e["path"]) for e in fs_errors}
         for err in fs_errors:

@@ -416,17 +416,17 @@ def test_save_from_store_writes_only_the_entry(tmp_path, store_dir):
     assert _save_from_store(store, "copy3", ["a:1"], infos, {}) is None
 
 
-def test_make_room_runs_post_cleanup_on_short_filesystems(monkeypatch):
-    import runnerkeep.cleanup as cleanup
+def test_make_room_runs_post_cleanup_on_short_filesystems():
+    # The cache does not import cleanup/: the front door hands make_room the post stage
+    # (runnerkeep.wiring.make_room; tests/unit/core/test_wiring.py checks that one).
     from runnerkeep.cache.save import make_room
 
     calls = []
 
-    def fake_run_cleanup(stage, config, *, target_free_bytes=None, paths=None, dry_run=False):
-        calls.append((stage, target_free_bytes, paths, dry_run))
+    def clean_up(needed_bytes, path):
+        calls.append((needed_bytes, path))
         return {"freed": 0}
 
-    monkeypatch.setattr(cleanup, "run_cleanup", fake_run_cleanup)
     plan = [
         {
             "path": "/cache",
@@ -445,17 +445,29 @@ def test_make_room_runs_post_cleanup_on_short_filesystems(monkeypatch):
             "detail": "y",
         },
     ]
-    make_room({}, plan)
-    assert calls == [("post", 10, ["/cache"], False)]
+    assert make_room(clean_up, plan) == [{"freed": 0}]
+    assert calls == [(10, "/cache")]
 
 
-def test_make_room_unavailable_without_cleanup_module(monkeypatch):
+def test_make_room_unavailable_without_a_cleanup_stage():
     from runnerkeep.cache.save import make_room
     from runnerkeep.errors import FreeSpaceError
 
-    monkeypatch.setitem(sys.modules, "runnerkeep.cleanup", None)
     with pytest.raises(FreeSpaceError, match="unavailable"):
-        make_room({}, [{"ok": False, "path": "/x", "needed_bytes": 1}])
+        make_room(None, [{"ok": False, "path": "/x", "needed_bytes": 1}])
+
+
+def test_a_failing_cleanup_stage_is_a_free_space_error():
+    from runnerkeep.cache.save import make_room
+    from runnerkeep.errors import FreeSpaceError, LockHeldError
+
+    def clean_up(needed_bytes, path):
+        raise LockHeldError("a CI job holds the runner lock")
+
+    short = {"ok": False, "path": "/x", "needed_bytes": 9, "free_bytes": 1}
+    short.update(mount_point="/", detail="blobs")
+    with pytest.raises(FreeSpaceError, match="could not clean up: a CI job holds"):
+        make_room(clean_up, [short])
 
 
 def test_group_shared_store_keeps_subdirs_group_writable(tmp_path):
