@@ -20,6 +20,7 @@ from runnerkeep_cli.output import emit
 # Command group -> the module that defines it. Only the group being run is imported (the
 # others pull in the whole core: ~0.1 s of every hook's and restore's start-up).
 GROUPS = {
+    "admission": "runnerkeep_cli.commands_admission",
     "cache": "runnerkeep_cli.commands_cache",
     "cleanup": "runnerkeep_cli.commands_cleanup",
     "disk": "runnerkeep_cli.commands_disk",

@@ -378,6 +378,7 @@ CACHE = Object(
         "max_age": Optional(Duration(), empty_string=True),
         "quarantine_retention": Duration(),
         "verify_workers": Int(1, 64),
+        "scrub_period": Duration(positive=True),
         "service_socket": AbsPath(),
         "key_file": AbsPath(),
         "transfer_deadline": Duration(positive=True),
@@ -471,7 +472,29 @@ DISK = Object(
     "a JSON object (section disk)",
 )
 
-SECTIONS: dict[str, Object] = {"paths": PATHS, "cache": CACHE, "cleanup": CLEANUP, "disk": DISK}
+ADMISSION = Object(
+    {
+        "enabled": Bool(),
+        "agent_unit": Optional(
+            Text("a systemd service name such as gitlab-runner.service", no_slash=True)
+        ),
+        "settle_time": Duration(),
+        "deadline": Duration(positive=True),
+        "run_cleanup": Bool(),
+        "max_drained": Optional(Int(0, 1_000_000)),
+        "fleet_drained": Int(0, 1_000_000),
+        "socket": AbsPath(),
+    },
+    "a JSON object (section admission)",
+)
+
+SECTIONS: dict[str, Object] = {
+    "paths": PATHS,
+    "cache": CACHE,
+    "cleanup": CLEANUP,
+    "disk": DISK,
+    "admission": ADMISSION,
+}
 
 CONFIG = Object(
     {name: Optional(section) for name, section in SECTIONS.items()},

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from runnerkeep import schema
+from runnerkeep.admission import ADMISSION_DEFAULTS
 from runnerkeep.cache import CACHE_DEFAULTS
 from runnerkeep.cleanup import cleaners as files_cleaners
 from runnerkeep.cleanup import docker_cleaners
@@ -38,6 +39,7 @@ SUBSYSTEM_DEFAULTS = {
     "cache": CACHE_DEFAULTS,
     "cleanup": SECTION_DEFAULTS,
     "disk": DISK_DEFAULTS,
+    "admission": ADMISSION_DEFAULTS,
 }
 
 
@@ -89,7 +91,7 @@ BAD_VALUES = [
     ({"disk": {"largest_dirs": 2.5}}, "disk.largest_dirs", "whole number"),
     ({"disk": {"history_max_jobs": True}}, "disk.history_max_jobs", "whole number"),
     ({"disk": {"reserv": "5%"}}, "disk.reserv", "one of the keys"),
-    ({"clenaup": {}}, "clenaup", "one of the keys cache, cleanup, disk, paths"),
+    ({"clenaup": {}}, "clenaup", "one of the keys admission, cache, cleanup, disk, paths"),
     ({"cleanup": {"cross_filesystems": "no"}}, "cleanup.cross_filesystems", "true or false"),
     ({"cleanup": {"targets": {"pre": {"free": "lots"}}}}, "cleanup.targets.pre.free", "size"),
     ({"cleanup": {"targets": {"later": {}}}}, "cleanup.targets.later", "one of the keys"),
