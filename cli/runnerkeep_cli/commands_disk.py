@@ -188,6 +188,9 @@ def _watch_text(result: dict) -> str:
         hook = alert.get("webhook")
         status = "" if hook is None else (" [webhook ok]" if hook["ok"] else " [webhook FAILED]")
         lines.append(f"alert: {alert['message']}{status}")
+    drain = result.get("drain") or {}
+    if drain.get("action"):
+        lines.append(f"drain: {drain['action']}")
     if result["metrics_file"]:
         lines.append(f"metrics: {result['metrics_file']}")
     lines += [f"error: {e}" for e in result["errors"]]
@@ -196,10 +199,11 @@ def _watch_text(result: dict) -> str:
 
 def _watch_cycle(config: dict) -> dict:
     """One watch cycle; its emergency step runs the cleanup core's stage (budget targets)."""
+    from runnerkeep.admission import watch_drain
     from runnerkeep.disk.watch import run_watch
     from runnerkeep.wiring import run_cleanup
 
-    return run_watch(config, cleanup_func=run_cleanup)
+    return run_watch(config, cleanup_func=run_cleanup, drain_func=watch_drain)
 
 
 def disk_watch(args: argparse.Namespace) -> CommandResult:

@@ -14,8 +14,9 @@ import re
 import time
 from typing import Any
 
-from ..config import paths_of
+from ..config import paths_of, state_dir_of
 from ..docker_cli import DEFAULT_DOCKER_ROOT, docker_json_lines, docker_root_dir, run_docker
+from ..drain import DrainRecordError, read_drain
 from ..errors import DockerCommandError, RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..textutil import escape_text, table
@@ -210,9 +211,19 @@ def disk_report(
         report["docker"] = _docker_part(root_error, docker_verbose, limit, errors)
     if include_largest:
         report["largest_dirs"] = _largest_dirs_part(settings, limit)
+    report["drain"] = _drain_part(config, errors)
     report["errors"] = errors
     report["duration_seconds"] = round(time.monotonic() - started, 3)
     return report
+
+
+def _drain_part(config: dict[str, Any], errors: list[str]) -> dict[str, Any] | None:
+    """Admission control's drain record (None: never drained); a damaged one is an error."""
+    try:
+        return read_drain(state_dir_of(config))
+    except DrainRecordError as exc:
+        errors.append(f"drain: {exc}")
+        return {"error": str(exc)}
 
 
 def _docker_part(
@@ -270,6 +281,7 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines += _render_docker(docker, report["docker_root"])
     lines += _render_cache(report["cache"])
+    lines += _render_drain(report.get("drain"))
     for entry in report.get("largest_dirs", []):
         lines.append("")
         lines += _render_largest(entry)
@@ -277,6 +289,15 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append("")
         lines += [f"error: {escape_text(e)}" for e in report["errors"]]
     return "\n".join(lines)
+
+
+def _render_drain(record: dict[str, Any] | None) -> list[str]:
+    if not record or "error" in record:
+        return []  # never drained; an unusable record is in the errors
+    if not record["drained"]:
+        return ["", "runner: taking jobs"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["since"]))
+    return ["", f"runner: DRAINED since {when} ({escape_text(record['reason'])})"]
 
 
 def _render_filesystems(report: dict[str, Any]) -> list[str]:

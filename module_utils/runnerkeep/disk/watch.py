@@ -299,8 +299,15 @@ class WatchCycle:
     """One watch cycle. ``run`` reads as its list of steps; a step that fails adds a line to
     ``errors`` and the cycle goes on, so the metrics file is always written."""
 
-    def __init__(self, config: dict[str, Any], cleanup_func: Callable | None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        cleanup_func: Callable | None,
+        drain_func: Callable | None = None,
+    ) -> None:
         self.config = config
+        self.drain_func = drain_func
+        self.drain_result: dict[str, Any] | None = None
         self.settings = disk_settings(config)
         self.state_directory = state_dir_of(config)
         self.started = time.monotonic()
@@ -334,6 +341,7 @@ class WatchCycle:
         new = self.advance_state(state, previous, budget, inputs, now)
         changed = new != previous
         cleanup = self.emergency_step(state, budget, changed, now)
+        self.drain_step(state, now)
         # Alerts only now: protecting the disk never waits on a receiver.
         self.send_alerts(state)
         counters = self.count_events(state)
@@ -350,6 +358,7 @@ class WatchCycle:
             watched_paths=watched,
             spool=self.spool_result,
             records_skipped=self.records_skipped(),
+            drain=self.drain_result,
             run_time=now,
         )
         metrics_path = self.write_metrics(readings)
@@ -534,6 +543,30 @@ class WatchCycle:
             after = before  # freed bytes unknown: report 0 rather than fail the cycle
         return _cleanup_outcome(budget, before, after, duration, report)
 
+    def drain_step(self, state: dict[str, Any], now: float) -> None:
+        """Admission control's drain state (``admission.watch_drain``, handed in by the front
+        door): stop a drained runner's agent once no job holds the job lock, bring it back once
+        the state has been ok for the settle time. A stop or start is queued as an alert."""
+        if self.drain_func is None:
+            return
+        try:
+            result = self.drain_func(self.config, state, now)
+        except (RunnerkeepError, OSError) as exc:
+            self.errors.append(f"drain: {exc}")
+            return
+        self.drain_result = result
+        if result.get("error"):
+            self.errors.append(f"drain: {result['error']}")
+        if result.get("alert"):
+            body = self.body(
+                "runner_drain",
+                result["alert"],
+                drained=result["drained"],
+                unit=result.get("unit"),
+                reason=result.get("reason"),
+            )
+            self.queue(body, "warning" if result["drained"] else "ok")
+
     def count_events(self, state: dict[str, Any]) -> dict[str, Any]:
         """The event log's running totals, kept in the state (Prometheus counters)."""
         old_counters = state.get("counters") or {}
@@ -603,6 +636,7 @@ class WatchCycle:
             "filesystems": fs_list,
             "alerts": self.alerts,
             "emergency_cleanup": cleanup,
+            "drain": self.drain_result,
             "errors": self.errors,
             "budget_error": _budget_error(budget, self.errors),
             "metrics_file": metrics_path,
@@ -740,12 +774,18 @@ def _budget_error(budget: Budget | None, errors: list[str]) -> str | None:
     return next(failed, "the disk budget was not computed")
 
 
-def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -> dict[str, Any]:
+def run_watch(
+    config: dict[str, Any],
+    *,
+    cleanup_func: Callable | None = None,
+    drain_func: Callable | None = None,
+) -> dict[str, Any]:
     """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
 
     ``cleanup_func`` is the cleanup core's ``run_cleanup`` the emergency step calls (the front
     door passes ``runnerkeep.wiring.run_cleanup``; tests a fake); None: no emergency cleanup,
-    the cycle says so."""
+    the cycle says so. ``drain_func`` is admission control's drain step
+    (``runnerkeep.admission.watch_drain``); None: no drain state handled or reported."""
     state_directory = state_dir_of(config)
     fd = _open_watch_lock(state_directory)
     try:
@@ -758,7 +798,7 @@ def run_watch(config: dict[str, Any], *, cleanup_func: Callable | None = None) -
                     "reason": "another disk watch cycle is running",
                     "state": None,
                 }
-        return WatchCycle(config, cleanup_func).run()
+        return WatchCycle(config, cleanup_func, drain_func).run()
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):
