@@ -23,13 +23,9 @@ import time
 from typing import Any, Callable
 
 from .. import __version__, events, statefile
+from ..config import state_dir_of
 from ..errors import RunnerkeepError
 from ..textutil import escape_text
-
-try:
-    from ..config import state_dir_of
-except ImportError:  # before the core's config refactor (issue 15) lands: the old home
-    from ..disk.disk_config import state_dir as state_dir_of
 
 FACTS_FORMAT = 1
 DRAIN_FILE = "drain.json"

@@ -147,3 +147,21 @@ def test_last_cleanup_takes_the_newest_run_only():
         "cleaners": 2,
     }
     assert last_cleanup([]) is None
+
+
+def test_the_state_dir_comes_from_the_core_config_only():
+    """The fleet reader takes root's state dir from ``config.state_dir_of`` alone, not from
+    disk_config (whose old ``state_dir`` is gone: a fallback to it was dead code)."""
+    import ast
+
+    from runnerkeep import config
+
+    with open(host_facts.__file__, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = {
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level
+    }
+    assert "disk.disk_config" not in imported
+    assert host_facts.state_dir_of is config.state_dir_of
