@@ -29,6 +29,7 @@ from runnerkeep.cache import (
     verify_store,
 )
 from runnerkeep.cache.owner import drop_to_store_owner
+from runnerkeep.cache.scrub import report_lines as scrub_report_lines
 from runnerkeep.cache.trust import trust_from_env
 from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
@@ -127,6 +128,12 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("--key", help="only this key's entry and blobs")
     p.add_argument(
         "--repair", action="store_true", help="move bad entries and blobs to the quarantine"
+    )
+    p.add_argument(
+        "--max-duration",
+        metavar="DURATION",
+        help="scrub: re-hash the least recently verified blobs for at most this long (30m, 1h), "
+        "so that every blob is re-read within cache.scrub_period (the role's nightly timer)",
     )
 
     add(
@@ -353,6 +360,9 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
     store, config, _state = _context(args)
     store_dir = store.root
     settings = cache_settings(config)
+    max_duration = None
+    if args.max_duration is not None:
+        max_duration = parse_duration(args.max_duration, "--max-duration")
     progress = ProgressLine("verifying")
     try:
         report = verify_store(
@@ -361,9 +371,14 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
             workers=settings["verify_workers"],
             repair=args.repair,
             progress=progress,
+            max_duration=max_duration,
+            scrub_period=settings["scrub_period"],
         )
     finally:
         progress.close()
+    if report.get("scrub"):
+        code = EXIT_OK if report["ok"] else EXIT_CHECK_FAILED
+        return CommandResult(report, "\n".join(scrub_report_lines(report)), code)
     if report.get("empty"):
         text = f"nothing to verify: no cache entries or blobs in {report.get('dir', store_dir)}"
         return CommandResult(report, text, EXIT_OK)

@@ -32,6 +32,9 @@ CACHE_DEFAULTS: dict[str, Any] = {
     "quarantine_retention": "7d",
     # Threads hashing blobs in verify (the machine has 2 cores; hashlib releases the GIL).
     "verify_workers": 2,
+    # The scrub (cache verify --max-duration, the role's nightly timer) re-reads every blob at
+    # least this often.
+    "scrub_period": "7d",
     # The cache service's socket: CI jobs that cannot write the store go through it.
     "service_socket": "/run/runnerkeep/cache.sock",
     # HMAC key of the entries (readable by the store's owner only); absent: entries unsigned.
@@ -67,6 +70,7 @@ def cache_settings(
             section["quarantine_retention"], "cache.quarantine_retention"
         ),
         "verify_workers": _workers(section["verify_workers"]),
+        "scrub_period": _period(section["scrub_period"]),
         "transfer_deadline": parse_duration(
             section["transfer_deadline"], "cache.transfer_deadline"
         ),
@@ -89,6 +93,14 @@ def _workers(value: Any) -> int:
     if type(value) is not int or not 1 <= value <= 64:
         raise ConfigError(f"cache.verify_workers: expected an integer from 1 to 64, got {value!r}")
     return value
+
+
+def _period(value: Any) -> float:
+    """The scrub period: a duration above 0 (every blob re-read within it)."""
+    seconds = parse_duration(value, "cache.scrub_period")
+    if seconds <= 0:
+        raise ConfigError(f"cache.scrub_period: expected a duration above 0, got {value!r}")
+    return seconds
 
 
 def resolve_cache_dir(explicit: str | None, config: dict[str, Any]) -> str:
