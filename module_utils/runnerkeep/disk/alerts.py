@@ -20,6 +20,10 @@ line is the ``Authorization`` value, e.g. ``Bearer TOKEN``, or a whole ``Name: v
 goes with every POST, through the child's stdin like the URL, and is redacted like it. Redirects
 are not followed: a credential (the header, or the URL's userinfo) must never be sent on to
 another address.
+
+URL and header are one ``WebhookTarget``, resolved together by ``webhook_target`` and posted
+whole by ``post_to``: a caller that resolves only the URL would silently drop the credential
+(every POST then a 401), so there is no way to hold one without the other.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..secrets import MIN_SECRET_LEN, read_secret_file, redact_data, url_secrets
+from ..secrets import MIN_SECRET_LEN, read_secret_file, redact_data, url_secrets, webhook_url
 
 PRIORITIES = {
     "ok": "notice",
@@ -185,6 +190,25 @@ def post_webhook(
         url, with_text(body), headers=headers, timeout=timeout, retries=retries, deadline=deadline
     )
     return redact_data(result, [*url_secrets(url), *header_secrets(auth_header)])
+
+
+def post_to(
+    target: WebhookTarget,
+    body: dict[str, Any],
+    *,
+    timeout: float,
+    retries: int,
+    deadline: float,
+) -> dict[str, Any]:
+    """``post_webhook`` to a resolved target: its URL with its header, redacted with both."""
+    return post_webhook(
+        target.url,
+        body,
+        timeout=timeout,
+        retries=retries,
+        deadline=deadline,
+        auth_header=target.auth_header,
+    )
 
 
 def _post(
@@ -349,3 +373,35 @@ def header_secrets(header: tuple[str, str] | None) -> list[str]:
     value = header[1]
     found = {value, value.split(None, 1)[-1]}
     return sorted((s for s in found if len(s) >= MIN_SECRET_LEN), key=len, reverse=True)
+
+
+# --- the target: URL and header, resolved together ----------------------------------------
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where the alerts go: the URL and the optional auth header, both secrets."""
+
+    url: str
+    auth_header: tuple[str, str] | None = None
+
+    def secrets(self) -> list[str]:
+        """Everything of the URL and the header that must never be shown, longest first."""
+        found = set(url_secrets(self.url)) | set(header_secrets(self.auth_header))
+        return sorted(found, key=len, reverse=True)
+
+    def __repr__(self) -> str:
+        # A target in a traceback or a debug print must not show its secrets.
+        header = f"{self.auth_header[0]}: ***" if self.auth_header else None
+        return f"WebhookTarget(url=<redacted>, auth_header={header!r})"
+
+
+def webhook_target(settings: dict[str, Any]) -> WebhookTarget | None:
+    """The webhook to post to (``disk.webhook_url`` or ``disk.webhook_url_file``, with
+    ``disk.webhook_auth_header_file``), or None when no URL is set; ConfigError naming the
+    unusable setting or file, never a file's content. The header goes only where the URL goes:
+    without a URL its file is not even read."""
+    url = webhook_url(settings)
+    if not url:
+        return None
+    return WebhookTarget(url, webhook_auth_header(settings))

@@ -42,9 +42,11 @@ Job hooks running as the CI user leave their records in the spool: each cycle fi
 finished jobs' records into the history (before the budget, which uses them) and their event
 lines into the event log (``history.ingest_spool``, ``events.ingest_spool``).
 
-Secrets: the webhook URL may carry a token. Every message, syslog line, state field and
-``--json`` field of the cycle goes through ``secrets.redact_text`` with the URL's secrets; the
-URL itself is shown only as ``secrets.redact_url``.
+Secrets: the webhook URL may carry a token, and the auth header (``disk.webhook_auth_header_file``)
+is one. Both are resolved together as one ``alerts.WebhookTarget`` and posted whole. Every
+message, syslog line, state field and ``--json`` field of the cycle goes through
+``secrets.redact_text`` with the target's secrets; the URL itself is shown only as
+``secrets.redact_url``.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from ..config import state_dir_of
 from ..docker_cli import DEFAULT_DOCKER_ROOT, docker_root_of, engine_info
 from ..errors import ConfigError, LockHeldError, RunnerkeepError
 from ..fsutil import atomic_write, filesystem_usage
-from ..secrets import redact_data, redact_text, redact_url, url_secrets, webhook_url
+from ..secrets import redact_data, redact_text, redact_url, url_secrets
 from ..spool import spool_dir_of
 from ..textutil import escape_text
 from ..units import format_size
@@ -320,13 +322,14 @@ class WatchCycle:
         self.skipped_before = statefile.skipped_totals()
         self.spool_result: dict[str, Any] | None = None
         self.secrets = url_secrets(self.settings.get("webhook_url"))
+        self.target: alerts.WebhookTarget | None = None
         try:
-            self.url = webhook_url(self.settings)
+            self.target = alerts.webhook_target(self.settings)
         except ConfigError as exc:
             # The disk still needs watching: the cycle runs, without the webhook, and says so.
-            self.url = None
             self.errors.append(f"webhook: {redact_text(exc, self.secrets)}")
-        self.secrets = sorted(set(self.secrets) | set(url_secrets(self.url)), key=len)[::-1]
+        if self.target:
+            self.secrets = sorted(set(self.secrets) | set(self.target.secrets()), key=len)[::-1]
         last_secrets[:] = self.secrets
 
     # the cycle, step by step
@@ -352,7 +355,7 @@ class WatchCycle:
             counters=counters,
             budget=budget,
             inputs=inputs,
-            webhook_configured=bool(self.url),
+            webhook_configured=self.target is not None,
             docker=docker,
             filesystems=fs_list,
             watched_paths=watched,
@@ -683,10 +686,10 @@ class WatchCycle:
             sent["syslog"] = self.syslog(body["message"], severity)
             key = "syslog:sent"
             counts[key] = counts.get(key, 0) + 1
-        url = self.url
-        if url:
+        target = self.target
+        if target:
             result = self._post(
-                body, as_int(self.settings["webhook_retries"], "disk.webhook_retries")
+                target, body, as_int(self.settings["webhook_retries"], "disk.webhook_retries")
             )
             sent["webhook"] = result
             key = "webhook:sent" if result["ok"] else "webhook:failed"
@@ -697,7 +700,7 @@ class WatchCycle:
                 pending.append(body)
                 del pending[:-PENDING_WEBHOOK_ALERTS]
                 message = self.redact(
-                    f"disk watch: webhook {redact_url(url)} failed after "
+                    f"disk watch: webhook {redact_url(target.url)} failed after "
                     f"{result['attempts']} attempt(s): {result['error']}; "
                     "kept to send again next cycle"
                 )
@@ -714,17 +717,17 @@ class WatchCycle:
         the round so a dead receiver costs one timeout per cycle, not one per alert.
         """
         pending = state.get("webhook_pending") or []
-        url = self.url
-        if not pending or not url:
+        target = self.target
+        if not pending or not target:
             return
         counts = state.setdefault("alert_counts", {})
         while pending:
             body = dict(pending[0], resent=True, resent_time=time.time())
-            result = self._post(body, retries=0)
+            result = self._post(target, body, retries=0)
             if not result["ok"]:
                 self.errors.append(
                     self.redact(
-                        f"disk watch: webhook {redact_url(url)} still failing "
+                        f"disk watch: webhook {redact_url(target.url)} still failing "
                         f"({result['error']}); {len(pending)} alert(s) waiting"
                     )
                 )
@@ -735,10 +738,13 @@ class WatchCycle:
             state["webhook_ok"] = True
             self.alerts.append({"message": body["message"], "event": body["event"], "resent": True})
 
-    def _post(self, body: dict[str, Any], retries: int) -> dict[str, Any]:
-        """POST ``body`` to the webhook within the cycle's deadline (``alerts.post_webhook``)."""
-        result = alerts.post_webhook(
-            self.url,
+    def _post(
+        self, target: alerts.WebhookTarget, body: dict[str, Any], retries: int
+    ) -> dict[str, Any]:
+        """POST ``body`` to the webhook target (URL with its header) within the cycle's
+        deadline (``alerts.post_to``)."""
+        result = alerts.post_to(
+            target,
             body,
             timeout=seconds(self.settings, "webhook_timeout"),
             retries=retries,

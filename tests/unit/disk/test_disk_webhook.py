@@ -153,8 +153,10 @@ def test_alerts_a_dead_webhook_missed_are_sent_next_cycle_in_order(
 
 
 @contextlib.contextmanager
-def recording_server(status=204, location=None):
-    """A loopback server that records (headers, body) of each POST and answers ``status``."""
+def recording_server(status=204, location=None, require=None):
+    """A loopback server that records (headers, body) of each POST and answers ``status``;
+    with ``require`` (name, value), 401 to a POST without that header, as an authenticated
+    receiver does."""
     import http.server
     import threading
 
@@ -163,7 +165,8 @@ def recording_server(status=204, location=None):
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length))
             self.server.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(status)
+            allowed = require is None or self.headers.get(require[0]) == require[1]
+            self.send_response(status if allowed else 401)
             if location:
                 self.send_header("Location", location)
             self.send_header("Content-Length", "0")
@@ -304,3 +307,100 @@ def test_an_unusable_auth_header_file_is_a_config_error_without_its_content(
 def test_a_missing_auth_header_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         alerts.webhook_auth_header({"webhook_auth_header_file": str(tmp_path / "nope")})
+
+
+# --- the watch sends the header: URL and header are one target ------------------------------
+
+TOKEN = "s3cr3t-xyz-0123456789"
+
+
+def everything_written(config, result, syslog_calls) -> str:
+    """All the watch showed or kept: its --json result, state dir, metrics and syslog lines."""
+    texts = [json.dumps(result), json.dumps(syslog_calls)]
+    for directory in (config["paths"]["state_dir"], config["disk"]["textfile_dir"]):
+        for base, _dirs, files in os.walk(directory):
+            for name in files:
+                with open(os.path.join(base, name), "rb") as handle:
+                    texts.append(handle.read().decode("utf-8", errors="replace"))
+    return "\n".join(texts)
+
+
+def test_the_watch_posts_with_the_auth_header_and_never_shows_it(
+    make_config, fake_disk, syslog_calls, tmp_path
+):
+    from runnerkeep.disk import watch as watch_mod
+
+    header_file = secret_file(tmp_path, "Bearer wrong-token-00000000\n")
+    with recording_server(require=("Authorization", f"Bearer {TOKEN}")) as server:
+        config = make_config(
+            webhook_url=server.url,
+            webhook_auth_header_file=header_file,
+            webhook_timeout="5s",
+            webhook_retries=0,
+        )
+        fake_disk.free_bytes = 24 * GiB  # ok -> warning: one alert, refused (wrong token)
+        first = run_watch(config)
+        assert not first["alerts"][0]["webhook"]["ok"]
+        assert first["alerts"][0]["webhook"]["status"] == 401
+        with open(header_file, "w", encoding="utf-8") as handle:
+            handle.write(f"Bearer {TOKEN}\n")
+        fake_disk.free_bytes = 14 * GiB  # warning -> critical: the missed one resent, then this
+        second = run_watch(config)
+    assert [h.get("authorization") for h, _body in server.requests] == [
+        "Bearer wrong-token-00000000",
+        f"Bearer {TOKEN}",
+        f"Bearer {TOKEN}",
+    ]
+    assert [(b["state"], b.get("resent", False)) for _h, b in server.requests[1:]] == [
+        ("warning", True),
+        ("critical", False),
+    ]
+    assert second["alerts"][-1]["webhook"]["ok"]
+    assert not any("webhook" in e for e in second["errors"])
+    assert metric_value(metrics(config), "runnerkeep_disk_webhook_up") == 1
+    # The CLI redacts what it prints with the cycle's secrets: the header's are among them.
+    assert TOKEN in watch_mod.last_secrets
+    assert TOKEN not in everything_written(config, second, syslog_calls)
+
+
+@pytest.mark.parametrize(
+    ("make_header_file", "says"),
+    [
+        (lambda tmp: secret_file(tmp, f"Bearer {TOKEN}", 0o644), "accessible to group or other"),
+        (lambda tmp: "/dev/zero", "is a device, not a regular file"),
+        (lambda tmp: (os.mkfifo(tmp / "fifo", 0o600), str(tmp / "fifo"))[1], "is a FIFO"),
+        (lambda tmp: str(tmp / "missing"), "does not exist"),
+    ],
+)
+def test_an_unusable_header_file_is_one_webhook_config_error_and_no_post(
+    make_config, fake_disk, syslog_calls, tmp_path, make_header_file, says
+):
+    header_file = make_header_file(tmp_path)
+    with recording_server() as server:
+        config = make_config(webhook_url=server.url, webhook_auth_header_file=header_file)
+        fake_disk.free_bytes = 24 * GiB
+        result = run_watch(config)
+    assert server.requests == []  # never a POST without the credential the config asks for
+    webhook_errors = [e for e in result["errors"] if e.startswith("webhook: ")]
+    assert len(webhook_errors) == 1
+    assert webhook_errors[0].startswith("webhook: disk.webhook_auth_header_file: ")
+    assert says in webhook_errors[0] and header_file in webhook_errors[0]
+    # The disk is still watched: the state moved, syslog has the alert, metrics are written.
+    assert result["state"] == "warning"
+    assert any("warning" in m for _s, m in syslog_calls)
+    assert metric_value(metrics(config), "runnerkeep_disk_state", state="warning") == 1
+    assert TOKEN not in everything_written(config, result, syslog_calls)
+
+
+def test_the_target_holds_url_and_header_and_their_secrets(tmp_path):
+    settings = {
+        "webhook_url": "https://hooks.example/services/T0/B0/url-token-abcdef",
+        "webhook_auth_header_file": secret_file(tmp_path, f"X-Key: {TOKEN}"),
+    }
+    target = alerts.webhook_target(settings)
+    assert target.url == settings["webhook_url"]
+    assert target.auth_header == ("X-Key", TOKEN)
+    assert TOKEN in target.secrets() and "url-token-abcdef" in target.secrets()
+    assert TOKEN not in repr(target) and "url-token" not in repr(target)
+    # no URL: no target, and the header file is not even read
+    assert alerts.webhook_target({"webhook_auth_header_file": "/dev/zero"}) is None
