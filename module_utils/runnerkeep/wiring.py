@@ -7,14 +7,15 @@ other (tools/structure_check.py checks it). The three things one needs of anothe
 - a cleanup stage's targets on the budget's filesystem: the disk budget's (``run_cleanup``);
 - the cache's ``--make-room``: the post-build cleanup stage (``make_room``); the watch's
   emergency step: the emergency stage (the front door passes ``run_cleanup`` to
-  ``disk.watch.run_watch``).
+  ``disk.watch.run_watch``);
+- the watch's cache scrub metrics: the scrub's summary in the store (``scrub_status``).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from .cache import cache_config
+from .cache import cache_config, scrub
 from .cleanup import stages
 from .cleanup.report import CleanupReport
 from .disk.budget import cache_quota, cleanup_targets
@@ -48,3 +49,15 @@ def make_room(config: dict[str, Any]) -> MakeRoom:
         )
 
     return post_stage
+
+
+def scrub_status(config: dict[str, Any]) -> Callable[[float], dict[str, Any] | None]:
+    """The cache scrub's summary at a time (``cache.scrub.read_scrub_status``: the oldest
+    unverified blob's age then, the scrub's totals; None when the store was never scrubbed),
+    for the watch's metrics. It only reads: the watch runs as root, the store is its owner's."""
+    store_dir = cache_config.resolve_cache_dir(None, config)
+
+    def status(now: float) -> dict[str, Any] | None:
+        return scrub.read_scrub_status(store_dir, now)
+
+    return status
