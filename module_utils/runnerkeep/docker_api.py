@@ -10,6 +10,14 @@ or ``unix://``, no context selected), save reads ``GET /images/get`` and restore
 which images the daemon holds) skip the CLI's start-up as well; with a context, TCP, TLS or ssh
 everything uses the CLI, which knows how to reach those.
 
+Nothing here waits without a bound: a question and its whole answer get ANSWER_TIMEOUT (the
+CLI's own timeout, so the socket is never looser than the ``docker`` commands it replaces), and
+the two streams an inactivity timeout (STREAM_IDLE_TIMEOUT, the cache service's): an engine that
+accepts and then says nothing, or stops in the middle of an export or a load, is EngineStalled,
+a DockerCommandError naming the engine and what stalled. What the engine answers is checked for
+the shape runnerkeep reads (``_checked_image``, ``engine_info``): anything else is a
+DockerCommandError too, never an AttributeError further on.
+
 Requests that read an answer to its end are HTTP/1.0: the engine then sends the body as it is
 and closes, with no chunk framing to take apart (an export is ~35,000 chunks of 32 KiB). A cut
 body is caught by whoever reads it: the archive reader needs the end-of-archive marker and
@@ -23,10 +31,13 @@ import json
 import os
 import queue
 import socket
+import struct
 import threading
+import time
 from typing import Any, Callable
 from urllib.parse import quote
 
+from .docker_cli import DEFAULT_TIMEOUT
 from .errors import DockerCommandError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -42,6 +53,17 @@ MAX_HEAD = 64 << 10  # status line and headers
 MAX_JSON_BODY = 64 << 20  # image lists of big hosts are a few MiB
 MAX_ERROR_TAIL = 64 << 10  # what is read after a broken export to find the engine's error
 ERROR_TAIL_WAIT = 2.0  # seconds
+# Bounds on waiting for the engine. Read at call time, so a test can make them small.
+ANSWER_TIMEOUT = DEFAULT_TIMEOUT  # seconds for connect, question and its whole answer
+STREAM_IDLE_TIMEOUT = 60.0  # seconds without a byte moving, as the cache service's pump
+# After the last byte of a load the engine registers the layers it lacks before it answers
+# (nothing is sent meanwhile): the wait for its answer grows with the archive at this rate,
+# a slow disk's, on top of ANSWER_TIMEOUT.
+LOAD_MIN_RATE = 10 << 20  # bytes per second
+
+
+class EngineStalled(DockerCommandError):
+    """The engine stopped answering, or stopped moving a stream, within its timeout."""
 
 
 class EngineSocketUnavailable(Exception):
@@ -77,31 +99,77 @@ def _configured_context() -> str | None:
 # ---------------------------------------------------------------------------------------
 # requests that read an answer
 # ---------------------------------------------------------------------------------------
-def _connect(socket_path: str) -> socket.socket:
+def _engine(socket_path: str) -> str:
+    return f"the Docker engine at unix://{socket_path}"
+
+
+def _connect(socket_path: str, timeout: float) -> socket.socket:
+    """A connected socket, in timeout mode (``timeout`` seconds per call until changed)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     try:
         sock.connect(socket_path)
+    except socket.timeout:
+        sock.close()
+        raise EngineStalled(
+            f"{_engine(socket_path)} did not take the connection within {timeout:g}s"
+        ) from None
     except OSError as exc:
         sock.close()
         raise EngineSocketUnavailable(f"{socket_path}: {exc.strerror or exc}") from None
     return sock
 
 
+class _Deadline:
+    """One bound for a whole exchange: each socket call gets what is left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def arm(self, sock: socket.socket) -> None:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        sock.settimeout(left)
+
+
+def _stream_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """A blocking socket whose send (SO_SNDTIMEO) or receive (SO_RCVTIMEO) gives up after
+    ``seconds`` without progress: the call returns what moved so far, or fails with EAGAIN
+    when nothing did. Blocking, not Python's timeout mode: the export's MSG_WAITALL reads and
+    the load's os.write on the fd need a blocking socket."""
+    sock.settimeout(None)
+    whole = int(seconds)
+    sock.setsockopt(
+        socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    )
+
+
 class _Answer:
     """Status and headers of an HTTP answer, and the body bytes that came with them."""
 
-    def __init__(self, status: int, reason: str, headers: dict[str, str], rest: bytes) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: dict[str, str],
+        rest: bytes,
+        deadline: _Deadline | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
         self.rest = rest
+        self.deadline = deadline  # what bounds reading the rest of the answer
 
 
-def _read_head(sock: socket.socket) -> _Answer:
+def _read_head(sock: socket.socket, deadline: _Deadline) -> _Answer:
     data = bytearray()
     while b"\r\n\r\n" not in data:
         if len(data) > MAX_HEAD:
             raise DockerCommandError("the Docker engine's answer has no end of headers")
+        deadline.arm(sock)
         chunk = sock.recv(65536)
         if not chunk:
             raise DockerCommandError("the Docker engine closed the connection without answering")
@@ -117,14 +185,16 @@ def _read_head(sock: socket.socket) -> _Answer:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return _Answer(status, parts[2] if len(parts) > 2 else "", headers, rest)
+    return _Answer(status, parts[2] if len(parts) > 2 else "", headers, rest, deadline)
 
 
 def _request(socket_path: str, method: str, target: str) -> tuple[socket.socket, _Answer]:
     """Send ``METHOD target`` (HTTP/1.0, no body) and read the answer's head; the caller closes
-    the socket."""
-    sock = _connect(socket_path)
+    the socket. The answer's ``deadline`` (ANSWER_TIMEOUT from now) bounds reading its body."""
+    deadline = _Deadline(ANSWER_TIMEOUT)
+    sock = _connect(socket_path, deadline.seconds)
     try:
+        deadline.arm(sock)
         sock.sendall(
             (
                 f"{method} {target} HTTP/1.0\r\nHost: docker\r\nUser-Agent: runnerkeep\r\n"
@@ -132,13 +202,22 @@ def _request(socket_path: str, method: str, target: str) -> tuple[socket.socket,
                 + "\r\n"
             ).encode("ascii")
         )
-        return sock, _read_head(sock)
+        return sock, _read_head(sock, deadline)
+    except socket.timeout:
+        sock.close()
+        raise _no_answer(socket_path, f"{method} {target}", deadline) from None
     except OSError as exc:
         sock.close()
         raise EngineSocketUnavailable(f"{socket_path}: {exc.strerror or exc}") from None
     except BaseException:
         sock.close()
         raise
+
+
+def _no_answer(socket_path: str, what: str, deadline: _Deadline) -> EngineStalled:
+    return EngineStalled(
+        f"{_engine(socket_path)} did not answer {what[:200]} within {deadline.seconds:g}s"
+    )
 
 
 def _read_body(sock: socket.socket, answer: _Answer, limit: int) -> bytes:
@@ -148,6 +227,8 @@ def _read_body(sock: socket.socket, answer: _Answer, limit: int) -> bytes:
     while want is None or len(body) < want:
         if len(body) > limit:
             raise DockerCommandError(f"the Docker engine's answer is larger than {limit} bytes")
+        if answer.deadline is not None:
+            answer.deadline.arm(sock)
         chunk = sock.recv(1 << 20)
         if not chunk:
             break
@@ -163,6 +244,8 @@ def get_json(socket_path: str, target: str, method: str = "GET") -> tuple[int, A
     with sock:
         try:
             body = _read_body(sock, answer, MAX_JSON_BODY)
+        except socket.timeout:
+            raise _no_answer(socket_path, f"{method} {target}", answer.deadline) from None
         except OSError as exc:
             raise DockerCommandError(f"the Docker engine stopped answering: {exc}") from None
     try:
@@ -202,7 +285,38 @@ def inspect_image(socket_path: str, ref: str) -> dict[str, Any] | None:
         return None
     if status != 200 or not isinstance(data, dict):
         raise DockerCommandError(f"image inspect {ref} failed: {_message(status, data)}")
+    return _checked_image(data, ref)
+
+
+def _checked_image(data: dict[str, Any], ref: str) -> dict[str, Any]:
+    """``data`` once the fields runnerkeep reads have their types (Id: a string, RepoTags: a
+    list of strings, RootFS.Layers: a list of strings, Size: a count); DockerCommandError
+    otherwise: a daemon that answers in another shape is not one we can trust to say more."""
+    rootfs = data.get("RootFS")
+    problem = None
+    if not isinstance(data.get("Id"), str) or not data["Id"]:
+        problem = "no Id"
+    elif not _strings_or_none(data.get("RepoTags")):
+        problem = "RepoTags is not a list of names"
+    elif rootfs is not None and not isinstance(rootfs, dict):
+        problem = "RootFS is not an object"
+    elif rootfs is not None and not _strings_or_none(rootfs.get("Layers")):
+        problem = "RootFS.Layers is not a list of digests"
+    elif not _count_or_none(data.get("Size")):
+        problem = "Size is not a byte count"
+    if problem:
+        raise DockerCommandError(
+            f"image inspect {ref}: the Docker engine's answer is malformed ({problem})"
+        )
     return data
+
+
+def _strings_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _count_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 def inspect_images(socket_path: str, refs: list[str]) -> list[dict[str, Any]]:
@@ -222,6 +336,11 @@ def engine_info(socket_path: str) -> dict[str, Any]:
     status, data = get_json(socket_path, "/info")
     if status != 200 or not isinstance(data, dict):
         raise DockerCommandError(f"engine info failed: {_message(status, data)}")
+    for name in ("ServerVersion", "DockerRootDir"):
+        if not isinstance(data.get(name), (str, type(None))):
+            raise DockerCommandError(
+                f"engine info: the Docker engine's answer is malformed ({name} is not a string)"
+            )
     return data
 
 
@@ -241,7 +360,11 @@ def list_image_ids(socket_path: str) -> list[str]:
     status, data = get_json(socket_path, "/images/json?all=1")
     if status != 200 or not isinstance(data, list):
         raise DockerCommandError(f"image list failed: {_message(status, data)}")
-    return [str(item["Id"]) for item in data if isinstance(item, dict) and item.get("Id")]
+    if not all(isinstance(item, dict) and isinstance(item.get("Id"), str) for item in data):
+        raise DockerCommandError(
+            "image list: the Docker engine's answer is malformed (an image without Id)"
+        )
+    return [item["Id"] for item in data if item["Id"]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,9 +386,19 @@ class ImageExport:
     """
 
     def __init__(
-        self, sock: socket.socket, first: bytes, buffers: int = READ_AHEAD, size: int = READ_SIZE
+        self,
+        sock: socket.socket,
+        first: bytes,
+        buffers: int = READ_AHEAD,
+        size: int = READ_SIZE,
+        engine: str = "the Docker engine",
     ) -> None:
         self.sock = sock
+        self.engine = engine
+        self.idle = STREAM_IDLE_TIMEOUT
+        # A read that waits this long for its first byte fails with EAGAIN (see _drain); one
+        # that got some returns them. So a silent engine ends the export within 2 * idle.
+        _stream_timeout(sock, socket.SO_RCVTIMEO, self.idle)
         self.pending = memoryview(first)  # received, not yet handed to the reader
         self.pending_index: int | None = None  # the buffer ``pending`` lies in
         self.ended = False
@@ -291,6 +424,12 @@ class ImageExport:
                 self.filled.put((index, count))
                 if count == 0:
                     return
+        except BlockingIOError:
+            self.filled.put(
+                EngineStalled(
+                    f"{self.engine} stopped sending the image export (nothing for {self.idle:g}s)"
+                )
+            )
         except OSError as exc:
             self.filled.put(exc)
 
@@ -335,7 +474,7 @@ class ImageExport:
             while len(seen) < MAX_ERROR_TAIL and self._next_buffer(timeout=ERROR_TAIL_WAIT):
                 seen += self.pending
                 self.pending = memoryview(b"")
-        except (OSError, queue.Empty):
+        except (OSError, queue.Empty, EngineStalled):
             pass
         return _stream_error(bytes(seen))
 
@@ -363,7 +502,11 @@ def _stream_error(data: bytes) -> str | None:
         item = json.loads(line)
     except ValueError:
         return line[:500].decode("utf-8", "replace").strip()
-    return str(item.get("error") or item.get("errorDetail", {}).get("message") or "").strip()
+    if not isinstance(item, dict):
+        return line[:500].decode("utf-8", "replace").strip()
+    detail = item.get("errorDetail")
+    message = item.get("error") or (detail.get("message") if isinstance(detail, dict) else detail)
+    return str(message or "").strip()[:2000]
 
 
 def export_images(socket_path: str, refs: list[str]) -> ImageExport:
@@ -382,7 +525,7 @@ def export_images(socket_path: str, refs: list[str]) -> ImageExport:
     except BaseException:
         sock.close()
         raise
-    return ImageExport(sock, answer.rest)
+    return ImageExport(sock, answer.rest, engine=_engine(socket_path))
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,33 +537,53 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
     Returns the engine's messages ("Loaded image: ..."). An exception from ``write_body``
     closes the connection before the body is complete: the engine sees a cut archive (no
     ``manifest.json``) and tags nothing. Raises EngineSocketUnavailable when the socket cannot
-    be connected, DockerCommandError when the engine refuses the archive.
+    be connected, DockerCommandError when the engine refuses the archive, EngineStalled when it
+    stops reading the archive for STREAM_IDLE_TIMEOUT or does not answer in time after it.
     """
-    sock = _connect(socket_path)
+    engine = _engine(socket_path)
+    sock = _connect(socket_path, ANSWER_TIMEOUT)
     try:
+        idle = STREAM_IDLE_TIMEOUT
+        _stream_timeout(sock, socket.SO_SNDTIMEO, idle)
         enlarge_send_buffer(sock)
-        sock.sendall(
-            (
-                "POST /images/load?quiet=1 HTTP/1.1\r\n"
-                "Host: docker\r\n"
-                "User-Agent: runnerkeep\r\n"
-                "Content-Type: application/x-tar\r\n"
-                f"Content-Length: {length}\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode("ascii")
-        )
         try:
+            sock.sendall(_load_head(length))
             sent = write_body(sock.fileno())
         except (BrokenPipeError, ConnectionResetError):
             # The engine stopped reading: its answer says why.
+            sock.settimeout(ANSWER_TIMEOUT)
             raise DockerCommandError(f"docker load stopped early: {_answer(sock)}") from None
+        except BlockingIOError:
+            raise EngineStalled(
+                f"{engine} stopped reading the image archive (nothing for {idle:g}s)"
+            ) from None
         if sent != length:
             raise DockerCommandError(
                 f"internal error: the archive was {sent} bytes, announced as {length}"
             )
-        return _answer(sock, raise_errors=True)
+        # The engine answers once it has registered what it lacks: time that grows with the
+        # archive (each wait for a piece of the answer gets this long).
+        wait = ANSWER_TIMEOUT + length / LOAD_MIN_RATE
+        sock.settimeout(wait)
+        try:
+            return _answer(sock, raise_errors=True)
+        except socket.timeout:
+            raise EngineStalled(
+                f"{engine} did not answer the image load within {wait:.0f}s of its end"
+            ) from None
     finally:
         sock.close()
+
+
+def _load_head(length: int) -> bytes:
+    return (
+        "POST /images/load?quiet=1 HTTP/1.1\r\n"
+        "Host: docker\r\n"
+        "User-Agent: runnerkeep\r\n"
+        "Content-Type: application/x-tar\r\n"
+        f"Content-Length: {length}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
 
 
 def enlarge_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> int:
@@ -445,7 +608,11 @@ def _answer(sock: socket.socket, raise_errors: bool = False) -> str:
     response = http.client.HTTPResponse(sock)
     try:
         response.begin()
-        body = response.read().decode("utf-8", "replace")
+        body = response.read(MAX_JSON_BODY).decode("utf-8", "replace")
+    except socket.timeout:
+        if raise_errors:
+            raise  # the caller says which engine and how long
+        return "no answer from the engine in time"
     except (OSError, http.client.HTTPException) as exc:
         if raise_errors:
             raise DockerCommandError(f"docker load: no answer from the engine ({exc})") from None

@@ -11,7 +11,12 @@ import time
 from typing import Any, Callable
 
 from .. import docker_api
-from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engine_socket
+from ..docker_api import (
+    EngineSocketUnavailable,
+    EngineStalled,
+    load_image_archive,
+    local_engine_socket,
+)
 from ..docker_cli import docker_binary, engine_info, run_docker
 from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepError
 from ..events import record_event
@@ -27,7 +32,6 @@ from .store import (
     CorruptEntry,
     Store,
     as_store,
-    entry_blobs,
     entry_name,
     validate_key,
 )
@@ -172,11 +176,11 @@ def restore_entry(
             result.update(result="hit", loaded=False, retagged=retagged, bytes_loaded=0)
         elif dry_run:
             held = _blobs_held_if_local(entry)  # asking the daemon changes nothing
-            size = sum(entry_blobs(entry).values()) - sum(held.values())
             result.update(
                 result="would_load",
                 loaded=False,
-                bytes_loaded=size,
+                # what the load would send: the archive _send_archive (or the CLI) writes
+                bytes_loaded=entry_archive_length(entry, held),
                 bytes_left_out=sum(held.values()),
             )
             return result
@@ -281,6 +285,8 @@ def _load_through_socket(
                 "bytes_left_out": sum(left_out.values()),
                 "layers_left_out": len(left_out),
             }
+        except EngineStalled:
+            raise  # an engine that stopped would stop again: the whole archive cannot help
         except DockerCommandError as exc:
             refused = str(exc)
     sent = _send_archive(socket_path, store, entry, progress, {})
@@ -304,8 +310,12 @@ def _blobs_held_if_local(entry: dict[str, Any]) -> dict[str, int]:
 def _blobs_the_daemon_holds(socket_path: str, entry: dict[str, Any]) -> dict[str, int]:
     try:
         return blobs_held(entry, held_chains(socket_path, entry_chains(entry)))
+    except EngineStalled:
+        raise  # not an engine that would not say: one that does not answer at all
     except DockerCommandError:
-        return {}  # the engine would not say: the whole archive, which only costs time
+        # The engine would not say (or said it in a shape we cannot read): the whole archive,
+        # which only costs time.
+        return {}
 
 
 def _send_archive(

@@ -14,6 +14,10 @@ sent, so a test can check the bytes on the wire (which layers were sent, Content
   containerd image store); registers the images and their chains.
 - ``GET /images/get?names=...``: the archive set with ``set_export`` (optionally cut short
   with an error written into the stream, as an engine failing mid-export does).
+- ``set_stall(part, stage)``: the request whose request line holds ``part`` stalls at
+  ``stage``: "head" (no answer at all), "mid" (half the answer, or for a load half the body
+  read), "after" (the whole answer and then the connection held open; for a load the body read
+  and no answer). A stalled handler waits until ``close()`` (at most STALL_LIMIT seconds).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+STALL_LIMIT = 60.0  # seconds a stalled handler waits for close(): no thread outlives a test
 
 
 def sha(data: bytes) -> str:
@@ -55,6 +61,8 @@ class FakeEngine:
         self.export_error: str | None = None
         self.lock = threading.Lock()
         self.recorded = threading.Condition()
+        self.stall: tuple[str, str] | None = None
+        self.released = threading.Event()
         engine = self
 
         class Handler(_Handler):
@@ -65,6 +73,7 @@ class FakeEngine:
         self.thread.start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -90,6 +99,17 @@ class FakeEngine:
         with self.recorded:
             self.recorded.wait_for(lambda: len(self.loads) >= count, timeout=limit)
             return list(self.loads)
+
+    def set_stall(self, part: str, stage: str) -> None:
+        assert stage in ("head", "mid", "after")
+        self.stall = (part, stage)
+
+    def stalls(self, requestline: str, stage: str) -> bool:
+        """True (after holding the connection until close) when this request stalls here."""
+        if self.stall is None or self.stall[0] not in requestline or self.stall[1] != stage:
+            return False
+        self.released.wait(STALL_LIMIT)
+        return True
 
     def set_export(self, archive: bytes, cut: int | None = None, error: str | None = None):
         self.export, self.export_cut, self.export_error = archive, cut, error
@@ -144,15 +164,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, data) -> None:
         body = json.dumps(data).encode()
+        fake, line = self.fake, self.requestline
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        if not (fake.stall and fake.stall[1] == "after" and fake.stall[0] in line):
+            self.send_header("Content-Length", str(len(body)))  # else: read until the close
         self.end_headers()
-        self.wfile.write(body)
+        if fake.stall and fake.stall[1] == "mid" and fake.stall[0] in line:
+            self.wfile.write(body[: len(body) // 2])
+        else:
+            self.wfile.write(body)
+        fake.stalls(line, "mid") or fake.stalls(line, "after")
 
     def do_GET(self) -> None:
         fake = self.fake
         fake.requests.append(self.requestline)
+        if fake.stalls(self.requestline, "head"):
+            return
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.split("/") if p]
         if url.path == "/info":
@@ -181,8 +209,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-tar")
         self.end_headers()
         data = fake.export if fake.export_cut is None else fake.export[: fake.export_cut]
+        line = self.requestline
+        if fake.stall and fake.stall[1] == "mid" and fake.stall[0] in line:
+            data = data[: len(data) // 2]
         for start in range(0, len(data), 32 << 10):  # the engine writes 32 KiB pieces
             self.wfile.write(data[start : start + (32 << 10)])
+        if fake.stalls(line, "mid") or fake.stalls(line, "after"):
+            return
         if fake.export_error:
             error = {"errorDetail": {"message": fake.export_error}, "error": fake.export_error}
             self.wfile.write(json.dumps(error).encode() + b"\r\n")
@@ -190,11 +223,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         fake = self.fake
         fake.requests.append(self.requestline)
+        if fake.stalls(self.requestline, "head"):
+            return
         url = urlsplit(self.path)
         parts = [unquote(p) for p in url.path.split("/") if p]
         announced = int(self.headers.get("Content-Length") or 0)
         if url.path == "/images/load":
+            if fake.stall and fake.stall[1] == "mid" and fake.stall[0] in self.requestline:
+                self.rfile.read(min(announced // 2, 64 << 10))
+                fake.stalls(self.requestline, "mid")
+                return
             body = self.rfile.read(announced)
+            if fake.stalls(self.requestline, "after"):
+                return
             with fake.lock:
                 ok, message = fake.load(body, announced)
             with fake.recorded:

@@ -15,12 +15,13 @@ import tempfile
 import pytest
 from cachetest_helpers import config_for, legacy_archive, random_layer, sha
 from fake_engine import FakeEngine
+from runnerkeep import docker_api
 from runnerkeep.cache.archive_writer import entry_archive_length
 from runnerkeep.cache.partial import blobs_held, chain_ids, entry_chains, held_chains
 from runnerkeep.cache.restore import restore_entry
 from runnerkeep.cache.save import import_archive
-from runnerkeep.cache.store import Store, entry_blobs
-from runnerkeep.errors import EXIT_CACHE_MISS, CacheMiss
+from runnerkeep.cache.store import Store
+from runnerkeep.errors import EXIT_CACHE_MISS, CacheMiss, DockerCommandError
 
 BASE = [random_layer(96 * 1024, "b0"), random_layer(64 * 1024, "b1")]
 APP = random_layer(16 * 1024, "app")
@@ -163,9 +164,23 @@ def test_a_dry_run_says_what_would_be_left_out_and_loads_nothing(store, make_eng
     assert result["result"] == "would_load"
     assert result["bytes_left_out"] == len(BASE[0]) + len(BASE[1])
     entry, _ = store.read_entry("k")
-    whole = sum(size for size in entry_blobs(entry).values())
-    assert result["bytes_loaded"] == whole - result["bytes_left_out"]
+    left_out = blobs_held(entry, held_chains(engine.path, entry_chains(entry)))
+    assert result["bytes_loaded"] == entry_archive_length(entry, left_out)
     assert engine.loads == [] and not any("POST" in line for line in engine.requests)
+    # the estimate is what the restore then sends (attack15 #14: blob bytes, not the archive)
+    real = restore_entry(store, "k")
+    assert real["bytes_loaded"] == result["bytes_loaded"] == engine.loads[0]["received"]
+    assert real["bytes_left_out"] == result["bytes_left_out"]
+
+
+def test_a_dry_run_without_anything_held_estimates_the_whole_archive(store, make_engine):
+    engine = make_engine(base_present=False)
+    result = restore_entry(store, "k", dry_run=True)
+    entry, _ = store.read_entry("k")
+    assert result["bytes_left_out"] == 0
+    assert result["bytes_loaded"] == entry_archive_length(entry)
+    assert restore_entry(store, "k")["bytes_loaded"] == result["bytes_loaded"]
+    assert engine.loads[0]["received"] == result["bytes_loaded"]
 
 
 def test_chain_ids_follow_the_image_spec():
@@ -217,3 +232,59 @@ def test_the_daemon_is_asked_only_until_every_chain_is_found(make_engine):
     engine.inspects = 0
     assert held_chains(engine.path, wanted) == set()
     assert engine.inspects == 20
+
+
+# -- answers of another shape (attack15 #9: a RootFS that is a list was an AttributeError) --
+ODD_ID = "sha256:" + "e" * 64
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"RootFS": ["odd"]},
+        {"RootFS": {"Layers": "sha256:" + "f" * 64}},
+        {"RootFS": {"Layers": [1, 2]}},
+        {"RepoTags": "base:1"},
+        {"Size": "big"},
+        {"Size": True},
+    ],
+)
+def test_an_image_answer_of_another_shape_means_the_whole_archive(store, make_engine, odd):
+    engine = make_engine()
+    # listed first, so the search for held layers meets it before the base image
+    engine.images = {ODD_ID: {"Id": ODD_ID, "RepoTags": [], **odd}, **engine.images}
+    engine.images[ODD_ID].setdefault("RepoTags", [])
+    result = restore_entry(store, "k")
+    entry, _ = store.read_entry("k")
+    assert result["loaded"] and result["bytes_left_out"] == 0
+    assert result["bytes_loaded"] == entry_archive_length(entry) == engine.loads[0]["received"]
+    assert APP_ID in engine.images
+
+
+def test_an_odd_answer_about_the_entrys_own_image_is_a_docker_error(store, make_engine):
+    engine = make_engine()
+    engine.add_image(config_for([*BASE, APP], "0"), ["app:1"])
+    engine.images[APP_ID]["RootFS"] = "layers"
+    with pytest.raises(DockerCommandError, match=r"malformed \(RootFS is not an object\)"):
+        restore_entry(store, "k")
+
+
+@pytest.mark.parametrize(
+    "call, answer",
+    [
+        (docker_api.list_image_ids, [{"Id": 5}]),
+        (docker_api.list_image_ids, ["sha256:" + "a" * 64]),
+        (docker_api.engine_info, {"ServerVersion": 27}),
+        (docker_api.engine_info, {"DockerRootDir": ["/var/lib/docker"]}),
+    ],
+)
+def test_engine_answers_of_another_shape_are_docker_errors(monkeypatch, call, answer):
+    monkeypatch.setattr(docker_api, "get_json", lambda path, target, method="GET": (200, answer))
+    with pytest.raises(DockerCommandError, match="malformed"):
+        call("/nonexistent.sock")
+
+
+def test_an_error_in_an_export_stream_of_another_shape_is_still_said():
+    said = docker_api._stream_error(b'tar bytes{"errorDetail":"disk gone","x":1}\n')
+    assert said == "disk gone"
+    assert docker_api._stream_error(b'{"errorDetail":{"message":"m"}}') == "m"
