@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_stream_cut_short_with_exit_0_fails(cache_images, cli, tmp_path):
         == 0
     )
     before = Path(os.path.join(store, "entries", "k.json")).read_bytes()
+    # With no context selected runnerkeep reads the local socket itself (GET /images/get) and
+    # the fake would never run. The subject here is the CLI path, still used for contexts,
+    # TCP, TLS and ssh: a context reaching the same engine selects it. (The same cut on the
+    # socket path: tests/unit/cache/test_engine_save.py.)
+    config_dir = tmp_path / "docker-config"
+    config_dir.mkdir()
+    subprocess.run(
+        ["docker", "context", "create", "rk-local", "--docker", "host=unix:///var/run/docker.sock"],
+        env={**os.environ, "DOCKER_CONFIG": str(config_dir)},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     fake_dir = tmp_path / "fakebin"
     fake_dir.mkdir()
     real = shutil.which("docker")
@@ -183,7 +197,11 @@ def test_stream_cut_short_with_exit_0_fails(cache_images, cli, tmp_path):
         fake = fake_dir / "docker"
         fake.write_text(FAKE_DOCKER.format(real=real, limit=limit))
         fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
-        env = {"PATH": f"{fake_dir}{os.pathsep}{os.environ['PATH']}"}
+        env = {
+            "PATH": f"{fake_dir}{os.pathsep}{os.environ['PATH']}",
+            "DOCKER_CONFIG": str(config_dir),
+            "DOCKER_CONTEXT": "rk-local",
+        }
         proc = cli(
             "cache", "save", "--dir", store, "--key", "k", cache_images["tags"]["b"], env=env
         )
