@@ -11,6 +11,12 @@ Who asks is SO_PEERCRED's pid and uid, never anything the client says. The scope
 works in comes from the job registry: the job-start hook registers its parent (the runner's
 worker for this job) with the trust facts the runner set before job code ran; a request's
 process is mapped to a job by walking up its ancestry to a registered worker.
+
+Each save, restore, import and export records its ``cache`` event in root's state dir
+(``events_dir``, handed in by the front door from ``paths.state_dir``), as a direct command
+does: the service user is not root, so ``events.record_event`` drops the line into that
+dir's spool (writable for the job group, which the service user is in), and the next watch
+cycle ingests it and counts it in the cache metrics. Without ``events_dir`` nothing is recorded.
 """
 
 from __future__ import annotations
@@ -486,8 +492,10 @@ def dispatch(
     scope: str,
     store: Store,
     settings: dict[str, Any],
+    events_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Run one operation for a job of ``scope``; returns its data (raises like the core)."""
+    """Run one operation for a job of ``scope``; returns its data (raises like the core). Its
+    event goes to ``events_dir`` (root's state dir; None: no event)."""
     if op in ("import", "export"):
         if len(fds) != 1:
             raise ProtocolError(f"{op} needs the file passed as a descriptor")
@@ -498,13 +506,17 @@ def dispatch(
         return list_entries(store, scope=scope)
     key = _key_arg(args)
     if op == "restore":
-        return restore_entry(store, key, scope=scope, dry_run=_bool_arg(args, "dry_run"))
+        return restore_entry(
+            store, key, scope=scope, state_dir=events_dir, dry_run=_bool_arg(args, "dry_run")
+        )
     if op == "export":
         with transfer(fds[0], to_job=True, deadline=_transfer_deadline(settings)) as fd:
-            return export_entry_fd(store, key, fd, scope=scope)
+            return export_entry_fd(store, key, fd, scope=scope, state_dir=events_dir)
     if op == "import":
         with transfer(fds[0], to_job=False, deadline=_transfer_deadline(settings)) as fd:
-            return import_archive_fd(store, key, fd, _source_arg(args), scope=scope)
+            return import_archive_fd(
+                store, key, fd, _source_arg(args), scope=scope, state_dir=events_dir
+            )
     images = args.get("images")
     if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
         raise ProtocolError("save needs images: a list of image references")
@@ -520,6 +532,7 @@ def dispatch(
         reserve=reserve,
         check_space=not _bool_arg(args, "skip_space_check"),
         max_size=settings["max_size"],
+        state_dir=events_dir,
         dry_run=_bool_arg(args, "dry_run"),
     )
 
@@ -667,9 +680,12 @@ def serve_connection(
     registry: Registry,
     formatter: Callable[[str, dict[str, Any], dict[str, Any]], str] | None = None,
     deadline: float = REQUEST_DEADLINE,
+    events_dir: str | None = None,
 ) -> dict[str, Any]:
     """Serve the one request on ``sock`` and send its response; returns the response. Every
-    failure is a response with an exit code and a one-line error, never a traceback."""
+    failure is a response with an exit code and a one-line error, never a traceback.
+    ``events_dir``: root's state dir, where the operation's event is recorded (the module
+    docstring says how it reaches the watch)."""
     fds: list[int] = []
     response: dict[str, Any]
     try:
@@ -679,7 +695,9 @@ def serve_connection(
         if op == "register-job":
             data = register_job(registry, pid, uid, args)
         else:
-            data = dispatch(op, args, fds, scope_of(registry, pid), store, settings)
+            data = dispatch(
+                op, args, fds, scope_of(registry, pid), store, settings, events_dir=events_dir
+            )
         text = formatter(op, args, data) if formatter else ""
         response = {"exit_code": EXIT_OK, "data": data, "text": text, "error": None}
     except RunnerkeepError as exc:

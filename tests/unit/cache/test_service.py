@@ -34,7 +34,7 @@ CLIENT_TIMEOUT = 60
 class Service:
     """A listening socket served by serve_connection, one thread per connection."""
 
-    def __init__(self, tmp_path, deadline=service.REQUEST_DEADLINE):
+    def __init__(self, tmp_path, deadline=service.REQUEST_DEADLINE, events_dir=None):
         self.key_file = tmp_path / "cache.key"
         self.key_file.write_bytes(os.urandom(32))
         self.socket_path = str(tmp_path / "cache.sock")
@@ -47,6 +47,7 @@ class Service:
         self.store = Store(str(tmp_path / "store"), key_file=str(self.key_file))
         self.registry = service.Registry(str(tmp_path / "service-state"))
         self.deadline = deadline
+        self.events_dir = events_dir
         self.responses: list[dict] = []
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.socket_path)
@@ -70,7 +71,12 @@ class Service:
                 with conn:
                     self.responses.append(
                         service.serve_connection(
-                            conn, self.store, settings, self.registry, deadline=self.deadline
+                            conn,
+                            self.store,
+                            settings,
+                            self.registry,
+                            deadline=self.deadline,
+                            events_dir=self.events_dir,
                         )
                     )
 
@@ -681,3 +687,81 @@ def test_export_into_a_pipe_never_drained_fails_within_the_deadline(tmp_path, sv
     assert "moved no data for 1 s" in response["error"], response
     assert elapsed < IDLE + 1.0
     assert held_lock_free(svc.store)
+
+
+# -- the operations' events reach the watch ----------------------------------------------------
+def service_operations(tmp_path, svc):
+    """A job's import (a pipe), then a restore and an export (into a file) of a key the cache
+    does not have, through the service."""
+    data = legacy_archive([(["app:ev"], [LAYER_TRUSTED])])
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    line = b'{"v": 1, "op": "import", "args": {"key": "ev", "source": "pipe"}}\n'
+    try:
+        writer.start()
+        imported = raw_request(svc, line, [read_end])
+    finally:
+        os.close(read_end)
+        writer.join(10)
+    missed = raw_request(svc, b'{"v": 1, "op": "restore", "args": {"key": "nope"}}\n')
+    out = os.open(tmp_path / "export.tar", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        not_exported = raw_request(
+            svc, b'{"v": 1, "op": "export", "args": {"key": "nope"}}\n', [out]
+        )
+    finally:
+        os.close(out)
+    codes = [imported["exit_code"], missed["exit_code"], not_exported["exit_code"]]
+    assert codes == [0, 3, 3], (imported, missed, not_exported)
+
+
+EXPECTED = [("import", "saved"), ("restore", "miss"), ("export", "miss")]
+
+
+def cache_events(state_dir):
+    from runnerkeep import events
+
+    return [(e["op"], e["result"]) for e in events.read_events(str(state_dir), "cache")]
+
+
+def test_service_operations_record_their_events_in_roots_state_dir(tmp_path):
+    from runnerkeep.disk.metrics import fold_events
+
+    state = tmp_path / "state"
+    state.mkdir()
+    svc = Service(tmp_path, events_dir=str(state))
+    try:
+        service_operations(tmp_path, svc)
+    finally:
+        svc.close()
+    assert cache_events(state) == EXPECTED
+    # What the watch counts for runnerkeep_disk_cache_{saves,hits,misses}_total.
+    assert fold_events(str(state), {})["cache"] == {"saved": 1, "miss": 2}
+
+
+def test_the_service_user_spools_its_events_and_the_watch_ingests_them(tmp_path, monkeypatch):
+    """The service runs as its own user, not root: its events go to root's spool (the job
+    group may create files there), never into root's event log; the watch moves them in."""
+    from runnerkeep import events, spool
+    from runnerkeep.disk.metrics import fold_events
+
+    state = tmp_path / "state"
+    (state / "spool").mkdir(parents=True)
+    os.chmod(state / "spool", 0o1730)
+    # As for the service user: root's state dir belongs to someone else.
+    monkeypatch.setattr(spool, "use_spool", lambda state_dir: True)
+    svc = Service(tmp_path, events_dir=str(state))
+    try:
+        service_operations(tmp_path, svc)
+    finally:
+        svc.close()
+    assert cache_events(state) == []
+    assert os.listdir(state / "spool") == [f"events-{os.geteuid()}.jsonl"]
+    assert events.ingest_spool(str(state)) == 3  # what each watch cycle does first
+    assert cache_events(state) == EXPECTED
+    assert fold_events(str(state), {})["cache"] == {"saved": 1, "miss": 2}
+
+
+def test_without_an_events_dir_the_service_records_nothing(tmp_path, svc):
+    service_operations(tmp_path, svc)
+    assert not (tmp_path / "state").exists()
