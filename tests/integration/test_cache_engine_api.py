@@ -175,9 +175,15 @@ def test_restore_with_the_base_present_sends_only_the_missing_layers(images, cli
     entry = entry_of(app_saved, "app")
     layers = entry["images"][0]["layers"]
     whole = sum(layer["size"] for layer in layers) + entry["images"][0]["config"]["size"]
+    code, estimate = cli.json("cache", "restore", "--dir", app_saved, "--key", "app", "--dry-run")
+    assert code == 0 and estimate["result"] == "would_load", estimate
+    assert image_id(images["tags"]["app"]) is None  # the dry run loaded nothing
     code, result = cli.json("cache", "restore", "--dir", app_saved, "--key", "app")
     assert code == 0, result
     assert result["loaded"] and result["loaded_via"] == "engine-api"
+    # the dry run tells the bytes the restore then sends (attack15 #14: it told blob bytes)
+    assert estimate["bytes_loaded"] == result["bytes_loaded"]
+    assert estimate["bytes_left_out"] == result["bytes_left_out"]
     assert image_id(images["tags"]["app"]) == images["ids"]["app"]
     # every layer of mid (base's included) left out; the app's own layer and config sent
     assert result["layers_left_out"] == len(layers) - 1
