@@ -129,7 +129,11 @@ def read_secret_file(path: str, what: str) -> str:
             f"{what}: {path} does not exist; create it (mode 600) or unset it"
         ) from None
     except statefile.Unreadable as exc:
-        raise ConfigError(f"{what}: {path} is {exc}, not a regular file; {fix}") from None
+        # chown/chmod of a device or FIFO would not help and could break it (/dev/zero).
+        raise ConfigError(
+            f"{what}: {path} is {exc}, not a regular file; point {what} at a regular file "
+            "owned by root with mode 600"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
     if info.st_uid not in (0, os.geteuid()):

@@ -263,3 +263,31 @@ def test_watch_json_cli_output_has_no_token(watch_env, monkeypatch, capsys):
         main(["disk", "watch", "--config", str(cfg), *extra])
         out = capsys.readouterr()
         assert TOKEN not in out.out + out.err
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "directory"])
+def test_a_secret_path_that_is_no_regular_file_is_not_told_to_chown_it(tmp_path, kind):
+    """chown/chmod of /dev/zero would break the machine: the fix is another path."""
+    if kind == "device":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path, 0o600)
+    else:
+        path = str(tmp_path / "dir")
+        os.mkdir(path, 0o700)
+    with pytest.raises(ConfigError) as info:
+        secrets.read_secret_file(path, "disk.webhook_auth_header_file")
+    message = str(info.value)
+    assert message.startswith(f"disk.webhook_auth_header_file: {path} is ")
+    assert "not a regular file" in message
+    assert "point disk.webhook_auth_header_file at a regular file owned by root with mode 600" in (
+        message
+    )
+    assert "chown" not in message and "chmod" not in message
+
+
+def test_a_regular_secret_file_with_a_bad_mode_still_gets_the_chmod_fix(tmp_path):
+    path = secret_file(tmp_path, "X-Token: abcdefgh\n", mode=0o640)
+    with pytest.raises(ConfigError, match=f"run: chmod 600 {path}$"):
+        secrets.read_secret_file(path, "disk.webhook_auth_header_file")
