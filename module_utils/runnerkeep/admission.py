@@ -342,7 +342,12 @@ def _refuse(
         note = "runner drained"
     with contextlib.suppress(OSError, RunnerkeepError):
         events.record_event(
-            state_dir_of(config), EVENT_KIND, result="refused", short=short, drained=unit
+            state_dir_of(config),
+            EVENT_KIND,
+            spool_dir=spool_dir_of(config),
+            result="refused",
+            short=short,
+            drained=unit,
         )
     # A stage that failed or was skipped is part of why: said on the same line.
     trouble = [c for c in cleanup if not c.endswith(" ran")]

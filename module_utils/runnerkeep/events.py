@@ -6,7 +6,8 @@ under PIPE_BUF on local filesystems). Bounded: past ``MAX_BYTES`` the oldest hal
 Reads go through ``statefile``: a damaged log is skipped line by line and counted, never fatal.
 
 A process that does not own the state dir (a job hook or the cache service running as another
-user) appends to ``<spool>/events-<uid>.jsonl`` instead (``runnerkeep.spool``). The root watch
+user) appends to ``<spool>/events-<uid>.jsonl`` instead (``runnerkeep.spool``; the spool the
+caller names, ``paths.spool_dir``, else ``<state_dir>/spool``). The root watch
 ingests those lines into ``events.jsonl`` each cycle: stamped with the time of ingestion (a
 job's clock must not move the metrics cursor), the owner uid added, every field reduced to a
 short escaped string or a finite number, then the spool file is removed.
@@ -38,12 +39,16 @@ def events_path(state_dir: str) -> str:
     return os.path.join(state_dir, EVENTS_FILE)
 
 
-def record_event(state_dir: str, kind: str, **fields: Any) -> None:
-    """Append one event; a state dir that cannot be written never fails the caller's work."""
+def record_event(state_dir: str, kind: str, *, spool_dir: str | None = None, **fields: Any) -> None:
+    """Append one event; a state dir that cannot be written never fails the caller's work.
+
+    ``spool_dir`` is where a writer that does not own ``state_dir`` leaves the line: callers
+    with the config pass ``spool.spool_dir_of(config)``, the dir the watch ingests, because a
+    custom ``paths.spool_dir`` is not ``<state_dir>/spool``; None keeps the default spool."""
     line = json.dumps({"time": time.time(), "kind": kind, **fields}, sort_keys=True) + "\n"
     if spool.use_spool(state_dir):
         with contextlib.suppress(OSError, ValueError):
-            spool.append_event(spool.default_spool(state_dir), line.encode())
+            spool.append_event(spool_dir or spool.default_spool(state_dir), line.encode())
         return
     path = events_path(state_dir)
     with contextlib.suppress(OSError, ValueError):

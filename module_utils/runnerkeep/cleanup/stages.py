@@ -572,6 +572,7 @@ class _StageRun:
         record_event(
             self.ctx.state_dir,
             "cleanup",
+            spool_dir=spool_dir_of(self.ctx.config),
             cleaner=cleaner_report.name,
             bytes_freed=cleaner_report.bytes_freed,
             inodes_freed=cleaner_report.inodes_freed,

@@ -336,6 +336,7 @@ def job_end(config: dict[str, Any], job_id: str) -> dict[str, Any]:
     events.record_event(
         state_directory,
         "job",
+        spool_dir=spool.spool_dir_of(config),
         job_id=job_id,
         peak_bytes=record["peak_bytes"],
         peak_inodes=record["peak_inodes"],
