@@ -577,8 +577,14 @@ def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
         except RunnerkeepError as exc:
             service.send_error(sock, exc)
             return CommandResult({}, "", EXIT_OK)
+        # Root's state dir: the service user spools each operation's event, the watch counts it.
         service.serve_connection(
-            sock, store, settings, service.Registry(args.state_dir), formatter=_service_text
+            sock,
+            store,
+            settings,
+            service.Registry(args.state_dir),
+            formatter=_service_text,
+            events_dir=state_dir_of(config),
         )
     finally:
         sock.close()
