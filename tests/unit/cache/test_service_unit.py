@@ -16,18 +16,24 @@ dataloader = pytest.importorskip("ansible.parsing.dataloader")
 ROLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "image_cache")
 
 
+def _trusted(value):
+    # ansible-core 2.19 templates only strings marked as trusted; older versions template all.
+    trust = getattr(template, "trust_as_template", None)
+    return trust(value) if trust else value
+
+
 def render_unit(**inventory) -> str:
     with open(os.path.join(ROLE, "defaults", "main.yml"), encoding="utf-8") as handle:
         variables = {**yaml.safe_load(handle), "ansible_managed": "managed", **inventory}
     trusted = {
-        key: template.trust_as_template(value) if isinstance(value, str) else value
+        key: _trusted(value) if isinstance(value, str) else value
         for key, value in variables.items()
     }
     path = os.path.join(ROLE, "templates", "runnerkeep-cache@.service.j2")
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     templar = template.Templar(loader=dataloader.DataLoader(), variables=trusted)
-    return templar.template(template.trust_as_template(text))
+    return templar.template(_trusted(text))
 
 
 def writable_paths(unit: str) -> list[str]:

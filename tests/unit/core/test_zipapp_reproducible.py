@@ -79,13 +79,22 @@ def find_interpreters() -> dict[tuple[int, int], str]:
     return dict(sorted(found.items()))
 
 
-def build(python: str, output: str, builder: str = BUILD) -> subprocess.CompletedProcess:
+def minimal_env() -> dict[str, str]:
+    """PATH only, plus what pyenv's shims (python3.9 ... on PATH) need to answer: they run only
+    the versions PYENV_VERSION names, and the noxfile exposes them that way."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for name in ("PYENV_VERSION", "PYENV_ROOT", "HOME"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def build(python: str, output: str, builder: str = BUILD) -> subprocess.CompletedProcess:
     return subprocess.run(
         [python, builder, "--output", output],
         capture_output=True,
         text=True,
-        env=env,
+        env=minimal_env(),
         timeout=120,
         check=True,
     )
@@ -162,7 +171,7 @@ def test_archive_runs_with_every_supported_python(interpreters, reference, tmp_p
             capture_output=True,
             text=True,
             cwd=tmp_path,  # away from the source tree, like on a runner host
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            env=minimal_env(),
             timeout=120,
             check=False,
         )
