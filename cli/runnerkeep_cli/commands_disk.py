@@ -201,9 +201,14 @@ def _watch_cycle(config: dict) -> dict:
     """One watch cycle; its emergency step runs the cleanup core's stage (budget targets)."""
     from runnerkeep.admission import watch_drain
     from runnerkeep.disk.watch import run_watch
-    from runnerkeep.wiring import run_cleanup
+    from runnerkeep.wiring import run_cleanup, scrub_status
 
-    return run_watch(config, cleanup_func=run_cleanup, drain_func=watch_drain)
+    return run_watch(
+        config,
+        cleanup_func=run_cleanup,
+        drain_func=watch_drain,
+        scrub_status=scrub_status(config),
+    )
 
 
 def disk_watch(args: argparse.Namespace) -> CommandResult:

@@ -210,6 +210,9 @@ class WatchReadings:
     # The drain step's result (``admission.watch_drain``): None when the step did not run (no
     # drain state reported), with ``error`` when drain.json could not be used (state unknown).
     drain: dict[str, Any] | None = None
+    # The cache scrub's summary (``cache.scrub.read_scrub_status``, handed in by the front door
+    # as ``runnerkeep.wiring.scrub_status``): None when the store was never scrubbed.
+    cache_scrub: dict[str, Any] | None = None
     errors: int = 0  # problems met before the metrics were written
     duration_seconds: float = 0.0
     run_time: float = 0.0  # when the cycle started (time.time())
@@ -347,6 +350,25 @@ def _drained_seconds(readings: WatchReadings) -> list[Sample]:
 
 def _not_written_here(_readings: WatchReadings) -> list[Sample]:
     return []
+
+
+def _scrub_samples(readings: WatchReadings, key: str) -> list[Sample]:
+    """One sample from the cache scrub's summary; none when never scrubbed (or no value)."""
+    scrub = readings.cache_scrub
+    if scrub is None or scrub.get(key) is None:
+        return []
+    return _one(scrub[key])
+
+
+def _scrub_counter(name: str, key: str, help_text: str) -> MetricDef:
+    return MetricDef(
+        name,
+        COUNTER,
+        help_text,
+        (),
+        lambda readings: _scrub_samples(readings, key),
+        writer="disk watch (the cache scrub's status)",
+    )
 
 
 WATCH_METRICS: tuple[MetricDef, ...] = (
@@ -641,6 +663,40 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
         _drained_seconds,
         writer="disk watch (admission control's drain state)",
     ),
+    # The cache scrub (cache verify --max-duration), from its status in the store. The age is
+    # computed each cycle, so it keeps growing when the scrub stops running.
+    MetricDef(
+        "runnerkeep_cache_oldest_unverified_seconds",
+        GAUGE,
+        "seconds since the least recently verified blob of the image cache was last verified "
+        "(or stored, for a blob the scrub has not read yet); absent until the first scrub",
+        (),
+        lambda readings: _scrub_samples(readings, "oldest_unverified_seconds"),
+        writer="disk watch (the cache scrub's status)",
+    ),
+    _scrub_counter(
+        "runnerkeep_cache_scrub_blobs_verified_total",
+        "blobs_verified_total",
+        "blobs the cache scrub re-hashed and found good",
+    ),
+    _scrub_counter(
+        "runnerkeep_cache_scrub_bytes_verified_total",
+        "bytes_verified_total",
+        "bytes of the blobs the cache scrub re-hashed and found good",
+    ),
+    _scrub_counter(
+        "runnerkeep_cache_scrub_corruptions_total",
+        "corruptions_total",
+        "bad blobs the cache scrub found (quarantined with their entries under --repair)",
+    ),
+    MetricDef(
+        "runnerkeep_cache_scrub_last_run_timestamp_seconds",
+        GAUGE,
+        "when the cache scrub last ran",
+        (),
+        lambda readings: _scrub_samples(readings, "last_run"),
+        writer="disk watch (the cache scrub's status)",
+    ),
     # The cycle itself.
     MetricDef(
         "runnerkeep_disk_watch_duration_seconds",
@@ -668,16 +724,7 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
 # Used by monitoring/prometheus/runnerkeep-rules.yml, written by parts of issue 13 not built yet.
 # When a part is built, its row moves from here to the table of the code that writes it, with
 # the same name, type and labels (a unit test keeps every metric the rules use in one table).
-PLANNED_METRICS: tuple[MetricDef, ...] = (
-    MetricDef(
-        "runnerkeep_cache_oldest_unverified_seconds",
-        GAUGE,
-        "seconds since the least recently verified blob of the image cache was last verified",
-        (),
-        _not_written_here,
-        writer="cache scrub (planned)",
-    ),
-)
+PLANNED_METRICS: tuple[MetricDef, ...] = ()
 
 
 def watch_metric_set(readings: WatchReadings) -> MetricSet:

@@ -306,9 +306,11 @@ class WatchCycle:
         config: dict[str, Any],
         cleanup_func: Callable | None,
         drain_func: Callable | None = None,
+        scrub_status: Callable[[float], dict[str, Any] | None] | None = None,
     ) -> None:
         self.config = config
         self.drain_func = drain_func
+        self.scrub_status = scrub_status
         self.drain_result: dict[str, Any] | None = None
         self.settings = disk_settings(config)
         self.state_directory = state_dir_of(config)
@@ -362,6 +364,7 @@ class WatchCycle:
             spool=self.spool_result,
             records_skipped=self.records_skipped(),
             drain=self.drain_result,
+            cache_scrub=self.scrub_status(now) if self.scrub_status else None,
             run_time=now,
         )
         metrics_path = self.write_metrics(readings)
@@ -785,13 +788,16 @@ def run_watch(
     *,
     cleanup_func: Callable | None = None,
     drain_func: Callable | None = None,
+    scrub_status: Callable[[float], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
     """One watch cycle. Skips (returns ``skipped``) when another cycle holds the lock.
 
     ``cleanup_func`` is the cleanup core's ``run_cleanup`` the emergency step calls (the front
     door passes ``runnerkeep.wiring.run_cleanup``; tests a fake); None: no emergency cleanup,
     the cycle says so. ``drain_func`` is admission control's drain step
-    (``runnerkeep.admission.watch_drain``); None: no drain state handled or reported."""
+    (``runnerkeep.admission.watch_drain``); None: no drain state handled or reported.
+    ``scrub_status(now)`` is the cache scrub's summary (``runnerkeep.wiring.scrub_status``;
+    it only reads); None: no scrub metrics."""
     state_directory = state_dir_of(config)
     fd = _open_watch_lock(state_directory)
     try:
@@ -804,7 +810,7 @@ def run_watch(
                     "reason": "another disk watch cycle is running",
                     "state": None,
                 }
-        return WatchCycle(config, cleanup_func, drain_func).run()
+        return WatchCycle(config, cleanup_func, drain_func, scrub_status).run()
     finally:
         if fd is not None:
             with contextlib.suppress(OSError):

@@ -108,6 +108,13 @@ def full_readings():
         spool={"ingested": [{}], "rejected": []},
         records_skipped={"disk-watch.json": 0, "events.jsonl": 2},
         drain={"drained": True, "reason": "free bytes on /: needs 9 GiB", "since": 1400.0},
+        cache_scrub={
+            "oldest_unverified_seconds": 5.0,
+            "blobs_verified_total": 3,
+            "bytes_verified_total": 300,
+            "corruptions_total": 1,
+            "last_run": 1900.0,
+        },
         errors=1,
         duration_seconds=0.5,
         run_time=2000.0,
