@@ -15,7 +15,7 @@ The machines are shared and noisy (other sessions' builds and containers), so si
 alternates the tools ``--runs`` times and judges the best run of each (the least disturbed
 measure of what a tool costs); medians and CPU seconds are printed too. Both trees are created
 before anything is deleted, then synced and left to settle: creating files shortly after
-deleting many is far slower on this machine kind (ENVIRONMENT.md). Prints a table and a JSON
+deleting many is far slower on this kind of machine (measured). Prints a table and a JSON
 line; exits 1 when a ratio misses its limit.
 """
 

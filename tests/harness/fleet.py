@@ -3,7 +3,7 @@
     from harness.fleet import Fleet
 
     with Fleet.start(2, name="rk", docker_disk="2g") as fleet:
-        fleet.run_playbook("playbooks/site.yml")
+        fleet.run_playbook("playbooks/provision.yml")
         fleet.hosts[0].exec("docker info")
 
     # a mixed fleet: one host per Debian release (harness.image.RELEASES)
@@ -55,7 +55,7 @@ LABEL_OWNER = "io.runnerkeep.owner"
 LABEL_HOST = "io.runnerkeep.host"
 LABEL_RELEASE = "io.runnerkeep.release"
 
-#: What a runner host needs instead of --privileged (see /work/shared/ENVIRONMENT.md).
+#: What a runner host needs instead of --privileged (systemd and an inner Docker engine run with this explicit list).
 CAPABILITIES = (
     "SYS_ADMIN",
     "NET_ADMIN",

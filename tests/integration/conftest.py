@@ -13,7 +13,7 @@ fixtures above, e.g.::
 
     @pytest.fixture(scope="session")
     def provisioned_fleet(fleet):
-        result = fleet.run_playbook("playbooks/site.yml")
+        result = fleet.run_playbook("playbooks/provision.yml")
         assert result.returncode == 0, result.stdout
         return fleet
 """

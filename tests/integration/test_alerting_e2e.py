@@ -12,7 +12,7 @@ the receiver; freeing it resolves it.
 
 Only the rules' ``for:`` hold times are cut to 1s, and scrape and evaluation run every second,
 so the test takes seconds, not minutes; every wait is bounded. The runner image may lack
-prometheus-node-exporter (requests/P.md asks for it there): then it is installed with apt at
+prometheus-node-exporter: then it is installed with apt at
 test time, which needs the Debian mirror.
 """
 

@@ -31,14 +31,6 @@ def write_config(tmp_path, **admission_keys):
 
 
 @pytest.fixture
-def no_schema_check(monkeypatch):
-    # Until the schema knows the admission section (requests/J.md), load the file as is.
-    from runnerkeep import config as config_module
-
-    monkeypatch.setattr(config_module, "validate_config", lambda data, source: None)
-
-
-@pytest.fixture
 def as_job_user(monkeypatch):
     monkeypatch.setattr(commands_admission.os, "geteuid", lambda: 1000)
 
@@ -60,7 +52,7 @@ def one_answer(path, answer):
     return thread
 
 
-def test_no_service_fails_open_with_one_stderr_line(tmp_path, capsys, no_schema_check, as_job_user):
+def test_no_service_fails_open_with_one_stderr_line(tmp_path, capsys, as_job_user):
     config, _state = write_config(tmp_path, socket=str(tmp_path / "none.sock"))
     args = parse(["check", "--config", config, "--job-id", "gh-1"])
     result = args.handler(args)
@@ -71,7 +63,7 @@ def test_no_service_fails_open_with_one_stderr_line(tmp_path, capsys, no_schema_
     assert err[0].endswith("; the job runs")
 
 
-def test_a_refusal_is_exit_4_with_the_services_line(tmp_path, no_schema_check, as_job_user):
+def test_a_refusal_is_exit_4_with_the_services_line(tmp_path, as_job_user):
     sock_path = str(tmp_path / "a.sock")
     line = "runnerkeep: this runner cannot fit the job: needs 9.0 GiB free on /, has 1 GiB"
     thread = one_answer(
@@ -85,7 +77,7 @@ def test_a_refusal_is_exit_4_with_the_services_line(tmp_path, no_schema_check, a
     assert result.exit_code == 4 and result.text == line
 
 
-def test_a_service_error_fails_open(tmp_path, capsys, no_schema_check, as_job_user):
+def test_a_service_error_fails_open(tmp_path, capsys, as_job_user):
     sock_path = str(tmp_path / "a.sock")
     thread = one_answer(sock_path, {"exit_code": 1, "data": None, "error": "drain.json damaged"})
     config, _state = write_config(tmp_path, socket=sock_path)
@@ -95,21 +87,21 @@ def test_a_service_error_fails_open(tmp_path, capsys, no_schema_check, as_job_us
     assert "drain.json damaged; the job runs" in capsys.readouterr().err
 
 
-def test_a_bad_config_fails_open(tmp_path, capsys, no_schema_check, as_job_user):
+def test_a_bad_config_fails_open(tmp_path, capsys, as_job_user):
     config, _state = write_config(tmp_path, agent_unit="not a unit")
     args = parse(["check", "--config", config])
     assert args.handler(args).exit_code == 0
     assert "admission.agent_unit" in capsys.readouterr().err
 
 
-def test_disabled_asks_nobody(tmp_path, no_schema_check, as_job_user):
+def test_disabled_asks_nobody(tmp_path, as_job_user):
     config, _state = write_config(tmp_path, enabled=False, socket=str(tmp_path / "none.sock"))
     args = parse(["check", "--config", config])
     result = args.handler(args)
     assert result.exit_code == 0 and result.data["admitted"] is True
 
 
-def test_status_shows_the_drain_record(tmp_path, no_schema_check):
+def test_status_shows_the_drain_record(tmp_path):
     config, state = write_config(tmp_path, agent_unit="gitlab-runner.service", max_drained=2)
     drain.write_drain(str(state), drain.new_record(True, "free bytes on /: short", "g.service"))
     args = parse(["status", "--config", config])
@@ -119,7 +111,7 @@ def test_status_shows_the_drain_record(tmp_path, no_schema_check):
     assert "at most 2 runner(s) drained" in result.text
 
 
-def test_status_of_a_damaged_record_is_an_error(tmp_path, no_schema_check):
+def test_status_of_a_damaged_record_is_an_error(tmp_path):
     config, state = write_config(tmp_path)
     (state / "drain.json").write_text("{}")
     args = parse(["status", "--config", config])
