@@ -55,7 +55,8 @@ LABEL_OWNER = "io.runnerkeep.owner"
 LABEL_HOST = "io.runnerkeep.host"
 LABEL_RELEASE = "io.runnerkeep.release"
 
-#: What a runner host needs instead of --privileged (systemd and an inner Docker engine run with this explicit list).
+#: What a runner host needs instead of --privileged: systemd and an inner Docker engine run
+#: with this explicit list.
 CAPABILITIES = (
     "SYS_ADMIN",
     "NET_ADMIN",
