@@ -104,9 +104,14 @@ def interpreter_dir(version: str) -> str:
         candidates = [os.path.realpath(sys.executable)]
     else:
         candidates = []
-    candidates.append(shutil.which(f"python{version}") or "")
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", f"{version}.*", "bin")))
+    # A pyenv shim answers only while PYENV_VERSION and HOME are what they were here, and
+    # ansible-test runs it with HOME moved to its cache: the versions' own bin dirs come first,
+    # a shim never.
+    found = shutil.which(f"python{version}") or ""
+    if os.sep + "shims" + os.sep not in found:
+        candidates.append(found)
     for candidate in filter(None, candidates):
         exe = candidate
         if os.path.isdir(candidate):
