@@ -57,6 +57,8 @@ HOST_PROGRAMS = {
     "prometheus-alertmanager": "prometheus-alertmanager",  # alert routing end to end
     "amtool": "prometheus-alertmanager",  # Alertmanager config check (tools/check_rules.py)
     "chromium": "chromium",  # headless render of the fleet report (test_fleet_report.py)
+    "docker-registry": "docker-registry",  # fleet cache tier on loopback (remote tests)
+    "curl": "curl",  # the transport baseline of the fleet cache bench
 }
 # tests/unit/core/test_external_programs.py finds every program the tests run on this machine
 # and fails when one is neither here, nor in ENGINE_PROGRAMS, nor a README requirement.
