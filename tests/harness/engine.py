@@ -59,6 +59,8 @@ HOST_PROGRAMS = {
     "chromium": "chromium",  # headless render of the fleet report (test_fleet_report.py)
     "docker-registry": "docker-registry",  # fleet cache tier on loopback (remote tests)
     "curl": "curl",  # the transport baseline of the fleet cache bench
+    "openssl": "openssl",  # a throwaway CA and TLS certificate for the loopback registry
+    "htpasswd": "apache2-utils",  # bcrypt users of the loopback registry (Distribution's htpasswd)
 }
 # tests/unit/core/test_external_programs.py finds every program the tests run on this machine
 # and fails when one is neither here, nor in ENGINE_PROGRAMS, nor a README requirement.
