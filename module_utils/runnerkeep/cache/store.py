@@ -427,6 +427,13 @@ class Store:
         os.replace(temp_path, final)
         return True
 
+    def commit_temp_blobs(self, temps: dict[str, str]) -> int:
+        """Move verified, fsynced temp files (digest -> path) into blobs/ and make the renames
+        durable: what a commit does before its entry write. Returns how many were new."""
+        added = sum(self.commit_blob_file(path, digest) for digest, path in temps.items())
+        fsync_dir(self.blob_dir)
+        return added
+
     def write_blob_bytes(self, data: bytes, digest: str, area: str) -> bool:
         """Store a small in-memory blob (configs, manifests)."""
         if self.has_blob(digest):
@@ -525,6 +532,17 @@ class Store:
             finally:
                 os.close(fd)
         return target
+
+    def quarantined_blobs(self) -> set[str]:
+        """Digests of the blobs in the quarantine (``STAMP-PID-blob-HEX``): what a fetch from
+        the fleet tier repairs."""
+        found = set()
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in os.listdir(self.quarantine_dir):
+                match = re.fullmatch(r"[0-9TZ]+-[0-9]+-blob-([0-9a-f]{64})", name)
+                if match:
+                    found.add("sha256:" + match.group(1))
+        return found
 
     def clean_quarantine(self, older_than_seconds: float, dry_run: bool = False) -> int:
         freed = 0

@@ -1,0 +1,127 @@
+"""``cache remote-prune``: delete the fleet tier's key tags least recently pushed first.
+
+Only runnerkeep's own tags are candidates: a tag whose manifest is an index annotated with
+that very key (``io.runnerkeep.key``) and a push time. A tag pushed by docker, skopeo or anyone
+else is never deleted, nor is an index another tag still names (deleting a manifest deletes it
+for every tag). Deleting an index leaves its blobs to the registry's garbage collection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..remote.errors import RemoteMiss
+from .remote_layout import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    BadRemoteData,
+    index_key,
+    index_pushed,
+    media_type_of,
+    parse_json_object,
+    rfc3339,
+)
+from .store import KEY_RE
+
+
+@dataclass(frozen=True)
+class RemoteKey:
+    key: str
+    digest: str
+    pushed: float
+
+
+def remote_prune(
+    client: Any,
+    *,
+    max_age: float | None,
+    keep: int | None,
+    dry_run: bool,
+    now: float,
+) -> dict[str, Any]:
+    """Delete runnerkeep key tags pushed more than ``max_age`` seconds before ``now``, and all
+    but the ``keep`` most recently pushed; either rule alone, or both (a key goes when either
+    says so). ``dry_run``: say what would go, delete nothing. Returns {deleted: [{key, digest,
+    pushed}], kept, foreign_tags, shared, dry_run}."""
+    if max_age is None and keep is None:
+        raise ConfigError("remote-prune needs --max-age or --keep (or both)")
+    if max_age is not None and max_age < 0:
+        raise ConfigError(f"--max-age must not be negative, got {max_age}")
+    if keep is not None and (type(keep) is not int or keep < 0):
+        raise ConfigError(f"--keep must be a count of keys (0 or more), got {keep!r}")
+    keys, foreign = remote_keys(client)
+    doomed = _doomed(keys, max_age, keep, now)
+    # A digest another (kept or foreign) tag names must stay: deleting it would untag that too.
+    named_elsewhere = set(foreign.values()) | {k.digest for k in keys if k not in doomed}
+    deleted, shared = [], []
+    for item in doomed:
+        record = {"key": item.key, "digest": item.digest, "pushed": rfc3339(item.pushed)}
+        if item.digest in named_elsewhere or _twice(doomed, item):
+            shared.append(record)
+            continue
+        if not dry_run:
+            # Gone already (another prune) is what we wanted.
+            with contextlib.suppress(RemoteMiss):
+                client.delete_manifest(item.digest)
+        deleted.append(record)
+    return {
+        "result": "would_delete" if dry_run else "pruned",
+        "deleted": deleted,
+        "kept": len(keys) - len(doomed),
+        "foreign_tags": len(foreign),
+        "shared": shared,
+        "dry_run": dry_run,
+    }
+
+
+def _twice(doomed: list[RemoteKey], item: RemoteKey) -> bool:
+    return sum(1 for other in doomed if other.digest == item.digest) > 1
+
+
+def _doomed(
+    keys: list[RemoteKey], max_age: float | None, keep: int | None, now: float
+) -> list[RemoteKey]:
+    """Oldest push first: the keys either rule deletes."""
+    ordered = sorted(keys, key=lambda k: (k.pushed, k.key))
+    beyond_keep = len(ordered) - keep if keep is not None else 0
+    doomed = []
+    for position, item in enumerate(ordered):
+        too_old = max_age is not None and now - item.pushed > max_age
+        if too_old or position < beyond_keep:
+            doomed.append(item)
+    return doomed
+
+
+def remote_keys(client: Any) -> tuple[list[RemoteKey], dict[str, str]]:
+    """The repository's runnerkeep keys, and every other tag (tag -> its manifest digest)."""
+    keys: list[RemoteKey] = []
+    foreign: dict[str, str] = {}
+    for tag in client.list_tags():
+        try:
+            manifest = client.get_manifest(tag, INDEX_TYPES + MANIFEST_TYPES)
+        except RemoteMiss:
+            continue  # deleted since the listing
+        ours = _runnerkeep_key(tag, manifest)
+        if ours is None:
+            foreign[tag] = manifest.digest
+        else:
+            keys.append(ours)
+    return keys, foreign
+
+
+def _runnerkeep_key(tag: str, manifest: Any) -> RemoteKey | None:
+    if not isinstance(tag, str) or not KEY_RE.fullmatch(tag):
+        return None
+    try:
+        document = parse_json_object(manifest.data, f"the manifest of {tag}")
+        if media_type_of(document, manifest.media_type) not in INDEX_TYPES:
+            return None
+    except BadRemoteData:
+        return None
+    pushed = index_pushed(document)
+    if index_key(document) != tag or pushed is None:
+        return None
+    return RemoteKey(tag, manifest.digest, pushed)

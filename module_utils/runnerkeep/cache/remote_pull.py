@@ -1,0 +1,586 @@
+"""``cache pull``: a key from the fleet tier into the local store, every byte verified before
+the local commit.
+
+What the registry serves is checked all the way down: the manifests by digest (the client
+checks each body it fetched by digest), the config blob's sha256, each layer's digest while it
+is read, and for a gzip layer also the sha256 of the gunzipped bytes, which must be the config's
+diff_id. Layers are stored uncompressed under their diff_id (the local docker-archive form), so
+``restore_entry`` loads a pulled entry like a saved one. Only blobs the store lacks travel; a
+stored blob that turns out bad is quarantined and fetched again (the repair). Nothing is
+committed unless everything verified; the entry write (``Store.write_entry``) is the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import platform
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import LockHeldError
+from ..remote.errors import RemoteDataError, RemoteMiss
+from .archive_layout import LEGACY_LAYER_TYPE
+from .hashing import HashThread
+from .progress import announce_total
+from .remote_layout import (
+    CONFIG_TYPES,
+    GZIP_LAYER_TYPES,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MAX_IMAGES,
+    MAX_LAYERS,
+    PLAIN_LAYER_TYPES,
+    TAG_RE,
+    TAGS_ANNOTATION,
+    BadRemoteData,
+    RemoteCacheMiss,
+    descriptor,
+    index_key,
+    media_type_of,
+    parse_json_object,
+    tags_annotation,
+)
+from .save import _new_entry
+from .store import (
+    MAX_CONFIG_BYTES,
+    TRUSTED,
+    Store,
+    as_store,
+    create_temp_blob,
+    describe_os_error,
+    entry_name,
+    is_no_space,
+    read_regular,
+    validate_key,
+    write_all,
+)
+
+# A manifest is small JSON; the client refuses bigger bodies too.
+MAX_MANIFEST_BYTES = 4 << 20
+# gunzip output per call: bounds the memory one small, highly compressed input can take.
+INFLATE_CHUNK = 4 << 20
+PULL_BUFFERS = 8  # 1 MiB buffers in flight between the socket, the hasher and the disk
+# platform.machine() -> the OCI architecture name (docker's GOARCH)
+ARCHITECTURES = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "arm",
+    "armv6l": "arm",
+    "i686": "386",
+    "i386": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+@dataclass
+class RemoteImage:
+    """One image the registry holds under the key, as its manifest describes it."""
+
+    manifest_digest: str
+    config: dict[str, Any]  # descriptor
+    layers: list[dict[str, Any]]  # descriptors
+    tags: list[str]
+
+
+def pull_entry(
+    store: str | Store,
+    key: str,
+    client: Any,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fetch ``key`` from the registry ``client`` talks to into the local store, as a trusted
+    entry. Returns {key, blobs_fetched, bytes_fetched, blobs_present, repaired, index_digest,
+    entry_digest, images, pulled_from, duration}. RemoteCacheMiss (a CacheMiss, exit 3) when
+    the registry has no such key or what it served fails verification (``corrupt``): nothing
+    is committed then. Transport failures other than a broken-off answer (refused, timeout,
+    TLS, 5xx, auth) propagate as the client's RemoteError subclasses."""
+    validate_key(key)
+    start = time.monotonic()
+    store = as_store(store)
+    url = remote_url(client)
+    try:
+        top = client.get_manifest(key, MANIFEST_TYPES + INDEX_TYPES)
+        images = remote_images(client, key, top)
+    except RemoteMiss as exc:
+        raise RemoteCacheMiss(f"key '{key}' is not in the fleet cache {url}: {exc}") from None
+    except (RemoteDataError, BadRemoteData) as exc:
+        raise _corrupt(key, url, exc) from None
+    result = _pull_locked(store, key, client, images, progress, url, top.digest)
+    result["duration"] = round(time.monotonic() - start, 3)
+    return result
+
+
+def _corrupt(key: str, url: str, exc: Exception) -> RemoteCacheMiss:
+    return RemoteCacheMiss(
+        f"key '{key}' in the fleet cache {url} failed verification, nothing was stored: {exc}",
+        corrupt=True,
+    )
+
+
+def remote_url(client: Any) -> str:
+    settings = getattr(client, "settings", None)
+    return str(getattr(settings, "url", None) or "the registry")
+
+
+def _pull_locked(
+    store: Store,
+    key: str,
+    client: Any,
+    images: list[RemoteImage],
+    progress: Callable[[int], None] | None,
+    url: str,
+    index_digest: str,
+) -> dict[str, Any]:
+    """Under the key lock and the shared store lock (so no prune deletes a stored blob the new
+    entry relies on): fetch what the store lacks into a temp area, verify, commit."""
+    name = entry_name(key)
+    store.ensure()
+    try:
+        with store.key_lock(name), store.store_lock(), store.temp_area() as area:
+            puller = _Puller(store, client, area, progress)
+            try:
+                entry_images = puller.fetch(images)
+            except (RemoteDataError, BadRemoteData) as exc:
+                raise _corrupt(key, url, exc) from None
+            except RemoteMiss as exc:
+                raise RemoteCacheMiss(
+                    f"key '{key}' in the fleet cache {url} lacks a blob it names "
+                    f"(nothing was stored): {exc}",
+                    corrupt=True,
+                ) from None
+            puller.commit_blobs()
+            entry = _new_entry(key, "docker-archive", entry_images, [f"{url}:{key}"], TRUSTED)
+            entry["provenance"] = {"pulled_from": url, "index_digest": index_digest}
+            entry_digest = store.write_entry(entry)
+    except LockHeldError as exc:
+        raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
+    except OSError as exc:
+        if is_no_space(exc):
+            raise RemoteCacheMiss(
+                f"no space left in the cache directory {store.root} while pulling key "
+                f"'{key}': {exc.strerror}; nothing was stored"
+            ) from None
+        raise
+    return {
+        "key": key,
+        "result": "pulled",
+        "index_digest": index_digest,
+        "entry_digest": entry_digest,
+        "blobs_fetched": len(puller.fetched),
+        "bytes_fetched": puller.bytes_fetched,
+        "blobs_present": puller.present,
+        "repaired": sorted(set(puller.fetched) & (puller.quarantined | store.quarantined_blobs())),
+        "pulled_from": url,
+        "images": [{"id": i["id"], "tags": i["tags"]} for i in entry_images],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# what the registry holds under the key
+# ---------------------------------------------------------------------------------------
+def remote_images(client: Any, key: str, top: Any) -> list[RemoteImage]:
+    """The images to fetch for ``key``, from the manifest its tag names (``top``): every image
+    of a runnerkeep index, the linux/<this host's architecture> image of a list or index that
+    docker or skopeo pushed, or the one image of a plain manifest. BadRemoteData when it is
+    malformed, RemoteCacheMiss when nothing in it is usable here."""
+    if len(top.data) > MAX_MANIFEST_BYTES:
+        raise BadRemoteData(f"the manifest of {key} is larger than {MAX_MANIFEST_BYTES} bytes")
+    document = parse_json_object(top.data, f"the manifest of {key}")
+    media = media_type_of(document, top.media_type)
+    if media in INDEX_TYPES:
+        return _images_of_index(client, key, document)
+    if media in MANIFEST_TYPES:
+        return [_image_of_manifest(document, top.digest, foreign_tags(client, key))]
+    raise BadRemoteData(f"the manifest of {key} has media type {media[:80]!r}")
+
+
+def _images_of_index(client: Any, key: str, index: dict[str, Any]) -> list[RemoteImage]:
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise BadRemoteData(f"the index of {key} lists no manifests")
+    if len(manifests) > MAX_IMAGES:
+        raise BadRemoteData(f"the index of {key} lists more than {MAX_IMAGES} manifests")
+    owner = index_key(index)
+    if owner is not None and owner != key:
+        raise BadRemoteData(
+            f"the index under tag {key} was pushed for key {owner[:130]!r} (replaced with another "
+            "key's)"
+        )
+    chosen = manifests if owner is not None else _for_this_host(key, manifests)
+    images = []
+    for item in chosen:
+        described = descriptor(item, f"index entry of {key}", MAX_MANIFEST_BYTES)
+        if described.get("mediaType") not in MANIFEST_TYPES:
+            raise BadRemoteData(
+                f"the index of {key} names {str(described.get('mediaType'))[:80]!r}, not an "
+                "image manifest"
+            )
+        manifest = client.get_manifest(described["digest"], MANIFEST_TYPES)
+        if manifest.digest != described["digest"] or len(manifest.data) != described["size"]:
+            raise BadRemoteData(f"manifest {described['digest']} differs from its descriptor")
+        document = parse_json_object(manifest.data, f"manifest {described['digest']}")
+        if media_type_of(document, manifest.media_type) != described["mediaType"]:
+            raise BadRemoteData(f"manifest {described['digest']} is not the type its index says")
+        annotations = item.get("annotations") if isinstance(item.get("annotations"), dict) else {}
+        tags = (
+            tags_annotation(annotations.get(TAGS_ANNOTATION))
+            if owner is not None
+            else foreign_tags(client, key)
+        )
+        images.append(_image_of_manifest(document, described["digest"], tags))
+    return images
+
+
+def host_architecture() -> str:
+    machine = platform.machine().lower()
+    return ARCHITECTURES.get(machine, machine)
+
+
+def _for_this_host(key: str, manifests: list[Any]) -> list[Any]:
+    """The first linux/<arch> manifest of a multi-platform list (what docker pull picks)."""
+    wanted = ("linux", host_architecture())
+    for item in manifests:
+        where = item.get("platform") if isinstance(item, dict) else None
+        if isinstance(where, dict) and (where.get("os"), where.get("architecture")) == wanted:
+            return [item]
+    raise RemoteCacheMiss(f"key '{key}' in the fleet cache has no {'/'.join(wanted)} image")
+
+
+def foreign_tags(client: Any, key: str) -> list[str]:
+    """The tag an image pushed by docker or skopeo gets: REGISTRY/REPOSITORY:KEY, as
+    ``docker pull`` would name it."""
+    settings = getattr(client, "settings", None)
+    host, repository = getattr(settings, "host", None), getattr(settings, "repository", None)
+    if not host or not repository:
+        return []
+    port = getattr(settings, "port", None)
+    default = {"https": 443, "http": 80}.get(str(getattr(settings, "scheme", "")))
+    where = host if not port or port == default else f"{host}:{port}"
+    tag = f"{where}/{repository}:{key}"
+    return [tag] if TAG_RE.fullmatch(tag) else []
+
+
+def _image_of_manifest(document: dict[str, Any], digest: str, tags: list[str]) -> RemoteImage:
+    if document.get("schemaVersion") != 2:
+        raise BadRemoteData(f"manifest {digest} is not schemaVersion 2")
+    config = descriptor(document.get("config"), f"config of manifest {digest}", MAX_CONFIG_BYTES)
+    if config.get("mediaType") not in CONFIG_TYPES:
+        raise BadRemoteData(
+            f"manifest {digest} has a config of type {str(config.get('mediaType'))[:80]!r}"
+        )
+    layers = document.get("layers")
+    if not isinstance(layers, list) or len(layers) > MAX_LAYERS:
+        raise BadRemoteData(f"manifest {digest} lists no layers or more than {MAX_LAYERS}")
+    checked = [descriptor(layer, f"layer of manifest {digest}") for layer in layers]
+    for layer in checked:
+        media = layer.get("mediaType")
+        if media not in PLAIN_LAYER_TYPES + GZIP_LAYER_TYPES:
+            raise RemoteCacheMiss(
+                f"manifest {digest} has a layer of media type {str(media)[:100]!r}: runnerkeep "
+                "takes uncompressed and gzip layers only (push with gzip compression)"
+            )
+    return RemoteImage(digest, config, checked, tags)
+
+
+# ---------------------------------------------------------------------------------------
+# fetching and verifying the blobs
+# ---------------------------------------------------------------------------------------
+class _Puller:
+    """The blobs of one pull: fetched into the temp ``area``, each verified before it counts."""
+
+    def __init__(self, store: Store, client: Any, area: str, progress: Any) -> None:
+        self.store = store
+        self.client = client
+        self.area = area
+        self.progress = progress
+        self.temps: dict[str, str] = {}  # digest -> verified temp file
+        self.sizes: dict[str, int] = {}  # digest -> its (uncompressed) size
+        self.fetched: list[str] = []
+        self.quarantined: set[str] = set()
+        self.bytes_fetched = 0
+        self.present = 0
+
+    def fetch(self, images: list[RemoteImage]) -> list[dict[str, Any]]:
+        announce_total(self.progress, self._bytes_to_fetch(images))
+        hasher = HashThread(count=PULL_BUFFERS)
+        try:
+            return [self._image(image, hasher) for image in images]
+        finally:
+            hasher.close()
+
+    def _bytes_to_fetch(self, images: list[RemoteImage]) -> int:
+        total = 0
+        for image in images:
+            for layer in image.layers:
+                if self.store.blob_size(layer["digest"]) is None:
+                    total += layer["size"]
+        return total
+
+    def _image(self, image: RemoteImage, hasher: HashThread) -> dict[str, Any]:
+        config_digest = image.config["digest"]
+        data = self._config(image.config)
+        diff_ids = _diff_ids(data, config_digest, len(image.layers))
+        layers = []
+        for described, diff_id in zip(image.layers, diff_ids):
+            size = self._layer(described, diff_id, hasher)
+            layers.append(
+                {
+                    "digest": diff_id,
+                    "size": size,
+                    "diff_id": diff_id,
+                    "media_type": LEGACY_LAYER_TYPE,
+                }
+            )
+        return {
+            "id": config_digest,
+            "tags": image.tags,
+            "config": {"digest": config_digest, "size": len(data)},
+            "layers": layers,
+            "manifests": [],
+        }
+
+    def _config(self, described: dict[str, Any]) -> bytes:
+        digest, size = described["digest"], described["size"]
+        stored = self._stored_config(digest)
+        if stored is not None:
+            return stored
+        with self.client.open_blob(digest) as reader:
+            data = _read_small(reader, size, digest)
+        self.report(len(data))
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise BadRemoteData(f"config blob {digest} fails its sha256 check")
+        if digest not in self.temps:
+            fd, path = create_temp_blob(self.area)
+            try:
+                write_all(fd, memoryview(data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._fetched(digest, path, len(data))
+        return data
+
+    def _stored_config(self, digest: str) -> bytes | None:
+        """A stored config's bytes; a damaged one is quarantined (and fetched again)."""
+        if digest in self.temps:
+            return read_regular(self.temps[digest], MAX_CONFIG_BYTES)
+        path = self.store.blob_path(digest)
+        try:
+            data = read_regular(path, MAX_CONFIG_BYTES)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._quarantine(digest, f"config blob {digest} unreadable: {describe_os_error(exc)}")
+            return None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            self._quarantine(digest, f"config blob {digest} fails its sha256 check")
+            return None
+        self.present += 1
+        return data
+
+    def _quarantine(self, digest: str, reason: str) -> None:
+        if self.store.quarantine("blob", self.store.blob_path(digest), reason):
+            self.quarantined.add(digest)
+
+    def _layer(self, described: dict[str, Any], diff_id: str, hasher: HashThread) -> int:
+        """The uncompressed size of the layer ``diff_id``, fetched unless already stored."""
+        if diff_id in self.sizes:
+            return self.sizes[diff_id]
+        gzip = described["mediaType"] in GZIP_LAYER_TYPES
+        if not gzip and described["digest"] != diff_id:
+            raise BadRemoteData(
+                f"uncompressed layer {described['digest']} is not the config's diff_id {diff_id}"
+            )
+        stored = self.store.blob_size(diff_id)
+        if stored is not None and (gzip or stored == described["size"]):
+            # Stored blobs are verified on every read (restore, export, verify, scrub).
+            self.present += 1
+            self.sizes[diff_id] = stored
+            return stored
+        path, size = self._fetch_layer(described, diff_id, gzip, hasher)
+        if stored is not None:
+            # Same sha256, another size: the stored copy is the damaged one.
+            self._quarantine(diff_id, f"blob {diff_id} has {stored} bytes, the fleet cache {size}")
+        self._fetched(diff_id, path, size)
+        return size
+
+    def _fetch_layer(
+        self, described: dict[str, Any], diff_id: str, gzip: bool, hasher: HashThread
+    ) -> tuple[str, int]:
+        fd, path = create_temp_blob(self.area)
+        try:
+            with self.client.open_blob(described["digest"]) as reader:
+                declared = getattr(reader, "size", None)
+                if declared is not None and declared != described["size"]:
+                    raise BadRemoteData(
+                        f"blob {described['digest']} is served with {declared} bytes, its "
+                        f"descriptor says {described['size']}"
+                    )
+                copy = _BlobCopy(reader, fd, hasher, self)
+                size = copy.gunzip(described, diff_id) if gzip else copy.plain(described)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return path, size
+
+    def _fetched(self, digest: str, path: str, size: int) -> None:
+        self.temps[digest] = path
+        self.sizes[digest] = size
+        self.fetched.append(digest)
+
+    def report(self, count: int) -> None:
+        self.bytes_fetched += count
+        if self.progress:
+            self.progress(self.bytes_fetched)
+
+    def commit_blobs(self) -> None:
+        """Every blob verified: rename them into blobs/ (the entry write follows)."""
+        self.store.commit_temp_blobs(self.temps)
+
+
+def _diff_ids(data: bytes, digest: str, layers: int) -> list[str]:
+    config = parse_json_object(data, f"config blob {digest}")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise BadRemoteData(f"config blob {digest} has no rootfs.diff_ids")
+    if len(diff_ids) != layers:
+        raise BadRemoteData(
+            f"config blob {digest} lists {len(diff_ids)} diff_ids, its manifest {layers} layers"
+        )
+    for diff_id in diff_ids:
+        descriptor({"digest": diff_id, "size": 0}, f"diff_id of config {digest}")
+    return diff_ids
+
+
+def _read_small(reader: Any, size: int, digest: str) -> bytes:
+    """Exactly ``size`` bytes of a small blob (a config)."""
+    declared = getattr(reader, "size", None)
+    if declared is not None and declared != size:
+        raise BadRemoteData(f"blob {digest} is served with {declared} bytes, expected {size}")
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        count = _read_into(reader, view[done:])
+        if not count:
+            raise BadRemoteData(f"blob {digest} ended after {done} of {size} bytes")
+        done += count
+    return bytes(buffer)
+
+
+def _read_into(reader: Any, view: memoryview) -> int:
+    """reader.readinto, a connection broken mid-answer said as a miss (the job rebuilds)."""
+    try:
+        return reader.readinto(view)
+    except (OSError, http.client.HTTPException) as exc:
+        raise RemoteCacheMiss(
+            f"the fleet cache's answer broke off: {exc or type(exc).__name__}; nothing was stored"
+        ) from None
+
+
+class _BlobCopy:
+    """One layer from the socket to a temp file: read into the hasher's buffers, hashed on its
+    thread (the compressed digest), written here (or gunzipped, hashed and written here)."""
+
+    def __init__(self, reader: Any, fd: int, hasher: HashThread, puller: _Puller) -> None:
+        self.reader = reader
+        self.fd = fd
+        self.hasher = hasher
+        self.puller = puller
+
+    def _stream(self, described: dict[str, Any], sink: Callable[[memoryview], None]) -> str:
+        """Read exactly the descriptor's size, handing each buffer to ``sink``; the sha256 of
+        what was read."""
+        sha = hashlib.sha256()
+        remaining = described["size"]
+        while remaining:
+            index = self.hasher.take()
+            view = self.hasher.views[index]
+            try:
+                count = _read_into(self.reader, view[: min(len(view), remaining)])
+            except BaseException:
+                self.hasher.give_back(index)
+                raise
+            if not count:
+                self.hasher.give_back(index)
+                raise BadRemoteData(
+                    f"blob {described['digest']} ended after {described['size'] - remaining} of "
+                    f"{described['size']} bytes"
+                )
+            self.hasher.hash(sha, index, count)
+            sink(view[:count])
+            remaining -= count
+            self.puller.report(count)
+        self.hasher.settle()
+        return "sha256:" + sha.hexdigest()
+
+    def plain(self, described: dict[str, Any]) -> int:
+        actual = self._stream(described, lambda view: write_all(self.fd, view))
+        if actual != described["digest"]:
+            raise BadRemoteData(f"layer {described['digest']} fails its sha256 check ({actual})")
+        return described["size"]
+
+    def gunzip(self, described: dict[str, Any], diff_id: str) -> int:
+        inflater = _Gunzip(self.fd)
+        actual = self._stream(described, inflater.feed)
+        if actual != described["digest"]:
+            raise BadRemoteData(f"layer {described['digest']} fails its sha256 check ({actual})")
+        inflater.finish(described["digest"])
+        if inflater.digest() != diff_id:
+            raise BadRemoteData(
+                f"layer {described['digest']} gunzips to {inflater.digest()}, not the config's "
+                f"diff_id {diff_id}"
+            )
+        return inflater.size
+
+
+class _Gunzip:
+    """Gunzip (one or more gzip members, as Go's reader takes them), hashing and writing the
+    output in bounded chunks."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.inflater = zlib.decompressobj(wbits=31)
+        self.started = False
+
+    def feed(self, data: memoryview) -> None:
+        chunk: bytes | memoryview = data
+        self.started = True
+        try:
+            while True:
+                if self.inflater.eof:
+                    if not chunk:
+                        return
+                    self.inflater = zlib.decompressobj(wbits=31)  # the next gzip member
+                out = self.inflater.decompress(chunk, INFLATE_CHUNK)
+                if out:
+                    self.sha.update(out)
+                    write_all(self.fd, memoryview(out))
+                    self.size += len(out)
+                if self.inflater.eof:
+                    chunk = self.inflater.unused_data
+                    continue
+                chunk = self.inflater.unconsumed_tail
+                # A full output chunk may leave more output inside zlib, even with no input left.
+                if not chunk and len(out) < INFLATE_CHUNK:
+                    return
+        except zlib.error as exc:
+            raise BadRemoteData(f"a gzip layer does not gunzip: {exc}") from None
+
+    def finish(self, digest: str) -> None:
+        if not self.started or not self.inflater.eof:
+            raise BadRemoteData(f"gzip layer {digest} is truncated (no end of the gzip stream)")
+
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()

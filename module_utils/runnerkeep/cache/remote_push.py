@@ -1,0 +1,313 @@
+"""``cache push``: a local entry into the fleet tier as an OCI image index tagged with its key.
+
+The entry is checked as a restore checks it, and each blob is hashed in the same read that
+sends it: a blob that rotted on disk is never pushed (the last bytes are held back, so the
+registry never completes the upload) and it is quarantined. Blobs the registry already holds
+(HEAD) do not travel; the image manifests (by digest) and then the index (the tag, the commit
+point on the registry's side) always do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any, Callable
+
+from ..errors import CacheMiss, LockHeldError, RunnerkeepError
+from .checks import load_checked_entry, quarantine_for
+from .remote_layout import (
+    GZIP_LAYER_TYPES,
+    KEY_ANNOTATION,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    PUSHED_ANNOTATION,
+    TAGS_ANNOTATION,
+    RemoteCacheMiss,
+    canonical,
+    provenance_annotations,
+    rfc3339,
+)
+from .store import (
+    MAX_CONFIG_BYTES,
+    TRUSTED,
+    CorruptBlob,
+    CorruptEntry,
+    Store,
+    as_store,
+    entry_name,
+    read_regular,
+    validate_key,
+)
+
+
+class PushRefused(RunnerkeepError):
+    """The entry cannot go to the fleet tier (an untrusted scope, a layer type it cannot hold)."""
+
+
+def push_entry(
+    store: str | Store,
+    key: str,
+    client: Any,
+    *,
+    scope: str = TRUSTED,
+    provenance: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Push the local entry of ``key`` to the registry ``client`` talks to. Returns {key,
+    index_digest, blobs_sent, bytes_sent, blobs_present, manifests, remote, duration}.
+    RemoteCacheMiss when there is no usable local entry (``corrupt``: it or a blob was bad, and
+    is quarantined now); PushRefused for an untrusted scope; the client's RemoteError
+    subclasses when the registry fails or refuses."""
+    validate_key(key)
+    if scope != TRUSTED:
+        # Only the trusted scope's entries are the fleet's: a fork's pull request never pushes.
+        raise PushRefused(f"an entry of the untrusted scope {scope!r} is never pushed")
+    start = time.monotonic()
+    store = as_store(store)
+    name = entry_name(key, scope)
+    if not store.exists():
+        raise RemoteCacheMiss(f"no cache at {store.root}: nothing to push for key '{key}'")
+    sent_before = int(getattr(client, "bytes_sent", 0) or 0)
+    try:
+        with store.store_lock():
+            entry = _checked_entry(store, name)
+            pusher = _Pusher(store, client, progress)
+            try:
+                manifests = pusher.push_images(entry)
+            except CorruptBlob as exc:
+                quarantine_for(store, name, exc)
+                raise RemoteCacheMiss(
+                    f"cache entry '{name}' not pushed, quarantined: {exc}", corrupt=True
+                ) from None
+            index = build_index(key, manifests, _provenance(entry, provenance), time.time())
+            index_digest = client.put_manifest(key, OCI_INDEX, index)
+    except LockHeldError as exc:
+        raise RemoteCacheMiss(f"cannot push key '{key}': {exc}") from None
+    return {
+        "key": key,
+        "result": "pushed",
+        "index_digest": index_digest,
+        "blobs_sent": pusher.blobs_sent,
+        "blobs_present": pusher.blobs_present,
+        "bytes_sent": int(getattr(client, "bytes_sent", 0) or 0) - sent_before,
+        "blob_bytes_sent": pusher.blob_bytes_sent,
+        "manifests": [m["digest"] for m in manifests],
+        "remote": str(getattr(getattr(client, "settings", None), "url", "") or ""),
+        "duration": round(time.monotonic() - start, 3),
+    }
+
+
+def _checked_entry(store: Store, name: str) -> dict[str, Any]:
+    """The entry as restore checks it (a bad one quarantined: it would not restore either)."""
+    try:
+        entry, _digest = load_checked_entry(store, name)
+    except CacheMiss as exc:
+        raise RemoteCacheMiss(f"nothing to push: {exc}") from None
+    except (CorruptEntry, CorruptBlob) as exc:
+        quarantine_for(store, name, exc)
+        raise RemoteCacheMiss(
+            f"cache entry '{name}' not pushed, quarantined: {exc}", corrupt=True
+        ) from None
+    return entry
+
+
+def _provenance(entry: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the entry came from: what the caller says, else what the entry recorded; the host
+    at least."""
+    found = dict(
+        given or (entry.get("provenance") if isinstance(entry.get("provenance"), dict) else {})
+    )
+    found.setdefault("host", socket.gethostname())
+    return found
+
+
+def build_index(
+    key: str, manifests: list[dict[str, Any]], provenance: dict[str, Any], now: float
+) -> bytes:
+    """The index the key's tag names: one descriptor per image (its platform and original
+    tags), and whose key it is, when it was pushed and where it was built."""
+    annotations = {KEY_ANNOTATION: key, PUSHED_ANNOTATION: rfc3339(now)}
+    annotations.update(provenance_annotations(provenance))
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+        "annotations": annotations,
+    }
+    return canonical(index)
+
+
+class _Pusher:
+    """The blobs and image manifests of one push."""
+
+    def __init__(self, store: Store, client: Any, progress: Any) -> None:
+        self.store = store
+        self.client = client
+        self.progress = progress
+        self.done: set[str] = set()
+        self.blobs_sent = 0
+        self.blobs_present = 0
+        self.blob_bytes_sent = 0
+
+    def push_images(self, entry: dict[str, Any]) -> list[dict[str, Any]]:
+        """Upload what the registry lacks and put each image's manifest (by digest); the
+        index's descriptors."""
+        descriptors = []
+        for image in entry["images"]:
+            config = self._config_bytes(image["config"]["digest"])
+            layers = [_layer_descriptor(layer) for layer in image["layers"]]
+            self._blob(image["config"]["digest"], image["config"]["size"])
+            for layer in image["layers"]:
+                self._blob(layer["digest"], layer["size"])
+            manifest = canonical(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {
+                        "mediaType": OCI_CONFIG,
+                        "digest": image["config"]["digest"],
+                        "size": image["config"]["size"],
+                    },
+                    "layers": layers,
+                }
+            )
+            digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+            self.client.put_manifest(digest, OCI_MANIFEST, manifest)
+            described = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)}
+            platform = _platform(config)
+            if platform:
+                described["platform"] = platform
+            described["annotations"] = {TAGS_ANNOTATION: json.dumps(sorted(image["tags"]))}
+            descriptors.append(described)
+        return descriptors
+
+    def _config_bytes(self, digest: str) -> bytes:
+        data = read_regular(self.store.blob_path(digest), MAX_CONFIG_BYTES)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise CorruptBlob(digest, f"config blob {digest} fails its sha256 check")
+        return data
+
+    def _blob(self, digest: str, size: int) -> None:
+        if digest in self.done:
+            return
+        self.done.add(digest)
+        if self.client.blob_size(digest) == size:
+            self.blobs_present += 1
+            return
+        reader = VerifiedBlobReader(self.store, digest, size, self._sent)
+        try:
+            self.client.upload_blob(digest, reader, size)
+        except BaseException:
+            if reader.corrupt is not None:
+                raise reader.corrupt from None  # however the client wrapped it
+            raise
+        finally:
+            reader.close()
+        if reader.corrupt is not None:
+            raise reader.corrupt
+        self.blobs_sent += 1
+
+    def _sent(self, count: int) -> None:
+        self.blob_bytes_sent += count
+        if self.progress:
+            self.progress(self.blob_bytes_sent)
+
+
+def _layer_descriptor(layer: dict[str, Any]) -> dict[str, Any]:
+    """An uncompressed layer (stored under its diff_id) goes as an OCI tar layer; a gzip layer
+    an OCI archive carried, as an OCI gzip layer. Anything else cannot be pulled back."""
+    if layer["digest"] == layer["diff_id"]:
+        media = OCI_LAYER
+    elif layer.get("media_type") in GZIP_LAYER_TYPES:
+        media = OCI_LAYER_GZIP
+    else:
+        raise PushRefused(
+            f"layer {layer['digest']} is {layer.get('media_type')!r}: the fleet tier takes "
+            "uncompressed and gzip layers only"
+        )
+    return {"mediaType": media, "digest": layer["digest"], "size": layer["size"]}
+
+
+def _platform(config: bytes) -> dict[str, str] | None:
+    try:
+        parsed = json.loads(config)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    os_name, arch = parsed.get("os"), parsed.get("architecture")
+    if not isinstance(os_name, str) or not isinstance(arch, str) or not os_name or not arch:
+        return None
+    platform = {"architecture": arch, "os": os_name}
+    if isinstance(parsed.get("variant"), str) and parsed["variant"]:
+        platform["variant"] = parsed["variant"]
+    return platform
+
+
+class VerifiedBlobReader:
+    """A stored blob read for an upload, hashed in the same read. The read that would hand out
+    the last bytes checks the digest first: a blob that fails it raises CorruptBlob (kept in
+    ``corrupt``) instead, so the upload never completes with bad bytes."""
+
+    def __init__(
+        self, store: Store, digest: str, size: int, on_read: Callable[[int], None] | None = None
+    ) -> None:
+        self.digest = digest
+        self.size = size
+        self.remaining = size
+        self.sha = hashlib.sha256()
+        self.on_read = on_read
+        self.corrupt: CorruptBlob | None = None
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(store.blob_path(digest), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            self._fail(f"blob {digest} cannot be read: {exc.strerror}")
+        if os.fstat(self.fd).st_size != size:
+            self.close()
+            self._fail(f"blob {digest} has another size than the entry's {size}")
+
+    def _fail(self, message: str) -> None:
+        self.corrupt = CorruptBlob(self.digest, message)
+        raise self.corrupt
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self.remaining:
+            return 0
+        count = os.readv(self.fd, [view[: min(len(view), self.remaining)]])
+        if count == 0:
+            self._fail(f"blob {self.digest} was truncated while being read")
+        self.sha.update(view[:count])
+        self.remaining -= count
+        if self.on_read:
+            self.on_read(count)
+        if not self.remaining and "sha256:" + self.sha.hexdigest() != self.digest:
+            self._fail(f"blob {self.digest} fails its sha256 check (damaged on disk)")
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); b"" at the end."""
+        want = self.remaining if size is None or size < 0 else min(size, self.remaining)
+        buffer = bytearray(want)
+        done = 0
+        while done < want:
+            done += self.readinto(memoryview(buffer)[done:])
+        return bytes(buffer)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> VerifiedBlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
