@@ -192,6 +192,8 @@ def test_restore_against_an_engine_that_never_accepts(stored, never_accepts, eng
         ("/images/load", "mid", "stopped reading the image archive"),
         ("/images/load", "after", "did not answer the image load within 1s of its end"),
     ],
+    # The image ID is random per process: ids by position keep parallel workers' lists equal.
+    ids=["inspect-head", "list-mid", "list-after", "load-head", "load-mid", "load-after"],
 )
 def test_restore_against_an_engine_that_stalls(stored, engine, engine_dir, part, stage, says):
     del engine.images[APP_ID]  # the engine lacks the image: restore loads it
