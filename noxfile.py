@@ -97,8 +97,10 @@ def unit(session: nox.Session) -> None:
     if len(UNIT_PYTHONS) < 2:
         # The zipapp's cross-version reproducibility needs a second interpreter to compare with.
         env["RUNNERKEEP_SINGLE_PYTHON"] = "1"
-    session.install("pytest", "hypothesis", "ansible-core")
-    session.run("pytest", "tests/unit", *session.posargs, env=env)
+    session.install("pytest", "pytest-xdist", "hypothesis", "ansible-core")
+    # Most unit time is waiting (subprocesses, deadlines, sockets), not CPU: workers overlap it.
+    workers = os.environ.get("RUNNERKEEP_UNIT_WORKERS", "4")
+    session.run("pytest", "tests/unit", "-n", workers, *session.posargs, env=env)
 
 
 def _check_installed(session: nox.Session, bindir: str, python: str) -> None:
