@@ -17,6 +17,12 @@ description:
     A restore that finds no usable entry is a miss (RV(hit=false)), not a failure, unless
     O(fail_on_miss=true). Corrupt entries and blobs are moved to the store's quarantine.
   - >-
+    With a fleet tier (C(cache.remote) of the config, or O(remote)), a restore that misses
+    locally or finds a corrupt blob pulls the key from the registry, every byte verified before
+    the local commit, and restores it (RV(source=fleet), RV(repaired)); a save pushes after its
+    local commit when C(push) is on (a failed push is a warning, not a failure); O(repair)
+    pulls again the keys whose blobs were bad.
+  - >-
     The same core as the C(runnerkeep cache) CLI; the on-disk format is in
     C(docs/cache-format.md).
 version_added: "0.1.0"
@@ -91,6 +97,22 @@ options:
       - Fail instead of returning RV(hit=false) when a restore misses.
     type: bool
     default: false
+  remote:
+    description:
+      - >-
+        The fleet tier, laid over C(cache.remote) of the config file key by key: C(url)
+        (V(https://HOST[:PORT]/REPOSITORY); C(http://) only for a loopback registry or with
+        C(allow_http)), C(credentials_file) (a file holding C(USER:PASSWORD), readable by the
+        store's owner only; never the password itself), C(ca_file) (the registry's CA),
+        C(push) (push after each save; default false), C(timeout) (seconds per network
+        operation; default 30) and C(allow_http) (default false).
+      - An unknown key or a bad value fails the task naming it.
+    type: dict
+  no_remote:
+    description:
+      - Leave the fleet tier out (the local store only), whatever the config says.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check mode and return changed status prediction without modifying target.
@@ -102,7 +124,11 @@ attributes:
         loaded (RV(result=would_load)), pruned or removed; a store never written reads as empty.
       - >-
         With O(state=verified) and O(repair=true) the bad entries and blobs are reported and the
-        task fails as it would in a real run, but nothing is moved to the quarantine.
+        task fails as it would in a real run, but nothing is moved to the quarantine or pulled.
+      - >-
+        With a fleet tier, check mode never writes to the registry and fetches nothing: a
+        restore that misses locally asks the registry whether it holds the key
+        (RV(result=would_pull)), a save reports RV(push.decision=would_push) or why it would not.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
@@ -144,6 +170,23 @@ EXAMPLES = r"""
     images: [app:ci, app-tests:ci]
   when: not cache.hit
 
+- name: Restore through the fleet tier (a local miss or a corrupt blob is pulled)
+  runnerkeep.runner.image_cache:
+    state: restored
+    key: "build-{{ lockfile_hash }}"
+    remote:
+      url: https://cache.example.internal:5000/runnerkeep/images
+      credentials_file: /etc/runnerkeep/fleet-cache.credentials
+      ca_file: /etc/runnerkeep/fleet-cache-ca.pem
+
+- name: Save and push to the fleet tier
+  runnerkeep.runner.image_cache:
+    state: saved
+    key: "build-{{ lockfile_hash }}"
+    images: [app:ci]
+    remote:
+      push: true
+
 - name: Weekly housekeeping
   runnerkeep.runner.image_cache:
     state: pruned
@@ -157,7 +200,8 @@ result:
     - What happened.
     - >-
       O(state=saved) gives V(saved), V(unchanged) or V(would_save); O(state=restored) V(hit),
-      V(miss) or V(would_load); O(state=verified) V(ok) or V(bad); O(state=pruned) V(pruned);
+      V(miss), V(would_load) or V(would_pull); O(state=verified) V(ok), V(repaired) (every bad
+      key pulled again from the fleet tier) or V(bad); O(state=pruned) V(pruned);
       O(state=absent) V(absent).
   returned: success
   type: str
@@ -265,6 +309,38 @@ report:
       report (C(evicted), C(blobs_deleted), C(bytes_freed), C(size_before), C(size_after), ...).
   returned: O(state=verified) or O(state=pruned)
   type: dict
+source:
+  description: V(fleet) when the restore pulled the key from the fleet tier first.
+  returned: O(state=restored), when the key came from the fleet tier
+  type: str
+  sample: fleet
+repaired:
+  description:
+    - >-
+      With O(state=restored), true when the local entry or a blob was corrupt (quarantined)
+      and the key was fetched again from the fleet tier. With O(state=verified) and
+      O(repair=true), the keys pulled again (also in RV(report)).
+  returned: O(state=restored) from the fleet tier, or O(state=verified) with a fleet tier
+  type: raw
+  sample: true
+pulled:
+  description: What the fleet tier sent (C(index_digest), C(blobs_fetched), C(bytes_fetched)).
+  returned: O(state=restored), when the key came from the fleet tier
+  type: dict
+local_miss:
+  description: Why the local store could not serve the key before the fleet tier did.
+  returned: O(state=restored), when the fleet tier was asked
+  type: str
+  sample: "no cache entry for key 'build-3f2a1b'"
+push:
+  description:
+    - >-
+      The push after a save (C(pushed), C(decision): V(pushed), V(failed), V(refused) for an
+      untrusted job, or V(would_push) in check mode; C(reason); C(index_digest) and
+      C(bytes_sent) when pushed). A failed push is also a warning; the save stands.
+  returned: O(state=saved) with a fleet tier whose C(push) is on
+  type: dict
+  sample: {"pushed": true, "decision": "pushed", "bytes_sent": 0}
 exit_code:
   description: The exit code C(runnerkeep cache) gives for the same error (3 for a miss).
   returned: failed, when the core refused
@@ -281,6 +357,7 @@ busy:
 """
 
 import os
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -291,8 +368,6 @@ try:
         prune_store,
         remove_key,
         resolve_cache_dir,
-        restore_entry,
-        save_entry,
         verify_store,
     )
     from ansible.module_utils.runnerkeep.cache.owner import drop_to_store_owner
@@ -307,7 +382,15 @@ try:
     )
     from ansible.module_utils.runnerkeep.schema import check_option
     from ansible.module_utils.runnerkeep.units import parse_duration, parse_size
-    from ansible.module_utils.runnerkeep.wiring import cache_settings, make_room
+    from ansible.module_utils.runnerkeep.cache.trust import direct_trust, provenance_from_env
+    from ansible.module_utils.runnerkeep.wiring import (
+        cache_settings,
+        fleet_tier,
+        make_room,
+        repair_from_fleet,
+        restore_with_remote,
+        save_then_push,
+    )
 
     IMPORT_ERROR = None
 except ImportError as exc:  # pragma: no cover - reported by fail_json in main()
@@ -359,76 +442,117 @@ def owned_by_another_user(cache_dir):
 def run_state(task, config, cache_dir, store):
     """The work of O(state), as the store's owner."""
     p = task.params
-    check = task.check_mode
     # No state dir in check mode: a miss or a prune would otherwise be recorded as an event.
     state_dir = task.event_dir(state_dir_of(config))
-    state = p["state"]
     out = {"changed": False, "cache_dir": cache_dir}
+    # The fleet tier's settings only; its credentials are read (as this user) when needed.
+    fleet = fleet_tier(config, no_remote=p["no_remote"], overrides=p["remote"] or None)
+    work = {
+        "saved": saved,
+        "restored": restored,
+        "verified": verified,
+        "pruned": pruned,
+        "absent": absent,
+    }[p["state"]]
+    return work(task, config, store, state_dir, fleet, out)
 
-    if state == "saved":
-        settings = cache_settings(config)
-        reserve = parse_size(p["reserve"], "reserve") if p["reserve"] else settings["reserve"]
-        result = save_entry(
-            store,
-            p["key"],
-            p["images"],
-            reserve=reserve,
-            make_room=make_room(config),
-            make_room_first=p["make_room"],
-            max_size=settings["max_size"],
-            state_dir=state_dir,
-            dry_run=check,
+
+def saved(task, config, store, state_dir, fleet, out):
+    p = task.params
+    settings = cache_settings(config)
+    reserve = parse_size(p["reserve"], "reserve") if p["reserve"] else settings["reserve"]
+    result = save_then_push(
+        store,
+        p["key"],
+        p["images"],
+        fleet,
+        trust=direct_trust(os.environ, read_small_file),
+        provenance=provenance_from_env(os.environ, socket.gethostname()),
+        reserve=reserve,
+        make_room=make_room(config),
+        make_room_first=p["make_room"],
+        max_size=settings["max_size"],
+        state_dir=state_dir,
+        dry_run=task.check_mode,
+    )
+    task.warn(result.get("warnings"))
+    out.update(result)
+    out["changed"] = result["result"] in ("saved", "would_save") or bool(
+        (result.get("push") or {}).get("pushed")
+    )
+    return out
+
+
+def read_small_file(path):
+    """The CI event payload the trust decision reads (trust.direct_trust bounds its size)."""
+    with open(path, "rb") as handle:
+        return handle.read(16 * 1024 * 1024 + 1)
+
+
+def restored(task, config, store, state_dir, fleet, out):
+    p = task.params
+    try:
+        result = restore_with_remote(
+            store, p["key"], fleet, state_dir=state_dir, dry_run=task.check_mode
         )
-        task.warn(result.get("warnings"))
-        out.update(result)
-        out["changed"] = result["result"] in ("saved", "would_save")
-    elif state == "restored":
-        try:
-            result = restore_entry(store, p["key"], state_dir=state_dir, dry_run=check)
-        except CacheMiss as exc:
-            if p["fail_on_miss"]:
-                raise TaskFailed(
-                    str(exc), **out, hit=False, result="miss", exit_code=exc.exit_code
-                ) from None
-            out.update(hit=False, result="miss", loaded=False, msg=str(exc))
-            return out
-        out.update(result)
-        out["hit"] = True
-        out["changed"] = bool(result.get("loaded") or result.get("retagged")) or (
-            result["result"] == "would_load"
-        )
-    elif state == "verified":
-        report = verify_store(
-            store,
-            p["key"],
-            workers=cache_settings(config)["verify_workers"],
-            repair=p["repair"] and not check,
-        )
-        out.update(report=report, result="ok" if report["ok"] else "bad")
-        out["changed"] = bool(report["quarantined"])
-        if not report["ok"]:
-            bad = [b["key"] for b in report["bad_entries"]] + [
-                b["digest"] for b in report["bad_blobs"]
-            ]
-            raise TaskFailed("cache verify found problems: " + ", ".join(bad), **out)
-    elif state == "pruned":
-        settings = cache_settings(config)
-        max_size = parse_size(p["max_size"], "max_size") if p["max_size"] else settings["max_size"]
-        max_age = parse_duration(p["max_age"], "max_age") if p["max_age"] else settings["max_age"]
-        report = prune_store(
-            store,
-            max_size=max_size,
-            max_age=max_age,
-            quarantine_retention=settings["quarantine_retention"],
-            dry_run=check,
-            state_dir=state_dir,  # the same event the CLI's prune records
-        )
-        task.warn(report.get("warnings"))
-        out.update(report=report, result="pruned", bytes_freed=report["bytes_freed"])
-        out["changed"] = bool(report["evicted"] or report["blobs_deleted"])
-    elif state == "absent":
-        result = remove_key(store, p["key"], dry_run=check)
-        out.update(result="absent", changed=result["removed"])
+    except CacheMiss as exc:
+        if p["fail_on_miss"]:
+            raise TaskFailed(
+                str(exc), **out, hit=False, result="miss", exit_code=exc.exit_code
+            ) from None
+        out.update(hit=False, result="miss", loaded=False, msg=str(exc))
+        return out
+    out.update(result)
+    out["hit"] = True
+    out["changed"] = bool(result.get("loaded") or result.get("retagged")) or (
+        result["result"] in ("would_load", "would_pull")
+    )
+    return out
+
+
+def verified(task, config, store, state_dir, fleet, out):
+    p = task.params
+    repair = p["repair"] and not task.check_mode
+    report = verify_store(
+        store,
+        p["key"],
+        workers=cache_settings(config)["verify_workers"],
+        repair=repair,
+    )
+    if repair and fleet.enabled and not report["ok"]:
+        repair_from_fleet(store, report, fleet, state_dir=state_dir)
+        out["repaired"] = report["repaired"]
+    whole = report["ok"] or bool(report.get("repaired_ok"))
+    out.update(report=report, result="ok" if report["ok"] else "repaired" if whole else "bad")
+    out["changed"] = bool(report["quarantined"])
+    if not whole:
+        bad = [b["key"] for b in report["bad_entries"]] + [b["digest"] for b in report["bad_blobs"]]
+        raise TaskFailed("cache verify found problems: " + ", ".join(bad), **out)
+    return out
+
+
+def pruned(task, config, store, state_dir, fleet, out):
+    p = task.params
+    settings = cache_settings(config)
+    max_size = parse_size(p["max_size"], "max_size") if p["max_size"] else settings["max_size"]
+    max_age = parse_duration(p["max_age"], "max_age") if p["max_age"] else settings["max_age"]
+    report = prune_store(
+        store,
+        max_size=max_size,
+        max_age=max_age,
+        quarantine_retention=settings["quarantine_retention"],
+        dry_run=task.check_mode,
+        state_dir=state_dir,  # the same event the CLI's prune records
+    )
+    task.warn(report.get("warnings"))
+    out.update(report=report, result="pruned", bytes_freed=report["bytes_freed"])
+    out["changed"] = bool(report["evicted"] or report["blobs_deleted"])
+    return out
+
+
+def absent(task, config, store, state_dir, fleet, out):
+    result = remove_key(store, task.params["key"], dry_run=task.check_mode)
+    out.update(result="absent", changed=result["removed"])
     return out
 
 
@@ -449,6 +573,8 @@ def main():
             max_age=dict(type="str"),
             repair=dict(type="bool", default=False),
             fail_on_miss=dict(type="bool", default=False),
+            remote=dict(type="dict"),
+            no_remote=dict(type="bool", default=False),
         ),
         required_if=[
             ("state", "saved", ("key", "images")),

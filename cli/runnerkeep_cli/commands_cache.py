@@ -22,20 +22,29 @@ from runnerkeep.cache import (
     list_entries,
     prune_store,
     resolve_cache_dir,
-    restore_entry,
-    save_entry,
     service,
     sign_entries,
     verify_store,
 )
 from runnerkeep.cache.owner import drop_to_store_owner
 from runnerkeep.cache.scrub import report_lines as scrub_report_lines
-from runnerkeep.cache.trust import trust_from_env
+from runnerkeep.cache.trust import direct_trust, provenance_from_env, trust_from_env
 from runnerkeep.config import load_config, state_dir_of
 from runnerkeep.errors import EXIT_CHECK_FAILED, EXIT_OK, ConfigError, RunnerkeepError
 from runnerkeep.fsutil import atomic_output
 from runnerkeep.units import format_size, parse_duration, parse_size
-from runnerkeep.wiring import cache_settings, make_room
+from runnerkeep.wiring import (
+    FleetTier,
+    cache_settings,
+    fleet_tier,
+    make_room,
+    prune_remote,
+    pull_key,
+    push_key,
+    repair_from_fleet,
+    restore_with_remote,
+    save_then_push,
+)
 
 from runnerkeep_cli.options import add_command, add_group
 from runnerkeep_cli.output import CommandResult, table
@@ -45,6 +54,11 @@ A verified, content-addressed Docker image cache. Every save is checked byte for
 (layer digests, image set, docker's exit code, stream length) before it is committed;
 every restore re-checks every blob while it feeds `docker load`. A restore that finds
 nothing usable exits 3: rebuild and save again.
+
+With a fleet tier (config cache.remote, or --remote https://HOST[:PORT]/REPOSITORY), a
+restore that misses locally, or finds a corrupt blob, pulls the key from the registry (every
+byte verified before the local commit) and restores it; a trusted save with
+cache.remote.push pushes after its commit. Untrusted jobs may pull, never push.
 """
 
 
@@ -52,7 +66,8 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     sub = add_group(
         groups,
         "cache",
-        "verified Docker image cache: save, restore, verify, list, export, import, prune",
+        "verified Docker image cache: save, restore, verify, list, export, import, prune, "
+        "push, pull",
         HELP,
         epilog,
     )
@@ -82,10 +97,19 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         help="use the store directly, never the cache service",
     )
 
+    remote = _remote_options()
+    remote_url = _remote_options(allow_off=False)
+
     def add(
-        name: str, handler: Callable, help_text: str, job_op: bool = False, hidden: bool = False
+        name: str,
+        handler: Callable,
+        help_text: str,
+        job_op: bool = False,
+        hidden: bool = False,
+        fleet: argparse.ArgumentParser | None = None,
     ) -> argparse.ArgumentParser:
         parents = [common, store, via] if job_op else [common, store]
+        parents += [fleet] if fleet is not None else []
         return add_command(
             sub,
             name,
@@ -100,8 +124,10 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p = add(
         "save",
         cache_save,
-        "save images under a key (docker save, verified, then committed)",
+        "save images under a key (docker save, verified, then committed; pushed to the "
+        "fleet tier after the commit when cache.remote.push is on and the job is trusted)",
         job_op=True,
+        fleet=remote,
     )
     p.add_argument("--key", required=True, help="cache key: letters, digits, . _ - (max 128)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image references to save")
@@ -119,15 +145,28 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="check space, write nothing")
 
     p = add(
-        "restore", cache_restore, "load a key's images into the daemon (exit 3 = miss)", job_op=True
+        "restore",
+        cache_restore,
+        "load a key's images into the daemon (a local miss or corrupt blob is pulled from the "
+        "fleet tier when one is configured; exit 3 = miss)",
+        job_op=True,
+        fleet=remote,
     )
     p.add_argument("--key", required=True)
     p.add_argument("--dry-run", action="store_true", help="say whether a load would happen")
 
-    p = add("verify", cache_verify, "re-hash every blob and check every entry (exit 6 if bad)")
+    p = add(
+        "verify",
+        cache_verify,
+        "re-hash every blob and check every entry (exit 6 if bad)",
+        fleet=remote,
+    )
     p.add_argument("--key", help="only this key's entry and blobs")
     p.add_argument(
-        "--repair", action="store_true", help="move bad entries and blobs to the quarantine"
+        "--repair",
+        action="store_true",
+        help="move bad entries and blobs to the quarantine, then pull the bad keys again from "
+        "the fleet tier when one is configured (exit 0 when every one is whole again)",
     )
     p.add_argument(
         "--max-duration",
@@ -160,6 +199,37 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     )
     p.add_argument("--key", required=True)
     p.add_argument("archive", metavar="FILE.tar")
+
+    p = add(
+        "push",
+        cache_push,
+        "upload a key to the fleet tier: only the blobs the registry lacks, then the key's "
+        "index (trusted jobs only; exit 0 when the key is in the registry)",
+        job_op=True,
+        fleet=remote_url,
+    )
+    p.add_argument("--key", required=True)
+
+    p = add(
+        "pull",
+        cache_pull,
+        "fetch a key from the fleet tier into the local store, every byte verified before the "
+        "commit (exit 3 when the registry has no such key, or serves bad data)",
+        job_op=True,
+        fleet=remote_url,
+    )
+    p.add_argument("--key", required=True)
+
+    p = add(
+        "remote-prune",
+        cache_remote_prune,
+        "delete key tags from the fleet tier, least recently pushed first (the registry's "
+        "garbage collection frees the blobs)",
+        fleet=remote_url,
+    )
+    p.add_argument("--max-age", metavar="DURATION", help="delete keys pushed longer ago (30d)")
+    p.add_argument("--keep", metavar="N", type=_count, help="keep the N most recently pushed")
+    p.add_argument("--dry-run", action="store_true", help="report what would be deleted")
 
     p = add("prune", cache_prune, "evict least recently used entries, delete unreferenced blobs")
     p.add_argument("--max-size", metavar="SIZE", help="quota (default: config cache.max_size)")
@@ -202,7 +272,59 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     )
 
 
+def _remote_options(allow_off: bool = True) -> argparse.ArgumentParser:
+    """``--remote URL`` (and ``--no-remote``): the fleet tier of this command."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--remote",
+        metavar="URL",
+        help="fleet tier https://HOST[:PORT]/REPOSITORY (default: config cache.remote.url; "
+        "credentials only from cache.remote.credentials_file, never the URL)",
+    )
+    if allow_off:
+        group.add_argument(
+            "--no-remote",
+            action="store_true",
+            help="leave the fleet tier out (local store only)",
+        )
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------
+def _fleet(args: argparse.Namespace, config: dict[str, Any]) -> FleetTier:
+    """The fleet tier of this command (after the drop to the store's owner: the credentials
+    file is read as that user, later, only when the registry is needed)."""
+    return fleet_tier(config, getattr(args, "remote", None), getattr(args, "no_remote", False))
+
+
+def _through_service(args: argparse.Namespace) -> dict[str, Any]:
+    """The fleet options a job may pass to the service: opting out, never another URL (the
+    service would send the host's credentials wherever a job pointed it)."""
+    if getattr(args, "remote", None):
+        raise ConfigError(
+            "--remote cannot be used through the cache service: it uses the host's configured "
+            "cache.remote (leave out --remote, or run as the store's owner with --no-service)"
+        )
+    return {"no_remote": True} if getattr(args, "no_remote", False) else {}
+
+
+def _trust_and_provenance() -> tuple[tuple[bool, str, str], dict[str, str]]:
+    """This direct caller's trust (the push decision) and the provenance of what it pushes."""
+    trust = direct_trust(os.environ, _read_event_file)
+    return trust, provenance_from_env(os.environ, socket.gethostname())
+
+
 def _context(args: argparse.Namespace) -> tuple[Store, dict[str, Any], str]:
     """Store (with the entry key file), config, state dir. The commands that use
     ``cache_settings`` (save, verify, prune) compute it themselves: without
@@ -293,15 +415,22 @@ def cache_save(args: argparse.Namespace) -> CommandResult:
             "skip_space_check": args.skip_space_check,
             "reserve": reserve,
             "dry_run": args.dry_run,
+            **_through_service(args),
         }
         result = service.call_service(socket_path, "save", request)
+        _warn(result)
         return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
     settings = cache_settings(config)
+    fleet = _fleet(args, config)
+    trust, provenance = _trust_and_provenance()
     with _long_running(f"saving {args.key}") as progress:
-        result = save_entry(
+        result = save_then_push(
             store,
             args.key,
             args.images,
+            fleet,
+            trust=trust,
+            provenance=provenance,
             reserve=settings["reserve"] if reserve is None else reserve,
             check_space=not args.skip_space_check,
             make_room=make_room(config),
@@ -311,10 +440,37 @@ def cache_save(args: argparse.Namespace) -> CommandResult:
             progress=progress,
             dry_run=args.dry_run,
         )
+    _warn(result)
     return CommandResult(result, save_text(args.key, store.root, result), EXIT_OK)
 
 
 def save_text(key: str, store_dir: str, result: dict[str, Any]) -> str:
+    text = _save_line(key, store_dir, result)
+    pushed = result.get("push")
+    if isinstance(pushed, dict):
+        text += "\n" + push_line(key, pushed)
+    return text
+
+
+def push_line(key: str, pushed: dict[str, Any]) -> str:
+    """The push decision after a save, and why."""
+    decision = pushed.get("decision")
+    if decision == "pushed":
+        return (
+            f"pushed key '{key}' to {pushed.get('remote')} "
+            f"({format_size(pushed.get('bytes_sent') or 0)} sent; {pushed.get('reason')})"
+        )
+    if decision == "would_push":
+        return f"would push key '{key}' to {pushed.get('remote')} ({pushed.get('reason')})"
+    if decision == "refused":
+        return f"key '{key}' {pushed.get('reason')}"
+    return (
+        "push failed (the save stands; the next save or `cache push` retries): "
+        f"{pushed.get('reason')}"
+    )
+
+
+def _save_line(key: str, store_dir: str, result: dict[str, Any]) -> str:
     if result["result"] == "would_save":
         if result.get("would_make_room"):
             return (
@@ -335,17 +491,36 @@ def cache_restore(args: argparse.Namespace) -> CommandResult:
     store, config, state_dir = _context(args)
     socket_path = _service_socket(args, store, config)
     if socket_path:
-        request = {"key": args.key, "dry_run": args.dry_run}
+        request = {"key": args.key, "dry_run": args.dry_run, **_through_service(args)}
         result = service.call_service(socket_path, "restore", request)
         return CommandResult(result, restore_text(args.key, result), EXIT_OK)
+    fleet = _fleet(args, config)
     with _long_running(f"restoring {args.key}") as progress:
-        result = restore_entry(
-            store, args.key, state_dir=state_dir, progress=progress, dry_run=args.dry_run
+        result = restore_with_remote(
+            store, args.key, fleet, state_dir=state_dir, progress=progress, dry_run=args.dry_run
         )
     return CommandResult(result, restore_text(args.key, result), EXIT_OK)
 
 
 def restore_text(key: str, result: dict[str, Any]) -> str:
+    text = _restore_line(key, result)
+    if result.get("source") == "fleet":
+        pulled = result.get("pulled") or {}
+        how = "repaired from" if result.get("repaired") else "pulled from"
+        text += (
+            f"\n{how} the fleet tier {result.get('remote')}: "
+            f"{format_size(pulled.get('bytes_fetched') or 0)} fetched "
+            f"({pulled.get('blobs_fetched') or 0} blobs; local: {result.get('local_miss')})"
+        )
+    return text
+
+
+def _restore_line(key: str, result: dict[str, Any]) -> str:
+    if result["result"] == "would_pull":
+        return (
+            f"would pull key '{key}' from the fleet tier {result.get('remote')} "
+            f"(local: {result.get('local_miss')})"
+        )
     if result["result"] == "would_load":
         return f"would load {format_size(result['bytes_loaded'])} for key '{key}'"
     if result["loaded"]:
@@ -357,9 +532,10 @@ def restore_text(key: str, result: dict[str, Any]) -> str:
 
 
 def cache_verify(args: argparse.Namespace) -> CommandResult:
-    store, config, _state = _context(args)
+    store, config, state_dir = _context(args)
     store_dir = store.root
     settings = cache_settings(config)
+    fleet = _fleet(args, config) if args.repair else None
     max_duration = None
     if args.max_duration is not None:
         max_duration = parse_duration(args.max_duration, "--max-duration")
@@ -376,6 +552,9 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
         )
     finally:
         progress.close()
+    if fleet is not None and fleet.enabled and not report.get("scrub"):
+        with _long_running("repairing from the fleet tier") as pulling:
+            repair_from_fleet(store, report, fleet, state_dir=state_dir, progress=pulling)
     if report.get("scrub"):
         code = EXIT_OK if report["ok"] else EXIT_CHECK_FAILED
         return CommandResult(report, "\n".join(scrub_report_lines(report)), code)
@@ -394,8 +573,88 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
         lines.append(f"{report['unreferenced_blobs']} unreferenced blob(s) (prune removes them)")
     for moved in report["quarantined"]:
         lines.append(f"quarantined {moved}")
-    lines.append("all good" if report["ok"] else "problems found")
-    return CommandResult(report, "\n".join(lines), EXIT_OK if report["ok"] else EXIT_CHECK_FAILED)
+    lines += [f"repaired {key} from the fleet tier" for key in report.get("repaired") or []]
+    lines += [f"NOT repaired {b['key']}: {b['reason']}" for b in report.get("not_repaired") or []]
+    whole = report["ok"] or bool(report.get("repaired_ok"))
+    if report["ok"]:
+        lines.append("all good")
+    else:
+        lines.append(
+            "problems found; all repaired from the fleet tier" if whole else "problems found"
+        )
+    return CommandResult(report, "\n".join(lines), EXIT_OK if whole else EXIT_CHECK_FAILED)
+
+
+def cache_push(args: argparse.Namespace) -> CommandResult:
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    if socket_path:
+        request = {"key": args.key, **_through_service(args)}
+        result = service.call_service(socket_path, "push", request)
+        return CommandResult(result, push_text(args.key, result), EXIT_OK)
+    fleet = _fleet(args, config)
+    trust, provenance = _trust_and_provenance()
+    with _long_running(f"pushing {args.key}") as progress:
+        result = push_key(
+            store,
+            args.key,
+            fleet,
+            trust=trust,
+            provenance=provenance,
+            state_dir=state_dir,
+            progress=progress,
+        )
+    return CommandResult(result, push_text(args.key, result), EXIT_OK)
+
+
+def push_text(key: str, result: dict[str, Any]) -> str:
+    return (
+        f"pushed key '{key}' to {result.get('remote')}: {result.get('blobs_sent', 0)} blobs "
+        f"sent ({format_size(result.get('bytes_sent') or 0)}), {result.get('blobs_present', 0)} "
+        f"already there; index {result.get('index_digest')} ({result.get('decision')})"
+    )
+
+
+def cache_pull(args: argparse.Namespace) -> CommandResult:
+    store, config, state_dir = _context(args)
+    socket_path = _service_socket(args, store, config)
+    if socket_path:
+        request = {"key": args.key, **_through_service(args)}
+        result = service.call_service(socket_path, "pull", request)
+        return CommandResult(result, pull_text(args.key, result), EXIT_OK)
+    fleet = _fleet(args, config)
+    with _long_running(f"pulling {args.key}") as progress:
+        result = pull_key(store, args.key, fleet, state_dir=state_dir, progress=progress)
+    return CommandResult(result, pull_text(args.key, result), EXIT_OK)
+
+
+def pull_text(key: str, result: dict[str, Any]) -> str:
+    text = (
+        f"pulled key '{key}' from {result.get('remote')}: {result.get('blobs_fetched', 0)} "
+        f"blobs fetched ({format_size(result.get('bytes_fetched') or 0)}), "
+        f"{result.get('blobs_present', 0)} already stored"
+    )
+    if result.get("repaired"):
+        text += f"; repaired {len(result['repaired'])} blob(s) the store had quarantined"
+    return text
+
+
+def cache_remote_prune(args: argparse.Namespace) -> CommandResult:
+    _store, config, _state = _context(args)
+    max_age = parse_duration(args.max_age, "--max-age") if args.max_age else None
+    fleet = _fleet(args, config)
+    result = prune_remote(fleet, max_age=max_age, keep=args.keep, dry_run=args.dry_run)
+    deleted = result.get("deleted") or []
+    verb = "would delete" if args.dry_run else "deleted"
+    lines = [f"{verb} {_pruned_name(item)}" for item in deleted]
+    lines.append(
+        f"{verb} {len(deleted)} key(s) of {result.get('remote')}; {result.get('kept', 0)} kept"
+    )
+    return CommandResult(result, "\n".join(lines), EXIT_OK)
+
+
+def _pruned_name(item: Any) -> str:
+    return str(item.get("key", item)) if isinstance(item, dict) else str(item)
 
 
 def _when(ts: float | None) -> str:
@@ -552,7 +811,13 @@ def cache_register_job(args: argparse.Namespace) -> CommandResult:
         data["result"] = "no cache service"
         return CommandResult(data, f"no cache service at {socket_path}: nothing registered")
     try:
-        request = {**data, "worker_pid": args.worker_pid}
+        # The provenance of what this job may push, read now like the trust facts: before
+        # any job code ran.
+        request = {
+            **data,
+            "worker_pid": args.worker_pid,
+            "provenance": provenance_from_env(os.environ),
+        }
         data.update(service.call_service(socket_path, "register-job", request))
     except RunnerkeepError as exc:
         print(f"runnerkeep: warning: job not registered: {exc}", file=sys.stderr)
@@ -574,6 +839,9 @@ def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
                 resolve_cache_dir(None, config), key_file=access_settings(config)["key_file"]
             )
             settings = cache_settings(config)
+            # The host's fleet tier: the service does the remote work, jobs never see the
+            # credentials (read later, as the store's owner, only when the registry is needed).
+            fleet = fleet_tier(config)
         except RunnerkeepError as exc:
             service.send_error(sock, exc)
             return CommandResult({}, "", EXIT_OK)
@@ -585,6 +853,7 @@ def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
             service.Registry(args.state_dir),
             formatter=_service_text,
             events_dir=state_dir_of(config),
+            fleet=fleet,
         )
     finally:
         sock.close()
@@ -601,4 +870,8 @@ def _service_text(op: str, request: dict[str, Any], data: dict[str, Any]) -> str
         return list_text(data)
     if op == "import":
         return import_text(key, request.get("source", "archive"), data)
+    if op == "push":
+        return push_text(key, data)
+    if op == "pull":
+        return pull_text(key, data)
     return ""

@@ -9,16 +9,32 @@ other (tools/structure_check.py checks it). The three things one needs of anothe
   emergency step: the emergency stage (the front door passes ``run_cleanup`` to
   ``disk.watch.run_watch``);
 - the watch's cache scrub metrics: the scrub's summary in the store (``scrub_status``).
+
+It also joins the local cache to the fleet tier (issue 12: a registry every runner shares,
+``remote/`` and ``cache/remote_push.py`` / ``cache/remote_pull.py``): a restore that misses
+locally, or finds a corrupt blob, pulls the key and restores again (``restore_with_remote``);
+a trusted save pushes after its local commit (``save_then_push``); ``verify --repair`` pulls
+again the keys whose blobs were bad (``repair_from_fleet``). The front doors build the tier
+once per command (``fleet_tier``); the cache service gets it handed in (it cannot import
+this module) and does the remote work for jobs, which never see the credentials.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any, Callable, Optional
 
 from .cache import cache_config, scrub
+from .cache.restore import restore_entry
+from .cache.save import save_entry
+from .cache.store import TRUSTED, Store, split_name
+from .cache.trust import push_decision
 from .cleanup import stages
 from .cleanup.report import CleanupReport
 from .disk.budget import cache_quota, cleanup_targets
+from .errors import CacheMiss, ConfigError, RunnerkeepError
+from .events import record_event
 
 # What ``--make-room`` runs when a save is short of space: (bytes needed, a path on the short
 # filesystem) -> the post-build stage's report (cache.save.save_entry's ``make_room``).
@@ -61,3 +77,451 @@ def scrub_status(config: dict[str, Any]) -> Callable[[float], dict[str, Any] | N
         return scrub.read_scrub_status(store_dir, now)
 
     return status
+
+
+# -- the fleet tier ---------------------------------------------------------------------------
+# What a dry-run restore asks the registry for (a read: is the key's tag there?).
+_MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+# A job's trust as the push decision needs it: (trusted, scope, reason).
+Trust = tuple  # tuple[bool, str, str]
+
+
+class FleetTier:
+    """The fleet tier as one command sees it: its settings (None: no remote, or --no-remote)
+    and how to reach it. ``connect``, ``pull``, ``push`` and ``prune`` default to the real
+    registry client and ``cache.remote_pull`` / ``cache.remote_push``; tests hand in others."""
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        connect: Callable[[Any], Any] | None = None,
+        pull: Callable[..., dict[str, Any]] | None = None,
+        push: Callable[..., dict[str, Any]] | None = None,
+        prune: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._connect = connect or _connect_registry
+        self._pull = pull
+        self._push = push
+        self._prune = prune
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings is not None
+
+    @property
+    def url(self) -> str:
+        return str(getattr(self.settings, "url", "") or "")
+
+    @property
+    def push_on_save(self) -> bool:
+        return bool(getattr(self.settings, "push", False))
+
+    @contextlib.contextmanager
+    def client(self):
+        """A registry client for one operation (credentials read now, as the store's owner)."""
+        client = self._connect(self.settings)
+        try:
+            yield client
+        finally:
+            close = getattr(client, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+    def pull_entry(self, store: Store, key: str, client: Any, progress=None) -> dict[str, Any]:
+        if self._pull is None:
+            from .cache.remote_pull import pull_entry
+
+            self._pull = pull_entry
+        return self._pull(store, key, client, progress=progress)
+
+    def push_entry(self, store: Store, key: str, client: Any, **options: Any) -> dict[str, Any]:
+        if self._push is None:
+            from .cache.remote_push import push_entry
+
+            self._push = push_entry
+        return self._push(store, key, client, **options)
+
+    def prune_tags(self, client: Any, **options: Any) -> dict[str, Any]:
+        if self._prune is None:
+            from .cache.remote_prune import remote_prune
+
+            self._prune = remote_prune
+        return self._prune(client, **options)
+
+    # What the cache service calls (it is handed this object: cache/ cannot import wiring).
+    def restore(self, store: Store, key: str, **options: Any) -> dict[str, Any]:
+        return restore_with_remote(store, key, self, **options)
+
+    def push_after_save(
+        self, store: Store, key: str, saved: dict[str, Any], **options: Any
+    ) -> dict[str, Any] | None:
+        return push_after_save(store, key, saved, self, **options)
+
+    def push(self, store: Store, key: str, **options: Any) -> dict[str, Any]:
+        return push_key(store, key, self, **options)
+
+    def pull(self, store: Store, key: str, **options: Any) -> dict[str, Any]:
+        return pull_key(store, key, self, **options)
+
+
+def _connect_registry(settings: Any) -> Any:
+    from .remote.credentials import read_credentials
+    from .remote.registry import RegistryClient
+
+    path = getattr(settings, "credentials_file", None)
+    return RegistryClient(settings, read_credentials(path) if path else None)
+
+
+def fleet_tier(
+    config: dict[str, Any],
+    url: str | None = None,
+    no_remote: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> FleetTier:
+    """The fleet tier of ``cache.remote`` (``url``: the ``--remote`` override; ``overrides``:
+    an Ansible task's ``remote`` option over the config's keys). ConfigError (exit 2) for a
+    bad URL or setting; nothing is read from the network or the credentials file yet."""
+    section = dict(config.get("cache") or {})
+    if no_remote or not (url or section.get("remote") or overrides):
+        return FleetTier(None)  # no remote: nothing of remote/ is even imported
+    from .remote.remote_config import remote_settings
+
+    if overrides:
+        merged = dict(section.get("remote") or {})
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        section["remote"] = merged
+    return FleetTier(remote_settings(section, url=url, no_remote=no_remote))
+
+
+def _failure(exc: BaseException) -> str:
+    """One line for a failed remote step (the remote errors never carry a password)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _event(state_dir: str | None, **fields: Any) -> None:
+    if state_dir:
+        record_event(state_dir, "cache", **fields)
+
+
+def restore_with_remote(
+    store: Store,
+    key: str,
+    fleet: FleetTier | None,
+    *,
+    scope: str = TRUSTED,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """A local hit is done. A local miss pulls the key from the fleet tier and restores
+    again; a corrupt local entry or blob (quarantined by the restore) is fetched again the
+    same way and reported as ``repaired``. A miss in the fleet tier, bad data from it, or a
+    registry that cannot be reached is a CacheMiss (exit 3): the job rebuilds."""
+    if fleet is None or not fleet.enabled:
+        return restore_entry(
+            store, key, scope=scope, state_dir=state_dir, progress=progress, dry_run=dry_run
+        )
+    start = time.monotonic()
+    try:
+        # No event yet: whether this is a miss depends on the fleet tier.
+        return restore_entry(store, key, scope=scope, progress=progress, dry_run=dry_run)
+    except CacheMiss as local:
+        corrupt = bool(getattr(local, "corrupt", False)) or "and quarantined" in str(local)
+        local_reason = str(local)
+    if dry_run:
+        return _would_pull(key, fleet, local_reason)
+    if corrupt:
+        _event(state_dir, op="restore", result="corrupt", key=key, reason=local_reason)
+    pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress)
+    result = restore_entry(store, key, scope=scope, state_dir=state_dir, progress=progress)
+    result.update(
+        source="fleet",
+        remote=fleet.url,
+        local_miss=local_reason,
+        repaired=corrupt,
+        repaired_blobs=list(pulled.get("repaired") or []),
+        pulled=_pull_summary(pulled),
+        duration=round(time.monotonic() - start, 3),
+    )
+    return result
+
+
+def _pull_or_miss(
+    store: Store,
+    key: str,
+    fleet: FleetTier,
+    local_reason: str,
+    state_dir: str | None,
+    start: float,
+    progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    """pull_entry, any failure of it as the restore's CacheMiss (one line, with both reasons)."""
+    try:
+        with fleet.client() as client:
+            return fleet.pull_entry(store, key, client, progress=progress)
+    except (RunnerkeepError, OSError) as exc:
+        if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
+            raise  # a setting to fix (credentials file, URL): exit 2, as for any bad setting
+        reason = f"{local_reason}; fleet tier {fleet.url}: {_failure(exc)}"
+        _event(
+            state_dir,
+            op="restore",
+            result="miss",
+            key=key,
+            reason=reason,
+            duration=round(time.monotonic() - start, 3),
+        )
+        raise CacheMiss(reason) from None
+
+
+def _pull_summary(pulled: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: pulled.get(name)
+        for name in ("index_digest", "blobs_fetched", "bytes_fetched", "blobs_present")
+    }
+
+
+def _would_pull(key: str, fleet: FleetTier, local_reason: str) -> dict[str, Any]:
+    """A dry run's answer on a local miss: whether the fleet tier has the key (a read only:
+    nothing is fetched, written or loaded). CacheMiss when it has not."""
+    try:
+        with fleet.client() as client:
+            manifest = client.get_manifest(key, _MANIFEST_TYPES)
+    except (RunnerkeepError, OSError) as exc:
+        if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
+            raise
+        raise CacheMiss(f"{local_reason}; fleet tier {fleet.url}: {_failure(exc)}") from None
+    return {
+        "key": key,
+        "result": "would_pull",
+        "loaded": False,
+        "bytes_loaded": 0,
+        "remote": fleet.url,
+        "local_miss": local_reason,
+        "index_digest": getattr(manifest, "digest", None),
+    }
+
+
+def pull_key(
+    store: Store,
+    key: str,
+    fleet: FleetTier,
+    *,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``cache pull``: fetch the key into the local store, every byte verified before the
+    commit. Any failure (no such key, bad data, registry unreachable, refused) is a
+    CacheMiss (exit 3) and commits nothing."""
+    _require(fleet, "cache pull")
+    start = time.monotonic()
+    try:
+        with fleet.client() as client:
+            pulled = fleet.pull_entry(store, key, client, progress=progress)
+    except (RunnerkeepError, OSError) as exc:
+        if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
+            raise
+        reason = f"key '{key}' not pulled from {fleet.url}: {_failure(exc)}"
+        _event(state_dir, op="pull", result="pull_failed", key=key, reason=reason)
+        raise CacheMiss(reason) from None
+    result = {"key": key, "result": "pulled", "remote": fleet.url, **pulled}
+    result["duration"] = round(time.monotonic() - start, 3)
+    _event(
+        state_dir,
+        op="pull",
+        result="pulled",
+        key=key,
+        bytes_fetched=pulled.get("bytes_fetched", 0),
+        duration=result["duration"],
+    )
+    return result
+
+
+def _require(fleet: FleetTier | None, what: str) -> None:
+    if fleet is None or not fleet.enabled:
+        raise ConfigError(
+            f"{what} needs a fleet tier: set cache.remote.url in the config or give --remote URL"
+        )
+
+
+def push_key(
+    store: Store,
+    key: str,
+    fleet: FleetTier,
+    *,
+    trust: Trust,
+    provenance: dict[str, str] | None = None,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``cache push``: upload what the registry lacks, then the key's index. An untrusted job
+    is refused (PushRefused); a failed upload raises (exit 1, or 3 when the local entry is
+    missing or corrupt: nothing to push)."""
+    _require(fleet, "cache push")
+    allowed, why = push_decision(*trust)
+    if not allowed:
+        _event(state_dir, op="push", result="push_refused", key=key, reason=why, scope=trust[1])
+        raise PushRefused(why)
+    try:
+        pushed = _push(store, key, fleet, provenance, progress)
+    except (RunnerkeepError, OSError) as exc:
+        reason = f"key '{key}' not pushed to {fleet.url}: {_failure(exc)}"
+        _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
+        error = RunnerkeepError(reason)
+        # A local entry that is missing or corrupt stays a miss (3): there was nothing to push.
+        error.exit_code = getattr(exc, "exit_code", error.exit_code)
+        raise error from None
+    _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
+    return {"key": key, "result": "pushed", "remote": fleet.url, "decision": why, **pushed}
+
+
+class PushRefused(RunnerkeepError):
+    """An untrusted job asked to push: it may pull from the fleet tier, never push to it."""
+
+
+def _push(
+    store: Store,
+    key: str,
+    fleet: FleetTier,
+    provenance: dict[str, str] | None,
+    progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    with fleet.client() as client:
+        return fleet.push_entry(
+            store, key, client, scope=TRUSTED, provenance=provenance or None, progress=progress
+        )
+
+
+def push_after_save(
+    store: Store,
+    key: str,
+    saved: dict[str, Any],
+    fleet: FleetTier | None,
+    *,
+    trust: Trust,
+    provenance: dict[str, str] | None = None,
+    state_dir: str | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any] | None:
+    """The push that follows a save when ``push`` is on: what was decided and why (None: no
+    fleet tier or push off). A failed push never fails the save: it is reported (``warning``),
+    recorded (event ``push_failed``, counted by the watch) and retried by the next save or
+    ``cache push``. An untrusted job's save never pushes (event ``push_refused``)."""
+    if fleet is None or not fleet.enabled or not fleet.push_on_save:
+        return None
+    allowed, why = push_decision(*trust)
+    if not allowed:
+        if not dry_run:
+            _event(state_dir, op="push", result="push_refused", key=key, reason=why)
+        return {"pushed": False, "decision": "refused", "reason": why}
+    if dry_run:
+        # Knowing what would travel needs the entry this dry run did not write: say no more.
+        return {"pushed": False, "decision": "would_push", "reason": why, "remote": fleet.url}
+    try:
+        pushed = _push(store, key, fleet, provenance, None)
+    except (RunnerkeepError, OSError) as exc:
+        reason = f"key '{key}' saved but not pushed to {fleet.url}: {_failure(exc)}"
+        _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
+        return {"pushed": False, "decision": "failed", "reason": reason, "warning": reason}
+    _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
+    summary = {name: pushed.get(name) for name in ("index_digest", "bytes_sent", "blobs_sent")}
+    return {"pushed": True, "decision": "pushed", "reason": why, "remote": fleet.url, **summary}
+
+
+def save_then_push(
+    store: Store,
+    key: str,
+    images: list[str],
+    fleet: FleetTier | None,
+    *,
+    trust: Trust,
+    provenance: dict[str, str] | None = None,
+    scope: str = TRUSTED,
+    state_dir: str | None = None,
+    dry_run: bool = False,
+    **save_options: Any,
+) -> dict[str, Any]:
+    """``save_entry``, then ``push_after_save`` (its report under ``push``; a warning in
+    ``warnings`` when the push failed)."""
+    result = save_entry(
+        store, key, images, scope=scope, state_dir=state_dir, dry_run=dry_run, **save_options
+    )
+    pushed = push_after_save(
+        store,
+        key,
+        result,
+        fleet,
+        trust=trust,
+        provenance=provenance,
+        state_dir=state_dir,
+        dry_run=dry_run,
+    )
+    if pushed is not None:
+        result["push"] = pushed
+        if pushed.get("warning"):
+            result["warnings"] = [*(result.get("warnings") or []), pushed["warning"]]
+    return result
+
+
+def repair_from_fleet(
+    store: Store,
+    report: dict[str, Any],
+    fleet: FleetTier | None,
+    *,
+    state_dir: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """After ``verify --repair`` quarantined what was bad: pull again, by key, every trusted
+    entry it found bad (only the quarantined blobs travel). Adds ``repaired`` (keys) and
+    ``not_repaired`` ({key, reason}) to the report; ``repaired_ok`` when every bad entry is
+    whole again."""
+    repaired: list[str] = []
+    not_repaired: list[dict[str, str]] = []
+    for bad in report.get("bad_entries") or []:
+        name = bad.get("key", "")
+        try:
+            scope, key = split_name(name)
+        except ConfigError:
+            continue
+        if fleet is None or not fleet.enabled:
+            not_repaired.append({"key": name, "reason": "no fleet tier configured"})
+        elif scope != TRUSTED:
+            reason = f"an entry of scope {scope} (the fleet tier holds trusted entries only)"
+            not_repaired.append({"key": name, "reason": reason})
+        else:
+            try:
+                pull_key(store, key, fleet, state_dir=state_dir, progress=progress)
+                repaired.append(key)
+                _event(state_dir, op="repair", result="repaired", key=key)
+            except CacheMiss as exc:
+                not_repaired.append({"key": name, "reason": str(exc)})
+    report["repaired"] = repaired
+    report["not_repaired"] = not_repaired
+    report["repaired_ok"] = bool(report.get("bad_entries")) and not not_repaired
+    return report
+
+
+def prune_remote(
+    fleet: FleetTier, *, max_age: float | None, keep: int | None, dry_run: bool
+) -> dict[str, Any]:
+    """``cache remote-prune``: delete the key tags least recently pushed first."""
+    _require(fleet, "cache remote-prune")
+    if max_age is None and keep is None:
+        raise ConfigError("cache remote-prune needs --max-age DURATION or --keep N (or both)")
+    with fleet.client() as client:
+        result = fleet.prune_tags(
+            client, max_age=max_age, keep=keep, dry_run=dry_run, now=time.time()
+        )
+    result.setdefault("remote", fleet.url)
+    return result

@@ -12,6 +12,14 @@ works in comes from the job registry: the job-start hook registers its parent (t
 worker for this job) with the trust facts the runner set before job code ran; a request's
 process is mapped to a job by walking up its ancestry to a registered worker.
 
+The fleet tier (issue 12) is the service's work too: the front door hands in ``fleet``
+(``runnerkeep.wiring.FleetTier`` for the host's ``cache.remote``; this package cannot import
+wiring). A job's restore falls through to the registry exactly like a direct one; its save
+pushes afterwards only when its registered job is trusted; ``push`` and ``pull`` are ops of
+their own. The credentials file is read here, as the store's owner: jobs never see it, and
+never choose the registry (a request naming another URL is refused), so the host's
+credentials cannot be sent where a job points.
+
 Each save, restore, import and export records its ``cache`` event in root's state dir
 (``events_dir``, handed in by the front door from ``paths.state_dir``), as a direct command
 does: the service user is not root, so ``events.record_event`` drops the line into that
@@ -41,10 +49,10 @@ from .prune import list_entries
 from .restore import export_entry_fd, restore_entry
 from .save import import_archive_fd, save_entry
 from .store import TRUSTED, Store, validate_key, validate_scope
-from .trust import UNREGISTERED
+from .trust import UNREGISTERED, clean_provenance
 
 PROTOCOL = 1
-OPS = ("save", "restore", "import", "export", "list", "register-job")
+OPS = ("save", "restore", "import", "export", "list", "register-job", "push", "pull")
 # A request line is small JSON: a client that drips it or never finishes must not hold a
 # service instance (and a systemd connection slot) for longer than this.
 REQUEST_DEADLINE = 10.0
@@ -342,6 +350,9 @@ def register_job(registry: Registry, peer_pid: int, peer_uid: int, args: dict[st
         "scope": scope,
         "reason": reason[:200],
         "registered": time.time(),
+        # Where the job's builds come from (repository, ref, commit, job id), read by the hook
+        # before job code ran, like the trust facts: the provenance of what the job pushes.
+        "provenance": clean_provenance(args.get("provenance")),
     }
     if not registry.register(worker, start, record):
         raise RunnerkeepError(f"register-job refused: worker {worker} is registered already")
@@ -485,6 +496,54 @@ def _source_arg(args: dict[str, Any]) -> str:
     return f"job:{clean}"
 
 
+def _remote_args(args: dict[str, Any], fleet: Any) -> Any:
+    """The fleet tier for this request: None when the host has none or the job opted out.
+    A job never names the registry: the service would send the host's credentials there."""
+    if args.get("remote") is not None:
+        raise ProtocolError("a job cannot choose the registry: the service uses cache.remote")
+    if _bool_arg(args, "no_remote") or fleet is None or not getattr(fleet, "enabled", False):
+        return None
+    return fleet
+
+
+def _job_trust(job: dict[str, Any] | None, scope: str) -> tuple[bool, str, str]:
+    """(trusted, scope, reason) of the requesting job, as its registration says."""
+    if job is None:
+        return scope == TRUSTED, scope, "scope of the request"
+    return bool(job.get("trusted")), scope, str(job.get("reason") or "")
+
+
+def _job_provenance(job: dict[str, Any] | None) -> dict[str, str]:
+    facts = clean_provenance((job or {}).get("provenance"))
+    facts["host"] = socket.gethostname()
+    return facts
+
+
+def _fleet_op(
+    op: str,
+    key: str,
+    args: dict[str, Any],
+    scope: str,
+    store: Store,
+    events_dir: str | None,
+    job: dict[str, Any] | None,
+    fleet: Any,
+) -> dict[str, Any]:
+    """``push`` (a trusted job only: the decision is the fleet tier's) and ``pull``."""
+    remote = _remote_args(args, fleet)
+    if remote is None:
+        raise ConfigError(f"cache {op}: this host has no fleet tier (cache.remote) configured")
+    if op == "pull":
+        return remote.pull(store, key, state_dir=events_dir)
+    return remote.push(
+        store,
+        key,
+        trust=_job_trust(job, scope),
+        provenance=_job_provenance(job),
+        state_dir=events_dir,
+    )
+
+
 def dispatch(
     op: str,
     args: dict[str, Any],
@@ -493,9 +552,13 @@ def dispatch(
     store: Store,
     settings: dict[str, Any],
     events_dir: str | None = None,
+    *,
+    job: dict[str, Any] | None = None,
+    fleet: Any = None,
 ) -> dict[str, Any]:
     """Run one operation for a job of ``scope``; returns its data (raises like the core). Its
-    event goes to ``events_dir`` (root's state dir; None: no event)."""
+    event goes to ``events_dir`` (root's state dir; None: no event). ``job``: the requester's
+    registration (trust, reason, provenance); ``fleet``: the host's fleet tier (None: none)."""
     if op in ("import", "export"):
         if len(fds) != 1:
             raise ProtocolError(f"{op} needs the file passed as a descriptor")
@@ -505,8 +568,12 @@ def dispatch(
     if op == "list":
         return list_entries(store, scope=scope)
     key = _key_arg(args)
+    if op in ("push", "pull"):
+        return _fleet_op(op, key, args, scope, store, events_dir, job, fleet)
     if op == "restore":
-        return restore_entry(
+        remote = _remote_args(args, fleet)
+        restore = remote.restore if remote is not None else restore_entry
+        return restore(
             store, key, scope=scope, state_dir=events_dir, dry_run=_bool_arg(args, "dry_run")
         )
     if op == "export":
@@ -524,7 +591,9 @@ def dispatch(
         raise ConfigError("--make-room is not available through the cache service")
     # A job may ask for more free space to be left, never for less than the host's setting.
     reserve = max(_int_arg(args, "reserve") or 0, settings["reserve"])
-    return save_entry(
+    remote = _remote_args(args, fleet)
+    dry_run = _bool_arg(args, "dry_run")
+    result = save_entry(
         store,
         key,
         images,
@@ -533,8 +602,36 @@ def dispatch(
         check_space=not _bool_arg(args, "skip_space_check"),
         max_size=settings["max_size"],
         state_dir=events_dir,
-        dry_run=_bool_arg(args, "dry_run"),
+        dry_run=dry_run,
     )
+    if remote is not None:
+        _push_after_save(remote, store, key, result, events_dir, _job_trust(job, scope), job)
+    return result
+
+
+def _push_after_save(
+    remote: Any,
+    store: Store,
+    key: str,
+    result: dict[str, Any],
+    events_dir: str | None,
+    trust: tuple[bool, str, str],
+    job: dict[str, Any] | None,
+) -> None:
+    """The push after a job's save: only a trusted job's, never failing the save."""
+    pushed = remote.push_after_save(
+        store,
+        key,
+        result,
+        trust=trust,
+        provenance=_job_provenance(job),
+        state_dir=events_dir,
+        dry_run=result.get("result") == "would_save",
+    )
+    if pushed is not None:
+        result["push"] = pushed
+        if pushed.get("warning"):
+            result["warnings"] = [*(result.get("warnings") or []), pushed["warning"]]
 
 
 # -- bounded data transfer with the job's fd ---------------------------------------------------
@@ -681,11 +778,13 @@ def serve_connection(
     formatter: Callable[[str, dict[str, Any], dict[str, Any]], str] | None = None,
     deadline: float = REQUEST_DEADLINE,
     events_dir: str | None = None,
+    fleet: Any = None,
 ) -> dict[str, Any]:
     """Serve the one request on ``sock`` and send its response; returns the response. Every
     failure is a response with an exit code and a one-line error, never a traceback.
     ``events_dir``: root's state dir, where the operation's event is recorded (the module
-    docstring says how it reaches the watch)."""
+    docstring says how it reaches the watch). ``fleet``: the host's fleet tier (the module
+    docstring says what the service does with it)."""
     fds: list[int] = []
     response: dict[str, Any]
     try:
@@ -695,8 +794,10 @@ def serve_connection(
         if op == "register-job":
             data = register_job(registry, pid, uid, args)
         else:
+            job = job_of(registry, pid)
+            scope = TRUSTED if job["trusted"] else job["scope"]
             data = dispatch(
-                op, args, fds, scope_of(registry, pid), store, settings, events_dir=events_dir
+                op, args, fds, scope, store, settings, events_dir=events_dir, job=job, fleet=fleet
             )
         text = formatter(op, args, data) if formatter else ""
         response = {"exit_code": EXIT_OK, "data": data, "text": text, "error": None}

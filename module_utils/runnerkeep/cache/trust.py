@@ -94,3 +94,79 @@ def _gitlab(env: Mapping[str, str]) -> tuple[bool, str, str]:
     if source != project:
         return False, scope, f"merge request !{iid} from project {source}, not {project}"
     return True, TRUSTED, f"merge request !{iid} from the project itself"
+
+
+# -- the fleet tier: who may push, and where an entry came from ----------------------------
+PROVENANCE_FIELDS = ("host", "repository", "ref", "commit", "job")
+MAX_PROVENANCE_CHARS = 200
+_GITHUB_PROVENANCE = (
+    ("repository", "GITHUB_REPOSITORY"),
+    ("ref", "GITHUB_REF"),
+    ("commit", "GITHUB_SHA"),
+    ("job", "GITHUB_RUN_ID"),
+)
+_GITLAB_PROVENANCE = (
+    ("repository", "CI_PROJECT_PATH"),
+    ("ref", "CI_COMMIT_REF_NAME"),
+    ("commit", "CI_COMMIT_SHA"),
+    ("job", "CI_JOB_ID"),
+)
+
+
+def is_ci_job(env: Mapping[str, str]) -> bool:
+    """Whether the environment is a CI job's (GitHub Actions or GitLab CI facts are set)."""
+    return bool(env.get("GITHUB_EVENT_NAME") or env.get("GITLAB_CI") or env.get("CI_PROJECT_ID"))
+
+
+def direct_trust(
+    env: Mapping[str, str], read_file: Callable[[str], bytes]
+) -> tuple[bool, str, str]:
+    """The trust of a command that works in the store directly (root or the store's owner).
+
+    Inside a CI job the job's facts decide, as for a job through the service. Outside one (an
+    operator, Ansible, a timer) the caller already writes the trusted scope and can read the
+    push credentials: refusing it a push would protect nothing."""
+    if is_ci_job(env):
+        return trust_from_env(env, read_file)
+    return True, TRUSTED, "not a CI job: run by root or the store's owner directly"
+
+
+def push_decision(trusted: bool, scope: str, reason: str) -> tuple[bool, str]:
+    """(push, why): an untrusted job may pull from the fleet tier but never push to it, since
+    what it built may be poisoned and every runner would restore it."""
+    if not trusted:
+        return False, f"not pushed: untrusted job (scope {scope}: {reason})"
+    return True, f"trusted job ({reason})"
+
+
+def clean_provenance(value: Any) -> dict[str, str]:
+    """The known provenance fields of ``value`` (a job's request or registration), each a
+    printable string of bounded length; anything else is dropped."""
+    if not isinstance(value, dict):
+        return {}
+    clean = {}
+    for name in PROVENANCE_FIELDS:
+        text = value.get(name)
+        if isinstance(text, str) and text:
+            clean[name] = "".join(c if c.isprintable() else "?" for c in text)[
+                :MAX_PROVENANCE_CHARS
+            ]
+    return clean
+
+
+def provenance_from_env(env: Mapping[str, str], host: str | None = None) -> dict[str, str]:
+    """Where an entry comes from: the host, and what the CI environment says of the build
+    (repository, ref, commit, job id) when it says so."""
+    facts: dict[str, str] = {}
+    if host:
+        facts["host"] = host
+    if env.get("GITHUB_ACTIONS") or env.get("GITHUB_REPOSITORY"):
+        pairs = _GITHUB_PROVENANCE
+    elif env.get("GITLAB_CI") or env.get("CI_PROJECT_PATH"):
+        pairs = _GITLAB_PROVENANCE
+    else:
+        pairs = ()
+    for name, variable in pairs:
+        if env.get(variable):
+            facts[name] = env[variable]
+    return clean_provenance(facts)
