@@ -371,6 +371,20 @@ PATHS = Object(
     "a JSON object (section paths)",
 )
 
+# The fleet cache tier (remote/remote_config.py checks the URL's form and the http rule).
+REMOTE = Object(
+    {
+        "url": Optional(HttpUrl(), empty_string=True),
+        "credentials_file": Optional(AbsPath(), empty_string=True),
+        "ca_file": Optional(AbsPath(), empty_string=True),
+        "push": Bool(),
+        "timeout": Duration(positive=True),
+        "allow_http": Bool(),
+    },
+    "a JSON object (section cache.remote: url, credentials_file, ca_file, push, timeout, "
+    "allow_http)",
+)
+
 CACHE = Object(
     {
         "reserve": Size(),
@@ -382,6 +396,7 @@ CACHE = Object(
         "service_socket": AbsPath(),
         "key_file": AbsPath(),
         "transfer_deadline": Duration(positive=True),
+        "remote": Optional(REMOTE),
     },
     "a JSON object (section cache)",
 )
