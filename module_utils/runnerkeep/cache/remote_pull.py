@@ -63,6 +63,7 @@ from .store import (
 MAX_MANIFEST_BYTES = 4 << 20
 # gunzip output per call: bounds the memory one small, highly compressed input can take.
 INFLATE_CHUNK = 4 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 PULL_BUFFERS = 8  # 1 MiB buffers in flight between the socket, the hasher and the disk
 # platform.machine() -> the OCI architecture name (docker's GOARCH)
 ARCHITECTURES = {
@@ -545,7 +546,9 @@ class _BlobCopy:
 
 class _Gunzip:
     """Gunzip (one or more gzip members, as Go's reader takes them), hashing and writing the
-    output in bounded chunks."""
+    output in bounded chunks. A blob that does not start with the gzip magic is taken as it
+    is, like docker's own pull does: `docker push` of an image pulled with uncompressed layers
+    mounts those blobs under a gzip media type. Its bytes must then hash to the diff_id."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -553,10 +556,16 @@ class _Gunzip:
         self.size = 0
         self.inflater = zlib.decompressobj(wbits=31)
         self.started = False
+        self.plain = False
 
     def feed(self, data: memoryview) -> None:
+        if not self.started:
+            self.started = True
+            self.plain = len(data) >= 2 and bytes(data[:2]) != GZIP_MAGIC
+        if self.plain:
+            self._out(data)
+            return
         chunk: bytes | memoryview = data
-        self.started = True
         try:
             while True:
                 if self.inflater.eof:
@@ -564,10 +573,7 @@ class _Gunzip:
                         return
                     self.inflater = zlib.decompressobj(wbits=31)  # the next gzip member
                 out = self.inflater.decompress(chunk, INFLATE_CHUNK)
-                if out:
-                    self.sha.update(out)
-                    write_all(self.fd, memoryview(out))
-                    self.size += len(out)
+                self._out(out)
                 if self.inflater.eof:
                     chunk = self.inflater.unused_data
                     continue
@@ -578,8 +584,14 @@ class _Gunzip:
         except zlib.error as exc:
             raise BadRemoteData(f"a gzip layer does not gunzip: {exc}") from None
 
+    def _out(self, data: bytes | memoryview) -> None:
+        if data:
+            self.sha.update(data)
+            write_all(self.fd, memoryview(data))
+            self.size += len(data)
+
     def finish(self, digest: str) -> None:
-        if not self.started or not self.inflater.eof:
+        if not self.started or not (self.plain or self.inflater.eof):
             raise BadRemoteData(f"gzip layer {digest} is truncated (no end of the gzip stream)")
 
     def digest(self) -> str:
