@@ -279,27 +279,33 @@ class VerifiedBlobReader:
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        if not self.remaining:
+        if not self.remaining or not len(view):
             return 0
         count = os.readv(self.fd, [view[: min(len(view), self.remaining)]])
-        if count == 0:
-            self._fail(f"blob {self.digest} was truncated while being read")
-        self.sha.update(view[:count])
-        self.remaining -= count
-        if self.on_read:
-            self.on_read(count)
-        if not self.remaining and "sha256:" + self.sha.hexdigest() != self.digest:
-            self._fail(f"blob {self.digest} fails its sha256 check (damaged on disk)")
+        self._took(view[:count])
         return count
 
-    def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left when negative); b"" at the end."""
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative or None); b"" at the end. One
+        os.read: no buffer to zero, no copy (the client sends what it gets)."""
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
-        buffer = bytearray(want)
-        done = 0
-        while done < want:
-            done += self.readinto(memoryview(buffer)[done:])
-        return bytes(buffer)
+        if not want:
+            return b""
+        data = os.read(self.fd, want)
+        self._took(memoryview(data))
+        return data
+
+    def _took(self, view: memoryview) -> None:
+        """Hash what was read; at the blob's end, the digest is checked before the caller
+        gets the last bytes."""
+        if not len(view):
+            self._fail(f"blob {self.digest} was truncated while being read")
+        self.sha.update(view)
+        self.remaining -= len(view)
+        if self.on_read:
+            self.on_read(len(view))
+        if not self.remaining and "sha256:" + self.sha.hexdigest() != self.digest:
+            self._fail(f"blob {self.digest} fails its sha256 check (damaged on disk)")
 
     def close(self) -> None:
         if self.fd is not None:
