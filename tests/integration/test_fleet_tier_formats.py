@@ -1,0 +1,156 @@
+"""The fleet tier speaks the registry's common language, proven with the real tools on this
+machine's Docker engine and a loopback docker-registry:
+
+- what `docker push` and `skopeo copy` push (Docker schema2 or OCI manifests, gzip layers) is
+  pulled by runnerkeep, verified, stored and restored with the image ID unchanged;
+- what runnerkeep pushes (an OCI index of OCI manifests, uncompressed layers) is read by
+  `skopeo inspect` / `skopeo copy` and by `docker pull` by tag and by digest, image ID unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+from cache_fixtures import MiB, _base_tarball, build_image, docker, image_id, rmi
+from harness.registry import LocalRegistry
+from runnerkeep.cache import Store, restore_entry, save_entry, verify_store
+from runnerkeep.cache.remote_layout import DOCKER_MANIFEST, GZIP_LAYER_TYPES, OCI_MANIFEST
+from runnerkeep.cache.remote_pull import pull_entry
+from runnerkeep.cache.remote_push import push_entry
+from runnerkeep.remote.registry import RegistryClient
+from runnerkeep.remote.remote_config import remote_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry():
+    with LocalRegistry() as reg:
+        yield reg
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """A base imported from a tarball and an app of two random layers on it: new each run, so
+    `docker push` compresses every layer itself. Removed at the end."""
+    if docker("info", check=False).returncode != 0:
+        pytest.fail("these tests need the Docker engine on this machine ('docker info' fails)")
+    work = str(tmp_path_factory.mktemp("fleet-formats"))
+    prefix = "rkfleet-test-" + uuid.uuid4().hex[:8]
+    base, app = f"{prefix}/base:1", f"{prefix}/app:1"
+    tarball = os.path.join(work, "base.tar")
+    _base_tarball(tarball)
+    docker("import", tarball, base)
+    try:
+        build_image(app, base, [3 * MiB, 1 * MiB], work)
+        backup = os.path.join(work, "backup.tar")
+        docker("save", "-o", backup, app)
+        yield {"tag": app, "base": base, "id": image_id(app), "backup": backup}
+    finally:
+        rmi(app, base)
+
+
+@contextlib.contextmanager
+def absent(image: dict, *refs: str):
+    """The app image out of the daemon (every ref to it removed) for the block; back after."""
+    rmi(image["tag"], *refs)
+    for name in (image["tag"], *refs):
+        assert image_id(name) is None, name
+    try:
+        yield
+    finally:
+        rmi(*refs)
+        if docker("tag", image["id"], image["tag"], check=False).returncode != 0:
+            docker("load", "-i", image["backup"])
+
+
+def client_for(reg: LocalRegistry, repository: str) -> RegistryClient:
+    return RegistryClient(remote_settings({"remote": reg.remote_config(repository)}))
+
+
+def ref(reg: LocalRegistry, repository: str, tag: str) -> str:
+    return f"127.0.0.1:{reg.port}/{repository}:{tag}"
+
+
+def skopeo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["skopeo", *args], capture_output=True, text=True, check=True, timeout=300
+    )
+
+
+def restore_and_check(store: Store, key: str, want_id: str, tag: str) -> dict:
+    """The pulled entry restores into a daemon that lacks the image, ID unchanged."""
+    assert verify_store(store)["ok"]
+    restored = restore_entry(store, key)
+    assert restored["loaded"] is True
+    assert image_id(tag) == want_id
+    return restored
+
+
+def test_an_image_docker_pushed_is_pulled_verified_and_restored(registry, image, tmp_path):
+    pushed = ref(registry, "fmt/docker", "k1")
+    docker("tag", image["tag"], pushed)
+    docker("push", pushed)
+    with client_for(registry, "fmt/docker") as client:
+        manifest = client.get_manifest("k1", (DOCKER_MANIFEST,))
+        assert manifest.media_type == DOCKER_MANIFEST
+        layers = json.loads(manifest.data)["layers"]
+        assert {layer["mediaType"] for layer in layers} <= set(GZIP_LAYER_TYPES)
+        store = Store(str(tmp_path / "store"), key_file=None)
+        with absent(image, pushed):
+            pulled = pull_entry(store, "k1", client)
+            assert pulled["images"] == [{"id": image["id"], "tags": [pushed]}]
+            restore_and_check(store, "k1", image["id"], pushed)
+
+
+@pytest.mark.parametrize("oci", [False, True], ids=["schema2", "oci"])
+def test_an_image_skopeo_copied_is_pulled_and_restored(registry, image, tmp_path, oci):
+    archive = str(tmp_path / "image.tar")
+    docker("save", "-o", archive, image["tag"])
+    repository = "fmt/skopeo-oci" if oci else "fmt/skopeo"
+    target = ref(registry, repository, "k2")
+    extra = ["--format", "oci"] if oci else []
+    skopeo(
+        "copy", *extra, "--dest-tls-verify=false", f"docker-archive:{archive}", f"docker://{target}"
+    )
+    with client_for(registry, repository) as client:
+        top = client.get_manifest("k2", (OCI_MANIFEST, DOCKER_MANIFEST))
+        assert top.media_type == (OCI_MANIFEST if oci else DOCKER_MANIFEST)
+        config_digest = json.loads(top.data)["config"]["digest"]
+        store = Store(str(tmp_path / "store"), key_file=None)
+        pulled = pull_entry(store, "k2", client)
+    assert pulled["images"][0]["id"] == config_digest
+    assert pulled["bytes_fetched"] > 4 * MiB * 0.9  # gzip of random data: about its size
+    if not oci:
+        assert config_digest == image["id"]
+    with absent(image, target):
+        restore_and_check(store, "k2", config_digest, target)
+
+
+def test_what_runnerkeep_pushes_is_read_by_skopeo_and_docker_pull(registry, image, tmp_path):
+    store = Store(str(tmp_path / "store"), key_file=None)
+    save_entry(store, "rk-key", [image["tag"]], check_space=False)
+    with client_for(registry, "fmt/rk") as client:
+        pushed = push_entry(store, "rk-key", client)
+    by_tag = ref(registry, "fmt/rk", "rk-key")
+    by_digest = f"127.0.0.1:{registry.port}/fmt/rk@{pushed['manifests'][0]}"
+
+    inspected = json.loads(skopeo("inspect", "--tls-verify=false", f"docker://{by_tag}").stdout)
+    assert inspected["Architecture"] and inspected["Os"] == "linux"
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{by_tag}").stdout)
+    assert raw["annotations"]["io.runnerkeep.key"] == "rk-key"
+    copied = str(tmp_path / "copied.tar")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{by_tag}", f"docker-archive:{copied}")
+    assert os.path.getsize(copied) > 4 * MiB
+
+    with absent(image, by_tag, by_digest):
+        docker("pull", by_tag)
+        assert image_id(by_tag) == image["id"]
+    with absent(image, by_tag, by_digest):
+        docker("pull", by_digest)
+        assert image_id(by_digest) == image["id"]
