@@ -202,11 +202,13 @@ def fleet_tier(
     return FleetTier(remote_settings(section, url=url, no_remote=no_remote))
 
 
-def _failure(exc: BaseException) -> str:
-    """One line for a failed remote step (the remote errors never carry a password)."""
+def _failure(exc: BaseException, url: str = "") -> str:
+    """One line for a failed remote step (the remote errors never carry a password), without
+    the registry's URL when the caller's words already name it."""
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    return text[len(url) + 2 :] if url and text.startswith(f"{url}: ") else text
 
 
 def _event(state_dir: str | None, **fields: Any) -> None:
@@ -273,7 +275,7 @@ def _pull_or_miss(
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise  # a setting to fix (credentials file, URL): exit 2, as for any bad setting
-        reason = f"{local_reason}; fleet tier {fleet.url}: {_failure(exc)}"
+        reason = f"{local_reason}; fleet tier {fleet.url}: {_failure(exc, fleet.url)}"
         _event(
             state_dir,
             op="restore",
@@ -301,7 +303,9 @@ def _would_pull(key: str, fleet: FleetTier, local_reason: str) -> dict[str, Any]
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise
-        raise CacheMiss(f"{local_reason}; fleet tier {fleet.url}: {_failure(exc)}") from None
+        raise CacheMiss(
+            f"{local_reason}; fleet tier {fleet.url}: {_failure(exc, fleet.url)}"
+        ) from None
     return {
         "key": key,
         "result": "would_pull",
@@ -332,7 +336,7 @@ def pull_key(
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise
-        reason = f"key '{key}' not pulled from {fleet.url}: {_failure(exc)}"
+        reason = f"key '{key}' not pulled from {fleet.url}: {_failure(exc, fleet.url)}"
         _event(state_dir, op="pull", result="pull_failed", key=key, reason=reason)
         raise CacheMiss(reason) from None
     result = {"key": key, "result": "pulled", "remote": fleet.url, **pulled}
@@ -376,7 +380,7 @@ def push_key(
     try:
         pushed = _push(store, key, fleet, provenance, progress)
     except (RunnerkeepError, OSError) as exc:
-        reason = f"key '{key}' not pushed to {fleet.url}: {_failure(exc)}"
+        reason = f"key '{key}' not pushed to {fleet.url}: {_failure(exc, fleet.url)}"
         _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
         error = RunnerkeepError(reason)
         # A local entry that is missing or corrupt stays a miss (3): there was nothing to push.
@@ -431,7 +435,7 @@ def push_after_save(
     try:
         pushed = _push(store, key, fleet, provenance, None)
     except (RunnerkeepError, OSError) as exc:
-        reason = f"key '{key}' saved but not pushed to {fleet.url}: {_failure(exc)}"
+        reason = f"key '{key}' saved but not pushed to {fleet.url}: {_failure(exc, fleet.url)}"
         _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
         return {"pushed": False, "decision": "failed", "reason": reason, "warning": reason}
     _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
