@@ -124,7 +124,8 @@ attributes:
         loaded (RV(result=would_load)), pruned or removed; a store never written reads as empty.
       - >-
         With O(state=verified) and O(repair=true) the bad entries and blobs are reported and the
-        task fails as it would in a real run, but nothing is moved to the quarantine or pulled.
+        task fails (as a real run does when no fleet tier repairs them), but nothing is moved
+        to the quarantine or pulled.
       - >-
         With a fleet tier, check mode never writes to the registry and fetches nothing: a
         restore that misses locally asks the registry whether it holds the key
