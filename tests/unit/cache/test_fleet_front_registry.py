@@ -193,3 +193,38 @@ def test_the_service_pulls_for_any_job_and_pushes_for_none_unregistered(host, ca
     assert refused["exit_code"] == 1 and "untrusted job" in refused["error"]
     pointed = serve_one(host, {"op": "pull", "args": {"key": "k", "remote": "https://x.example/y"}})
     assert pointed["exit_code"] == 2 and "cannot choose the registry" in pointed["error"]
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers (a hung registry)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+@pytest.mark.parametrize("how", ["refused", "silent"])
+def test_a_restore_falls_through_to_a_miss_when_the_registry_is_gone(
+    host, capsys, silent_port, how
+):
+    """The local store is empty, so the restore asks the registry; one that refuses, or never
+    answers (timeout 1 s), is a miss naming why: the job rebuilds."""
+    port = silent_port if how == "silent" else _free_port()
+    config = json.loads(host["config"].read_text())
+    config["cache"]["remote"]["timeout"] = 1
+    host["config"].write_text(json.dumps(config))
+    url = f"https://127.0.0.1:{port}/front/gone"
+    code, out, err = run(capsys, "cache", "restore", "--key", "k", "--remote", url, "--json")
+    assert code == 3, err
+    message = json.loads(out)["error"]
+    assert url in message and "no cache at" in message
+    assert ("refused" if how == "refused" else "no complete answer within 1s") in message
+    assert "Traceback" not in err
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
