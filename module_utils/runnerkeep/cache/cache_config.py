@@ -42,6 +42,9 @@ CACHE_DEFAULTS: dict[str, Any] = {
     # The longest a job's import or export through the service may take (it is also cut after
     # a minute without a byte): a job cannot hold the store's locks for longer.
     "transfer_deadline": "2h",
+    # The fleet cache tier (remote/remote_config.py): {url, credentials_file, ca_file, push,
+    # timeout, allow_http}; None or no url: no remote.
+    "remote": None,
 }
 
 

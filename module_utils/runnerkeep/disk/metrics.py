@@ -481,6 +481,12 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
     _cache_counter("miss", "misses"),
     _cache_counter("corrupt", "corruptions"),
     _cache_counter("saved", "saves"),
+    _cache_counter("pushed", "pushes"),
+    _cache_counter("push_failed", "push_failures"),
+    _cache_counter("push_refused", "pushes_refused"),
+    _cache_counter("pulled", "pulls"),
+    _cache_counter("pull_failed", "pull_failures"),
+    _cache_counter("repaired", "repairs"),
     MetricDef(
         "runnerkeep_cleanup_bytes_freed_total",
         COUNTER,
