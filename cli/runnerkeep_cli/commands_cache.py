@@ -552,12 +552,13 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
         )
     finally:
         progress.close()
-    if fleet is not None and fleet.enabled and not report.get("scrub"):
+    if fleet is not None and fleet.enabled and not report["ok"]:
         with _long_running("repairing from the fleet tier") as pulling:
             repair_from_fleet(store, report, fleet, state_dir=state_dir, progress=pulling)
     if report.get("scrub"):
-        code = EXIT_OK if report["ok"] else EXIT_CHECK_FAILED
-        return CommandResult(report, "\n".join(scrub_report_lines(report)), code)
+        code = EXIT_OK if report["ok"] or report.get("repaired_ok") else EXIT_CHECK_FAILED
+        lines = scrub_report_lines(report) + _repair_lines(report)
+        return CommandResult(report, "\n".join(lines), code)
     if report.get("empty"):
         text = f"nothing to verify: no cache entries or blobs in {report.get('dir', store_dir)}"
         return CommandResult(report, text, EXIT_OK)
@@ -573,8 +574,7 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
         lines.append(f"{report['unreferenced_blobs']} unreferenced blob(s) (prune removes them)")
     for moved in report["quarantined"]:
         lines.append(f"quarantined {moved}")
-    lines += [f"repaired {key} from the fleet tier" for key in report.get("repaired") or []]
-    lines += [f"NOT repaired {b['key']}: {b['reason']}" for b in report.get("not_repaired") or []]
+    lines += _repair_lines(report)
     whole = report["ok"] or bool(report.get("repaired_ok"))
     if report["ok"]:
         lines.append("all good")
@@ -583,6 +583,12 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
             "problems found; all repaired from the fleet tier" if whole else "problems found"
         )
     return CommandResult(report, "\n".join(lines), EXIT_OK if whole else EXIT_CHECK_FAILED)
+
+
+def _repair_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"repaired {key} from the fleet tier" for key in report.get("repaired") or []]
+    lines += [f"NOT repaired {b['key']}: {b['reason']}" for b in report.get("not_repaired") or []]
+    return lines
 
 
 def cache_push(args: argparse.Namespace) -> CommandResult:

@@ -22,6 +22,7 @@ this module) and does the remote work for jobs, which never see the credentials.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -486,14 +487,14 @@ def repair_from_fleet(
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """After ``verify --repair`` quarantined what was bad: pull again, by key, every trusted
-    entry it found bad (only the quarantined blobs travel). Adds ``repaired`` (keys) and
-    ``not_repaired`` ({key, reason}) to the report; ``repaired_ok`` when every bad entry is
-    whole again."""
+    """After ``verify --repair`` (or the scrub with ``--repair``) quarantined what was bad:
+    pull again, by key, every trusted entry it found bad (only the quarantined blobs travel).
+    Adds ``repaired`` (keys) and ``not_repaired`` ({key, reason}) to the report;
+    ``repaired_ok`` when every bad entry is whole again."""
     repaired: list[str] = []
     not_repaired: list[dict[str, str]] = []
-    for bad in report.get("bad_entries") or []:
-        name = bad.get("key", "")
+    names = bad_entry_names(report)
+    for name in names:
         try:
             scope, key = split_name(name)
         except ConfigError:
@@ -512,8 +513,20 @@ def repair_from_fleet(
                 not_repaired.append({"key": name, "reason": str(exc)})
     report["repaired"] = repaired
     report["not_repaired"] = not_repaired
-    report["repaired_ok"] = bool(report.get("bad_entries")) and not not_repaired
+    report["repaired_ok"] = bool(names) and not not_repaired
     return report
+
+
+def bad_entry_names(report: dict[str, Any]) -> list[str]:
+    """The entries a verify found bad; for the scrub (which reports what it moved, not why),
+    the entries it quarantined (``STAMP-PID-entry-NAME.json``, ``Store.quarantine``)."""
+    names = [str(bad.get("key", "")) for bad in report.get("bad_entries") or []]
+    if report.get("scrub"):
+        for path in report.get("quarantined") or []:
+            _stamp, sep, rest = os.path.basename(str(path)).partition("-entry-")
+            if sep and rest.endswith(".json"):
+                names.append(rest[: -len(".json")])
+    return sorted(set(names))
 
 
 def prune_remote(

@@ -257,3 +257,25 @@ def test_a_job_cannot_name_the_registry_and_push_needs_one(store):
     with pytest.raises(ConfigError, match="no fleet tier"):
         service.dispatch("pull", {"key": "k"}, [], "trusted", store, SETTINGS)
     assert calls.clients == []
+
+
+def test_the_scrub_with_repair_pulls_the_entries_it_quarantined(env, capsys, monkeypatch):
+    import_and_rot(env, capsys)
+    calls = Calls()
+    use_fleet(monkeypatch, calls)
+    code, out, _err = run(capsys, "cache", "verify", "--repair", "--max-duration", "1h")
+    assert code == 0, out
+    assert calls.pulls == ["k"] and "repaired k from the fleet tier" in out
+
+
+def test_bad_entry_names_of_a_verify_and_of_a_scrub():
+    verify = {"bad_entries": [{"key": "a"}, {"key": "@pr-1-abcd1234@b"}]}
+    assert wiring.bad_entry_names(verify) == ["@pr-1-abcd1234@b", "a"]
+    scrub = {
+        "scrub": True,
+        "quarantined": [
+            "/s/quarantine/20261203T115500Z-42-blob-" + "a" * 64,
+            "/s/quarantine/20261203T115500Z-42-entry-my-entry-key.json",
+        ],
+    }
+    assert wiring.bad_entry_names(scrub) == ["my-entry-key"]
