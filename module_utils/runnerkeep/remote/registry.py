@@ -756,14 +756,9 @@ class BlobReader(io.RawIOBase):
         return count
 
     def _end(self) -> None:
-        exchange, self._exchange = self._exchange, None
         if self.size is not None and self.received != self.size:
-            exchange.conn.close()
-            raise self._client._error(
-                RemoteUnavailable,
-                self._what,
-                f"the stream ended after {self.received} of {self.size} bytes",
-            )
+            raise self._failure(None)
+        exchange, self._exchange = self._exchange, None
         if not exchange.resp.isclosed():
             try:
                 exchange.resp.read()  # nothing is left: this marks the answer complete
@@ -772,7 +767,8 @@ class BlobReader(io.RawIOBase):
                 return
         self._client._give_back(exchange)
 
-    def _failure(self, exc: BaseException) -> RemoteError:
+    def _failure(self, exc: BaseException | None) -> RemoteError:
+        """The error for a stream that broke (``exc``) or ended early (None)."""
         exchange, self._exchange = self._exchange, None
         fired = self._dog.stop()
         if exchange is not None:
@@ -780,9 +776,11 @@ class BlobReader(io.RawIOBase):
         if fired or isinstance(exc, DeadlinePassed):
             seconds = self._limit if self._limit is not None else time.monotonic() - self._start
             reason = (
-                f"not received within {seconds:.0f}s (slower than {MIN_RATE >> 20} MiB/s on "
+                f"not received within {seconds:.1f}s (slower than {MIN_RATE >> 20} MiB/s on "
                 "average)"
             )
+        elif exc is None:
+            reason = "the stream ended"
         else:
             reason = transport_reason(exc, self._client.origin, self._timeout)
         where = f"{reason}, after {self.received}"
@@ -841,7 +839,10 @@ def _registry_error(body: bytes) -> tuple[str | None, str]:
     errors = doc.get("errors") if isinstance(doc, dict) else None
     first = errors[0] if isinstance(errors, list) and errors else None
     if not isinstance(first, dict):
-        return None, ""
+        # Not Distribution's JSON: a proxy's or Go's own words ("Client sent an HTTP request
+        # to an HTTPS server."), shown as one short escaped line.
+        text = body[:160].decode("utf-8", "replace").strip() if doc is None else ""
+        return None, escape_text(text)[:160]
     code = first.get("code")
     code = code if isinstance(code, str) and re.fullmatch(r"[A-Z_]{1,40}", code) else None
     message = first.get("message")

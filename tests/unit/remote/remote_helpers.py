@@ -44,6 +44,9 @@ class FakePeer:
     def __init__(self, handler: Handler, tls_from: LocalRegistry | None = None) -> None:
         self.handler = handler
         self.requests: list[str] = []
+        self.rest: dict[int, bytes] = {}
+        self.bodies: list[bytes] = []
+        self.conns: list[socket.socket] = []
         self.stop = threading.Event()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -69,6 +72,7 @@ class FakePeer:
                 conn, _ = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
+            self.conns.append(conn)
             thread = threading.Thread(target=self._run, args=(conn,), daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -78,6 +82,7 @@ class FakePeer:
             if self.context is not None:
                 conn.settimeout(10)
                 conn = self.context.wrap_socket(conn, server_side=True)
+                self.conns.append(conn)
             self.handler(conn, self)
         except OSError:
             pass
@@ -86,22 +91,38 @@ class FakePeer:
                 conn.close()
 
     def read_head(self, conn: socket.socket) -> str:
-        """The request line and headers (the body, if any, is left unread)."""
-        data = b""
+        """The request line and headers; what came after them is kept for ``read_body``."""
+        data = self.rest.pop(id(conn), b"")
         conn.settimeout(10)
         while b"\r\n\r\n" not in data and len(data) < 65536:
-            chunk = conn.recv(4096)
+            chunk = conn.recv(65536)
             if not chunk:
                 break
             data += chunk
-        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
-        self.requests.append(head)
-        return head
+        head, _sep, rest = data.partition(b"\r\n\r\n")
+        self.rest[id(conn)] = rest
+        text = head.decode("latin-1")
+        if text:
+            self.requests.append(text)
+        return text
+
+    def read_body(self, conn: socket.socket, length: int) -> bytes:
+        data = self.rest.pop(id(conn), b"")
+        while len(data) < length:
+            chunk = conn.recv(min(65536, length - len(data)))
+            if not chunk:
+                break
+            data += chunk
+        self.rest[id(conn)] = data[length:]
+        return data[:length]
 
     def close(self) -> None:
         self.stop.set()
         self.sock.close()
         self.thread.join(5)
+        for conn in self.conns:  # handlers waiting on a kept-alive connection end now
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         for thread in self.threads:
             thread.join(5)
 
