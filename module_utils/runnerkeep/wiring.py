@@ -237,8 +237,11 @@ def restore_with_remote(
         )
     start = time.monotonic()
     try:
-        # No event yet: whether this is a miss depends on the fleet tier.
-        return restore_entry(store, key, scope=scope, progress=progress, dry_run=dry_run)
+        # No event from the local try: whether it is a miss depends on the fleet tier.
+        result = restore_entry(store, key, scope=scope, progress=progress, dry_run=dry_run)
+        if not dry_run:
+            _hit_event(state_dir, key, result)
+        return result
     except CacheMiss as local:
         corrupt = bool(getattr(local, "corrupt", False)) or "and quarantined" in str(local)
         local_reason = str(local)
@@ -247,6 +250,13 @@ def restore_with_remote(
     if corrupt:
         _event(state_dir, op="restore", result="corrupt", key=key, reason=local_reason)
     pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress)
+    _event(
+        state_dir,
+        op="repair" if corrupt else "pull",
+        result="repaired" if corrupt else "pulled",
+        key=key,
+        bytes_fetched=pulled.get("bytes_fetched", 0),
+    )
     result = restore_entry(store, key, scope=scope, state_dir=state_dir, progress=progress)
     result.update(
         source="fleet",
@@ -258,6 +268,20 @@ def restore_with_remote(
         duration=round(time.monotonic() - start, 3),
     )
     return result
+
+
+def _hit_event(state_dir: str | None, key: str, result: dict[str, Any]) -> None:
+    """The event a local hit records (the one restore_entry records with a state dir)."""
+    _event(
+        state_dir,
+        op="restore",
+        result="hit",
+        key=key,
+        loaded=result.get("loaded", False),
+        bytes_loaded=result.get("bytes_loaded", 0),
+        bytes_left_out=result.get("bytes_left_out", 0),
+        duration=result.get("duration", 0.0),
+    )
 
 
 def _pull_or_miss(

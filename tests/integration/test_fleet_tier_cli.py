@@ -106,6 +106,12 @@ def hosts(tmp_path, registry, request):
     return host
 
 
+def event_results(host: FleetHost) -> list[tuple[str, str]]:
+    with open(os.path.join(host.state_dir, "events.jsonl")) as handle:
+        found = [json.loads(line) for line in handle]
+    return [(e["op"], e["result"]) for e in found if e.get("kind") == "cache"]
+
+
 def rot_biggest_blob(store: str) -> None:
     blob = max(glob.glob(os.path.join(store, "blobs", "sha256", "*")), key=os.path.getsize)
     with open(blob, "r+b") as handle:
@@ -130,6 +136,8 @@ def test_a_save_pushes_and_an_empty_host_restores_from_the_fleet(hosts, app):
     # Now the key is local: the next restore never asks the registry.
     code, again = second.json("cache", "restore", "--key", "k")
     assert code == 0 and "source" not in again
+    # One pull and two hits for the watch to count; the local miss the fleet served is none.
+    assert event_results(second) == [("pull", "pulled"), ("restore", "hit"), ("restore", "hit")]
     assert second("cache", "verify").returncode == 0
 
 
@@ -144,6 +152,11 @@ def test_a_corrupt_local_blob_is_repaired_from_the_fleet(hosts, app):
         assert "repaired from the fleet tier" in proc.stdout
         assert image_id(app["tag"]) == app["id"]
     assert os.listdir(os.path.join(host.store, "quarantine"))  # the rotten blob, kept aside
+    assert event_results(host)[-3:] == [
+        ("restore", "corrupt"),
+        ("repair", "repaired"),
+        ("restore", "hit"),
+    ]
     assert host("cache", "verify").returncode == 0
 
 

@@ -207,6 +207,9 @@ def test_a_local_hit_never_reaches_the_registry(monkeypatch, store, state_dir):
     result = wiring.restore_with_remote(store, "k", make_fleet(calls), state_dir=state_dir)
     assert result["result"] == "hit" and "source" not in result
     assert calls.pulls == [] and calls.clients == []
+    # The hit is recorded once, as a local restore records it (the watch counts hits).
+    (event,) = events.read_events(state_dir, "cache")
+    assert (event["op"], event["result"], event["loaded"]) == ("restore", "hit", True)
 
 
 def test_a_local_miss_pulls_then_restores(monkeypatch, store, state_dir):
@@ -223,6 +226,8 @@ def test_a_local_miss_pulls_then_restores(monkeypatch, store, state_dir):
     # The first try records no event (its outcome depends on the fleet), the second its own.
     assert restore.seen[0].get("state_dir") is None
     assert restore.seen[1]["state_dir"] == state_dir
+    # The pull is recorded; the real second restore records its hit itself.
+    assert cache_events(state_dir) == [("pull", "pulled")]
 
 
 def test_a_corrupt_local_blob_is_repaired_from_the_fleet(monkeypatch, store, state_dir):
@@ -232,7 +237,7 @@ def test_a_corrupt_local_blob_is_repaired_from_the_fleet(monkeypatch, store, sta
     result = wiring.restore_with_remote(store, "k", make_fleet(calls), state_dir=state_dir)
     assert result["repaired"] is True
     assert result["repaired_blobs"] == ["sha256:" + "2" * 64]
-    assert cache_events(state_dir) == [("restore", "corrupt")]
+    assert cache_events(state_dir) == [("restore", "corrupt"), ("repair", "repaired")]
 
 
 def test_the_corrupt_flag_of_the_miss_counts_too(monkeypatch, store):
