@@ -14,7 +14,7 @@ import pytest
 from cachetest_helpers import legacy_archive, random_layer
 from harness.registry import LocalRegistry
 from runnerkeep import events
-from runnerkeep.cache import Store, cache_config, service
+from runnerkeep.cache import Store, service
 from runnerkeep_cli.main import main
 
 LAYER = random_layer(2 << 20, "big")
@@ -28,15 +28,7 @@ def registry():
 
 
 @pytest.fixture
-def remote_key_known(monkeypatch):
-    """cache.remote is in the schema; until CACHE_DEFAULTS has it too (requested from the
-    owner of cache/cache_config.py), merge_section would refuse it. A no-op once it does."""
-    if "remote" not in cache_config.CACHE_DEFAULTS:
-        monkeypatch.setitem(cache_config.CACHE_DEFAULTS, "remote", None)
-
-
-@pytest.fixture
-def host(tmp_path, monkeypatch, registry, request, remote_key_known):
+def host(tmp_path, monkeypatch, registry, request):
     """A config whose cache.remote is the registry (push credentials, push on), a repository
     of this test's own, and the environment of an operator (no CI facts)."""
     repository = "front/" + request.node.name.lower().replace("_", "-")[:60].strip("-")
