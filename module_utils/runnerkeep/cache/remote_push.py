@@ -73,7 +73,6 @@ def push_entry(
     name = entry_name(key, scope)
     if not store.exists():
         raise RemoteCacheMiss(f"no cache at {store.root}: nothing to push for key '{key}'")
-    sent_before = int(getattr(client, "bytes_sent", 0) or 0)
     try:
         with store.store_lock():
             entry = _checked_entry(store, name)
@@ -95,7 +94,8 @@ def push_entry(
         "index_digest": index_digest,
         "blobs_sent": pusher.blobs_sent,
         "blobs_present": pusher.blobs_present,
-        "bytes_sent": int(getattr(client, "bytes_sent", 0) or 0) - sent_before,
+        # The bodies sent: blobs, image manifests and the index.
+        "bytes_sent": pusher.blob_bytes_sent + pusher.manifest_bytes_sent + len(index),
         "blob_bytes_sent": pusher.blob_bytes_sent,
         "manifests": [m["digest"] for m in manifests],
         "remote": str(getattr(getattr(client, "settings", None), "url", "") or ""),
@@ -154,6 +154,7 @@ class _Pusher:
         self.blobs_sent = 0
         self.blobs_present = 0
         self.blob_bytes_sent = 0
+        self.manifest_bytes_sent = 0
 
     def push_images(self, entry: dict[str, Any]) -> list[dict[str, Any]]:
         """Upload what the registry lacks and put each image's manifest (by digest); the
@@ -179,6 +180,7 @@ class _Pusher:
             )
             digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
             self.client.put_manifest(digest, OCI_MANIFEST, manifest)
+            self.manifest_bytes_sent += len(manifest)
             described = {"mediaType": OCI_MANIFEST, "digest": digest, "size": len(manifest)}
             platform = _platform(config)
             if platform:
