@@ -99,7 +99,11 @@ def remote_keys(client: Any) -> tuple[list[RemoteKey], dict[str, str]]:
     """The repository's runnerkeep keys, and every other tag (tag -> its manifest digest)."""
     keys: list[RemoteKey] = []
     foreign: dict[str, str] = {}
-    for tag in client.list_tags():
+    try:
+        tags = client.list_tags()
+    except RemoteMiss:
+        tags = []  # no such repository yet: nothing pushed, nothing to prune
+    for tag in tags:
         try:
             manifest = client.get_manifest(tag, INDEX_TYPES + MANIFEST_TYPES)
         except RemoteMiss:

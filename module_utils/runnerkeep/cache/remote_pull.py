@@ -149,24 +149,11 @@ def _pull_locked(
     name = entry_name(key)
     store.ensure()
     try:
-        with store.key_lock(name), store.store_lock(), store.temp_area() as area:
-            puller = _Puller(store, client, area, progress)
-            try:
-                entry_images = puller.fetch(images)
-                puller.commit_blobs()
-            except (RemoteDataError, BadRemoteData) as exc:
-                raise _corrupt(key, url, exc) from None
-            except RemoteMiss as exc:
-                raise RemoteCacheMiss(
-                    f"key '{key}' in the fleet cache {url} lacks a blob it names "
-                    f"(nothing was stored): {exc}",
-                    corrupt=True,
-                ) from None
-            finally:
-                puller.close()
-            entry = _new_entry(key, "docker-archive", entry_images, [f"{url}:{key}"], TRUSTED)
-            entry["provenance"] = {"pulled_from": url, "index_digest": index_digest}
-            entry_digest = store.write_entry(entry)
+        with store.key_lock(name), store.store_lock():
+            store.remove_stale_temps()
+            entry_images, puller, entry_digest = _fetch_and_commit(
+                store, key, client, images, progress, url, index_digest
+            )
     except LockHeldError as exc:
         raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
     except OSError as exc:
@@ -188,6 +175,37 @@ def _pull_locked(
         "pulled_from": url,
         "images": [{"id": i["id"], "tags": i["tags"]} for i in entry_images],
     }
+
+
+def _fetch_and_commit(
+    store: Store,
+    key: str,
+    client: Any,
+    images: list[RemoteImage],
+    progress: Callable[[int], None] | None,
+    url: str,
+    index_digest: str,
+) -> tuple[list[dict[str, Any]], _Puller, str]:
+    """In a temp area: fetch and verify every blob the store lacks, then commit (blobs, then
+    the entry). Bad data is a corrupt RemoteCacheMiss; the temp area goes either way."""
+    with store.temp_area() as area:
+        puller = _Puller(store, client, area, progress)
+        try:
+            entry_images = puller.fetch(images)
+            puller.commit_blobs()
+        except (RemoteDataError, BadRemoteData) as exc:
+            raise _corrupt(key, url, exc) from None
+        except RemoteMiss as exc:
+            raise RemoteCacheMiss(
+                f"key '{key}' in the fleet cache {url} lacks a blob it names "
+                f"(nothing was stored): {exc}",
+                corrupt=True,
+            ) from None
+        finally:
+            puller.close()
+        entry = _new_entry(key, "docker-archive", entry_images, [f"{url}:{key}"], TRUSTED)
+        entry["provenance"] = {"pulled_from": url, "index_digest": index_digest}
+        return entry_images, puller, store.write_entry(entry)
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ every byte verified before the local commit; anything off is a miss that commits
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -23,6 +24,7 @@ from runnerkeep.cache.remote_layout import RemoteCacheMiss
 from runnerkeep.cache.remote_pull import host_architecture, pull_entry
 from runnerkeep.cache.remote_push import push_entry
 from runnerkeep.errors import CacheMiss
+from runnerkeep.remote.errors import RemoteUnavailable
 
 BIG = random_layer(3 << 20, "big")  # several 1 MiB reads
 SMALL = random_layer(20_000, "small")
@@ -444,4 +446,40 @@ def test_an_uncompressed_blob_under_a_gzip_type_must_be_its_diff_id(target):
     with pytest.raises(RemoteCacheMiss) as caught:
         pull_entry(target, "k", registry)
     assert caught.value.corrupt and "diff_id" in str(caught.value)
+    assert_nothing_committed(target)
+
+
+def test_no_space_while_pulling_is_a_miss_that_commits_nothing(source, target, monkeypatch):
+    registry = _pushed(source)
+    from runnerkeep.cache import remote_pull
+
+    def full(fd, view):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(remote_pull, "write_all", full)
+    with pytest.raises(RemoteCacheMiss) as caught:
+        pull_entry(target, "k", registry)
+    assert "no space left" in str(caught.value) and not caught.value.corrupt
+    assert_nothing_committed(target)
+
+
+def test_a_registry_that_goes_away_mid_blob_commits_nothing(source, target, monkeypatch):
+    """The client's own error (a dropped connection, a restart) propagates for the front door
+    to turn into a miss; the temp blobs go with it."""
+    registry = _pushed(source)
+    real_open = registry.open_blob
+
+    def dropping(digest):
+        reader = real_open(digest)
+        if digest == sha(BIG):
+
+            def gone(buffer):
+                raise RemoteUnavailable("GET blob: the connection dropped", None, None)
+
+            reader.readinto = gone
+        return reader
+
+    monkeypatch.setattr(registry, "open_blob", dropping)
+    with pytest.raises(RemoteUnavailable):
+        pull_entry(target, "k", registry)
     assert_nothing_committed(target)
