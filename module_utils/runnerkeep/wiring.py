@@ -81,14 +81,6 @@ def scrub_status(config: dict[str, Any]) -> Callable[[float], dict[str, Any] | N
 
 
 # -- the fleet tier ---------------------------------------------------------------------------
-# What a dry-run restore asks the registry for (a read: is the key's tag there?).
-_MANIFEST_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
-
 # A job's trust as the push decision needs it: (trusted, scope, reason).
 Trust = tuple  # tuple[bool, str, str]
 
@@ -322,9 +314,11 @@ def _pull_summary(pulled: dict[str, Any]) -> dict[str, Any]:
 def _would_pull(key: str, fleet: FleetTier, local_reason: str) -> dict[str, Any]:
     """A dry run's answer on a local miss: whether the fleet tier has the key (a read only:
     nothing is fetched, written or loaded). CacheMiss when it has not."""
+    from .cache.remote_layout import INDEX_TYPES, MANIFEST_TYPES
+
     try:
         with fleet.client() as client:
-            manifest = client.get_manifest(key, _MANIFEST_TYPES)
+            manifest = client.get_manifest(key, MANIFEST_TYPES + INDEX_TYPES)
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise
