@@ -89,6 +89,11 @@ def test_a_pull_only_endpoint_is_a_read_only_instance_on_the_same_storage(auth_r
             puller.upload_blob(more_digest, io.BytesIO(more), 10)
         with pytest.raises(RemoteReadOnly):
             puller.delete_manifest(tag)
+        # what the push side adds later is served at once (no blob descriptor cache here)
+        late, late_digest = blob(700)
+        with client_for(auth_registry, auth_registry.push_user) as pusher:
+            pusher.upload_blob(late_digest, io.BytesIO(late), len(late))
+        assert puller.blob_size(late_digest) == 700
         # the push user's password is not valid there
         wrong = RegistryClient(puller.settings, Credentials(*auth_registry.push_user))
         with pytest.raises(RemoteAuthError):

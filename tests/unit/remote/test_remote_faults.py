@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import time
 
@@ -131,6 +132,25 @@ def test_a_blob_cut_short_is_unavailable_never_short_data():
         with c.open_blob(digest) as stream, pytest.raises(RemoteUnavailable, match="of 5000"):
             while stream.readinto(buffer):
                 pass
+
+
+def test_a_tls_blob_cut_short_without_close_notify_is_unavailable(tls_registry):
+    """Over TLS a peer that just drops the connection (no close_notify) mid-blob is a short
+    stream, never a complete one."""
+
+    def handler(conn, peer):
+        peer.read_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n" + b"t" * 100_000)
+        os.close(conn.detach())  # drop the TCP connection under TLS, no close_notify
+
+    with fake_peer(handler, tls_from=tls_registry) as peer:
+        c = fake_client(peer.url, ca_file=tls_registry.ca_file)
+        _data, digest = blob(1)
+        buffer = bytearray(1 << 16)
+        with c.open_blob(digest) as stream, pytest.raises(RemoteUnavailable, match="of 300000"):
+            while stream.readinto(buffer):
+                pass
+        assert stream.received <= 100_000
 
 
 def test_a_dripping_blob_is_cut_by_the_rate_floor():
