@@ -14,6 +14,13 @@ cache tier's unit tests, integration tests and bench.
         reg.restart()            # same port, same storage, same upload secret
         reg.storage_dir          # the registry's filesystem storage root
         reg.log_text()           # what the registry logged (warnings and errors)
+        reg.host_port            # '127.0.0.1:PORT', for image references (docker, skopeo)
+        reg.cert_dir             # a dir holding ca.crt (skopeo --src-cert-dir/--dest-cert-dir)
+        reg.trust_in_docker()    # /etc/docker/certs.d/127.0.0.1:PORT/ca.crt until close()
+
+The Docker engine talks plain HTTP to 127.0.0.0/8 registries by itself (an insecure registry
+by default), so ``docker push/pull 127.0.0.1:PORT/repo:tag`` needs no setup without TLS; with
+TLS it needs ``trust_in_docker()`` (read per request: no engine restart).
 
 Keyword arguments (all optional):
 - ``tls``: serve HTTPS with a certificate for 127.0.0.1, ::1 and localhost, signed by a CA made
@@ -93,6 +100,7 @@ class LocalRegistry:
         self.config_path = os.path.join(self.workdir, "config.yml")
         self.log_path = os.path.join(self.workdir, "registry.log")
         self.htpasswd_path = os.path.join(self.workdir, "htpasswd")
+        self._docker_trust: list[str] = []
 
     # --- what tests use ----------------------------------------------------------------------
 
@@ -113,6 +121,31 @@ class LocalRegistry:
     def pull_user(self) -> tuple[str, str]:
         name = "puller" if "puller" in self.users else sorted(self.users)[-1]
         return name, self.users[name]
+
+    @property
+    def host_port(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def cert_dir(self) -> str | None:
+        """A directory with the CA as ca.crt (the layout skopeo and docker read), or None."""
+        if not self.ca_file:
+            return None
+        path = os.path.join(self.workdir, "certs")
+        os.makedirs(path, exist_ok=True)
+        shutil.copyfile(self.ca_file, os.path.join(path, "ca.crt"))
+        return path
+
+    def trust_in_docker(self, certs_root: str = "/etc/docker/certs.d") -> str:
+        """Install the CA for this registry's host:port in the engine's certs.d (removed by
+        ``close``); returns the directory made."""
+        if not self.ca_file:
+            raise RuntimeError("trust_in_docker: this registry has no TLS")
+        path = os.path.join(certs_root, self.host_port)
+        os.makedirs(path, exist_ok=True)
+        shutil.copyfile(self.ca_file, os.path.join(path, "ca.crt"))
+        self._docker_trust.append(path)
+        return path
 
     def remote_url(self, repository: str) -> str:
         return f"{self.url}/{repository}"
@@ -196,6 +229,9 @@ class LocalRegistry:
     def close(self) -> None:
         """Stop and remove the work dir (and the storage when it was made here)."""
         self.stop()
+        for path in self._docker_trust:
+            shutil.rmtree(path, ignore_errors=True)
+        self._docker_trust.clear()
         # A storage handed in lives elsewhere and is kept; one made here is inside workdir.
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -164,3 +164,23 @@ def test_a_ca_file_that_is_not_a_certificate_is_a_config_error(tmp_path, tls_reg
         RegistryClient(settings_for(tls_registry, ca_file=str(bad)))
     with pytest.raises(ConfigError, match="does not exist"):
         RegistryClient(settings_for(tls_registry, ca_file=str(tmp_path / "absent.pem")))
+
+
+def test_one_tls_connection_serves_a_whole_session(tls_registry, monkeypatch):
+    from runnerkeep.remote import registry
+
+    opened = []
+    real = registry.open_connection
+    monkeypatch.setattr(
+        registry, "open_connection", lambda *a, **k: opened.append(1) or real(*a, **k)
+    )
+    with client_for(tls_registry, tls_registry.push_user) as c:
+        c.check()
+        data, digest = blob(2_000_000)
+        assert c.blob_size(digest) is None
+        c.upload_blob(digest, io.BytesIO(data), len(data))
+        with c.open_blob(digest) as stream:
+            assert stream.read() == data
+        assert c.blob_size(digest) == len(data)
+        c.list_tags()
+    assert len(opened) == 1
