@@ -327,7 +327,11 @@ class RegistryClient:
     ) -> _Exchange:
         for attempt in (1, 2):
             conn, reused = self._take(origin, deadline, what)
-            dog = Watchdog(conn, self._remaining(deadline, what))
+            try:
+                dog = Watchdog(conn, self._remaining(deadline, what))
+            except RemoteError:
+                conn.close()
+                raise
             try:
                 conn.request(method, target, body=body, headers=self._headers(origin, headers))
                 return _Exchange(conn, conn.getresponse(), origin, dog)
