@@ -194,6 +194,7 @@ class LocalRegistry:
     def start(self) -> None:
         """Write the config (and CA, certificate, htpasswd) and start; a port taken between
         choosing and binding it is retried with another."""
+        _require_programs(self.tls, self.auth)
         os.makedirs(self.storage_dir, exist_ok=True)
         if self.tls and self.ca_file is None:
             self._make_tls()
@@ -348,6 +349,23 @@ class LocalRegistry:
             lines.append(done.stdout.strip())
         with open(self.htpasswd_path, "w", encoding="utf-8") as handle:
             handle.write("\n".join(lines) + "\n")
+
+
+def _require_programs(tls: bool, auth: bool) -> None:
+    """RegistryStartError naming the Debian packages when a program is missing (the nox
+    sessions install them through harness.engine.ensure_host_programs)."""
+    missing = []
+    if shutil.which("docker-registry") is None:
+        missing.append("docker-registry")
+    if tls and shutil.which("openssl") is None:
+        missing.append("openssl")
+    if auth and shutil.which("htpasswd") is None:
+        missing.append("apache2-utils")
+    if missing:
+        raise RegistryStartError(
+            f"the loopback registry needs: apt-get install -y {' '.join(missing)} "
+            "(python -m harness.engine installs every program the tests use)"
+        )
 
 
 def _openssl(args: list[str]) -> None:

@@ -193,11 +193,13 @@ class RegistryClient:
         location = self._start_upload(what)
         if chunk_size is None:
             target = _with_digest(location, digest)
-            resp, _ = self._send_stream("PUT", target, reader, size, 0, progress, what, (201,))
+            resp, _answer = self._send_stream(
+                "PUT", target, reader, size, 0, progress, what, (201,)
+            )
         else:
             location = self._patch_chunks(location, reader, size, chunk_size, progress, what)
             headers = {"Content-Type": "application/octet-stream"}
-            resp, _ = self._call(
+            resp, _answer = self._call(
                 "PUT", _with_digest(location, digest), what, headers, b"", ok=(201,)
             )
         self._check_header_digest(resp, digest, what)
@@ -232,7 +234,7 @@ class RegistryClient:
         if by_digest and digest != reference:
             raise ValueError(f"put_manifest: the data hashes to {digest}, not {reference}")
         headers = {"Content-Type": media_type}
-        resp, _ = self._call(
+        resp, _answer = self._call(
             "PUT", f"{self.base}/manifests/{reference}", what, headers, bytes(data), ok=(201,)
         )
         self._check_header_digest(resp, digest, what)
@@ -424,7 +426,7 @@ class RegistryClient:
         return resp
 
     def _start_upload(self, what: str) -> str:
-        resp, _ = self._call("POST", f"{self.base}/blobs/uploads/", what, ok=(202,))
+        resp, _answer = self._call("POST", f"{self.base}/blobs/uploads/", what, ok=(202,))
         return self._upload_location(resp, f"{self.base}/blobs/uploads/", what)
 
     def _patch_chunks(
@@ -440,7 +442,7 @@ class RegistryClient:
         while start < size:
             count = min(chunk_size, size - start)
             extra = {"Content-Range": f"{start}-{start + count - 1}"}
-            resp, _ = self._send_stream(
+            resp, _answer = self._send_stream(
                 "PATCH", location, reader, count, start, progress, what, (202,), extra
             )
             location = self._upload_location(resp, location, what)

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 
+import pytest
 from harness.registry import LocalRegistry
 from remote_helpers import blob, client_for
 
@@ -68,3 +69,18 @@ def test_a_given_storage_is_kept(tmp_path):
         data, digest = blob(100)
         c.upload_blob(digest, io.BytesIO(data), len(data))
     assert any(storage.rglob("data"))
+
+
+def test_a_missing_registry_program_is_named_with_its_package(monkeypatch):
+    import shutil
+
+    from harness import registry as harness_registry
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    reg = LocalRegistry(tls=True, auth=True)
+    try:
+        with pytest.raises(harness_registry.RegistryStartError) as caught:
+            reg.start()
+    finally:
+        reg.close()
+    assert "apt-get install -y docker-registry openssl apache2-utils" in str(caught.value)
