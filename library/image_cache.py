@@ -129,7 +129,8 @@ attributes:
       - >-
         With a fleet tier, check mode never writes to the registry and fetches nothing: a
         restore that misses locally asks the registry whether it holds the key
-        (RV(result=would_pull)), a save reports RV(push.decision=would_push) or why it would not.
+        (RV(result=would_pull)), a save reports in RV(push) the decision C(would_push) or why it
+        would not push.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
