@@ -10,6 +10,10 @@
     with Fleet.start(3, release=["bullseye", "bookworm", "trixie"]) as fleet:
         fleet.hosts[0].release  # "bullseye"
 
+    # runners plus a fleet cache host (inventory group cache_hosts, roles/fleet_cache)
+    with Fleet.start(2, cache_host=True) as fleet:
+        fleet.cache_host.name  # "rk-cache": the name runners reach it by
+
 Each host is a container of the runner image (systemd as PID 1, inner Docker on
 vfs, sshd) started with an explicit capability list (never --privileged), sized
 tmpfs mounts for /var/lib/docker and /var/cache/runnerkeep, and sshd published on
@@ -17,6 +21,11 @@ tmpfs mounts for /var/lib/docker and /var/cache/runnerkeep, and sshd published o
 ``<repo>/.fleet/<fleet-id>``) holds the generated ed25519 key, an ssh_config and
 the Ansible inventory ``inventory.yml`` (hosts of a ``release`` fleet carry
 ``runnerkeep_harness_release``).
+
+With ``cache_host=True`` the fleet gets one more container of the same image, ``<name>-cache``
+(``fleet.cache_host``, not in ``fleet.hosts``), in the inventory group ``cache_hosts``, with a
+sized tmpfs at ``CACHE_HOST_STORAGE`` for the registry's storage; every container of such a
+fleet joins the fleet's own Docker network, where each reaches the others by inventory name.
 
 Containers carry the labels ``io.runnerkeep.harness=1``, ``io.runnerkeep.fleet=<id>``
 and ``io.runnerkeep.owner=<host>:<boot-id>:<pid>:<start-time>``. ``stop()`` removes
@@ -71,6 +80,9 @@ CAPABILITIES = (
     "IPC_LOCK",
 )
 SECURITY_OPTS = ("seccomp=unconfined", "apparmor=unconfined")
+
+#: The fleet cache host's registry storage (roles/fleet_cache's fleet_cache_storage_dir).
+CACHE_HOST_STORAGE = "/srv/fleet-cache"
 
 DEFAULT_BOOT_TIMEOUT = float(os.environ.get("RUNNERKEEP_BOOT_TIMEOUT", "120"))
 FLEET_DIR = REPO_ROOT / ".fleet"
@@ -352,6 +364,10 @@ class Fleet:
         self.host_images = list(host_images)
         self.keep = keep
         self.hosts: list[RunnerHost] = []
+        # The fleet cache host (start(cache_host=True)); it is not one of the runners.
+        self.cache_host: RunnerHost | None = None
+        # The fleet's own Docker network (name resolution between hosts), "" for the default.
+        self.network = ""
         self.key_file = str(workdir / "id_ed25519")
         self.ssh_config = str(workdir / "ssh_config")
         self.inventory = str(workdir / "inventory.yml")
@@ -378,6 +394,8 @@ class Fleet:
         release: str | Sequence[str] | None = None,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         keep: bool = False,
+        cache_host: bool = False,
+        cache_host_disk: str = "1g",
     ) -> Fleet:
         """Start ``count`` runner hosts and wait until each is fully up (see module doc).
 
@@ -387,6 +405,8 @@ class Fleet:
         ``release`` picks the Debian release of the runner image (built if needed): one
         codename for every host, or one per host (a list of ``count`` codenames); it cannot
         be combined with ``image``. Neither given: the default release's image.
+        ``cache_host`` adds the fleet cache host (see the module doc) with a registry storage
+        tmpfs of ``cache_host_disk``.
         """
         from .engine import ensure_engine
 
@@ -402,6 +422,8 @@ class Fleet:
                 raise ValueError(f"bad tmpfs {path}={size} (want an absolute path and e.g. 512m)")
             if path in ("/run", "/run/lock", "/sys/fs/cgroup"):
                 raise ValueError(f"{path} is mounted by the harness already")
+        if cache_host and not _SIZE_RE.match(str(cache_host_disk)):
+            raise ValueError(f"bad cache_host_disk {cache_host_disk!r} (want e.g. 512m)")
 
         ensure_engine()
         host_images = _resolve_images(releases, image)
@@ -429,6 +451,9 @@ class Fleet:
         try:
             fleet._generate_key()
             fleet._write_ssh_config()
+            if cache_host:
+                fleet._create_network()
+                fleet._run_cache_host(docker_disk, cache_host_disk)
             for i in range(1, count + 1):
                 fleet._run_container(i, mounts)
             fleet._wait_all(boot_timeout)
@@ -472,12 +497,41 @@ class Fleet:
             "    LogLevel ERROR\n"
         )
 
+    def _create_network(self) -> None:
+        """The fleet's own network: Docker's DNS there answers each host's inventory name."""
+        self.network = self.fleet_id
+        docker(
+            "network",
+            "create",
+            "--label",
+            f"{LABEL_HARNESS}=1",
+            "--label",
+            f"{LABEL_FLEET}={self.fleet_id}",
+            "--label",
+            f"{LABEL_OWNER}={_owner_token()}",
+            self.network,
+            timeout=60,
+        )
+
+    def _run_cache_host(self, docker_disk: str, storage_disk: str) -> None:
+        mounts = {"/var/lib/docker": docker_disk, CACHE_HOST_STORAGE: storage_disk}
+        release, image = self._image_of(1)
+        self.cache_host = self._start_container(
+            f"{self.name}-cache", f"{self.fleet_id}-cache", release, image, mounts
+        )
+
     def _run_container(self, index: int, mounts: dict[str, str]) -> None:
+        release, image = self._image_of(index)
+        host = self._start_container(
+            f"{self.name}-{index}", f"{self.fleet_id}-{index}", release, image, mounts
+        )
+        self.hosts.append(host)
+
+    def _start_container(
+        self, host_name: str, container: str, release: str, image: str, mounts: dict[str, str]
+    ) -> RunnerHost:
         if self.aborting():
             raise FleetError(f"fleet {self.fleet_id} aborted")
-        host_name = f"{self.name}-{index}"
-        container = f"{self.fleet_id}-{index}"
-        release, image = self._image_of(index)
         pubkey = Path(self.key_file + ".pub").read_text().strip()
         args = [
             "run",
@@ -508,6 +562,8 @@ class Fleet:
             "-e",
             f"RUNNERKEEP_AUTHORIZED_KEY={pubkey}",
         ]
+        if self.network:
+            args += ["--network", self.network, "--network-alias", host_name]
         for cap in CAPABILITIES:
             args += ["--cap-add", cap]
         for opt in SECURITY_OPTS:
@@ -525,16 +581,14 @@ class Fleet:
         )
         if port is None:
             raise FleetError(f"{container}: sshd port not published on 127.0.0.1: {port_line}")
-        self.hosts.append(
-            RunnerHost(
-                host_name,
-                container,
-                port,
-                self.key_file,
-                ssh_config=self.ssh_config,
-                release=release,
-                image=image,
-            )
+        return RunnerHost(
+            host_name,
+            container,
+            port,
+            self.key_file,
+            ssh_config=self.ssh_config,
+            release=release,
+            image=image,
         )
 
     def _image_of(self, index: int) -> tuple[str, str]:
@@ -623,9 +677,10 @@ class Fleet:
 
     def _wait_all(self, boot_timeout: float) -> None:
         deadline = time.monotonic() + boot_timeout
-        pool = ThreadPoolExecutor(max_workers=min(16, len(self.hosts)))
+        every = self.hosts + ([self.cache_host] if self.cache_host else [])
+        pool = ThreadPoolExecutor(max_workers=min(16, len(every)))
         try:
-            futures = {pool.submit(self.wait_host, h, deadline): h for h in self.hosts}
+            futures = {pool.submit(self.wait_host, h, deadline): h for h in every}
             wait(futures)
             errors = [str(f.exception()) for f in futures if f.exception() is not None]
         except BaseException:
@@ -637,6 +692,9 @@ class Fleet:
             raise FleetError(f"fleet {self.fleet_id} failed to start:\n" + "\n".join(errors))
 
     def _write_inventory(self) -> None:
+        common = "        ansible_ssh_common_args: " + _yaml_str(
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        )
         lines = [
             f"# runnerkeep harness fleet {self.fleet_id} (generated; removed by Fleet.stop())",
             "all:",
@@ -644,24 +702,37 @@ class Fleet:
             "    runners:",
             "      vars:",
             f"        runnerkeep_harness_fleet: {_yaml_str(self.fleet_id)}",
-            "        ansible_ssh_common_args: "
-            + _yaml_str("-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"),
+            common,
             "      hosts:",
         ]
         for h in self.hosts:
+            lines += self._inventory_host(h)
+        if self.cache_host is not None:
             lines += [
-                f"        {h.name}:",
-                f"          ansible_host: {_yaml_str('127.0.0.1')}",
-                f"          ansible_port: {h.ssh_port}",
-                "          ansible_user: root",
-                f"          ansible_ssh_private_key_file: {_yaml_str(h.key_file)}",
-                "          ansible_connection: ssh",
-                "          ansible_python_interpreter: /usr/bin/python3",
-                f"          runnerkeep_harness_container: {_yaml_str(h.container)}",
+                "    cache_hosts:",
+                "      vars:",
+                f"        runnerkeep_harness_fleet: {_yaml_str(self.fleet_id)}",
+                common,
+                "      hosts:",
+                *self._inventory_host(self.cache_host),
             ]
-            if h.release:
-                lines.append(f"          runnerkeep_harness_release: {_yaml_str(h.release)}")
         Path(self.inventory).write_text("\n".join(lines) + "\n")
+
+    @staticmethod
+    def _inventory_host(h: RunnerHost) -> list[str]:
+        lines = [
+            f"        {h.name}:",
+            f"          ansible_host: {_yaml_str('127.0.0.1')}",
+            f"          ansible_port: {h.ssh_port}",
+            "          ansible_user: root",
+            f"          ansible_ssh_private_key_file: {_yaml_str(h.key_file)}",
+            "          ansible_connection: ssh",
+            "          ansible_python_interpreter: /usr/bin/python3",
+            f"          runnerkeep_harness_container: {_yaml_str(h.container)}",
+        ]
+        if h.release:
+            lines.append(f"          runnerkeep_harness_release: {_yaml_str(h.release)}")
+        return lines
 
     # -- use -----------------------------------------------------------------
 
@@ -761,6 +832,12 @@ class Fleet:
             if left:  # a `docker run` was still in flight: try once more
                 time.sleep(1)
                 docker("rm", "-f", "-v", *left, check=False, timeout=120)
+            networks = quiet_lines(
+                "network", "ls", "-q", "--filter", f"label={LABEL_FLEET}={self.fleet_id}"
+            )
+            if networks:  # after the containers: a network in use cannot go
+                with contextlib.suppress(DockerError):
+                    docker("network", "rm", *networks, check=False, timeout=60)
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             else:
@@ -834,6 +911,7 @@ def remove_leftovers(include_live: bool = False) -> int:
     if vdoomed:
         docker("volume", "rm", "-f", *vdoomed, check=False, timeout=120)
         removed += len(vdoomed)
+    removed += _remove_dead_networks(include_live)
     if FLEET_DIR.is_dir():
         for wd in FLEET_DIR.iterdir():
             owner = wd / "owner"
@@ -841,6 +919,25 @@ def remove_leftovers(include_live: bool = False) -> int:
             if wd.is_dir() and (include_live or not owner_alive(token)):
                 shutil.rmtree(wd, ignore_errors=True)
     return removed
+
+
+def _remove_dead_networks(include_live: bool) -> int:
+    """Remove the fleet networks (cache host fleets) of dead runs; their containers went first."""
+    nets = quiet_lines("network", "ls", "-q", "--filter", f"label={LABEL_HARNESS}=1")
+    if not nets:
+        return 0
+    proc = docker("network", "inspect", "--format", "{{json .}}", *nets, check=False, timeout=60)
+    doomed = []
+    for line in proc.stdout.splitlines():
+        with contextlib.suppress(ValueError):
+            obj = json.loads(line)
+            token = (obj.get("Labels") or {}).get(LABEL_OWNER, "")
+            if include_live or not owner_alive(token):
+                doomed.append(obj.get("Id", ""))
+    doomed = [n for n in doomed if n]
+    if doomed:
+        docker("network", "rm", *doomed, check=False, timeout=60)
+    return len(doomed)
 
 
 def list_fleets() -> list[tuple[str, str, str]]:
@@ -867,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--name", default="rk")
     s.add_argument("--docker-disk", default="2g")
     s.add_argument("--cache-disk", default="1g")
+    s.add_argument("--cache-host", action="store_true", help="add a fleet cache host")
     s.add_argument(
         "--release",
         action="append",
@@ -891,11 +989,13 @@ def main(argv: list[str] | None = None) -> int:
             cache_disk=args.cache_disk,
             release=releases[0] if len(releases) == 1 else (releases or None),
             keep=True,
+            cache_host=args.cache_host,
         )
         print(fleet.inventory)
         print(
             f"stop with: docker rm -f -v $(docker ps -aq --filter label={LABEL_FLEET}="
-            f"{fleet.fleet_id}) && rm -rf {fleet.workdir}",
+            f"{fleet.fleet_id}) && rm -rf {fleet.workdir}"
+            + (f" && docker network rm {fleet.network}" if fleet.network else ""),
         )
     return 0
 
