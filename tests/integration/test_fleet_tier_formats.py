@@ -19,9 +19,15 @@ import pytest
 from cache_fixtures import MiB, _base_tarball, build_image, docker, image_id, rmi
 from harness.registry import LocalRegistry
 from runnerkeep.cache import Store, restore_entry, save_entry, verify_store
-from runnerkeep.cache.remote_layout import DOCKER_MANIFEST, GZIP_LAYER_TYPES, OCI_MANIFEST
+from runnerkeep.cache.remote_layout import (
+    DOCKER_MANIFEST,
+    GZIP_LAYER_TYPES,
+    OCI_MANIFEST,
+    RemoteCacheMiss,
+)
 from runnerkeep.cache.remote_pull import pull_entry
 from runnerkeep.cache.remote_push import push_entry
+from runnerkeep.cache.remote_restore import restore_from_fleet
 from runnerkeep.remote.registry import RegistryClient
 from runnerkeep.remote.remote_config import remote_settings
 
@@ -154,3 +160,46 @@ def test_what_runnerkeep_pushes_is_read_by_skopeo_and_docker_pull(registry, imag
     with absent(image, by_tag, by_digest):
         docker("pull", by_digest)
         assert image_id(by_digest) == image["id"]
+
+
+def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path):
+    """Nothing of the key on the host: the layers go into the engine as they arrive, and the
+    local entry is committed too (the next restore is a local hit)."""
+    source = Store(str(tmp_path / "source"), key_file=None)
+    save_entry(source, "one-pass", [image["tag"]], check_space=False)
+    with client_for(registry, "fmt/one-pass") as client:
+        push_entry(source, "one-pass", client)
+        store = Store(str(tmp_path / "store"), key_file=None)
+        with absent(image, f"{image['base']}"):
+            restored = restore_from_fleet(store, "one-pass", client)
+            assert restored["overlapped"] is True and restored["loaded"] is True
+            assert image_id(image["tag"]) == image["id"]
+            assert restored["pulled"]["bytes_fetched"] > 4 * MiB
+        assert verify_store(store)["ok"]
+        assert restore_entry(store, "one-pass")["loaded"] is False  # a local hit now
+        # With the image present, the same call is a pull (nothing left to fetch) + a hit.
+        again = restore_from_fleet(store, "one-pass", client)
+        assert again["overlapped"] is False and again["loaded"] is False
+
+
+def test_a_layer_rotten_in_the_registry_loads_nothing_in_one_pass(image, tmp_path):
+    source = Store(str(tmp_path / "source"), key_file=None)
+    save_entry(source, "rot", [image["tag"]], check_space=False)
+    entry, _ = source.read_entry("rot")
+    last = entry["images"][0]["layers"][-1]["digest"]
+    with LocalRegistry() as reg, client_for(reg, "fmt/rot") as client:
+        push_entry(source, "rot", client)
+        hexdigest = last.split(":", 1)[1]
+        data = os.path.join(
+            reg.storage_dir, "docker/registry/v2/blobs/sha256", hexdigest[:2], hexdigest, "data"
+        )
+        with open(data, "r+b") as handle:
+            handle.seek(100)
+            handle.write(b"rot")
+        store = Store(str(tmp_path / "store"), key_file=None)
+        with absent(image, image["base"]):
+            with pytest.raises(RemoteCacheMiss) as caught:
+                restore_from_fleet(store, "rot", client)
+            assert caught.value.corrupt and last in str(caught.value)
+            assert image_id(image["tag"]) is None and image_id(image["id"]) is None
+    assert store.list_keys() == [] and store.list_blobs() == {}

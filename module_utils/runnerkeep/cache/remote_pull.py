@@ -111,19 +111,25 @@ def pull_entry(
     start = time.monotonic()
     store = as_store(store)
     url = remote_url(client)
-    try:
-        top = client.get_manifest(key, MANIFEST_TYPES + INDEX_TYPES)
-        images = remote_images(client, key, top)
-    except RemoteMiss as exc:
-        raise RemoteCacheMiss(f"key '{key}' is not in the fleet cache {url}: {exc}") from None
-    except (RemoteDataError, BadRemoteData) as exc:
-        raise _corrupt(key, url, exc) from None
-    result = _pull_locked(store, key, client, images, progress, url, top.digest)
+    index_digest, images = key_images(client, key, url)
+    result = _pull_locked(store, key, client, images, progress, url, index_digest)
     result["duration"] = round(time.monotonic() - start, 3)
     return result
 
 
-def _corrupt(key: str, url: str, exc: Exception) -> RemoteCacheMiss:
+def key_images(client: Any, key: str, url: str) -> tuple[str, list[RemoteImage]]:
+    """The digest of what the key's tag names, and the images to fetch; RemoteCacheMiss when
+    the tag is absent or what it names is bad."""
+    try:
+        top = client.get_manifest(key, MANIFEST_TYPES + INDEX_TYPES)
+        return top.digest, remote_images(client, key, top)
+    except RemoteMiss as exc:
+        raise RemoteCacheMiss(f"key '{key}' is not in the fleet cache {url}: {exc}") from None
+    except (RemoteDataError, BadRemoteData) as exc:
+        raise corrupt_miss(key, url, exc) from None
+
+
+def corrupt_miss(key: str, url: str, exc: Exception) -> RemoteCacheMiss:
     return RemoteCacheMiss(
         f"key '{key}' in the fleet cache {url} failed verification, nothing was stored: {exc}",
         corrupt=True,
@@ -194,7 +200,7 @@ def _fetch_and_commit(
             entry_images = puller.fetch(images)
             puller.commit_blobs()
         except (RemoteDataError, BadRemoteData) as exc:
-            raise _corrupt(key, url, exc) from None
+            raise corrupt_miss(key, url, exc) from None
         except RemoteMiss as exc:
             raise RemoteCacheMiss(
                 f"key '{key}' in the fleet cache {url} lacks a blob it names "
@@ -439,7 +445,12 @@ class _Puller:
         return size
 
     def _fetch_layer(
-        self, described: dict[str, Any], diff_id: str, gzip: bool, hasher: HashThread
+        self,
+        described: dict[str, Any],
+        diff_id: str,
+        gzip: bool,
+        hasher: HashThread,
+        also: Callable[[memoryview], None] | None = None,
     ) -> tuple[str, int]:
         fd, path = create_temp_blob(self.area)
         try:
@@ -451,7 +462,7 @@ class _Puller:
                         f"descriptor says {described['size']}"
                     )
                 copy = _BlobCopy(reader, fd, hasher, self)
-                size = copy.gunzip(described, diff_id) if gzip else copy.plain(described)
+                size = copy.gunzip(described, diff_id) if gzip else copy.plain(described, also)
         except BaseException:
             os.close(fd)
             raise
@@ -587,8 +598,18 @@ class _BlobCopy:
         self.hasher.settle()
         return "sha256:" + sha.hexdigest()
 
-    def plain(self, described: dict[str, Any]) -> int:
-        actual = self._stream(described, _BlobFile(self.fd).write)
+    def plain(
+        self, described: dict[str, Any], also: Callable[[memoryview], None] | None = None
+    ) -> int:
+        """Copy an uncompressed layer (to ``also`` too: the engine's load); its size."""
+        blob = _BlobFile(self.fd)
+
+        def sink(view: memoryview) -> None:
+            blob.write(view)
+            if also is not None:
+                also(view)
+
+        actual = self._stream(described, sink)
         if actual != described["digest"]:
             raise BadRemoteData(f"layer {described['digest']} fails its sha256 check ({actual})")
         return described["size"]
