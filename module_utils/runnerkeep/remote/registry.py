@@ -654,6 +654,12 @@ class RegistryClient:
                 "the registry asks for token (Bearer) auth, which runnerkeep does not speak; "
                 "configure htpasswd (basic) auth on it"
             )
+        withheld = self.settings.withheld_for
+        if self._auth is None and withheld:
+            return (
+                f"the registry needs credentials; those of cache.remote.credentials_file "
+                f"belong to {withheld} (cache.remote.url) and are not sent elsewhere ({said})"
+            )
         if self._auth is None:
             return f"the registry needs credentials; set cache.remote.credentials_file ({said})"
         return f"wrong credentials for user {escape_text(self.user)[:60]!s} ({said})"

@@ -12,7 +12,9 @@ Config (``/etc/runnerkeep/config.d/20-cache.json``, the image_cache role writes 
     }}
 
 ``url`` unset, empty or null: no remote. ``--remote URL`` replaces ``url`` (the other keys
-still apply), ``--no-remote`` ignores the section.
+still apply, except that ``credentials_file`` is only used for the configured url's
+``scheme://host:port``: a URL handed in for another registry gets no password, so a typo or a
+planted URL cannot collect it), ``--no-remote`` ignores the section.
 
 The URL never holds credentials (``https://user:pw@...`` is refused: they would show in
 ``ps``, logs and ``--json``). REPOSITORY is an OCI repository name
@@ -59,6 +61,9 @@ class RemoteSettings:
     push: bool = False
     timeout: float = DEFAULT_TIMEOUT
     allow_http: bool = False
+    # The origin the configured credentials belong to, when --remote named another registry
+    # and they were withheld (the auth error then says so).
+    withheld_for: str | None = None
 
     @property
     def origin(self) -> str:
@@ -88,18 +93,39 @@ def remote_settings(
             "https:// with the registry's CA in cache.remote.ca_file, or set "
             "cache.remote.allow_http: true to send the password in clear over the network"
         )
+    credentials_file = _path(section, "credentials_file")
+    withheld_for = _credentials_origin(
+        section, scheme, host, port, overridden=given != section.get("url")
+    )
+    if withheld_for is not None:
+        credentials_file = None
     return RemoteSettings(
         url=given,
         scheme=scheme,
         host=host,
         port=port,
         repository=repository,
-        credentials_file=_path(section, "credentials_file"),
+        credentials_file=credentials_file,
+        withheld_for=withheld_for,
         ca_file=_path(section, "ca_file"),
         push=_bool(section, "push", False),
         timeout=_timeout(section.get("timeout")),
         allow_http=allow_http,
     )
+
+
+def _credentials_origin(
+    section: dict[str, Any], scheme: str, host: str, port: int, overridden: bool
+) -> str | None:
+    """The configured url's origin when an override points elsewhere and the configured
+    credentials must stay home; None when they may be used."""
+    configured = section.get("url")
+    if not overridden or not section.get("credentials_file") or configured in (None, ""):
+        return None
+    home_scheme, home_host, home_port, _repository = parse_remote_url(configured)
+    if (home_scheme, home_host, home_port) == (scheme, host, port):
+        return None
+    return RemoteSettings(configured, home_scheme, home_host, home_port, "x").origin
 
 
 def _remote_section(cache_config: dict[str, Any]) -> dict[str, Any]:

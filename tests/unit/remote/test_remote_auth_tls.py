@@ -184,3 +184,15 @@ def test_one_tls_connection_serves_a_whole_session(tls_registry, monkeypatch):
         assert c.blob_size(digest) == len(data)
         c.list_tags()
     assert len(opened) == 1
+
+
+def test_an_override_url_gets_no_configured_password_and_the_error_says_why(auth_registry):
+    section = auth_registry.remote_config(REPO, auth_registry.push_user)
+    section["url"] = "http://127.0.0.1:9/configured"  # the configured registry is elsewhere
+    settings = remote_settings({"remote": section}, url=auth_registry.remote_url(REPO))
+    assert settings.credentials_file is None
+    with RegistryClient(settings) as c, pytest.raises(RemoteAuthError) as caught:
+        c.check()
+    assert "belong to http://127.0.0.1:9 (cache.remote.url) and are not sent elsewhere" in str(
+        caught.value
+    )

@@ -216,3 +216,31 @@ def test_the_schema_does_not_echo_a_url_with_credentials():
     with pytest.raises(ConfigError) as caught:
         validate_config({"cache": {"remote": {"url": "xx://u:hunter2secret@h/c"}}}, "f")
     assert "hunter2secret" not in str(caught.value)
+
+
+# --- the configured credentials stay with the configured registry ---------------------------
+
+HOME = {"url": "https://home.example:5000/cache", "credentials_file": "/etc/rk/registry"}
+
+
+def test_an_override_for_another_registry_gets_no_credentials():
+    got = remote_settings({"remote": HOME}, url="https://elsewhere.example:5000/cache")
+    assert got.credentials_file is None
+    assert got.withheld_for == "https://home.example:5000"
+    # another port or scheme is another registry too
+    assert remote_settings({"remote": HOME}, url="https://home.example/c").credentials_file is None
+    local = {**HOME, "url": "https://127.0.0.1:5000/c"}
+    assert remote_settings({"remote": local}, url="http://127.0.0.1:5000/c").withheld_for
+
+
+def test_an_override_on_the_same_registry_keeps_them():
+    for url in ("https://home.example:5000/other/repo", "https://HOME.example:5000/cache/"):
+        got = remote_settings({"remote": HOME}, url=url)
+        assert got.credentials_file == "/etc/rk/registry" and got.withheld_for is None
+    assert remote_settings({"remote": HOME}).credentials_file == "/etc/rk/registry"
+
+
+def test_without_a_configured_url_the_credentials_go_with_the_override():
+    section = {"credentials_file": "/etc/rk/registry"}
+    got = remote_settings({"remote": section}, url="https://any.example/c")
+    assert got.credentials_file == "/etc/rk/registry" and got.withheld_for is None
