@@ -34,6 +34,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Collection
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -531,7 +532,12 @@ def export_images(socket_path: str, refs: list[str]) -> ImageExport:
 # ---------------------------------------------------------------------------------------
 # restore: POST /images/load
 # ---------------------------------------------------------------------------------------
-def load_image_archive(socket_path: str, length: int, write_body: Callable[[int], int]) -> str:
+def load_image_archive(
+    socket_path: str,
+    length: int,
+    write_body: Callable[[int], int],
+    done_when: Collection[str] = (),
+) -> str:
     """``POST /images/load`` with the ``length``-byte archive that ``write_body(fd)`` writes.
 
     Returns the engine's messages ("Loaded image: ..."). An exception from ``write_body``
@@ -539,6 +545,14 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
     ``manifest.json``) and tags nothing. Raises EngineSocketUnavailable when the socket cannot
     be connected, DockerCommandError when the engine refuses the archive, EngineStalled when it
     stops reading the archive for STREAM_IDLE_TIMEOUT or does not answer in time after it.
+
+    ``done_when``: the lines the engine says once the last image is loaded and tagged
+    ("Loaded image: REF", or "Loaded image ID: ID" for an archive without tags). Once all of
+    them came, and no error, the rest of the answer is not waited for: engine 20.10 then only
+    removes its unpacked copy of the archive before it closes the connection (measured on a
+    1.1 GiB archive: 0.4-0.6 s on a busy two-core host), and nothing after those lines can
+    fail the load. The caller checks the images in the daemon itself afterwards. Empty: the
+    answer is read to its end, as ``docker load`` does.
     """
     engine = _engine(socket_path)
     sock = _connect(socket_path, ANSWER_TIMEOUT)
@@ -551,8 +565,8 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
             sent = write_body(sock.fileno())
         except (BrokenPipeError, ConnectionResetError):
             # The engine stopped reading: its answer says why.
-            sock.settimeout(ANSWER_TIMEOUT)
-            raise DockerCommandError(f"docker load stopped early: {_answer(sock)}") from None
+            said = _answer(sock, _Deadline(ANSWER_TIMEOUT))
+            raise DockerCommandError(f"docker load stopped early: {said}") from None
         except BlockingIOError:
             raise EngineStalled(
                 f"{engine} stopped reading the image archive (nothing for {idle:g}s)"
@@ -562,27 +576,26 @@ def load_image_archive(socket_path: str, length: int, write_body: Callable[[int]
                 f"internal error: the archive was {sent} bytes, announced as {length}"
             )
         # The engine answers once it has registered what it lacks: time that grows with the
-        # archive (each wait for a piece of the answer gets this long).
-        wait = ANSWER_TIMEOUT + length / LOAD_MIN_RATE
-        sock.settimeout(wait)
+        # archive.
+        wait = _Deadline(ANSWER_TIMEOUT + length / LOAD_MIN_RATE)
         try:
-            return _answer(sock, raise_errors=True)
+            return _answer(sock, wait, done_when, raise_errors=True)
         except socket.timeout:
             raise EngineStalled(
-                f"{engine} did not answer the image load within {wait:.0f}s of its end"
+                f"{engine} did not answer the image load within {wait.seconds:.0f}s of its end"
             ) from None
     finally:
         sock.close()
 
 
 def _load_head(length: int) -> bytes:
+    # HTTP/1.0: the engine sends its answer as it is and closes, without chunk framing.
     return (
-        "POST /images/load?quiet=1 HTTP/1.1\r\n"
+        "POST /images/load?quiet=1 HTTP/1.0\r\n"
         "Host: docker\r\n"
         "User-Agent: runnerkeep\r\n"
         "Content-Type: application/x-tar\r\n"
-        f"Content-Length: {length}\r\n"
-        "Connection: close\r\n\r\n"
+        f"Content-Length: {length}\r\n\r\n"
     ).encode("ascii")
 
 
@@ -601,37 +614,93 @@ def enlarge_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
 
 
-def _answer(sock: socket.socket, raise_errors: bool = False) -> str:
-    """The engine's reply as text; with ``raise_errors``, DockerCommandError on a failure."""
-    import http.client  # here, not at the top: it costs every CLI start ~30 ms
+class _LoadLines:
+    """The JSON lines of a load's answer as they come in: messages, errors and each line said."""
 
-    response = http.client.HTTPResponse(sock)
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.errors: list[str] = []
+        self.said: set[str] = set()
+        self.partial = b""
+
+    def feed(self, data: bytes) -> None:
+        # A JSON line holds no raw newline (its text's are escaped), so b"\n" ends each one.
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            self._line(line)
+
+    def finish(self) -> None:
+        self._line(self.partial)
+        self.partial = b""
+
+    def complete(self, done_when: Collection[str]) -> bool:
+        return bool(done_when) and not self.errors and self.said.issuperset(done_when)
+
+    def _line(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        try:
+            item = json.loads(text)
+        except ValueError:
+            self.messages.append(text)
+            return
+        if not isinstance(item, dict):
+            return
+        if item.get("error") or item.get("message"):
+            self.errors.append(str(item.get("error") or item.get("message")).strip())
+        elif item.get("stream"):
+            stream = str(item["stream"])
+            self.messages.append(stream.strip())
+            self.said.update(line.strip() for line in stream.splitlines())
+
+
+def _read_load_answer(
+    sock: socket.socket, deadline: _Deadline, done_when: Collection[str]
+) -> tuple[_Answer, _LoadLines]:
+    """The load's answer, read until the engine closes (or its Content-Length, or
+    MAX_JSON_BODY), or until every line of ``done_when`` came."""
+    answer = _read_head(sock, deadline)
+    if answer.headers.get("transfer-encoding", "").lower() == "chunked":
+        raise DockerCommandError("the Docker engine answered an HTTP/1.0 request in chunks")
+    length = answer.headers.get("content-length")
+    want = int(length) if length and length.isdigit() else MAX_JSON_BODY
+    lines = _LoadLines()
+    lines.feed(answer.rest)
+    received = len(answer.rest)
+    while received < min(want, MAX_JSON_BODY):
+        if answer.status == 200 and lines.complete(done_when):
+            return answer, lines
+        deadline.arm(sock)
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += len(chunk)
+        lines.feed(chunk)
+    lines.finish()
+    return answer, lines
+
+
+def _answer(
+    sock: socket.socket,
+    deadline: _Deadline,
+    done_when: Collection[str] = (),
+    raise_errors: bool = False,
+) -> str:
+    """The engine's reply as text; with ``raise_errors``, DockerCommandError on a failure."""
     try:
-        response.begin()
-        body = response.read(MAX_JSON_BODY).decode("utf-8", "replace")
+        answer, lines = _read_load_answer(sock, deadline, done_when)
     except socket.timeout:
         if raise_errors:
             raise  # the caller says which engine and how long
         return "no answer from the engine in time"
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, DockerCommandError) as exc:
         if raise_errors:
             raise DockerCommandError(f"docker load: no answer from the engine ({exc})") from None
         return f"no answer from the engine ({exc})"
-    messages, errors = [], []
-    for line in body.splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            messages.append(line.strip())
-            continue
-        if not isinstance(item, dict):
-            continue
-        if item.get("error") or item.get("message"):
-            errors.append(str(item.get("error") or item.get("message")).strip())
-        elif item.get("stream"):
-            messages.append(str(item["stream"]).strip())
-    if response.status != 200 and not errors:
-        errors.append(f"HTTP {response.status} {response.reason}")
+    errors = lines.errors
+    if answer.status != 200 and not errors:
+        errors = [f"HTTP {answer.status} {answer.reason}".strip()]
     if errors and raise_errors:
         raise DockerCommandError(f"docker load failed: {'; '.join(errors)}")
-    return "; ".join(errors or messages)
+    return "; ".join(errors or lines.messages)

@@ -22,6 +22,7 @@ from ..errors import CacheMiss, DockerCommandError, LockHeldError, RunnerkeepErr
 from ..events import record_event
 from ..fsutil import atomic_output
 from ..procutil import enlarge_pipe
+from .archive_layout import familiar_ref
 from .archive_writer import entry_archive_length, write_entry_archive
 from .checks import load_checked_entry, quarantine_for
 from .partial import blobs_held, entry_chains, held_chains
@@ -328,8 +329,23 @@ def _send_archive(
         socket_path,
         length,
         lambda fd: write_entry_archive(entry, store, fd, progress, leave_out=left_out),
+        done_when=loaded_lines(entry),
     )
     return length
+
+
+def loaded_lines(entry: dict[str, Any]) -> set[str]:
+    """What the engine says once it has loaded and tagged the last of the entry's images: a
+    line per tag ("Loaded image: REF"), or, when no image has a tag, a line per image ID. Empty
+    (read the whole answer) when that is not known: with some images tagged and some not,
+    the untagged ones get no line, and a tag named twice would be said before the second."""
+    images = entry["images"]
+    tags = [familiar_ref(tag) for image in images for tag in image["tags"]]
+    if not tags:
+        return {f"Loaded image ID: {image['id']}" for image in images}
+    if any(not image["tags"] for image in images) or len(set(tags)) != len(tags):
+        return set()
+    return {f"Loaded image: {tag}" for tag in tags}
 
 
 def _load_through_cli(store: Store, entry: dict[str, Any], progress) -> int:
