@@ -212,7 +212,8 @@ def test_a_restore_falls_through_to_a_miss_when_the_registry_is_gone(
     assert code == 3, err
     message = json.loads(out)["error"]
     assert url in message and "no cache at" in message
-    assert ("refused" if how == "refused" else "no complete answer within 1s") in message
+    # A hung peer is named by the bound it broke (the whole answer's, or one socket step's).
+    assert ("refused" if how == "refused" else "answer within 1s") in message
     assert "Traceback" not in err
 
 
