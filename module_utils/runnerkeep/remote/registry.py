@@ -24,7 +24,8 @@ Bounds (nothing waits or buffers without one):
 
 One HTTP connection is kept alive per client and reused; one the server closed while idle is
 noticed before use (or on a failed first write) and opened again. A ``BlobReader`` holds the
-connection until it is read to the end or closed; calls meanwhile use another one.
+connection until it is read to the end or closed; calls meanwhile use another one. A client
+is not thread-safe: give each thread its own (they share nothing but the settings).
 
 Errors are ``remote.errors`` classes; their messages never hold the password or an
 ``Authorization`` header, and what the registry says is escaped and shortened.
