@@ -84,6 +84,17 @@ def lint(session: nox.Session) -> None:
     session.run("ansible-lint", "--offline", "playbooks", "roles", "galaxy.yml", "meta/runtime.yml")
 
 
+def _ensure_host_programs(session: nox.Session) -> None:
+    """Install (as root on Debian) the host programs tests call when missing
+    (tests/harness/engine.py HOST_PROGRAMS); elsewhere say what to install."""
+    session.run(
+        "python",
+        "-c",
+        "from harness.engine import ensure_host_programs; ensure_host_programs()",
+        env=_env(),
+    )
+
+
 @nox.session(python=UNIT_PYTHONS or None)
 def unit(session: nox.Session) -> None:
     """Core unit tests: fast, no Docker; once per supported Python found here."""
@@ -98,6 +109,8 @@ def unit(session: nox.Session) -> None:
         # The zipapp's cross-version reproducibility needs a second interpreter to compare with.
         env["RUNNERKEEP_SINGLE_PYTHON"] = "1"
     session.install("pytest", "pytest-xdist", "hypothesis", "ansible-core")
+    # tests/unit/remote talks to a real docker-registry on loopback (with openssl, htpasswd).
+    _ensure_host_programs(session)
     # Most unit time is waiting (subprocesses, deadlines, sockets), not CPU: workers overlap it.
     workers = os.environ.get("RUNNERKEEP_UNIT_WORKERS", "4")
     session.run("pytest", "tests/unit", "-n", workers, *session.posargs, env=env)
@@ -170,12 +183,7 @@ def sanity(session: nox.Session) -> None:
 def rules(session: nox.Session) -> None:
     """Prometheus rules and the Alertmanager example: promtool check/test, amtool check-config
     (Debian's prometheus and prometheus-alertmanager; the harness installs them when missing)."""
-    session.run(
-        "python",
-        "-c",
-        "from harness.engine import ensure_host_programs; ensure_host_programs()",
-        env=_env(),
-    )
+    _ensure_host_programs(session)
     session.run("python", "tools/check_rules.py")
 
 
