@@ -18,10 +18,11 @@ a DockerCommandError naming the engine and what stalled. What the engine answers
 the shape runnerkeep reads (``_checked_image``, ``engine_info``): anything else is a
 DockerCommandError too, never an AttributeError further on.
 
-Requests that read an answer to its end are HTTP/1.0: the engine then sends the body as it is
-and closes, with no chunk framing to take apart (an export is ~35,000 chunks of 32 KiB). A cut
-body is caught by whoever reads it: the archive reader needs the end-of-archive marker and
-checks every member, and JSON must parse.
+Requests are HTTP/1.0: the engine then sends the body as it is and closes, with no chunk
+framing to take apart (an export is ~35,000 chunks of 32 KiB). A cut body is caught by whoever
+reads it: the archive reader needs the end-of-archive marker and checks every member, and JSON
+must parse. A load's answer is read only until the engine has said that every image is loaded
+and tagged (``load_image_archive``'s ``done_when``): what it does after that is clean-up.
 """
 
 from __future__ import annotations
