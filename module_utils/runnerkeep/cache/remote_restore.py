@@ -44,7 +44,7 @@ from .remote_pull import (
     pull_entry,
     remote_url,
 )
-from .restore import _ensure_tags, daemon_images, restore_entry
+from .restore import _ensure_tags, daemon_images, loaded_lines, restore_entry
 from .save import _new_entry
 from .store import TRUSTED, Store, as_store, entry_blobs, entry_name, validate_key, write_all
 from .tar_reader import BLOCK, blob_member_name
@@ -142,7 +142,7 @@ def _overlapped_locked(
     length = entry_archive_length(entry)
     announce_total(puller.progress, length)
     stream = _ArchiveStream(puller, entry, configs, images)
-    load_image_archive(socket_path, length, stream.write)
+    load_image_archive(socket_path, length, stream.write, done_when=loaded_lines(entry))
     puller.commit_blobs()
     entry_digest = store.write_entry(entry)
     present = daemon_images(ids)
