@@ -172,12 +172,12 @@ def measure_fetch(r: Run, reg: LocalRegistry) -> dict:
         print(f"fetch pair {run + 1}/{r.args.runs} ...", file=sys.stderr)
         out_dir, store = r.path("curl-out"), r.path("fetch-store")
         os.makedirs(out_dir)
-        curl = ["curl", "-s", "-f"]
+        curl = ["-s", "-f"]
         for index, (url, _size) in enumerate(urls):
             curl += ["-o", os.path.join(out_dir, f"blob{index}"), url]
         remote = reg.remote_url("bench/rk")
         sides = {
-            "curl": lambda curl=curl: sh(*curl),
+            "curl": lambda curl=curl: sh("curl", *curl),
             "ours": lambda store=store, remote=remote: core.append(
                 r.rk_json("cache", "pull", "--dir", store, "--key", "k", "--remote", remote)[
                     "duration"
