@@ -273,13 +273,18 @@ def measure_restores(r: Run) -> dict:
     big = r.tags["big"]
     store = r.store(f"store{r.args.runs - 1}")
     archive = os.path.join(r.work, "docker-save.tar")
+    via: list[str] = []
     loads, restores = load_pairs(
         r,
         lambda: cold_daemon(big),
         lambda: sh("docker", "load", "-i", archive),
-        lambda: r.rk("cache", "restore", "--dir", store, "--key", "k"),
+        lambda: via.append(
+            r.rk_json("cache", "restore", "--dir", store, "--key", "k")["loaded_via"]
+        ),
         "load",
     )
+    if set(via) != {"engine-api"}:
+        raise SystemExit(f"cache restore did not load through the Engine API: loaded_via {via}")
     fast_runs: list[dict] = []
     t_fast = statistics.median(
         timed(lambda: fast_runs.append(r.rk_json("cache", "restore", "--dir", store, "--key", "k")))
