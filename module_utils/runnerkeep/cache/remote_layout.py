@@ -106,7 +106,7 @@ def descriptor(value: Any, what: str, max_size: int | None = None) -> dict[str, 
     digest, size, media = value.get("digest"), value.get("size"), value.get("mediaType")
     if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
         raise BadRemoteData(f"{what}: digest {str(digest)[:80]!r} is not a sha256 digest")
-    if type(size) is not int or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise BadRemoteData(f"{what} {digest}: bad size {size!r}")
     if max_size is not None and size > max_size:
         raise BadRemoteData(f"{what} {digest}: {size} bytes, more than the {max_size} allowed")

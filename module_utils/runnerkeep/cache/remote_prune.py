@@ -30,8 +30,9 @@ from .store import KEY_RE
 @dataclass(frozen=True)
 class RemoteKey:
     key: str
-    digest: str
+    digest: str  # the index's
     pushed: float
+    manifests: tuple[str, ...] = ()  # the image manifests it lists
 
 
 def remote_prune(
@@ -50,9 +51,9 @@ def remote_prune(
         raise ConfigError("remote-prune needs --max-age or --keep (or both)")
     if max_age is not None and max_age < 0:
         raise ConfigError(f"--max-age must not be negative, got {max_age}")
-    if keep is not None and (type(keep) is not int or keep < 0):
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
         raise ConfigError(f"--keep must be a count of keys (0 or more), got {keep!r}")
-    keys, foreign = remote_keys(client)
+    keys, foreign, foreign_children = remote_keys(client)
     doomed = _doomed(keys, max_age, keep, now)
     # A digest another (kept or foreign) tag names must stay: deleting it would untag that too.
     named_elsewhere = set(foreign.values()) | {k.digest for k in keys if k not in doomed}
@@ -61,15 +62,24 @@ def remote_prune(
         record = {"key": item.key, "digest": item.digest, "pushed": rfc3339(item.pushed)}
         if item.digest in named_elsewhere or _twice(doomed, item):
             shared.append(record)
-            continue
-        if not dry_run:
+        else:
+            deleted.append(record)
+    gone = {record["key"] for record in deleted}
+    # The image manifests only deleted indexes list go too: the registry's garbage collection
+    # (run without --delete-untagged, which would take every index's manifests) keeps a
+    # manifest revision and its layers until it is deleted.
+    still_used = set(foreign.values()) | foreign_children
+    still_used |= {m for k in keys if k.key not in gone for m in k.manifests}
+    orphans = sorted({m for k in doomed if k.key in gone for m in k.manifests} - still_used)
+    if not dry_run:
+        for digest in [record["digest"] for record in deleted] + orphans:
             # Gone already (another prune) is what we wanted.
             with contextlib.suppress(RemoteMiss):
-                client.delete_manifest(item.digest)
-        deleted.append(record)
+                client.delete_manifest(digest)
     return {
         "result": "would_delete" if dry_run else "pruned",
         "deleted": deleted,
+        "manifests_deleted": orphans,
         "kept": len(keys) - len(doomed),
         "foreign_tags": len(foreign),
         "shared": shared,
@@ -95,10 +105,12 @@ def _doomed(
     return doomed
 
 
-def remote_keys(client: Any) -> tuple[list[RemoteKey], dict[str, str]]:
-    """The repository's runnerkeep keys, and every other tag (tag -> its manifest digest)."""
+def remote_keys(client: Any) -> tuple[list[RemoteKey], dict[str, str], set[str]]:
+    """The repository's runnerkeep keys; every other tag (tag -> its manifest digest); the
+    manifests those other tags' indexes or lists name."""
     keys: list[RemoteKey] = []
     foreign: dict[str, str] = {}
+    children: set[str] = set()
     try:
         tags = client.list_tags()
     except RemoteMiss:
@@ -108,19 +120,39 @@ def remote_keys(client: Any) -> tuple[list[RemoteKey], dict[str, str]]:
             manifest = client.get_manifest(tag, INDEX_TYPES + MANIFEST_TYPES)
         except RemoteMiss:
             continue  # deleted since the listing
-        ours = _runnerkeep_key(tag, manifest)
+        document = _document(tag, manifest)
+        ours = _runnerkeep_key(tag, manifest, document)
         if ours is None:
             foreign[tag] = manifest.digest
+            children.update(_listed(document))
         else:
             keys.append(ours)
-    return keys, foreign
+    return keys, foreign, children
 
 
-def _runnerkeep_key(tag: str, manifest: Any) -> RemoteKey | None:
-    if not isinstance(tag, str) or not KEY_RE.fullmatch(tag):
+def _document(tag: str, manifest: Any) -> dict[str, Any] | None:
+    try:
+        return parse_json_object(manifest.data, f"the manifest of {tag}")
+    except BadRemoteData:
+        return None
+
+
+def _listed(document: dict[str, Any] | None) -> set[str]:
+    """The digests an index or list names (nothing for an image manifest or bad JSON)."""
+    manifests = (document or {}).get("manifests")
+    if not isinstance(manifests, list):
+        return set()
+    return {
+        item["digest"]
+        for item in manifests
+        if isinstance(item, dict) and isinstance(item.get("digest"), str)
+    }
+
+
+def _runnerkeep_key(tag: str, manifest: Any, document: dict[str, Any] | None) -> RemoteKey | None:
+    if not isinstance(tag, str) or not KEY_RE.fullmatch(tag) or document is None:
         return None
     try:
-        document = parse_json_object(manifest.data, f"the manifest of {tag}")
         if media_type_of(document, manifest.media_type) not in INDEX_TYPES:
             return None
     except BadRemoteData:
@@ -128,4 +160,4 @@ def _runnerkeep_key(tag: str, manifest: Any) -> RemoteKey | None:
     pushed = index_pushed(document)
     if index_key(document) != tag or pushed is None:
         return None
-    return RemoteKey(tag, manifest.digest, pushed)
+    return RemoteKey(tag, manifest.digest, pushed, tuple(sorted(_listed(document))))

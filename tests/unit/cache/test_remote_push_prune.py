@@ -184,3 +184,40 @@ def test_prune_needs_a_rule():
         remote_prune(FakeRegistry(), max_age=None, keep=None, dry_run=True, now=0.0)
     with pytest.raises(ConfigError):
         remote_prune(FakeRegistry(), max_age=None, keep=-1, dry_run=True, now=0.0)
+
+
+def test_prune_deletes_the_image_manifests_only_pruned_indexes_list(source, monkeypatch):
+    registry = FakeRegistry()
+    now = 1_800_000_000.0
+    archive = source.root + "-same.tar"
+    with open(archive, "wb") as handle:  # the same images under a second key
+        handle.write(legacy_archive([(["app:1", "app:latest"], [BIG, SMALL]), ([], [SMALL])]))
+    import_archive(source, "same", archive)
+    _keys_pushed_at(source, registry, {"k": now - 900, "other": now - 800}, monkeypatch)
+    clock = types.SimpleNamespace(time=lambda: now, monotonic=time.monotonic)
+    monkeypatch.setattr(remote_push, "time", clock)
+    push_entry(source, "same", registry)
+    shared = set(_index(registry, "k")["manifests"][i]["digest"] for i in range(2))
+    own = {m["digest"] for m in _index(registry, "other")["manifests"]}
+    first = remote_prune(registry, max_age=None, keep=1, dry_run=False, now=now)
+    assert [d["key"] for d in first["deleted"]] == ["k", "other"]
+    assert first["manifests_deleted"] == sorted(own)  # "same" still lists k's manifests
+    assert shared <= set(registry.manifests) and not own & set(registry.manifests)
+    last = remote_prune(registry, max_age=None, keep=0, dry_run=True, now=now)
+    assert last["manifests_deleted"] == sorted(shared)
+    assert shared <= set(registry.manifests)  # a dry run deletes nothing
+    remote_prune(registry, max_age=None, keep=0, dry_run=False, now=now)
+    assert registry.manifests == {} and registry.tags == {}
+
+
+def test_prune_keeps_image_manifests_a_foreign_index_lists(source, monkeypatch):
+    registry = FakeRegistry()
+    now = 1_800_000_000.0
+    _keys_pushed_at(source, registry, {"k": now - 900}, monkeypatch)
+    listed = _index(registry, "k")["manifests"]
+    foreign = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": listed[:1]}
+    registry.tags["multi"] = registry.put_json("multi", OCI_INDEX, foreign)
+    result = remote_prune(registry, max_age=0, keep=None, dry_run=False, now=now)
+    assert [d["key"] for d in result["deleted"]] == ["k"]
+    assert result["manifests_deleted"] == [listed[1]["digest"]]
+    assert listed[0]["digest"] in registry.manifests
