@@ -359,7 +359,7 @@ class _Puller:
 
     def _image(self, image: RemoteImage, hasher: HashThread) -> dict[str, Any]:
         config_digest = image.config["digest"]
-        data = self._config(image.config)
+        data = self.config(image.config)
         diff_ids = _diff_ids(data, config_digest, len(image.layers))
         layers = []
         for described, diff_id in zip(image.layers, diff_ids):
@@ -380,7 +380,7 @@ class _Puller:
             "manifests": [],
         }
 
-    def _config(self, described: dict[str, Any]) -> bytes:
+    def config(self, described: dict[str, Any]) -> bytes:
         digest, size = described["digest"], described["size"]
         stored = self._stored_config(digest)
         if stored is not None:
@@ -397,7 +397,7 @@ class _Puller:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._fetched(digest, path, len(data))
+            self.fetched_blob(digest, path, len(data))
         return data
 
     def _stored_config(self, digest: str) -> bytes | None:
@@ -437,14 +437,14 @@ class _Puller:
             self.present += 1
             self.sizes[diff_id] = stored
             return stored
-        path, size = self._fetch_layer(described, diff_id, gzip, hasher)
+        path, size = self.fetch_layer(described, diff_id, gzip, hasher)
         if stored is not None:
             # Same sha256, another size: the stored copy is the damaged one.
             self._quarantine(diff_id, f"blob {diff_id} has {stored} bytes, the fleet cache {size}")
-        self._fetched(diff_id, path, size)
+        self.fetched_blob(diff_id, path, size)
         return size
 
-    def _fetch_layer(
+    def fetch_layer(
         self,
         described: dict[str, Any],
         diff_id: str,
@@ -470,7 +470,7 @@ class _Puller:
         self.syncs.append(self.syncer.submit(_sync_and_close, fd))
         return path, size
 
-    def _fetched(self, digest: str, path: str, size: int) -> None:
+    def fetched_blob(self, digest: str, path: str, size: int) -> None:
         self.temps[digest] = path
         self.sizes[digest] = size
         self.fetched.append(digest)

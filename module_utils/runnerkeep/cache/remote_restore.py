@@ -133,7 +133,7 @@ def _overlapped_locked(
     url: str,
     index_digest: str,
 ) -> dict[str, Any] | None:
-    configs = {image.config["digest"]: puller._config(image.config) for image in images}
+    configs = {image.config["digest"]: puller.config(image.config) for image in images}
     entry = _new_entry(key, "docker-archive", _entry_images(images, configs), [f"{url}:{key}"])
     entry["provenance"] = {"pulled_from": url, "index_digest": index_digest}
     ids = [image["id"] for image in entry["images"]]
@@ -244,10 +244,10 @@ class _ArchiveStream:
                 if digest in self.configs:
                     self._out(self.configs[digest])
                 else:
-                    path, got = self.puller._fetch_layer(
+                    path, got = self.puller.fetch_layer(
                         self.described[digest], digest, False, hasher, also=self._out
                     )
-                    self.puller._fetched(digest, path, got)
+                    self.puller.fetched_blob(digest, path, got)
                 self._out(bytes((-size) % BLOCK))
             # Every layer verified: only now the metadata, manifest.json last.
             for name, data in archive_metadata(self.entry):
