@@ -190,7 +190,10 @@ class _Pusher:
         return descriptors
 
     def _config_bytes(self, digest: str) -> bytes:
-        data = read_regular(self.store.blob_path(digest), MAX_CONFIG_BYTES)
+        try:
+            data = read_regular(self.store.blob_path(digest), MAX_CONFIG_BYTES)
+        except OSError as exc:
+            raise CorruptBlob(digest, f"config blob {digest} cannot be read: {exc}") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise CorruptBlob(digest, f"config blob {digest} fails its sha256 check")
         return data
@@ -283,7 +286,10 @@ class VerifiedBlobReader:
         view = memoryview(buffer).cast("B")
         if not self.remaining or not len(view):
             return 0
-        count = os.readv(self.fd, [view[: min(len(view), self.remaining)]])
+        try:
+            count = os.readv(self.fd, [view[: min(len(view), self.remaining)]])
+        except OSError as exc:
+            self._fail(f"blob {self.digest} cannot be read: {exc.strerror}")
         self._took(view[:count])
         return count
 
@@ -293,7 +299,10 @@ class VerifiedBlobReader:
         want = self.remaining if size is None or size < 0 else min(size, self.remaining)
         if not want:
             return b""
-        data = os.read(self.fd, want)
+        try:
+            data = os.read(self.fd, want)
+        except OSError as exc:
+            self._fail(f"blob {self.digest} cannot be read: {exc.strerror}")
         self._took(memoryview(data))
         return data
 
