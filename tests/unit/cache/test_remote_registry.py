@@ -14,11 +14,12 @@ from cachetest_helpers import legacy_archive, random_layer, sha
 from harness.registry import LocalRegistry
 from runnerkeep.cache import Store, import_archive, remote_push, verify_store
 from runnerkeep.cache.checks import load_checked_entry
-from runnerkeep.cache.remote_layout import OCI_INDEX, RemoteCacheMiss
+from runnerkeep.cache.remote_layout import OCI_INDEX, OCI_MANIFEST, RemoteCacheMiss
 from runnerkeep.cache.remote_prune import remote_prune
 from runnerkeep.cache.remote_pull import pull_entry
 from runnerkeep.cache.remote_push import push_entry
 from runnerkeep.remote.credentials import read_credentials
+from runnerkeep.remote.errors import RemoteMiss
 from runnerkeep.remote.registry import RegistryClient
 from runnerkeep.remote.remote_config import remote_settings
 
@@ -174,3 +175,14 @@ def test_prune_deletes_runnerkeep_keys_and_leaves_foreign_tags(registry, source,
         assert [d["key"] for d in done["deleted"]] == ["k"] and done["foreign_tags"] == 1
         assert client.list_tags() == ["from-docker"]
         assert client.get_manifest(manifest["digest"], (manifest["mediaType"],)).data == data
+
+
+def test_prune_deletes_the_keys_image_manifests_on_the_registry(registry, source):
+    with client_for(registry, "unit/prune-manifests") as client:
+        pushed = push_entry(source, "k", client)
+        result = remote_prune(client, max_age=None, keep=0, dry_run=False, now=time.time())
+        assert result["manifests_deleted"] == pushed["manifests"]
+        assert client.list_tags() == []
+        for digest in [pushed["index_digest"], *pushed["manifests"]]:
+            with pytest.raises(RemoteMiss):
+                client.get_manifest(digest, (OCI_INDEX, OCI_MANIFEST))
