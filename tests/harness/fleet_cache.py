@@ -5,7 +5,7 @@
 
     with Fleet.start(2, cache_host=True) as fleet:
         tier = FleetCache.for_fleet(fleet, push_hosts=["rk-1"])
-        result = tier.provision()            # provision.yml, then playbooks/fleet_cache.yml
+        result = tier.provision()            # provision.yml (its cache_hosts play first)
         assert result.returncode == 0
 
 ``for_fleet`` makes a push user and a pull user with fresh random passwords and writes them as
@@ -32,6 +32,7 @@ from .provision import FLEET_VARS
 PULL_PORT = 5000
 PUSH_PORT = 5001
 REPOSITORY = "runnerkeep/cache"
+FLEET_CACHE_ROLE = "runnerkeep.runner.fleet_cache"
 CONFIG_DIR = "/etc/runnerkeep"
 CA_FILE = f"{CONFIG_DIR}/fleet-cache-ca.pem"
 CREDENTIALS_FILE = f"{CONFIG_DIR}/cache-remote.credentials"
@@ -109,13 +110,18 @@ class FleetCache:
             )
 
     def provision(self, *extra_args: str, **kwargs: Any) -> subprocess.CompletedProcess:
-        """provision.yml then playbooks/fleet_cache.yml in one ansible-playbook run (so the
-        runners' play sees the CA fact the cache host's play published)."""
-        provision_yml = str(REPO_ROOT / "playbooks" / "provision.yml")
+        """provision.yml, whose cache_hosts play provisions the registry before the runners'
+        play (which then sees the CA fact it published). A provision.yml without that play is
+        followed by playbooks/fleet_cache.yml in the same ansible-playbook run."""
+        provision_yml = REPO_ROOT / "playbooks" / "provision.yml"
+        if FLEET_CACHE_ROLE in provision_yml.read_text():
+            return self.fleet.run_playbook(
+                str(provision_yml), *extra_args, extra_vars=FLEET_VARS, **kwargs
+            )
         return self.fleet.run_playbook(
             "playbooks/fleet_cache.yml",
             *extra_args,
-            provision_yml,
+            str(provision_yml),
             extra_vars=FLEET_VARS,
             **kwargs,
         )
