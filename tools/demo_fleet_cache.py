@@ -92,7 +92,7 @@ def run_demo(fleet: Fleet) -> list[tuple[str, bool, str]]:
     played = tier.provision(quiet=True)
     results.append(
         (
-            "provisioned (provision.yml + fleet_cache.yml)",
+            "provisioned (runners and the fleet cache registry)",
             played.returncode == 0,
             f"{time.monotonic() - t0:.0f}s",
         )
