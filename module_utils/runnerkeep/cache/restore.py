@@ -58,7 +58,11 @@ class _Misses:
                 reason=reason,
                 duration=round(time.monotonic() - self.start, 3),
             )
-        return CacheMiss(reason)
+        miss = CacheMiss(reason)
+        # The front door tells a corrupt local entry (repair from the fleet) from an absent one
+        # by this flag, as on remote_layout.RemoteCacheMiss, not by the message's wording.
+        miss.corrupt = corrupt
+        return miss
 
     def reject(
         self,
@@ -129,6 +133,39 @@ def _ensure_tags(entry: dict[str, Any], present: dict[str, list[str]]) -> list[s
     return retagged
 
 
+def engine_tags(entry: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The entry as its tags may reach the engine, and the tags held back. An entry pulled from
+    the fleet tier carries tags no digest binds to the key (the index's annotation): such a tag
+    is applied only when the name is absent on the engine or already names one of the entry's
+    images, so restoring one key never re-points another image's name (``FROM debian:...``).
+    An entry saved on this host is returned as it is."""
+    provenance = entry.get("provenance")
+    if not (isinstance(provenance, dict) and provenance.get("pulled_from")):
+        return entry, []
+    ids = {image["id"] for image in entry["images"]}
+    held_back: list[str] = []
+    images = []
+    for image in entry["images"]:
+        kept = []
+        for tag in image["tags"]:
+            target = _tag_target(tag)
+            if target is None or target in ids:
+                kept.append(tag)
+            elif tag not in held_back:
+                held_back.append(tag)
+        images.append({**image, "tags": kept})
+    return {**entry, "images": images}, held_back
+
+
+def _tag_target(tag: str) -> str | None:
+    """The image ID the engine's tag ``tag`` names, None when no image has that tag (a name
+    that only matches an ID prefix is not a tag: tagging creates it)."""
+    for image_id, tags in daemon_images([tag]).items():
+        if familiar_ref(tag) in tags:
+            return image_id
+    return None
+
+
 def _tag(image_id: str, tag: str) -> None:
     socket_path = local_engine_socket()
     if socket_path is not None:
@@ -163,14 +200,16 @@ def restore_entry(
         raise misses.miss(key, f"no cache at {store.root}")
     with _restore_lock(store, key, dry_run, misses):
         name = readable_name(store, key, scope)
-        entry, digest = _checked_entry_or_miss(store, key, name, misses, quarantine=not dry_run)
-        ids = [image["id"] for image in entry["images"]]
+        stored, digest = _checked_entry_or_miss(store, key, name, misses, quarantine=not dry_run)
+        ids = [image["id"] for image in stored["images"]]
         present = daemon_images(ids)
+        entry, not_retagged = engine_tags(stored)
         result: dict[str, Any] = {
             "key": key,
-            "scope": entry.get("scope", TRUSTED),
+            "scope": stored.get("scope", TRUSTED),
             "entry_digest": digest,
-            "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
+            "images": [{"id": i["id"], "tags": i["tags"]} for i in stored["images"]],
+            "not_retagged": not_retagged,
         }
         if all(i in present for i in ids):
             retagged = [] if dry_run else _ensure_tags(entry, present)
@@ -192,6 +231,8 @@ def restore_entry(
             store.touch_entry(name)
     result["duration"] = round(time.monotonic() - start, 3)
     if state_dir and not dry_run:
+        # not_retagged only when there are some: the events of every other restore stay as they were
+        held_back = {"not_retagged": not_retagged} if not_retagged else {}
         record_event(
             state_dir,
             "cache",
@@ -202,6 +243,7 @@ def restore_entry(
             bytes_loaded=result["bytes_loaded"],
             bytes_left_out=result.get("bytes_left_out", 0),
             duration=result["duration"],
+            **held_back,
         )
     return result
 
