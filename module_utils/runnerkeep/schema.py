@@ -380,9 +380,10 @@ REMOTE = Object(
         "push": Bool(),
         "timeout": Duration(positive=True),
         "allow_http": Bool(),
+        "max_duration": Duration(positive=True),
     },
     "a JSON object (section cache.remote: url, credentials_file, ca_file, push, timeout, "
-    "allow_http)",
+    "allow_http, max_duration)",
 )
 
 CACHE = Object(

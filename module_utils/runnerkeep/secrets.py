@@ -12,11 +12,17 @@ dir (world-readable by design). So every message that may hold the URL goes thro
 first line is the URL: only the root watch reads it, through the safe reader (no symlink, no
 FIFO, bounded), and refuses it unless it is a regular file owned by root (or the reader) with
 no permission for group or other. The job hooks never call ``webhook_url``.
+
+What a peer says (a registry's or a proxy's error text) may quote the credentials it was
+sent, whole or cut short. ``peer_excerpt`` masks them in the RAW text first, then escapes it
+and cuts it to length: masking after escaping would miss a password whose ``\\`` or quotes
+the escape changed, masking after cutting would leave the cut-off prefix readable.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from . import statefile
 from .errors import ConfigError
 from .schema import check_option
+from .textutil import escape_text
 
 MASK = "***"
 SECRET_FILE_BOUND = 4096
@@ -102,6 +109,48 @@ def redact_text(text: Any, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         result = result.replace(secret, MASK)
     return result
+
+
+# An Authorization value a peer quotes back ("Basic dXNlcjpw...", "Bearer eyJ..."), whole or
+# cut: whatever follows the scheme is a credential.
+_AUTH_VALUE_RE = re.compile(r"(?i)(basic|bearer)(\s+|=|:\s*)[A-Za-z0-9+/=._~-]{8,}")
+# A cut-off piece of a secret this long is masked wherever it stands; a shorter one only at
+# the end of the text (where a peer's own cut leaves it).
+MIN_PIECE = 8
+
+
+def peer_excerpt(text: Any, secrets: Iterable[str], limit: int = 160) -> str:
+    """What a peer said, safe to show on one line: every secret (whole, or a piece of one
+    cut short by the peer) and any quoted Authorization value masked in the raw text, then
+    escaped (``textutil.escape_text``) and cut to ``limit`` characters."""
+    secrets = sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
+    raw = redact_text(text, secrets)
+    raw = _AUTH_VALUE_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", raw)
+    for secret in secrets:
+        raw = _mask_pieces(raw, secret)
+    shown = redact_text(escape_text(raw), [escape_text(s) for s in secrets])
+    return shown[:limit]
+
+
+def _mask_pieces(text: str, secret: str) -> str:
+    """``text`` with each run of ``secret``'s leading characters masked: MIN_PIECE or more
+    anywhere, fewer (down to MIN_SECRET_LEN) at the very end."""
+    head = secret[: min(MIN_PIECE, len(secret))]
+    out, start = [], 0
+    while True:
+        found = text.find(head, start) if len(head) >= MIN_PIECE else -1
+        if found < 0:
+            break
+        end = found + len(head)
+        while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+            end += 1
+        out += [text[start:found], MASK]
+        start = end
+    rest = text[start:]
+    for size in range(min(len(secret), len(rest)), MIN_SECRET_LEN - 1, -1):
+        if rest.endswith(secret[:size]):
+            return "".join(out) + rest[:-size] + MASK
+    return "".join(out) + rest
 
 
 def redact_data(data: Any, secrets: Iterable[str]) -> Any:

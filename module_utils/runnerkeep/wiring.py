@@ -17,6 +17,12 @@ a trusted save pushes after its local commit (``save_then_push``); ``verify --re
 again the keys whose blobs were bad (``repair_from_fleet``). The front doors build the tier
 once per command (``fleet_tier``); the cache service gets it handed in (it cannot import
 this module) and does the remote work for jobs, which never see the credentials.
+
+Every fleet step runs under one deadline (``cache.remote.max_duration``, handed to the
+registry client), and none can fail a command the issue says it must not: a push after a
+committed save that fails in any way is a warning (exit 0), a restore's fleet step that fails
+in any way is a miss (exit 3). Failures the remote layer does not foresee are caught too
+(``_unforeseen``): one line naming the step and the exception's type, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from .cleanup.report import CleanupReport
 from .disk.budget import cache_quota, cleanup_targets
 from .errors import CacheMiss, ConfigError, RunnerkeepError
 from .events import record_event
+from .textutil import escape_text
 
 # What ``--make-room`` runs when a save is short of space: (bytes needed, a path on the short
 # filesystem) -> the post-build stage's report (cache.save.save_entry's ``make_room``).
@@ -171,7 +178,10 @@ def _connect_registry(settings: Any) -> Any:
     from .remote.registry import RegistryClient
 
     path = getattr(settings, "credentials_file", None)
-    return RegistryClient(settings, read_credentials(path) if path else None)
+    credentials = read_credentials(path) if path else None
+    # The whole operation (a pull, a push, a prune) ends within max_duration.
+    deadline = time.monotonic() + float(getattr(settings, "max_duration", 1800.0))
+    return RegistryClient(settings, credentials, deadline=deadline)
 
 
 def fleet_tier(
@@ -202,6 +212,13 @@ def _failure(exc: BaseException, url: str = "") -> str:
         return exc.strerror or str(exc)
     text = str(exc) or type(exc).__name__
     return text[len(url) + 2 :] if url and text.startswith(f"{url}: ") else text
+
+
+def _unforeseen(exc: BaseException, step: str) -> str:
+    """One line for an exception the remote layer did not foresee (a bug, or a peer's answer
+    no check knew of): the step and the type; never a traceback."""
+    detail = escape_text(str(exc))[:160]
+    return f"{step} failed unexpectedly ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
 def _event(state_dir: str | None, **fields: Any) -> None:
@@ -286,22 +303,27 @@ def _pull_or_miss(
     progress: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     """pull_entry, any failure of it as the restore's CacheMiss (one line, with both reasons)."""
+    error_type = None
     try:
         with fleet.client() as client:
             return fleet.pull_entry(store, key, client, progress=progress)
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise  # a setting to fix (credentials file, URL): exit 2, as for any bad setting
-        reason = f"{local_reason}; fleet tier {fleet.url}: {_failure(exc, fleet.url)}"
-        _event(
-            state_dir,
-            op="restore",
-            result="miss",
-            key=key,
-            reason=reason,
-            duration=round(time.monotonic() - start, 3),
-        )
-        raise CacheMiss(reason) from None
+        failure = _failure(exc, fleet.url)
+    except Exception as exc:  # the issue's promise: a fleet step that fails is a miss
+        failure, error_type = _unforeseen(exc, "the pull"), type(exc).__name__
+    reason = f"{local_reason}; fleet tier {fleet.url}: {failure}"
+    _event(
+        state_dir,
+        op="restore",
+        result="miss",
+        key=key,
+        reason=reason,
+        duration=round(time.monotonic() - start, 3),
+        **({"error_type": error_type} if error_type else {}),
+    )
+    raise CacheMiss(reason)
 
 
 def _pull_summary(pulled: dict[str, Any]) -> dict[str, Any]:
@@ -325,6 +347,9 @@ def _would_pull(key: str, fleet: FleetTier, local_reason: str) -> dict[str, Any]
         raise CacheMiss(
             f"{local_reason}; fleet tier {fleet.url}: {_failure(exc, fleet.url)}"
         ) from None
+    except Exception as exc:
+        unforeseen = _unforeseen(exc, "the registry's answer")
+        raise CacheMiss(f"{local_reason}; fleet tier {fleet.url}: {unforeseen}") from None
     return {
         "key": key,
         "result": "would_pull",
@@ -357,6 +382,17 @@ def pull_key(
             raise
         reason = f"key '{key}' not pulled from {fleet.url}: {_failure(exc, fleet.url)}"
         _event(state_dir, op="pull", result="pull_failed", key=key, reason=reason)
+        raise CacheMiss(reason) from None
+    except Exception as exc:
+        reason = f"key '{key}' not pulled from {fleet.url}: {_unforeseen(exc, 'the pull')}"
+        _event(
+            state_dir,
+            op="pull",
+            result="pull_failed",
+            key=key,
+            reason=reason,
+            error_type=type(exc).__name__,
+        )
         raise CacheMiss(reason) from None
     result = {"key": key, "result": "pulled", "remote": fleet.url, **pulled}
     result["duration"] = round(time.monotonic() - start, 3)
@@ -398,12 +434,15 @@ def push_key(
         raise PushRefused(why)
     try:
         pushed = _push(store, key, fleet, provenance, progress)
-    except (RunnerkeepError, OSError) as exc:
-        reason = f"key '{key}' not pushed to {fleet.url}: {_failure(exc, fleet.url)}"
-        _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
+    except Exception as exc:
+        foreseen = isinstance(exc, (RunnerkeepError, OSError))
+        failure = _failure(exc, fleet.url) if foreseen else _unforeseen(exc, "the push")
+        reason = f"key '{key}' not pushed to {fleet.url}: {failure}"
+        kind = {} if foreseen else {"error_type": type(exc).__name__}
+        _event(state_dir, op="push", result="push_failed", key=key, reason=reason, **kind)
         error = RunnerkeepError(reason)
         # A local entry that is missing or corrupt stays a miss (3): there was nothing to push.
-        error.exit_code = getattr(exc, "exit_code", error.exit_code)
+        error.exit_code = getattr(exc, "exit_code", error.exit_code) if foreseen else 1
         raise error from None
     _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
     return {"key": key, "result": "pushed", "remote": fleet.url, "decision": why, **pushed}
@@ -453,9 +492,12 @@ def push_after_save(
         return {"pushed": False, "decision": "would_push", "reason": why, "remote": fleet.url}
     try:
         pushed = _push(store, key, fleet, provenance, None)
-    except (RunnerkeepError, OSError) as exc:
-        reason = f"key '{key}' saved but not pushed to {fleet.url}: {_failure(exc, fleet.url)}"
-        _event(state_dir, op="push", result="push_failed", key=key, reason=reason)
+    except Exception as exc:  # the save is committed: no failure of the push may undo that
+        foreseen = isinstance(exc, (RunnerkeepError, OSError))
+        failure = _failure(exc, fleet.url) if foreseen else _unforeseen(exc, "the push")
+        reason = f"key '{key}' saved but not pushed to {fleet.url}: {failure}"
+        kind = {} if foreseen else {"error_type": type(exc).__name__}
+        _event(state_dir, op="push", result="push_failed", key=key, reason=reason, **kind)
         return {"pushed": False, "decision": "failed", "reason": reason, "warning": reason}
     _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
     summary = {name: pushed.get(name) for name in ("index_digest", "bytes_sent", "blobs_sent")}
@@ -554,9 +596,15 @@ def prune_remote(
     _require(fleet, "cache remote-prune")
     if max_age is None and keep is None:
         raise ConfigError("cache remote-prune needs --max-age DURATION or --keep N (or both)")
-    with fleet.client() as client:
-        result = fleet.prune_tags(
-            client, max_age=max_age, keep=keep, dry_run=dry_run, now=time.time()
-        )
+    try:
+        with fleet.client() as client:
+            result = fleet.prune_tags(
+                client, max_age=max_age, keep=keep, dry_run=dry_run, now=time.time()
+            )
+    except (RunnerkeepError, OSError):
+        raise
+    except Exception as exc:
+        failure = _unforeseen(exc, "the prune")
+        raise RunnerkeepError(f"fleet tier {fleet.url}: {failure}") from None
     result.setdefault("remote", fleet.url)
     return result

@@ -8,6 +8,10 @@ group write: ``root:runnerkeep 0640`` lets the store's owner (the cache service)
 never the file's content.
 
 ``Credentials`` never shows the password: not in ``repr``, ``str`` or ``as_dict``.
+
+``read_protected_file`` is the one reader of the fleet tier's files: the credentials file
+(secret: no permission for other, no group write) and the CA file (a trust root: writable by
+nobody but its owner, readable by all).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from .. import statefile
 from ..errors import ConfigError
 
 MAX_CREDENTIALS_BYTES = 4096
+# A CA bundle of a few hundred certificates fits; a file larger than this is not one.
+MAX_CA_BYTES = 1 << 20
 
 
 class Credentials:
@@ -55,38 +61,50 @@ class Credentials:
 def read_credentials(path: str, what: str = "cache.remote.credentials_file") -> Credentials:
     """The credentials in ``path``; ConfigError (naming ``what``, the file and the fix) when
     the file is missing, unsafe or not one ``USER:PASSWORD`` line."""
-    fix = f"run: chown root:root {path} && chmod 600 {path}"
+    return _parse(read_protected_file(path, what, MAX_CREDENTIALS_BYTES, secret=True), path, what)
+
+
+def read_protected_file(path: str, what: str, limit: int, *, secret: bool) -> bytes:
+    """The content of ``path`` (at most ``limit`` bytes), opened without following a symlink
+    and without blocking on a FIFO; ConfigError (naming ``what``, the file and the fix, never
+    the content) unless it is a regular file owned by root or the reader that nobody else may
+    write (``secret``: nor read, except its group)."""
+    mode_fix = "600" if secret else "644"
+    fix = f"run: chown root:root {path} && chmod {mode_fix} {path}"
     try:
-        data, rest, info = statefile.read_regular(path, MAX_CREDENTIALS_BYTES)
+        data, rest, info = statefile.read_regular(path, limit)
     except FileNotFoundError:
-        raise ConfigError(
-            f"{what}: {path} does not exist; create it (USER:PASSWORD, mode 600)"
-        ) from None
+        hint = "create it (USER:PASSWORD, mode 600)" if secret else "copy the CA there or unset it"
+        raise ConfigError(f"{what}: {path} does not exist; {hint}") from None
     except statefile.Unreadable as exc:
         raise ConfigError(
             f"{what}: {path} is {exc}, not a regular file; point {what} at a regular file "
-            "owned by root with mode 600"
+            f"owned by root with mode {mode_fix}"
         ) from None
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
-    _check_owner_and_mode(path, info, what, fix)
+    _check_owner_and_mode(path, info, what, fix, secret)
     if rest:
-        raise ConfigError(f"{what}: {path} is larger than {MAX_CREDENTIALS_BYTES} bytes")
-    return _parse(data, path, what)
+        raise ConfigError(f"{what}: {path} is larger than {limit} bytes")
+    return data
 
 
-def _check_owner_and_mode(path: str, info: os.stat_result, what: str, fix: str) -> None:
+def _check_owner_and_mode(
+    path: str, info: os.stat_result, what: str, fix: str, secret: bool
+) -> None:
     if info.st_uid not in (0, os.geteuid()):
         raise ConfigError(f"{what}: {path} is owned by uid {info.st_uid}, not root; {fix}")
     mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o007:
+    if secret and mode & 0o007:
         raise ConfigError(
             f"{what}: {path} is accessible to other users (mode {mode:04o}); run: chmod 600 {path}"
             " (or 640 with the runnerkeep group)"
         )
-    if mode & 0o020:
+    if mode & 0o022:
+        whom = "its group" if mode & 0o020 else "other users"
         raise ConfigError(
-            f"{what}: {path} is writable by its group (mode {mode:04o}); run: chmod 600 {path}"
+            f"{what}: {path} is writable by {whom} (mode {mode:04o}); "
+            f"run: chmod {'600' if secret else '644'} {path}"
         )
 
 

@@ -16,7 +16,11 @@ Bounds (nothing waits or buffers without one):
 - every socket operation: ``settings.timeout``; every call that is not a blob stream, its
   redirects and its one reconnect included: ``settings.timeout`` as a whole (a watchdog shuts
   the socket down at the deadline, so a peer dripping bytes cannot stretch it);
-- blob streams: ``timeout`` plus one second per MiB (``transport.MIN_RATE``) from the answer;
+- blob streams: a rate floor on the bytes actually received (``transport.Pace``): each
+  receive may wait what is left of ``timeout + received / MIN_RATE``, so the length a peer
+  announces never buys it time;
+- a whole operation: ``deadline`` (a monotonic time, or ``with client.deadline(seconds)``)
+  caps every call, stream and upload made until then;
 - redirects (GET and HEAD of blobs, which S3-backed registries send elsewhere): at most 3,
   never https -> http, never to another scheme, never to another host without TLS, and the
   credentials go only to the registry itself;
@@ -34,17 +38,19 @@ Errors are ``remote.errors`` classes; their messages never hold the password or 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
 import re
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import quote, urljoin, urlsplit
 
 from ..errors import ConfigError
-from ..secrets import redact_text, redact_url
+from ..secrets import peer_excerpt, redact_text, redact_url
 from ..statefile import loads_strict
 from ..textutil import escape_text
 from .credentials import Credentials
@@ -62,10 +68,13 @@ from .transport import (
     MIN_RATE,
     Deadline,
     DeadlinePassed,
+    NotLoopback,
     Origin,
+    Pace,
     Watchdog,
     dropped,
     open_connection,
+    set_pace,
     set_timeout,
     tls_context,
     transport_reason,
@@ -84,6 +93,14 @@ USER_AGENT = "runnerkeep-fleet-cache"
 # Failures of a kept-alive connection the server had closed: the request is sent again once.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 _TRANSPORT = (OSError, http.client.HTTPException, DeadlinePassed)
+# Sending a request: http.client also raises ValueError (UnicodeEncodeError of a URL a peer
+# handed us, a header value it refuses).
+_REQUEST = (*_TRANSPORT, ValueError)
+LENGTH_RE = re.compile(r"[0-9]{1,20}")
+# A URL a peer hands us (Location, Link) is used only when it is printable ASCII.
+ASCII_URL_RE = re.compile(r"[\x21-\x7e]+")
+
+_TIMEOUTS = (socket.timeout, DeadlinePassed)
 
 Progress = Callable[[int], None]
 
@@ -109,8 +126,15 @@ class _Exchange(NamedTuple):
 class RegistryClient:
     """The Distribution API of one repository (``settings.repository``) at one registry."""
 
-    def __init__(self, settings: RemoteSettings, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        settings: RemoteSettings,
+        credentials: Credentials | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.settings = settings
+        # The whole operation's end (time.monotonic()): no call, stream or upload outlives it.
+        self.deadline_at = deadline
         self.origin = Origin(settings.scheme, settings.host, settings.port)
         self.base = f"/v2/{settings.repository}"
         self.user = credentials.user if credentials is not None else None
@@ -122,7 +146,8 @@ class RegistryClient:
         if credentials is not None:
             token = base64.b64encode(f"{credentials.user}:{credentials.password}".encode()).decode()
             self._auth = f"Basic {token}"
-            self._secrets = [s for s in (credentials.password, token) if len(s) >= 4]
+            found = (credentials.password, token, escape_text(credentials.password))
+            self._secrets = sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
         self._conn: http.client.HTTPConnection | None = None
 
     def __repr__(self) -> str:
@@ -139,6 +164,18 @@ class RegistryClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[RegistryClient]:
+        """Every call made inside ends within ``seconds`` from now (or the deadline already
+        set, when that is sooner): a pull or push as a whole, not only each step."""
+        before = self.deadline_at
+        end = time.monotonic() + seconds
+        self.deadline_at = end if before is None else min(before, end)
+        try:
+            yield self
+        finally:
+            self.deadline_at = before
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -159,8 +196,8 @@ class RegistryClient:
             resp, _data = self._call("HEAD", f"{self.base}/blobs/{digest}", what, follow=True)
         except RemoteMiss:
             return None
-        length = resp.getheader("Content-Length", "")
-        if not length.isdigit():
+        length = (resp.getheader("Content-Length") or "").strip()
+        if not LENGTH_RE.fullmatch(length):
             raise self._error(RemoteDataError, what, "no Content-Length in the answer")
         return int(length)
 
@@ -302,7 +339,7 @@ class RegistryClient:
     ) -> _Exchange:
         """Send and read the answer's head, following redirects when ``follow``; the body is
         left on the connection, under a watchdog armed for the rest of the deadline."""
-        deadline = Deadline(self.settings.timeout)
+        deadline = Deadline(self.settings.timeout, self.deadline_at)
         origin = self.origin
         for hop in range(MAX_REDIRECTS + 1):
             exchange = self._exchange(method, origin, target, headers, body, deadline, what)
@@ -338,7 +375,7 @@ class RegistryClient:
             try:
                 conn.request(method, target, body=body, headers=self._headers(origin, headers))
                 return _Exchange(conn, conn.getresponse(), origin, dog)
-            except _TRANSPORT as exc:
+            except _REQUEST as exc:
                 fired = dog.stop()
                 conn.close()
                 if isinstance(exc, _STALE) and reused and attempt == 1 and not fired:
@@ -359,16 +396,18 @@ class RegistryClient:
         extra: dict[str, str] | None = None,
     ) -> tuple[http.client.HTTPResponse, bytes]:
         """A request whose body is ``count`` bytes of ``reader``, streamed; the answer read."""
-        deadline = Deadline(self.settings.timeout + count / MIN_RATE)
+        deadline = Deadline(self.settings.timeout + count / MIN_RATE, self.deadline_at)
         conn, _reused = self._take(self.origin, deadline, what)
-        dog = Watchdog(conn, deadline.remaining())
+        dog = Watchdog(conn, self._remaining(deadline, what))
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(count)}
         headers = self._headers(self.origin, {**headers, **(extra or {})})
         try:
-            conn.putrequest(method, target, skip_accept_encoding=True)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
+            self._put_head(conn, method, target, headers)
+        except _REQUEST as exc:  # incl. a URL or header http.client will not send
+            fired = dog.stop()
+            conn.close()
+            raise self._unavailable(what, exc, self.origin, fired) from None
+        try:
             self._pump(conn, reader, count, done, progress, what)
             resp = conn.getresponse()
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -387,6 +426,14 @@ class RegistryClient:
         if resp.status not in ok:
             self._fail(exchange, what)
         return resp, self._finish(exchange, MAX_ERROR_BODY, what)
+
+    def _put_head(
+        self, conn: http.client.HTTPConnection, method: str, target: str, headers: dict
+    ) -> None:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.endheaders()
 
     def _pump(
         self,
@@ -453,7 +500,7 @@ class RegistryClient:
                 raise self._error(
                     RemoteDataError,
                     what,
-                    f"the registry holds {escape_text(got)[:40]} after {start} bytes",
+                    f"the registry holds {self._peer(got, 40)} after {start} bytes",
                 )
         return location
 
@@ -474,8 +521,18 @@ class RegistryClient:
         context = self._context
         if origin.scheme == "https" and context is None:
             context = self._context = tls_context(self.settings.ca_file)
+        loopback_only = origin.scheme == "http" and not self.settings.allow_http
         try:
-            return open_connection(origin, context, timeout, deadline), False
+            return open_connection(origin, context, timeout, deadline, loopback_only), False
+        except NotLoopback as exc:
+            raise self._error(
+                RemoteError,
+                what,
+                f"{origin.host} resolves to {exc} here, not to a loopback address; http:// "
+                "(the password in clear) is only for a loopback registry: use https:// with "
+                "cache.remote.ca_file, or fix the host's name resolution "
+                "(or set cache.remote.allow_http: true)",
+            ) from None
         except _TRANSPORT as exc:
             raise self._unavailable(what, exc, origin, False) from None
 
@@ -522,9 +579,21 @@ class RegistryClient:
         try:
             return deadline.remaining()
         except DeadlinePassed:
-            raise self._error(
-                RemoteUnavailable, what, f"no complete answer within {deadline.seconds:g}s"
-            ) from None
+            reason = f"no complete answer within {deadline.seconds:g}s"
+            if deadline.capped:
+                reason = self._over_deadline()
+            raise self._error(RemoteUnavailable, what, reason) from None
+
+    def _over_deadline(self) -> str | None:
+        """The words for an operation whose own deadline has passed (None: it has not)."""
+        end = self.deadline_at
+        if end is None or time.monotonic() < end - 0.01:
+            return None
+        return "the operation's time ran out (cache.remote.max_duration)"
+
+    def _peer(self, text: Any, limit: int = 160) -> str:
+        """What a peer said, safe to show: secrets masked before it is escaped and cut."""
+        return peer_excerpt(text, self._secrets, limit)
 
     # --- locations -----------------------------------------------------------------------------
 
@@ -534,6 +603,7 @@ class RegistryClient:
         """Where a redirect leads, when the rules allow going there."""
         if not location:
             raise self._error(RemoteDataError, what, "a redirect without a Location")
+        self._check_ascii(location, what, "a redirect")
         url = urljoin(origin.url + target, location.strip())
         shown = redact_url(url)
         try:
@@ -559,6 +629,7 @@ class RegistryClient:
         location = (resp.getheader("Location") or "").strip()
         if not location:
             raise self._error(RemoteDataError, what, "no Location in the upload's answer")
+        self._check_ascii(location, what, "an upload location")
         parts = urlsplit(urljoin(self.origin.url + current, location))
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -578,12 +649,18 @@ class RegistryClient:
         match = re.search(r'<([^>]*)>\s*;\s*rel="?next"?', link or "")
         if match is None:
             return None
+        self._check_ascii(match.group(1), "list tags", "a next page")
         parts = urlsplit(urljoin(self.origin.url + current, match.group(1)))
         if parts.path != f"{self.base}/tags/list" or (
             parts.netloc and (parts.hostname or "").lower() != self.origin.host
         ):
             raise self._error(RemoteDataError, "list tags", "a next page elsewhere")
         return _path_and_query(parts)
+
+    def _check_ascii(self, url: str, what: str, kind: str) -> None:
+        # http.client sends the request line as ASCII: anything else would fail there.
+        if not ASCII_URL_RE.fullmatch(url.strip()):
+            raise self._error(RemoteDataError, what, f"{kind} to a URL that is not printable ASCII")
 
     # --- answers and errors --------------------------------------------------------------------
 
@@ -607,7 +684,7 @@ class RegistryClient:
             raise self._error(
                 RemoteDataError,
                 what,
-                f"the registry names digest {escape_text(said)[:80]}, the bytes are {digest}",
+                f"the registry names digest {self._peer(said, 80)}, the bytes are {digest}",
             )
 
     def _fail(self, exchange: _Exchange, what: str) -> None:
@@ -621,7 +698,7 @@ class RegistryClient:
 
     def _status_error(self, resp: http.client.HTTPResponse, body: bytes, what: str) -> RemoteError:
         status = resp.status
-        code, text = _registry_error(body)
+        code, text = _registry_error(body, self._secrets)
         said = f"{status} {code}" if code else f"{status}"
         if text:
             said += f": {text}"
@@ -637,7 +714,7 @@ class RegistryClient:
             allow = resp.getheader("Allow") or ""
             if allow and "PUT" not in allow.upper():
                 detail = (
-                    f"the registry accepts no writes now (405, Allow: {escape_text(allow)[:40]}): "
+                    f"the registry accepts no writes now (405, Allow: {self._peer(allow, 40)}): "
                     "read-only mode (its garbage-collection window) or a pull-only endpoint"
                 )
                 return self._error(RemoteReadOnly, what, detail, status, code)
@@ -668,7 +745,10 @@ class RegistryClient:
     def _unavailable(
         self, what: str, exc: BaseException, origin: Origin, fired: bool
     ) -> RemoteUnavailable:
-        if fired:
+        over = self._over_deadline() if fired or isinstance(exc, _TIMEOUTS) else None
+        if over:
+            reason = over
+        elif fired:
             reason = f"no complete answer within {self.settings.timeout:g}s"
         else:
             reason = transport_reason(exc, origin, self.settings.timeout)
@@ -692,9 +772,10 @@ class BlobReader(io.RawIOBase):
     """A blob as it arrives: ``size`` (Content-Length, None when not sent), ``read(n)``,
     ``readinto(buffer)``, ``close()``; a context manager.
 
-    The whole stream is bounded by ``timeout + size / MIN_RATE`` (a watchdog), or, when the
-    size is unknown, by the same rate counted as bytes arrive. The caller verifies the bytes;
-    this only checks that as many arrived as were announced."""
+    The stream is paced on what arrives (``transport.Pace``): each receive may wait what is
+    left of ``timeout + received / MIN_RATE`` (and never past the client's deadline), so the
+    size a peer announces buys it no time. The caller verifies the bytes; this only checks
+    that as many arrived as were announced."""
 
     def __init__(self, client: RegistryClient, exchange: _Exchange, digest: str) -> None:
         super().__init__()
@@ -702,13 +783,11 @@ class BlobReader(io.RawIOBase):
         self.size: int | None = exchange.resp.length
         self.received = 0
         self._client = client
-        self._start = time.monotonic()
         self._timeout = client.settings.timeout
         self._what = f"GET blob {digest}"
-        self._limit = None if self.size is None else self._timeout + self.size / MIN_RATE
-        seconds = self._limit if self._limit is not None else 1e9
-        self._dog = Watchdog(exchange.conn, seconds)
-        self._exchange: _Exchange | None = exchange._replace(dog=self._dog)
+        self._pace = Pace(self._timeout, client.deadline_at)
+        set_pace(exchange.resp, self._pace)
+        self._exchange: _Exchange | None = exchange
         if self.size == 0:
             self._end()
 
@@ -719,14 +798,8 @@ class BlobReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         if self._exchange is None or not len(view):
             return 0
-        resp = self._exchange.resp
         try:
-            if self.size is not None:
-                count = resp.readinto(view)
-            else:
-                chunk = self._paced_read1(resp, len(view))
-                count = len(chunk)
-                view[:count] = chunk
+            count = self._exchange.resp.readinto(view)
         except _TRANSPORT as exc:
             raise self._failure(exc) from None
         return self._count(count)
@@ -736,9 +809,8 @@ class BlobReader(io.RawIOBase):
             return self.readall()
         if self._exchange is None or size == 0:
             return b""
-        resp = self._exchange.resp
         try:
-            data = resp.read(size) if self.size is not None else self._paced_read1(resp, size)
+            data = self._exchange.resp.read(size)
         except _TRANSPORT as exc:
             raise self._failure(exc) from None
         self._count(len(data))
@@ -751,14 +823,6 @@ class BlobReader(io.RawIOBase):
             if not chunk:
                 return b"".join(chunks)
             chunks.append(chunk)
-
-    def _paced_read1(self, resp: http.client.HTTPResponse, size: int) -> bytes:
-        # Unknown size: every receive gets what is left of `timeout + received / MIN_RATE`.
-        left = self._start + self._timeout + self.received / MIN_RATE - time.monotonic()
-        if left <= 0:
-            raise DeadlinePassed()
-        set_timeout(self._exchange.conn, min(self._timeout, left))
-        return resp.read1(size)
 
     def _count(self, count: int) -> int:
         self.received += count
@@ -783,11 +847,13 @@ class BlobReader(io.RawIOBase):
     def _failure(self, exc: BaseException | None) -> RemoteError:
         """The error for a stream that broke (``exc``) or ended early (None)."""
         exchange, self._exchange = self._exchange, None
-        fired = self._dog.stop()
         if exchange is not None:
             exchange.conn.close()
-        if fired or isinstance(exc, DeadlinePassed):
-            seconds = self._limit if self._limit is not None else time.monotonic() - self._start
+        bound = self._pace.why() if isinstance(exc, _TIMEOUTS) else None
+        if bound == "deadline":
+            reason = self._client._over_deadline() or "the operation's time ran out"
+        elif bound == "rate":
+            seconds = time.monotonic() - self._pace.start
             reason = (
                 f"not received within {seconds:.1f}s (slower than {MIN_RATE >> 20} MiB/s on "
                 "average)"
@@ -803,7 +869,6 @@ class BlobReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             exchange, self._exchange = self._exchange, None
-            self._dog.stop()
             if exchange is not None:
                 exchange.conn.close()  # not read to its end: the connection is unusable
         super().close()
@@ -843,8 +908,9 @@ def _path_and_query(parts: Any) -> str:
     return f"{path}?{parts.query}" if parts.query else path
 
 
-def _registry_error(body: bytes) -> tuple[str | None, str]:
-    """(first error code, its message escaped and shortened) of a Distribution error body."""
+def _registry_error(body: bytes, secrets: list[str]) -> tuple[str | None, str]:
+    """(first error code, its message: secrets masked, escaped, shortened) of a Distribution
+    error body."""
     try:
         doc = loads_strict(body) if body else None
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -854,12 +920,12 @@ def _registry_error(body: bytes) -> tuple[str | None, str]:
     if not isinstance(first, dict):
         # Not Distribution's JSON: a proxy's or Go's own words ("Client sent an HTTP request
         # to an HTTPS server."), shown as one short escaped line.
-        text = body[:160].decode("utf-8", "replace").strip() if doc is None else ""
-        return None, escape_text(text)[:160]
+        text = body.decode("utf-8", "replace").strip() if doc is None else ""
+        return None, peer_excerpt(text, secrets, 160)
     code = first.get("code")
     code = code if isinstance(code, str) and re.fullmatch(r"[A-Z_]{1,40}", code) else None
     message = first.get("message")
-    text = escape_text(message)[:160] if isinstance(message, str) else ""
+    text = peer_excerpt(message, secrets, 160) if isinstance(message, str) else ""
     return code, text
 
 

@@ -8,6 +8,7 @@ Config (``/etc/runnerkeep/config.d/20-cache.json``, the image_cache role writes 
         "ca_file": "/etc/runnerkeep/fleet-ca.pem",  # the registry's CA (system CAs also count)
         "push": false,          # save pushes after the local commit (trusted jobs only)
         "timeout": "30s",       # every socket operation, and every non-streaming call as a whole
+        "max_duration": "30m",  # a pull, push, prune (a restore's fleet step) as a whole
         "allow_http": false     # http:// to a host that is not loopback
     }}
 
@@ -20,7 +21,9 @@ The URL never holds credentials (``https://user:pw@...`` is refused: they would 
 ``ps``, logs and ``--json``). REPOSITORY is an OCI repository name
 (``[a-z0-9]+([._-][a-z0-9]+)*`` components joined by ``/``). ``http://`` is accepted only for a
 loopback host (127.0.0.0/8, ::1, localhost) unless ``allow_http`` is true: basic auth over
-plain HTTP hands the password to anyone on the path.
+plain HTTP hands the password to anyone on the path. A name (localhost) is checked by its
+addresses when the client connects: every one must be loopback, and the connection goes to
+the addresses checked.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ from ..units import parse_duration
 
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 3600.0
+DEFAULT_MAX_DURATION = 1800.0
+MAX_MAX_DURATION = 86400.0
 # Distribution refuses repository names longer than this.
 MAX_REPOSITORY_LEN = 255
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 # A host as urlsplit hands it over: a DNS name or an IPv4/IPv6 literal (brackets removed).
 _HOST_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]+")
-KEYS = ("url", "credentials_file", "ca_file", "push", "timeout", "allow_http")
+KEYS = ("url", "credentials_file", "ca_file", "push", "timeout", "allow_http", "max_duration")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class RemoteSettings:
     # The origin the configured credentials belong to, when --remote named another registry
     # and they were withheld (the auth error then says so).
     withheld_for: str | None = None
+    # A whole operation's bound (seconds): the front doors give the client this deadline.
+    max_duration: float = DEFAULT_MAX_DURATION
 
     @property
     def origin(self) -> str:
@@ -111,6 +118,7 @@ def remote_settings(
         push=_bool(section, "push", False),
         timeout=_timeout(section.get("timeout")),
         allow_http=allow_http,
+        max_duration=_max_duration(section.get("max_duration")),
     )
 
 
@@ -193,7 +201,8 @@ def check_repository(repository: str, source: str = "cache.remote.url") -> None:
 
 
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost (the name is trusted to be loopback: /etc/hosts)."""
+    """127.0.0.0/8, ::1 or localhost (a name: the client checks each of its addresses when
+    it connects, and connects only to loopback ones)."""
     if host.lower() in ("localhost", "localhost."):
         return True
     try:
@@ -245,5 +254,22 @@ def _timeout(value: Any) -> float:
         raise ConfigError(
             "cache.remote.timeout: expected a duration above 0 and at most 1h, such as 30s "
             "or a number of seconds"
+        )
+    return seconds
+
+
+def _max_duration(value: Any) -> float:
+    if value in (None, ""):
+        return DEFAULT_MAX_DURATION
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        seconds = float(parse_duration(value))
+    except (ConfigError, ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_MAX_DURATION:
+        raise ConfigError(
+            "cache.remote.max_duration: expected a duration above 0 and at most 24h, such as "
+            "30m (how long a pull, push or prune may take as a whole)"
         )
     return seconds

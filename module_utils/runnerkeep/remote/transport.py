@@ -8,8 +8,16 @@
   before each timeout (a drip) would otherwise stretch a call without end, since the timeout
   of a socket applies to each receive. At the deadline it shuts the socket down, which ends
   whatever receive or send is waiting, and the caller reports the deadline.
-- TLS: the system CAs plus ``ca_file``, TLS 1.2 at least, the host name checked (an IP
-  literal is checked against the certificate's IP addresses).
+- A blob stream is paced on the bytes actually received (``Pace``): each receive may wait
+  what is left of ``timeout + received / MIN_RATE`` (never more than ``timeout``), so a peer
+  that drips, whatever length it announced, is cut once it falls below the rate floor.
+- A whole operation (a pull, a push) may have a deadline of its own (``Deadline``'s ``cap``,
+  the client's ``deadline_at``): no single call outlives it.
+- ``http://`` without ``allow_http``: every address the name resolves to must be loopback,
+  and the connection goes to those addresses (no second lookup).
+- TLS: the system CAs plus ``ca_file`` (read like the credentials file, handed to ssl as
+  data: ssl never opens the path), TLS 1.2 at least, the host name checked (an IP literal is
+  checked against the certificate's IP addresses).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 from typing import Any, NamedTuple
 
 from ..errors import ConfigError
+from .credentials import MAX_CA_BYTES, read_protected_file
 
 # Reads and writes move this much per call: the fleet tier races `docker pull` and `curl`,
 # and per-chunk Python work is what would lose that race.
@@ -33,6 +42,9 @@ BUFFER_SIZE = 1 << 20
 # A blob transfer may take `timeout` plus one second per MiB: a registry or link slower than
 # this on average is given up on (a 1 GiB layer: 17 minutes).
 MIN_RATE = 1 << 20
+# No watchdog timer is armed for longer than this (threading's timers overflow past ~9e9 s and
+# their thread dies with a traceback); every real bound is far shorter.
+MAX_WATCH = 7 * 86400.0
 
 
 class Origin(NamedTuple):
@@ -56,12 +68,20 @@ class DeadlinePassed(Exception):
     """The call's deadline passed before an operation could start."""
 
 
-class Deadline:
-    """A point in time (monotonic) that a call must finish by."""
+class NotLoopback(Exception):
+    """An http:// registry name resolved to an address that is not loopback."""
 
-    def __init__(self, seconds: float) -> None:
+
+class Deadline:
+    """A point in time (monotonic) that a call must finish by: ``seconds`` from now, or the
+    whole operation's ``cap`` (a monotonic time) when that comes first (``capped``)."""
+
+    def __init__(self, seconds: float, cap: float | None = None) -> None:
         self.seconds = seconds
         self.end = time.monotonic() + seconds
+        self.capped = cap is not None and cap < self.end
+        if cap is not None and self.capped:
+            self.end = cap
 
     def remaining(self) -> float:
         """Seconds left; DeadlinePassed when none are."""
@@ -85,7 +105,7 @@ class Watchdog:
         self.fired = False
         self._lock = threading.Lock()
         self._stopped = False
-        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer = threading.Timer(min(max(0.0, seconds), MAX_WATCH), self._fire)
         self._timer.daemon = True
         self._timer.start()
 
@@ -115,41 +135,111 @@ class Watchdog:
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system CAs plus ``ca_file``; ConfigError when ``ca_file`` cannot be used."""
+    """The system CAs plus ``ca_file``; ConfigError when ``ca_file`` cannot be used.
+
+    The file is read like the credentials file (a regular file, no symlink or FIFO, owned by
+    root or the reader, writable by nobody else, bounded) and handed over as data: a trust
+    root a job could write, or a FIFO that would block ssl's own open(2), is refused."""
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_file:
+        what = "cache.remote.ca_file"
+        data = read_protected_file(ca_file, what, MAX_CA_BYTES, secret=False)
         try:
-            context.load_verify_locations(cafile=ca_file)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"cache.remote.ca_file: {ca_file} does not exist; copy the registry's CA "
-                "certificate (PEM) there or unset it"
-            ) from None
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or "unusable"
-            raise ConfigError(
-                f"cache.remote.ca_file: {ca_file} is not a PEM CA certificate ({reason})"
-            ) from None
+            context.load_verify_locations(cadata=_ca_data(data))
+        except (ssl.SSLError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or "unusable"
+            raise ConfigError(f"{what}: {ca_file} is not a PEM CA certificate ({reason})") from None
     return context
 
 
-class _TlsRaw(io.RawIOBase):
-    """The TLS socket's records as a raw stream, one C call per record.
+def _ca_data(data: bytes) -> str | bytes:
+    # PEM is ASCII text (ssl wants it as str); anything else is tried as DER.
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        return data
+
+
+class Pace:
+    """The rate floor of one stream, on the bytes actually received: a receive may wait what
+    is left of ``timeout + received / MIN_RATE`` since the start, at most ``timeout``, and
+    never past the operation's ``end``. ``expired`` says which bound ran out."""
+
+    def __init__(self, timeout: float, end: float | None = None) -> None:
+        self.timeout = timeout
+        self.end = end
+        self.start = time.monotonic()
+        self.received = 0
+        self.expired: str | None = None
+
+    def allowance(self) -> tuple[float, str]:
+        """(seconds left, which bound: "rate" or "deadline")."""
+        now = time.monotonic()
+        left, bound = self.start + self.timeout + self.received / MIN_RATE - now, "rate"
+        if self.end is not None and self.end - now < left:
+            left, bound = self.end - now, "deadline"
+        return left, bound
+
+    def next_timeout(self) -> float:
+        """The timeout of the next receive; DeadlinePassed when nothing is left."""
+        left, bound = self.allowance()
+        if left <= 0:
+            self.expired = bound
+            raise DeadlinePassed()
+        # A receive that times out with less than `timeout` to wait broke this bound.
+        self._cut = bound if left < self.timeout else None
+        return min(self.timeout, left)
+
+    def why(self) -> str | None:
+        """The bound that ran out ("rate", "deadline"), if one did: a receive that timed
+        out was given less than the per-operation timeout because of it."""
+        cut = getattr(self, "_cut", None)
+        if cut == "rate" and not self.received:
+            cut = None  # nothing came at all: a stall, which the timeout names
+        return self.expired or cut
+
+
+class _SockRaw(io.RawIOBase):
+    """The socket as a raw stream, one C call per receive (a TLS record, or what recv has),
+    each paced when a ``Pace`` is set (blob streams).
 
     ``SSLSocket.makefile`` stacks three Python calls per 16 KiB record (SocketIO.readinto,
     SSLSocket.recv_into, SSLSocket.read): at registry speeds that is a quarter of a blob's
-    CPU time. The socket's timeout still bounds each read (the C read waits with it)."""
+    CPU time. The socket's timeout still bounds each read (the C read waits with it, a TLS
+    read as a whole)."""
 
-    def __init__(self, sock: ssl.SSLSocket) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         super().__init__()
         self._sock = sock
-        self._read = sock._sslobj.read  # type: ignore[union-attr]
+        self.pace: Pace | None = None
+        sslobj = getattr(sock, "_sslobj", None)
+        self._tls = sslobj is not None
+        self._read = sslobj.read if sslobj is not None else None
+        # As socket.makefile's SocketIO does: the connection may close the socket while its
+        # answer is still being read; the descriptor closes when the answer does.
+        sock._io_refs += 1  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._sock._decref_socketios()  # type: ignore[attr-defined]
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        pace = self.pace
+        if pace is not None:
+            self._sock.settimeout(pace.next_timeout())
+        count = self._receive(buffer)
+        if pace is not None:
+            pace.received += count
+        return count
+
+    def _receive(self, buffer: Any) -> int:
+        if not self._tls:
+            return self._sock.recv_into(buffer)
         try:
             return self._read(len(buffer), buffer)
         except ssl.SSLError as exc:
@@ -158,17 +248,25 @@ class _TlsRaw(io.RawIOBase):
             raise
 
 
-class _TlsResponse(http.client.HTTPResponse):
-    """An answer read through ``_TlsRaw`` (see there) instead of ``sock.makefile``."""
+class _Response(http.client.HTTPResponse):
+    """An answer read through ``_SockRaw`` (see there) instead of ``sock.makefile``."""
 
     def __init__(self, sock: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        if getattr(sock, "_sslobj", None) is not None:
-            self.fp.close()  # the SocketIO made by makefile: the socket itself stays open
-            self.fp = io.BufferedReader(_TlsRaw(sock), 1 << 16)
+        self.fp.close()  # the SocketIO made by makefile: the socket itself stays open
+        self.fp = io.BufferedReader(_SockRaw(sock), 1 << 16)
+
+
+def set_pace(resp: http.client.HTTPResponse, pace: Pace) -> None:
+    """Pace every further receive of ``resp``'s body."""
+    raw = getattr(getattr(resp, "fp", None), "raw", None)
+    if isinstance(raw, _SockRaw):
+        raw.pace = pace
 
 
 class _Plain(http.client.HTTPConnection):
+    response_class = _Response
+
     def __init__(self, origin: Origin, addresses: list, timeout: float) -> None:
         super().__init__(origin.host, origin.port, timeout=timeout, blocksize=BUFFER_SIZE)
         self.rk_addresses = addresses
@@ -178,7 +276,7 @@ class _Plain(http.client.HTTPConnection):
 
 
 class _Secure(http.client.HTTPSConnection):
-    response_class = _TlsResponse
+    response_class = _Response
 
     def __init__(
         self, origin: Origin, addresses: list, timeout: float, context: ssl.SSLContext
@@ -204,10 +302,20 @@ class _Secure(http.client.HTTPSConnection):
 
 
 def open_connection(
-    origin: Origin, context: ssl.SSLContext | None, timeout: float, deadline: Deadline
+    origin: Origin,
+    context: ssl.SSLContext | None,
+    timeout: float,
+    deadline: Deadline,
+    loopback_only: bool = False,
 ) -> http.client.HTTPConnection:
-    """A connection (not yet connected: the first request connects, under its watchdog)."""
+    """A connection (not yet connected: the first request connects, under its watchdog).
+    ``loopback_only``: NotLoopback unless every address of the host is loopback; the
+    connection then goes to exactly those addresses."""
     addresses = resolve(origin.host, origin.port, deadline, timeout)
+    if loopback_only:
+        outside = sorted({str(a[4][0]) for a in addresses if not _is_loopback_address(a[4][0])})
+        if outside or not addresses:
+            raise NotLoopback(", ".join(outside) or "no address")
     op_timeout = deadline.op_timeout(timeout)
     if origin.scheme == "https":
         assert context is not None
@@ -240,6 +348,13 @@ def resolve(host: str, port: int, deadline: Deadline, timeout: float) -> list:
     if "error" in answer:
         raise answer["error"]
     raise socket.timeout(f"resolving {host} took longer than the deadline")
+
+
+def _is_loopback_address(address: Any) -> bool:
+    try:
+        return ipaddress.ip_address(str(address).partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _open_socket(addresses: list, timeout: float) -> socket.socket:
@@ -306,4 +421,7 @@ def transport_reason(exc: BaseException, origin: Origin, timeout: float) -> str:
         return f"the answer is not HTTP ({exc.__class__.__name__})"
     if isinstance(exc, OSError):
         return f"network error ({exc.strerror or exc.__class__.__name__})"
+    if isinstance(exc, ValueError):
+        # http.client encodes the request as ASCII/latin-1: a URL or header it cannot send.
+        return f"the request cannot be sent ({exc.__class__.__name__}: a URL or header it refuses)"
     return exc.__class__.__name__

@@ -291,3 +291,52 @@ def test_a_regular_secret_file_with_a_bad_mode_still_gets_the_chmod_fix(tmp_path
     path = secret_file(tmp_path, "X-Token: abcdefgh\n", mode=0o640)
     with pytest.raises(ConfigError, match=f"run: chmod 600 {path}$"):
         secrets.read_secret_file(path, "disk.webhook_auth_header_file")
+
+
+# -- a peer's words (attack16 F5): masked before they are escaped and cut ----------------------
+PEER_SECRETS = [
+    "back\\slash-pw-42",
+    "quo\"te's-pw-1234",
+    "\u00fcnic\u00f8de-\u5bc6\u7801-pw",
+    "Zq7-very-long-fleet-password-0123456789",
+    "tab\there-pw-5678",
+]
+
+
+def _pieces(secret):
+    """What must not survive of ``secret``: any leading piece of 8+ characters, raw or
+    escaped."""
+    from runnerkeep.textutil import escape_text
+
+    found = {secret[:n] for n in range(min(8, len(secret)), len(secret) + 1)}
+    return found | {escape_text(p) for p in found}
+
+
+@pytest.mark.parametrize(
+    "secret", PEER_SECRETS, ids=["backslash", "quotes", "unicode", "long", "tab"]
+)
+def test_a_peer_echo_never_shows_the_secret_or_a_piece_of_it(secret):
+    import base64
+
+    token = base64.b64encode(f"ci:{secret}".encode()).decode()
+    secrets_ = [secret, token]
+    texts = [
+        f"bad password {secret}",
+        "x" * 150 + f" password {secret} and more",  # the whole secret crosses the 160 cut
+        "y" * 120 + f" got Basic {token}",
+        f"password {secret[: len(secret) - 3]}",  # the peer cut it itself
+        f"password {secret[:10]} then more words",
+        f"Authorization: Basic {token[:30]}",
+        (f"echo {secret} " * 20)[:200],
+    ]
+    for text in texts:
+        shown = secrets.peer_excerpt(text, secrets_, 160)
+        assert len(shown) <= 160 and "\n" not in shown
+        for piece in _pieces(secret) | {token[:n] for n in range(8, len(token) + 1)}:
+            assert piece not in shown, (text, shown)
+
+
+def test_a_peer_excerpt_keeps_ordinary_words_and_escapes_controls():
+    shown = secrets.peer_excerpt("blob unknown to registry\x1b[31m", ["Zq7-very-long-pw"], 160)
+    assert shown == "blob unknown to registry\\x1b[31m"
+    assert secrets.peer_excerpt("a" * 300, [], 160) == "a" * 160
