@@ -1,4 +1,8 @@
-"""``cache remote-prune``: delete the fleet tier's key tags least recently pushed first.
+"""``cache remote-prune``: delete the fleet tier's key tags least recently pushed or used first.
+
+A key's last use is its index's ``io.runnerkeep.used`` annotation (remote_push.touch_key, which
+the front door calls after a fleet restore by a runner that may push); its age is that of the
+later of its push and its last use.
 
 Only runnerkeep's own tags are candidates: a tag whose manifest is an index annotated with
 that very key (``io.runnerkeep.key``) and a push time. A tag pushed by docker, skopeo or anyone
@@ -22,8 +26,10 @@ from .remote_layout import (
     index_pushed,
     media_type_of,
     parse_json_object,
+    parse_rfc3339,
     rfc3339,
 )
+from .remote_push import USED_ANNOTATION
 from .store import KEY_RE
 
 
@@ -33,6 +39,12 @@ class RemoteKey:
     digest: str  # the index's
     pushed: float
     manifests: tuple[str, ...] = ()  # the image manifests it lists
+    used: float | None = None  # last restored from the fleet tier (touch_key)
+
+    @property
+    def last(self) -> float:
+        """When the key was last pushed or used: what both rules measure."""
+        return self.pushed if self.used is None else max(self.pushed, self.used)
 
 
 def remote_prune(
@@ -43,10 +55,10 @@ def remote_prune(
     dry_run: bool,
     now: float,
 ) -> dict[str, Any]:
-    """Delete runnerkeep key tags pushed more than ``max_age`` seconds before ``now``, and all
-    but the ``keep`` most recently pushed; either rule alone, or both (a key goes when either
-    says so). ``dry_run``: say what would go, delete nothing. Returns {deleted: [{key, digest,
-    pushed}], kept, foreign_tags, shared, dry_run}."""
+    """Delete runnerkeep key tags last pushed or used more than ``max_age`` seconds before
+    ``now``, and all but the ``keep`` most recently pushed or used; either rule alone, or both
+    (a key goes when either says so). ``dry_run``: say what would go, delete nothing. Returns
+    {deleted: [{key, digest, pushed, used}], kept, foreign_tags, shared, dry_run}."""
     if max_age is None and keep is None:
         raise ConfigError("remote-prune needs --max-age or --keep (or both)")
     if max_age is not None and max_age < 0:
@@ -59,7 +71,12 @@ def remote_prune(
     named_elsewhere = set(foreign.values()) | {k.digest for k in keys if k not in doomed}
     deleted, shared = [], []
     for item in doomed:
-        record = {"key": item.key, "digest": item.digest, "pushed": rfc3339(item.pushed)}
+        record = {
+            "key": item.key,
+            "digest": item.digest,
+            "pushed": rfc3339(item.pushed),
+            "used": None if item.used is None else rfc3339(item.used),
+        }
         if item.digest in named_elsewhere or _twice(doomed, item):
             shared.append(record)
         else:
@@ -94,12 +111,12 @@ def _twice(doomed: list[RemoteKey], item: RemoteKey) -> bool:
 def _doomed(
     keys: list[RemoteKey], max_age: float | None, keep: int | None, now: float
 ) -> list[RemoteKey]:
-    """Oldest push first: the keys either rule deletes."""
-    ordered = sorted(keys, key=lambda k: (k.pushed, k.key))
+    """Least recently pushed or used first: the keys either rule deletes."""
+    ordered = sorted(keys, key=lambda k: (k.last, k.key))
     beyond_keep = len(ordered) - keep if keep is not None else 0
     doomed = []
     for position, item in enumerate(ordered):
-        too_old = max_age is not None and now - item.pushed > max_age
+        too_old = max_age is not None and now - item.last > max_age
         if too_old or position < beyond_keep:
             doomed.append(item)
     return doomed
@@ -160,4 +177,5 @@ def _runnerkeep_key(tag: str, manifest: Any, document: dict[str, Any] | None) ->
     pushed = index_pushed(document)
     if index_key(document) != tag or pushed is None:
         return None
-    return RemoteKey(tag, manifest.digest, pushed, tuple(sorted(_listed(document))))
+    used = parse_rfc3339(document["annotations"].get(USED_ANNOTATION))
+    return RemoteKey(tag, manifest.digest, pushed, tuple(sorted(_listed(document))), used)

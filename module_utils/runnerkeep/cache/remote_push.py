@@ -17,9 +17,11 @@ import time
 from typing import Any, Callable
 
 from ..errors import CacheMiss, LockHeldError, RunnerkeepError
+from ..remote.errors import RemoteError
 from .checks import load_checked_entry, quarantine_for
 from .remote_layout import (
     GZIP_LAYER_TYPES,
+    INDEX_TYPES,
     KEY_ANNOTATION,
     OCI_CONFIG,
     OCI_INDEX,
@@ -28,8 +30,13 @@ from .remote_layout import (
     OCI_MANIFEST,
     PUSHED_ANNOTATION,
     TAGS_ANNOTATION,
+    BadRemoteData,
     RemoteCacheMiss,
     canonical,
+    index_key,
+    index_pushed,
+    parse_json_object,
+    parse_rfc3339,
     provenance_annotations,
     rfc3339,
 )
@@ -44,6 +51,13 @@ from .store import (
     read_regular,
     validate_key,
 )
+
+# When a runner that may push last restored the key from the fleet tier (RFC 3339 UTC), so
+# remote-prune deletes keys least recently pushed OR pulled first (issue 12, Retention).
+USED_ANNOTATION = "io.runnerkeep.used"
+# A key's index is rewritten at most once per this many seconds: a fleet restoring one key all
+# day costs one PUT (and one old index to delete) an hour, not one per job.
+TOUCH_INTERVAL = 3600.0
 
 
 class PushRefused(RunnerkeepError):
@@ -328,3 +342,55 @@ class VerifiedBlobReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def touch_key(client: Any, key: str, now: float) -> dict[str, Any]:
+    """Record on the registry that ``key`` was just used: its index is PUT again under the tag
+    with ``io.runnerkeep.used`` = ``now``, when the last push or use is older than
+    TOUCH_INTERVAL; then the previous index digest is deleted (the key annotation makes it the
+    key's alone; a registry that refuses the delete, or has it gone already, is reported, not
+    an error). The image manifests are not touched: a pull that read the previous index fetches
+    them by digest and still succeeds. Returns {key, result: touched|fresh|not_runnerkeep,
+    index_digest, previous_digest, previous_deleted, used}; the client's RemoteError otherwise."""
+    validate_key(key)
+    manifest = client.get_manifest(key, INDEX_TYPES)
+    try:
+        document = parse_json_object(manifest.data, f"the index of key '{key}'")
+    except BadRemoteData:
+        document = None
+    pushed = index_pushed(document) if document is not None else None
+    if document is None or index_key(document) != key or pushed is None:
+        # Not runnerkeep's index for this key: not ours to rewrite.
+        return _touched(key, "not_runnerkeep", manifest.digest)
+    annotations = document["annotations"]
+    used = parse_rfc3339(annotations.get(USED_ANNOTATION))
+    last = max(pushed, used if used is not None else pushed)
+    if now - last < TOUCH_INTERVAL:
+        return _touched(key, "fresh", manifest.digest, used=rfc3339(last))
+    annotations[USED_ANNOTATION] = rfc3339(now)
+    media_type = manifest.media_type if manifest.media_type in INDEX_TYPES else OCI_INDEX
+    digest = client.put_manifest(key, media_type, canonical(document))
+    result = _touched(key, "touched", digest, used=annotations[USED_ANNOTATION])
+    result["previous_digest"] = manifest.digest
+    if digest != manifest.digest:
+        try:
+            client.delete_manifest(manifest.digest)
+            result["previous_deleted"] = True
+        except RemoteError as exc:
+            if exc.status not in (404, 405):
+                raise
+            # 404: deleted already; 405: deletes disabled (the registry's GC keeps it).
+            result["previous_deleted"] = False
+            result["previous_error"] = str(exc)
+    return result
+
+
+def _touched(key: str, outcome: str, digest: str, used: str | None = None) -> dict[str, Any]:
+    return {
+        "key": key,
+        "result": outcome,
+        "index_digest": digest,
+        "previous_digest": None,
+        "previous_deleted": False,
+        "used": used,
+    }
