@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -23,11 +24,15 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import LockHeldError
+from ..errors import CacheMiss, LockHeldError
+from ..fsutil import filesystem_usage
 from ..remote.errors import RemoteDataError, RemoteMiss
+from ..units import format_size
 from .archive_layout import LEGACY_LAYER_TYPE
+from .checks import load_checked_entry
 from .hashing import HashThread
 from .progress import announce_total
+from .prune import prune_store
 from .remote_layout import (
     CONFIG_TYPES,
     GZIP_LAYER_TYPES,
@@ -46,14 +51,17 @@ from .remote_layout import (
     parse_json_object,
     tags_annotation,
 )
-from .save import _new_entry
+from .save import _new_entry, space_message, space_need
 from .store import (
     MAX_CONFIG_BYTES,
     TRUSTED,
+    CorruptBlob,
+    CorruptEntry,
     Store,
     as_store,
     create_temp_blob,
     describe_os_error,
+    entry_blobs,
     entry_name,
     is_no_space,
     read_regular,
@@ -68,6 +76,10 @@ INFLATE_CHUNK = 4 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 WRITEBACK_STEP = 8 << 20
 PULL_BUFFERS = 8  # 1 MiB buffers in flight between the socket, the hasher and the disk
+# While writing, free space is read again at least this often (other writers share the disk).
+SPACE_RESTAT_STEP = 8 << 20
+# A write the store's owner cannot make: said as a miss naming the cache directory.
+STORE_WRITE_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
 # platform.machine() -> the OCI architecture name (docker's GOARCH)
 ARCHITECTURES = {
     "x86_64": "amd64",
@@ -82,6 +94,22 @@ ARCHITECTURES = {
     "s390x": "s390x",
     "riscv64": "riscv64",
 }
+
+
+@dataclass(frozen=True)
+class PullLimits:
+    """What a pull may take of the disk: free space above ``reserve`` (``cache.reserve``),
+    and the store's quota ``max_size`` (``cache.max_size``; None: none), kept after the
+    commit as save keeps it. ``scope``: who asked; a pull for an untrusted job never
+    evicts (a pull that only fits by evicting is a miss for it)."""
+
+    reserve: int = 0
+    max_size: int | None = None
+    scope: str = TRUSTED
+
+    @property
+    def may_evict(self) -> bool:
+        return self.scope == TRUSTED
 
 
 @dataclass
@@ -100,21 +128,75 @@ def pull_entry(
     client: Any,
     *,
     progress: Callable[[int], None] | None = None,
+    reserve: int = 0,
+    max_size: int | None = None,
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
     """Fetch ``key`` from the registry ``client`` talks to into the local store, as a trusted
     entry. Returns {key, blobs_fetched, bytes_fetched, blobs_present, repaired, index_digest,
-    entry_digest, images, pulled_from, duration}. RemoteCacheMiss (a CacheMiss, exit 3) when
-    the registry has no such key or what it served fails verification (``corrupt``): nothing
-    is committed then. Transport failures other than a broken-off answer (refused, timeout,
-    TLS, 5xx, auth) propagate as the client's RemoteError subclasses."""
+    entry_digest, images, pulled_from, duration} (result "pulled"; "present", nothing
+    fetched, when the store already holds a valid entry of the key). RemoteCacheMiss (a
+    CacheMiss, exit 3) when the registry has no such key, what it served fails verification
+    (``corrupt``), or it does not fit (free space above ``reserve``, the quota ``max_size``
+    for an untrusted ``scope``): nothing is committed then. Transport failures other than a
+    broken-off answer (refused, timeout, TLS, 5xx, auth) propagate as the client's
+    RemoteError subclasses."""
     validate_key(key)
     start = time.monotonic()
     store = as_store(store)
     url = remote_url(client)
-    index_digest, images = key_images(client, key, url)
-    result = _pull_locked(store, key, client, images, progress, url, index_digest)
+    limits = PullLimits(reserve, max_size, scope)
+    remove_dead_temps(store)  # a killed pull's temps go on every path, a miss's too
+    result = present_result(store, key, url)
+    if result is None:
+        index_digest, images = key_images(client, key, url)
+        result = _pull_locked(store, key, client, images, progress, url, index_digest, limits)
+        result["prune"] = keep_quota(store, key, result, limits)
     result["duration"] = round(time.monotonic() - start, 3)
     return result
+
+
+def remove_dead_temps(store: Store) -> None:
+    """The temp areas of pulls (saves, imports) that died; their flocks tell (no lock needed)."""
+    if store.exists():
+        with contextlib.suppress(OSError):
+            store.remove_stale_temps()
+
+
+def present_result(store: Store, key: str, url: str) -> dict[str, Any] | None:
+    """The result of a pull that has nothing to do: the store holds a valid entry of the key
+    (blobs present with their sizes, configs intact). A pull never replaces one: the local
+    entry may be newer than the registry's, and a job's pull must not roll back a trusted
+    save. None when it is absent or damaged (then the pull replaces or repairs it)."""
+    if not store.exists():
+        return None
+    try:
+        entry, entry_digest = load_checked_entry(store, entry_name(key))
+    except (CacheMiss, CorruptEntry, CorruptBlob, OSError):
+        return None
+    return {
+        "key": key,
+        "result": "present",
+        "index_digest": None,
+        "entry_digest": entry_digest,
+        "blobs_fetched": 0,
+        "bytes_fetched": 0,
+        "blobs_present": len(entry_blobs(entry)),
+        "repaired": [],
+        "pulled_from": url,
+        "images": [{"id": i["id"], "tags": i["tags"]} for i in entry["images"]],
+    }
+
+
+def keep_quota(
+    store: Store, key: str, result: dict[str, Any], limits: PullLimits
+) -> dict[str, Any] | None:
+    """After a pull's commit, the store back under its quota as a save leaves it (the new
+    entry protected). A pull for an untrusted job evicts nothing: it was let in only if it
+    fit (``_SpaceGuard``)."""
+    if limits.max_size is None or not limits.may_evict or result.get("result") != "pulled":
+        return None
+    return prune_store(store, max_size=limits.max_size, protect={entry_name(key)})
 
 
 def key_images(client: Any, key: str, url: str) -> tuple[str, list[RemoteImage]]:
@@ -149,26 +231,22 @@ def _pull_locked(
     progress: Callable[[int], None] | None,
     url: str,
     index_digest: str,
+    limits: PullLimits,
 ) -> dict[str, Any]:
     """Under the key lock and the shared store lock (so no prune deletes a stored blob the new
     entry relies on): fetch what the store lacks into a temp area, verify, commit."""
     name = entry_name(key)
-    store.ensure()
-    try:
+    with store_errors_as_miss(store, key):
+        store.ensure()
         with store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
+            present = present_result(store, key, url)  # a pull that held the lock before us
+            if present is not None:
+                return present
+            guard = space_guard(store, key, images, limits)
             entry_images, puller, entry_digest = _fetch_and_commit(
-                store, key, client, images, progress, url, index_digest
+                store, key, client, images, progress, url, index_digest, guard
             )
-    except LockHeldError as exc:
-        raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
-    except OSError as exc:
-        if is_no_space(exc):
-            raise RemoteCacheMiss(
-                f"no space left in the cache directory {store.root} while pulling key "
-                f"'{key}': {exc.strerror}; nothing was stored"
-            ) from None
-        raise
     return {
         "key": key,
         "result": "pulled",
@@ -183,6 +261,29 @@ def _pull_locked(
     }
 
 
+@contextlib.contextmanager
+def store_errors_as_miss(store: Store, key: str):
+    """The local side's failures as the pull's miss, naming the cache directory: its lock held
+    too long, no space, a read-only or foreign-owned store."""
+    try:
+        yield
+    except LockHeldError as exc:
+        raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
+    except OSError as exc:
+        if is_no_space(exc):
+            raise RemoteCacheMiss(
+                f"no space left in the cache directory {store.root} while pulling key "
+                f"'{key}': {exc.strerror}; nothing was stored"
+            ) from None
+        if exc.errno in STORE_WRITE_ERRORS:
+            raise RemoteCacheMiss(
+                f"cannot write to the cache directory {store.root} while pulling key "
+                f"'{key}': {describe_os_error(exc)}; nothing was stored (check that the "
+                "filesystem is writable and owned by the store's owner)"
+            ) from None
+        raise
+
+
 def _fetch_and_commit(
     store: Store,
     key: str,
@@ -191,11 +292,12 @@ def _fetch_and_commit(
     progress: Callable[[int], None] | None,
     url: str,
     index_digest: str,
+    guard: _SpaceGuard,
 ) -> tuple[list[dict[str, Any]], _Puller, str]:
     """In a temp area: fetch and verify every blob the store lacks, then commit (blobs, then
     the entry). Bad data is a corrupt RemoteCacheMiss; the temp area goes either way."""
     with store.temp_area() as area:
-        puller = _Puller(store, client, area, progress)
+        puller = _Puller(store, client, area, progress, guard)
         try:
             entry_images = puller.fetch(images)
             puller.commit_blobs()
@@ -212,6 +314,87 @@ def _fetch_and_commit(
         entry = _new_entry(key, "docker-archive", entry_images, [f"{url}:{key}"], TRUSTED)
         entry["provenance"] = {"pulled_from": url, "index_digest": index_digest}
         return entry_images, puller, store.write_entry(entry)
+
+
+# ---------------------------------------------------------------------------------------
+# what the pull may take of the disk
+# ---------------------------------------------------------------------------------------
+def space_guard(
+    store: Store, key: str, images: list[RemoteImage], limits: PullLimits
+) -> _SpaceGuard:
+    """Before anything is fetched: the bytes the store lacks against free space minus the
+    reserve (save's check), and for an untrusted job against the quota with nothing evicted.
+    A miss naming the filesystem, the need and the reserve when it does not fit; otherwise
+    the guard every write of the pull then goes through."""
+    need = bytes_lacking(store, images)
+    plan = space_need(store.root, need, limits.reserve, "blobs the registry lists")
+    if not plan["ok"]:
+        raise RemoteCacheMiss(f"key '{key}' not pulled: " + space_message([plan], "pull"))
+    room = None
+    if limits.max_size is not None and not limits.may_evict:
+        used = sum(store.list_blobs().values())
+        room = limits.max_size - used
+        if need > room:
+            raise RemoteCacheMiss(
+                f"key '{key}' not pulled: it needs {need} bytes in the cache directory "
+                f"{store.root}, which holds {used} of its quota (cache.max_size) "
+                f"{limits.max_size}, and a pull for an untrusted job ({limits.scope}) evicts "
+                "nothing; nothing was written"
+            )
+    return _SpaceGuard(store, key, limits.reserve, room, plan)
+
+
+def bytes_lacking(store: Store, images: list[RemoteImage]) -> int:
+    """The blob bytes the registry's descriptors say the store lacks. A gzip layer counts its
+    compressed size, a lower bound: what it inflates to is held by the guard as it is written."""
+    need = 0
+    seen: set[str] = set()
+    for image in images:
+        for described in [image.config, *image.layers]:
+            digest = described["digest"]
+            if digest not in seen and store.blob_size(digest) is None:
+                need += described["size"]
+            seen.add(digest)
+    return need
+
+
+class _SpaceGuard:
+    """Every byte a pull writes passes ``take``: the pull stops before the filesystem's free
+    space would go below the reserve (a gzip layer's inflated bytes included, as they come
+    out), and, for an untrusted job, before it outgrows the room left under the quota."""
+
+    def __init__(
+        self, store: Store, key: str, reserve: int, room: int | None, plan: dict[str, Any]
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.reserve = reserve
+        self.room = room
+        self.mount_point = plan["mount_point"]
+        self.free = plan["free_bytes"]
+        self.since = 0  # written since free space was last read
+        self.written = 0
+
+    def take(self, count: int) -> None:
+        if self.room is not None and self.written + count > self.room:
+            raise RemoteCacheMiss(
+                f"key '{self.key}' not pulled: it grew past the {self.room} bytes left under "
+                f"the quota (cache.max_size) of the cache directory {self.store.root}, and a "
+                "pull for an untrusted job evicts nothing; nothing was stored"
+            )
+        if self.since >= SPACE_RESTAT_STEP or self.free - self.since - count < self.reserve:
+            self.free = filesystem_usage(self.store.root).free_bytes
+            self.since = 0
+        if self.free - self.since - count < self.reserve:
+            raise RemoteCacheMiss(
+                f"key '{self.key}' not pulled: stopped after {self.written} bytes, one more "
+                f"write would leave the filesystem {self.mount_point} of the cache directory "
+                f"{self.store.root} with less than the reserve (cache.reserve) "
+                f"{format_size(self.reserve)} free ({self.free - self.since} bytes free now); "
+                "nothing was stored"
+            )
+        self.since += count
+        self.written += count
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,7 +428,9 @@ def _images_of_index(client: Any, key: str, index: dict[str, Any]) -> list[Remot
             f"the index under tag {key} was pushed for key {owner[:130]!r} (replaced with another "
             "key's)"
         )
-    chosen = manifests if owner is not None else _for_this_host(key, manifests)
+    # A runnerkeep index: every image of this host's platform (another arch's runner may have
+    # pushed the key); a docker/skopeo list: the first one, as docker pull picks.
+    chosen = _for_this_host(key, manifests, every=owner is not None)
     images = []
     for item in chosen:
         described = descriptor(item, f"index entry of {key}", MAX_MANIFEST_BYTES)
@@ -275,14 +460,31 @@ def host_architecture() -> str:
     return ARCHITECTURES.get(machine, machine)
 
 
-def _for_this_host(key: str, manifests: list[Any]) -> list[Any]:
-    """The first linux/<arch> manifest of a multi-platform list (what docker pull picks)."""
+def _for_this_host(key: str, manifests: list[Any], every: bool = False) -> list[Any]:
+    """The linux/<arch> manifests of a multi-platform list or index: the first (``every``
+    False) or all of them (a runnerkeep index; an image whose config names no platform has
+    none in it and is taken). A miss naming the platform, and those it holds, when none is."""
     wanted = ("linux", host_architecture())
+    chosen, found = [], []
     for item in manifests:
         where = item.get("platform") if isinstance(item, dict) else None
-        if isinstance(where, dict) and (where.get("os"), where.get("architecture")) == wanted:
-            return [item]
-    raise RemoteCacheMiss(f"key '{key}' in the fleet cache has no {'/'.join(wanted)} image")
+        if not isinstance(where, dict):
+            if every and isinstance(item, dict) and "platform" not in item:
+                chosen.append(item)
+            continue
+        platform_of = (where.get("os"), where.get("architecture"))
+        if platform_of == wanted:
+            chosen.append(item)
+            if not every:
+                break
+        else:
+            found.append("/".join(str(part)[:20] for part in platform_of))
+    if not chosen:
+        held = ", ".join(sorted(set(found))[:8]) or "none named"
+        raise RemoteCacheMiss(
+            f"key '{key}' in the fleet cache has no {'/'.join(wanted)} image (platforms: {held})"
+        )
+    return chosen
 
 
 def foreign_tags(client: Any, key: str) -> list[str]:
@@ -327,11 +529,14 @@ def _image_of_manifest(document: dict[str, Any], digest: str, tags: list[str]) -
 class _Puller:
     """The blobs of one pull: fetched into the temp ``area``, each verified before it counts."""
 
-    def __init__(self, store: Store, client: Any, area: str, progress: Any) -> None:
+    def __init__(
+        self, store: Store, client: Any, area: str, progress: Any, guard: _SpaceGuard | None
+    ) -> None:
         self.store = store
         self.client = client
         self.area = area
         self.progress = progress
+        self.guard = guard
         self.temps: dict[str, str] = {}  # digest -> verified temp file
         self.sizes: dict[str, int] = {}  # digest -> its (uncompressed) size
         self.fetched: list[str] = []
@@ -391,6 +596,8 @@ class _Puller:
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise BadRemoteData(f"config blob {digest} fails its sha256 check")
         if digest not in self.temps:
+            if self.guard is not None:
+                self.guard.take(len(data))
             fd, path = create_temp_blob(self.area)
             try:
                 write_all(fd, memoryview(data))
@@ -546,12 +753,15 @@ class _BlobFile:
     fsync before the commit then waits for the last step only, not the whole blob (the
     fallback PostgreSQL uses where there is no sync_file_range)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, guard: _SpaceGuard | None) -> None:
         self.fd = fd
+        self.guard = guard
         self.written = 0
         self.kicked = 0
 
     def write(self, view: memoryview) -> None:
+        if self.guard is not None:
+            self.guard.take(len(view))
         write_all(self.fd, view)
         self.written += len(view)
         if self.written - self.kicked >= WRITEBACK_STEP:
@@ -602,7 +812,7 @@ class _BlobCopy:
         self, described: dict[str, Any], also: Callable[[memoryview], None] | None = None
     ) -> int:
         """Copy an uncompressed layer (to ``also`` too: the engine's load); its size."""
-        blob = _BlobFile(self.fd)
+        blob = _BlobFile(self.fd, self.puller.guard)
 
         def sink(view: memoryview) -> None:
             blob.write(view)
@@ -615,7 +825,7 @@ class _BlobCopy:
         return described["size"]
 
     def gunzip(self, described: dict[str, Any], diff_id: str) -> int:
-        inflater = _Gunzip(self.fd)
+        inflater = _Gunzip(self.fd, self.puller.guard)
         actual = self._stream(described, inflater.feed)
         if actual != described["digest"]:
             raise BadRemoteData(f"layer {described['digest']} fails its sha256 check ({actual})")
@@ -634,8 +844,8 @@ class _Gunzip:
     is, like docker's own pull does: `docker push` of an image pulled with uncompressed layers
     mounts those blobs under a gzip media type. Its bytes must then hash to the diff_id."""
 
-    def __init__(self, fd: int) -> None:
-        self.file = _BlobFile(fd)
+    def __init__(self, fd: int, guard: _SpaceGuard | None) -> None:
+        self.file = _BlobFile(fd, guard)
         self.sha = hashlib.sha256()
         self.size = 0
         self.inflater = zlib.decompressobj(wbits=31)

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from ..docker_api import EngineSocketUnavailable, load_image_archive, local_engine_socket
-from ..errors import DockerCommandError, LockHeldError
+from ..errors import DockerCommandError
 from ..remote.errors import RemoteDataError, RemoteMiss
 from .archive_layout import LEGACY_LAYER_TYPE
 from .archive_writer import (
@@ -36,13 +36,18 @@ from .progress import announce_total
 from .remote_layout import GZIP_LAYER_TYPES, BadRemoteData, RemoteCacheMiss
 from .remote_pull import (
     PULL_BUFFERS,
+    PullLimits,
     RemoteImage,
     _diff_ids,
     _Puller,
     corrupt_miss,
+    keep_quota,
     key_images,
     pull_entry,
     remote_url,
+    remove_dead_temps,
+    space_guard,
+    store_errors_as_miss,
 )
 from .restore import _ensure_tags, daemon_images, loaded_lines, restore_entry
 from .save import _new_entry
@@ -58,21 +63,32 @@ def restore_from_fleet(
     client: Any,
     *,
     progress: Progress | None = None,
+    reserve: int = 0,
+    max_size: int | None = None,
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
     """Make the images of ``key`` present in the daemon from the fleet tier, leaving a local
     entry behind. Returns restore_entry's result with ``pulled`` (pull_entry's result) and
-    ``overlapped`` (True when the layers went into the engine as they arrived)."""
+    ``overlapped`` (True when the layers went into the engine as they arrived). ``reserve``,
+    ``max_size``, ``scope``: the disk rules pull_entry keeps (PullLimits)."""
     validate_key(key)
     start = time.monotonic()
     store = as_store(store)
     url = remote_url(client)
+    limits = PullLimits(reserve, max_size, scope)
+    remove_dead_temps(store)
     index_digest, images = key_images(client, key, url)
     socket_path = local_engine_socket()
     result = None
     if socket_path is not None and _may_overlap(store, images):
-        result = _overlapped(store, key, client, images, socket_path, url, index_digest, progress)
+        where = (socket_path, url, index_digest)
+        result = _overlapped(store, key, client, images, where, progress, limits)
+        if result is not None:
+            result["pulled"]["prune"] = keep_quota(store, key, result["pulled"], limits)
     if result is None:
-        pulled = pull_entry(store, key, client, progress=progress)
+        pulled = pull_entry(
+            store, key, client, progress=progress, reserve=reserve, max_size=max_size, scope=scope
+        )
         result = restore_entry(store, key, progress=progress)
         result.update(pulled=pulled, overlapped=False)
     result["duration"] = round(time.monotonic() - start, 3)
@@ -93,35 +109,50 @@ def _overlapped(
     key: str,
     client: Any,
     images: list[RemoteImage],
+    where: tuple[str, str, str],
+    progress: Progress | None,
+    limits: PullLimits,
+) -> dict[str, Any] | None:
+    """The one-pass restore under the key and store locks; None when the daemon already
+    holds some of it (the caller then pulls and restores incrementally). ``where``: the
+    engine's socket, the registry's URL, the key's index digest."""
+    socket_path, url, index_digest = where
+    try:
+        with store_errors_as_miss(store, key):
+            store.ensure()
+            with store.key_lock(entry_name(key)), store.store_lock():
+                guard = space_guard(store, key, images, limits)
+                with store.temp_area() as area:
+                    puller = _Puller(store, client, area, progress, guard)
+                    return _overlapped_guarded(
+                        store, key, puller, images, socket_path, url, index_digest
+                    )
+    except EngineSocketUnavailable:
+        return None  # the sequential path reports an unreachable engine in its own words
+
+
+def _overlapped_guarded(
+    store: Store,
+    key: str,
+    puller: _Puller,
+    images: list[RemoteImage],
     socket_path: str,
     url: str,
     index_digest: str,
-    progress: Progress | None,
 ) -> dict[str, Any] | None:
-    """The one-pass restore under the key and store locks; None when the daemon already
-    holds some of it (the caller then pulls and restores incrementally)."""
-    store.ensure()
+    """_overlapped_locked, bad data and a missing blob as the pull's misses."""
     try:
-        with store.key_lock(entry_name(key)), store.store_lock(), store.temp_area() as area:
-            puller = _Puller(store, client, area, progress)
-            try:
-                return _overlapped_locked(
-                    store, key, puller, images, socket_path, url, index_digest
-                )
-            except (RemoteDataError, BadRemoteData) as exc:
-                raise corrupt_miss(key, url, exc) from None
-            except RemoteMiss as exc:
-                raise RemoteCacheMiss(
-                    f"key '{key}' in the fleet cache {url} lacks a blob it names "
-                    f"(nothing was stored or loaded): {exc}",
-                    corrupt=True,
-                ) from None
-            finally:
-                puller.close()
-    except LockHeldError as exc:
-        raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
-    except EngineSocketUnavailable:
-        return None  # the sequential path reports an unreachable engine in its own words
+        return _overlapped_locked(store, key, puller, images, socket_path, url, index_digest)
+    except (RemoteDataError, BadRemoteData) as exc:
+        raise corrupt_miss(key, url, exc) from None
+    except RemoteMiss as exc:
+        raise RemoteCacheMiss(
+            f"key '{key}' in the fleet cache {url} lacks a blob it names "
+            f"(nothing was stored or loaded): {exc}",
+            corrupt=True,
+        ) from None
+    finally:
+        puller.close()
 
 
 def _overlapped_locked(

@@ -81,20 +81,21 @@ def space_plan(
         needs.append((store.root, new_bytes, "new blobs"))
         if export_bytes:
             needs.append((docker_root, export_bytes, "engine's temp export (Docker root)"))
-    plan = []
-    for path, need, what in needs:
-        usage = filesystem_usage(path)
-        plan.append(
-            {
-                "path": path,
-                "mount_point": usage.mount_point,
-                "free_bytes": usage.free_bytes,
-                "needed_bytes": need + reserve,
-                "detail": f"{what} {format_size(need)} + reserve {format_size(reserve)}",
-                "ok": usage.free_bytes >= need + reserve,
-            }
-        )
-    return plan
+    return [space_need(path, need, reserve, what) for path, need, what in needs]
+
+
+def space_need(path: str, need: int, reserve: int, what: str) -> dict[str, Any]:
+    """One filesystem's line of a space plan: ``need`` bytes (``what``) plus the reserve
+    against the free space of the filesystem holding ``path``. A pull checks with it too."""
+    usage = filesystem_usage(path)
+    return {
+        "path": path,
+        "mount_point": usage.mount_point,
+        "free_bytes": usage.free_bytes,
+        "needed_bytes": need + reserve,
+        "detail": f"{what} {format_size(need)} + reserve {format_size(reserve)}",
+        "ok": usage.free_bytes >= need + reserve,
+    }
 
 
 def _engine_major(engine: dict[str, Any]) -> int:
@@ -102,7 +103,8 @@ def _engine_major(engine: dict[str, Any]) -> int:
     return int(match.group(1)) if match else 0
 
 
-def _space_message(plan: list[dict[str, Any]]) -> str:
+def space_message(plan: list[dict[str, Any]], doing: str = "save") -> str:
+    """Why the space plan refuses: each short filesystem, its free space, the need, the reserve."""
     parts = [
         f"{p['path']} (filesystem {p['mount_point']}): {format_size(p['free_bytes'])} free "
         f"({p['free_bytes']} bytes), {format_size(p['needed_bytes'])} needed "
@@ -110,7 +112,10 @@ def _space_message(plan: list[dict[str, Any]]) -> str:
         for p in plan
         if not p["ok"]
     ]
-    return "not enough free space to save, nothing was written: " + "; ".join(parts)
+    return f"not enough free space to {doing}, nothing was written: " + "; ".join(parts)
+
+
+_space_message = space_message  # the name the save code and its tests use
 
 
 # What --make-room runs: (bytes needed, a path on the short filesystem) -> the post-build
