@@ -10,7 +10,8 @@ port, rkfc-2 the pull user and the pull port. Checked here:
 - each runner's runnerkeep config names the registry (cache.remote) and the credentials file is
   root:runnerkeep 0640;
 - a save on the pushing runner is restored on the pulling one (image ID unchanged);
-- the garbage collection runs in a read-only window and sweeps what remote-prune left;
+- the garbage collection runs in a read-only window and sweeps what remote-prune left (the
+  pruned index, its image manifests and its layers);
 - the budget check reports an over-budget storage; check mode on the cache host changes nothing.
 """
 
@@ -145,51 +146,72 @@ def test_a_save_on_the_pusher_is_restored_on_the_puller(cache_fleet):
     assert image_id(puller, tag) == built
 
 
-def test_gc_runs_in_a_read_only_window_and_sweeps_pruned_keys(cache_fleet):
-    tier = cache_fleet
-    pusher, puller = tier.fleet.hosts
-    old_key, kept_key = new_key("gc-old"), new_key("gc-kept")
-    build_image(pusher, "fleet/gc-old:1", "1500K")
-    build_image(pusher, "fleet/gc-kept:1", "1200K")
-    for key, tag in ((old_key, "fleet/gc-old:1"), (kept_key, "fleet/gc-kept:1")):
+def prune_and_collect(tier, name: str) -> dict:
+    """Push an old and a newer key, remote-prune all but the newest key, run the collection
+    (what the timer starts). Returns what the checks need."""
+    pusher = tier.fleet.hosts[0]
+    # Pushed within the same second, keys are ordered by name: the old one first.
+    old_key, kept_key = new_key(f"{name}-a-old"), new_key(f"{name}-b-kept")
+    old_tag, kept_tag = f"fleet/{name}-old:1", f"fleet/{name}-kept:1"
+    build_image(pusher, old_tag, "1500K")
+    build_image(pusher, kept_tag, "1200K")
+    for key, tag in ((old_key, old_tag), (kept_key, kept_tag)):
         code, saved = runnerkeep_json(pusher, "cache", "save", "--key", key, tag)
         assert code == 0 and saved["push"]["pushed"] is True, saved
-    old_layers = layer_digests(pusher, old_key)
-    assert all(in_registry(tier, d) for d in old_layers)
+    old_blobs = layer_digests(pusher, old_key)
+    assert all(in_registry(tier, d) for d in old_blobs)
 
     code, pruned = runnerkeep_json(
         pusher, "cache", "remote-prune", "--remote", tier.url(True), "--keep", "1"
     )
     # Other tests' keys are older: only the newest key stays.
     assert code == 0, pruned["_stderr"]
-    assert old_key in {d["key"] for d in pruned["deleted"]}
-    assert kept_key not in {d["key"] for d in pruned["deleted"]}
+    deleted = {d["key"]: d["digest"] for d in pruned["deleted"]}
+    assert old_key in deleted and kept_key not in deleted, pruned
+    index = deleted[old_key].split(":", 1)[1]
+    assert in_registry(tier, index)
 
     since = tier.cache_exec("date +%s").stdout.strip()
     tier.cache_exec("systemctl start fleet-cache-gc.service", timeout=300)
     journal = tier.cache_exec(
         f"journalctl -u fleet-cache-gc --since @{since} --no-pager -o cat"
     ).stdout
+    return {
+        "journal": journal,
+        "index": index,
+        "old_blobs": old_blobs,
+        "kept_key": kept_key,
+        "kept_tag": kept_tag,
+    }
+
+
+def test_gc_runs_in_a_read_only_window_and_sweeps_a_pruned_index(cache_fleet):
+    tier = cache_fleet
+    puller = tier.fleet.hosts[1]
+    gc = prune_and_collect(tier, "gc")
+    journal = gc["journal"]
     assert journal.index("push instance readonly") < journal.index("push instance readwrite")
-    assert "blob eligible for deletion" in journal or "deleting blob" in journal, journal[-2000:]
-    assert not any(in_registry(tier, d) for d in old_layers), journal[-2000:]
+    assert "blob eligible for deletion" in journal, journal[-2000:]
+    assert not in_registry(tier, gc["index"]), journal[-2000:]  # the pruned index is swept
     assert tier.cache_exec("systemctl is-active fleet-cache-push").stdout.strip() == "active"
     assert tier.cache_exec("test -e /run/fleet-cache/push.env", check=False).returncode != 0
 
     # The kept key is whole: an empty daemon restores it from the fleet.
-    puller.exec("docker rmi -f fleet/gc-kept:1", check=False)
-    code, restored = runnerkeep_json(puller, "cache", "restore", "--key", kept_key)
+    puller.exec(["docker", "rmi", "-f", gc["kept_tag"]], check=False)
+    code, restored = runnerkeep_json(puller, "cache", "restore", "--key", gc["kept_key"])
     assert code == 0 and restored["source"] == "fleet", restored
     # And the push instance takes writes again.
-    assert (
-        probe(
-            puller,
-            f"https://{tier.cache_name}:{PUSH_PORT}/v2/{REPOSITORY}/blobs/uploads/",
-            "POST",
-            tier.push_user,
-        )
-        == "202"
-    )
+    upload = f"https://{tier.cache_name}:{PUSH_PORT}/v2/{REPOSITORY}/blobs/uploads/"
+    assert probe(puller, upload, "POST", tier.push_user) == "202"
+
+
+# The collection runs without --delete-untagged (in Distribution 2.8 it deletes the image
+# manifests inside every index): a pruned key's layers go because remote-prune also deletes the
+# image manifests only pruned indexes list.
+def test_gc_sweeps_the_layers_of_a_pruned_key(cache_fleet):
+    tier = cache_fleet
+    gc = prune_and_collect(tier, "gcl")
+    assert not any(in_registry(tier, d) for d in gc["old_blobs"]), gc["journal"][-2000:]
 
 
 def test_the_budget_check_reports_an_over_budget_storage(cache_fleet):
