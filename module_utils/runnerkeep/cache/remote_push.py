@@ -9,6 +9,7 @@ point on the registry's side) always do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import CacheMiss, LockHeldError, RunnerkeepError
-from ..remote.errors import RemoteError
+from ..remote.errors import RemoteDataError, RemoteError, RemoteMiss
 from .checks import load_checked_entry, quarantine_for
 from .remote_layout import (
     GZIP_LAYER_TYPES,
@@ -58,6 +59,7 @@ USED_ANNOTATION = "io.runnerkeep.used"
 # A key's index is rewritten at most once per this many seconds: a fleet restoring one key all
 # day costs one PUT (and one old index to delete) an hour, not one per job.
 TOUCH_INTERVAL = 3600.0
+READ_BACK_BUFFER = 1 << 20  # bytes per read when verifying a blob the registry holds
 
 
 class PushRefused(RunnerkeepError):
@@ -72,9 +74,13 @@ def push_entry(
     scope: str = TRUSTED,
     provenance: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    verify_remote: bool = False,
 ) -> dict[str, Any]:
     """Push the local entry of ``key`` to the registry ``client`` talks to. Returns {key,
-    index_digest, blobs_sent, bytes_sent, blobs_present, manifests, remote, duration}.
+    index_digest, blobs_sent, bytes_sent, blobs_present, manifests, remote, duration,
+    blobs_verified, healed, not_healed}. ``verify_remote``: a blob the registry says it holds
+    is read back and hashed; a bad one is deleted and uploaded again (``healed``), or listed in
+    ``not_healed`` with the reason when the registry still serves bad bytes after that.
     RemoteCacheMiss when there is no usable local entry (``corrupt``: it or a blob was bad, and
     is quarantined now); PushRefused for an untrusted scope; the client's RemoteError
     subclasses when the registry fails or refuses."""
@@ -90,7 +96,7 @@ def push_entry(
     try:
         with store.store_lock():
             entry = _checked_entry(store, name)
-            pusher = _Pusher(store, client, progress)
+            pusher = _Pusher(store, client, progress, verify_remote)
             try:
                 manifests = pusher.push_images(entry)
             except CorruptBlob as exc:
@@ -114,6 +120,9 @@ def push_entry(
         "manifests": [m["digest"] for m in manifests],
         "remote": str(getattr(getattr(client, "settings", None), "url", "") or ""),
         "duration": round(time.monotonic() - start, 3),
+        "blobs_verified": pusher.blobs_verified,
+        "healed": pusher.healed,
+        "not_healed": pusher.not_healed,
     }
 
 
@@ -160,10 +169,14 @@ def build_index(
 class _Pusher:
     """The blobs and image manifests of one push."""
 
-    def __init__(self, store: Store, client: Any, progress: Any) -> None:
+    def __init__(self, store: Store, client: Any, progress: Any, verify_remote: bool) -> None:
         self.store = store
         self.client = client
         self.progress = progress
+        self.verify_remote = verify_remote
+        self.blobs_verified = 0  # read back from the registry and found good
+        self.healed: list[str] = []
+        self.not_healed: list[dict[str, str]] = []
         self.done: set[str] = set()
         self.blobs_sent = 0
         self.blobs_present = 0
@@ -217,8 +230,37 @@ class _Pusher:
             return
         self.done.add(digest)
         if self.client.blob_size(digest) == size:
-            self.blobs_present += 1
+            if not self.verify_remote:
+                self.blobs_present += 1
+                return
+            if remote_blob_is_good(self.client, digest, size):
+                self.blobs_present += 1
+                self.blobs_verified += 1
+                return
+            self._heal(digest, size)
             return
+        self._upload(digest, size)
+
+    def _heal(self, digest: str, size: int) -> None:
+        """The registry serves bad bytes for ``digest``: delete its copy, upload ours, read it
+        back. Distribution keeps a blob's existing data file on upload (its storage is content
+        addressed), so there only the cache host can replace it: reported, with what to do."""
+        with contextlib.suppress(RemoteMiss):  # gone already: the upload is the heal
+            delete_blob(self.client, digest)
+        self._upload(digest, size)
+        if remote_blob_is_good(self.client, digest, size):
+            self.healed.append(digest)
+            return
+        self.not_healed.append(
+            {
+                "digest": digest,
+                "reason": "the registry still serves bad bytes after the blob was deleted and "
+                "uploaded again (it keeps its stored copy): delete the blob's data file in the "
+                "registry's storage on the cache host, then push again",
+            }
+        )
+
+    def _upload(self, digest: str, size: int) -> None:
         reader = VerifiedBlobReader(self.store, digest, size, self._sent)
         try:
             self.client.upload_blob(digest, reader, size)
@@ -236,6 +278,37 @@ class _Pusher:
         self.blob_bytes_sent += count
         if self.progress:
             self.progress(self.blob_bytes_sent)
+
+
+def remote_blob_is_good(client: Any, digest: str, size: int) -> bool:
+    """Whether the registry's blob ``digest`` reads back as ``size`` bytes hashing to it (at
+    most ``size`` + one buffer is read, whatever the registry announces). A registry that
+    cannot be reached raises as for any other call: that says nothing of the blob."""
+    hasher = hashlib.sha256()
+    received = 0
+    buffer = bytearray(READ_BACK_BUFFER)
+    view = memoryview(buffer)
+    try:
+        with client.open_blob(digest) as reader:
+            while received <= size:
+                count = reader.readinto(view)
+                if not count:
+                    break
+                hasher.update(view[:count])
+                received += count
+    except (RemoteMiss, RemoteDataError):
+        return False
+    return received == size and "sha256:" + hasher.hexdigest() == digest
+
+
+def delete_blob(client: Any, digest: str) -> None:
+    """DELETE the repository's blob ``digest`` (RemoteMiss when absent). The registry client
+    has no such call yet: its generic bounded exchange is used meanwhile."""
+    delete = getattr(client, "delete_blob", None)
+    if delete is not None:
+        delete(digest)
+        return
+    client._call("DELETE", f"{client.base}/blobs/{digest}", f"delete blob {digest}", ok=(202, 200))
 
 
 def _layer_descriptor(layer: dict[str, Any]) -> dict[str, Any]:
