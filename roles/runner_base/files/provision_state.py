@@ -203,7 +203,7 @@ def check(stamp_path: str, fingerprint: str, spec: dict, check_mode: bool) -> di
     if not stamp:
         reason = "no stamp of a full run"
     elif stamp.get("fingerprint") != fingerprint:
-        reason = "inputs changed (roles, variables or fleet figures)"
+        reason = "inputs changed (roles, playbook or variables)"
     else:
         planted = foreign_in_store(spec["store"]) or foreign_in_state(spec["state"])
         if planted:
