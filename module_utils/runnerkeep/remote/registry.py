@@ -581,7 +581,7 @@ class RegistryClient:
         except DeadlinePassed:
             reason = f"no complete answer within {deadline.seconds:g}s"
             if deadline.capped:
-                reason = self._over_deadline()
+                reason = self._over_deadline() or reason
             raise self._error(RemoteUnavailable, what, reason) from None
 
     def _over_deadline(self) -> str | None:
