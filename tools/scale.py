@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from harness._docker import docker_bin  # noqa: E402
 from harness.fleet import Fleet, FleetError, HostCommandError, RunnerHost  # noqa: E402
 from harness.provision import FLEET_VARS  # noqa: E402
 
@@ -172,7 +173,7 @@ def _cgroup_candidates(container_id: str, pid: int) -> list[Path]:
 def cgroup_counter(host: RunnerHost) -> Path:
     """The file holding ``host``'s container CPU time on this machine."""
     proc = subprocess.run(
-        ["docker", "inspect", "--format", "{{.Id}} {{.State.Pid}}", host.container],
+        [docker_bin(), "inspect", "--format", "{{.Id}} {{.State.Pid}}", host.container],
         capture_output=True,
         text=True,
         timeout=30,
@@ -442,12 +443,16 @@ def _sizes(text: str) -> list[int]:
 
 
 def _commit() -> str:
-    proc = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """The checkout's commit, for the record ("unknown" without git or outside a checkout)."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
     return proc.stdout.strip() or "unknown"
 
 
