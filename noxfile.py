@@ -213,11 +213,14 @@ def integration(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job: a 3-runner fleet, provisioned, exercised, summarised, torn down."""
+    """The main job: a 3-runner fleet, provisioned, exercised, summarised, torn down; then the
+    fleet cache tier on 3 runners and a cache host."""
     session.install(*HARNESS_DEPS)
     _ensure_engine(session)
     session.run("python", "tools/build_zipapp.py")
     session.run("python", "tools/demo.py", *session.posargs, env=_env())
+    # The fleet cache tier: runner 1 saves and pushes, 2 restores from the fleet, 3 repairs.
+    session.run("python", "tools/demo_fleet_cache.py", env=_env())
 
 
 @nox.session
