@@ -329,14 +329,14 @@ def space_guard(
     need = bytes_lacking(store, images)
     plan = space_need(store.root, need, limits.reserve, "blobs the registry lists")
     if not plan["ok"]:
-        raise RemoteCacheMiss(f"key '{key}' not pulled: " + space_message([plan], "pull"))
+        raise RemoteCacheMiss(f"key '{key}': " + space_message([plan], "pull"))
     room = None
     if limits.max_size is not None and not limits.may_evict:
         used = sum(store.list_blobs().values())
         room = limits.max_size - used
         if need > room:
             raise RemoteCacheMiss(
-                f"key '{key}' not pulled: it needs {need} bytes in the cache directory "
+                f"key '{key}' needs {need} bytes in the cache directory "
                 f"{store.root}, which holds {used} of its quota (cache.max_size) "
                 f"{limits.max_size}, and a pull for an untrusted job ({limits.scope}) evicts "
                 "nothing; nothing was written"
@@ -378,7 +378,7 @@ class _SpaceGuard:
     def take(self, count: int) -> None:
         if self.room is not None and self.written + count > self.room:
             raise RemoteCacheMiss(
-                f"key '{self.key}' not pulled: it grew past the {self.room} bytes left under "
+                f"the pull of key '{self.key}' grew past the {self.room} bytes left under "
                 f"the quota (cache.max_size) of the cache directory {self.store.root}, and a "
                 "pull for an untrusted job evicts nothing; nothing was stored"
             )
@@ -387,7 +387,7 @@ class _SpaceGuard:
             self.since = 0
         if self.free - self.since - count < self.reserve:
             raise RemoteCacheMiss(
-                f"key '{self.key}' not pulled: stopped after {self.written} bytes, one more "
+                f"the pull of key '{self.key}' stopped after {self.written} bytes: one more "
                 f"write would leave the filesystem {self.mount_point} of the cache directory "
                 f"{self.store.root} with less than the reserve (cache.reserve) "
                 f"{format_size(self.reserve)} free ({self.free - self.since} bytes free now); "
