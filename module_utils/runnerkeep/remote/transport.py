@@ -318,7 +318,8 @@ def open_connection(
             raise NotLoopback(", ".join(outside) or "no address")
     op_timeout = deadline.op_timeout(timeout)
     if origin.scheme == "https":
-        assert context is not None
+        if context is None:  # a caller's bug, never a peer's: https always builds a context
+            raise RuntimeError("an https connection needs a TLS context")
         return _Secure(origin, addresses, op_timeout, context)
     return _Plain(origin, addresses, op_timeout)
 
