@@ -635,6 +635,8 @@ def cache_pull(args: argparse.Namespace) -> CommandResult:
 
 
 def pull_text(key: str, result: dict[str, Any]) -> str:
+    if result.get("result") == "present":
+        return f"key '{key}' is already in the local store (valid entry): nothing pulled"
     text = (
         f"pulled key '{key}' from {result.get('remote')}: {result.get('blobs_fetched', 0)} "
         f"blobs fetched ({format_size(result.get('bytes_fetched') or 0)}), "
@@ -847,7 +849,7 @@ def cache_serve_connection(args: argparse.Namespace) -> CommandResult:
             settings = cache_settings(config)
             # The host's fleet tier: the service does the remote work, jobs never see the
             # credentials (read later, as the store's owner, only when the registry is needed).
-            fleet = fleet_tier(config)
+            fleet = fleet_tier(config, limits=settings)
         except RunnerkeepError as exc:
             service.send_error(sock, exc)
             return CommandResult({}, "", EXIT_OK)

@@ -95,7 +95,10 @@ Trust = tuple  # tuple[bool, str, str]
 class FleetTier:
     """The fleet tier as one command sees it: its settings (None: no remote, or --no-remote)
     and how to reach it. ``connect``, ``pull``, ``push`` and ``prune`` default to the real
-    registry client and ``cache.remote_pull`` / ``cache.remote_push``; tests hand in others."""
+    registry client and ``cache.remote_pull`` / ``cache.remote_push``; tests hand in others.
+    ``limits``: the store's disk rules a pull keeps (``cache_settings``' ``reserve`` and
+    ``max_size``), or a callable giving them, called once when a pull first needs them (the
+    quota may measure the disk budget: a command that never pulls never pays for it)."""
 
     def __init__(
         self,
@@ -105,8 +108,10 @@ class FleetTier:
         pull: Callable[..., dict[str, Any]] | None = None,
         push: Callable[..., dict[str, Any]] | None = None,
         prune: Callable[..., dict[str, Any]] | None = None,
+        limits: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
+        self._limits = limits
         self._connect = connect or _connect_registry
         self._pull = pull
         self._push = push
@@ -136,12 +141,25 @@ class FleetTier:
                 with contextlib.suppress(Exception):
                     close()
 
-    def pull_entry(self, store: Store, key: str, client: Any, progress=None) -> dict[str, Any]:
+    def limits(self) -> tuple[int, int | None]:
+        """(reserve, max_size) a pull keeps: free space left, the store's quota (None: none)."""
+        if callable(self._limits):
+            self._limits = self._limits()
+        limits = self._limits or {}
+        max_size = limits.get("max_size")
+        return int(limits.get("reserve") or 0), None if max_size is None else int(max_size)
+
+    def pull_entry(
+        self, store: Store, key: str, client: Any, progress=None, scope: str = TRUSTED
+    ) -> dict[str, Any]:
         if self._pull is None:
             from .cache.remote_pull import pull_entry
 
             self._pull = pull_entry
-        return self._pull(store, key, client, progress=progress)
+        reserve, max_size = self.limits()
+        return self._pull(
+            store, key, client, progress=progress, reserve=reserve, max_size=max_size, scope=scope
+        )
 
     def push_entry(self, store: Store, key: str, client: Any, **options: Any) -> dict[str, Any]:
         if self._push is None:
@@ -189,10 +207,13 @@ def fleet_tier(
     url: str | None = None,
     no_remote: bool = False,
     overrides: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> FleetTier:
     """The fleet tier of ``cache.remote`` (``url``: the ``--remote`` override; ``overrides``:
-    an Ansible task's ``remote`` option over the config's keys). ConfigError (exit 2) for a
-    bad URL or setting; nothing is read from the network or the credentials file yet."""
+    an Ansible task's ``remote`` option over the config's keys; ``limits``: the caller's
+    ``cache_settings(config)`` when it has them, else they are computed at the first pull).
+    ConfigError (exit 2) for a bad URL or setting; nothing is read from the network or the
+    credentials file yet."""
     section = dict(config.get("cache") or {})
     if no_remote or not (url or section.get("remote") or overrides):
         return FleetTier(None)  # no remote: nothing of remote/ is even imported
@@ -202,7 +223,8 @@ def fleet_tier(
         merged = dict(section.get("remote") or {})
         merged.update({k: v for k, v in overrides.items() if v is not None})
         section["remote"] = merged
-    return FleetTier(remote_settings(section, url=url, no_remote=no_remote))
+    settings = remote_settings(section, url=url, no_remote=no_remote)
+    return FleetTier(settings, limits=limits or (lambda: cache_settings(config)))
 
 
 def _failure(exc: BaseException, url: str = "") -> str:
@@ -258,7 +280,7 @@ def restore_with_remote(
         return _would_pull(key, fleet, local_reason)
     if corrupt:
         _event(state_dir, op="restore", result="corrupt", key=key, reason=local_reason)
-    pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress)
+    pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress, scope)
     _event(
         state_dir,
         op="repair" if corrupt else "pull",
@@ -301,12 +323,14 @@ def _pull_or_miss(
     state_dir: str | None,
     start: float,
     progress: Callable[[int], None] | None,
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
-    """pull_entry, any failure of it as the restore's CacheMiss (one line, with both reasons)."""
+    """pull_entry, any failure of it as the restore's CacheMiss (one line, with both reasons).
+    ``scope``: the requester's (an untrusted job's pull never evicts to make room)."""
     error_type = None
     try:
         with fleet.client() as client:
-            return fleet.pull_entry(store, key, client, progress=progress)
+            return fleet.pull_entry(store, key, client, progress=progress, scope=scope)
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise  # a setting to fix (credentials file, URL): exit 2, as for any bad setting
@@ -368,15 +392,18 @@ def pull_key(
     *,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
+    scope: str = TRUSTED,
 ) -> dict[str, Any]:
     """``cache pull``: fetch the key into the local store, every byte verified before the
-    commit. Any failure (no such key, bad data, registry unreachable, refused) is a
-    CacheMiss (exit 3) and commits nothing."""
+    commit (result ``present`` when the store already holds a valid entry of it: nothing
+    fetched). Any failure (no such key, bad data, registry unreachable, refused, no room)
+    is a CacheMiss (exit 3) and commits nothing. ``scope``: the requester's (the store's
+    quota is kept after the commit; an untrusted job's pull never evicts to make room)."""
     _require(fleet, "cache pull")
     start = time.monotonic()
     try:
         with fleet.client() as client:
-            pulled = fleet.pull_entry(store, key, client, progress=progress)
+            pulled = fleet.pull_entry(store, key, client, progress=progress, scope=scope)
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise
@@ -399,7 +426,7 @@ def pull_key(
     _event(
         state_dir,
         op="pull",
-        result="pulled",
+        result=result["result"],  # pulled, or present (a valid local entry: nothing fetched)
         key=key,
         bytes_fetched=pulled.get("bytes_fetched", 0),
         duration=result["duration"],

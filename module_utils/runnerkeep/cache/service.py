@@ -534,7 +534,8 @@ def _fleet_op(
     if remote is None:
         raise ConfigError(f"cache {op}: this host has no fleet tier (cache.remote) configured")
     if op == "pull":
-        return remote.pull(store, key, state_dir=events_dir)
+        # The job's scope: an untrusted job's pull never evicts another entry to make room.
+        return remote.pull(store, key, state_dir=events_dir, scope=scope)
     return remote.push(
         store,
         key,

@@ -143,7 +143,7 @@ def make_fleet(calls, *, push=True, pull_error=None, push_error=None, connect_er
         calls.clients.append(client)
         return client
 
-    def pull(store, key, client, progress=None):
+    def pull(store, key, client, progress=None, **limits):
         calls.pulls.append(key)
         if pull_error:
             raise pull_error

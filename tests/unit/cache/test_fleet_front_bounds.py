@@ -160,7 +160,7 @@ def test_a_restore_falls_through_to_a_miss_within_max_duration(monkeypatch, stor
     peer = JustInTime()
     calls = []
 
-    def pull(store, key, client, progress=None):
+    def pull(store, key, client, progress=None, **limits):
         for _ in range(100):  # a pull of many layers, each fetched in time
             client.check()
             calls.append(1)
