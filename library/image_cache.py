@@ -329,6 +329,25 @@ pulled:
   description: What the fleet tier sent (C(index_digest), C(blobs_fetched), C(bytes_fetched)).
   returned: O(state=restored), when the key came from the fleet tier
   type: dict
+touched:
+  description:
+    - >-
+      The key's use recorded on the registry after a restore from the fleet tier
+      (C(result): V(touched), V(fresh) when recorded within the hour, V(not_runnerkeep), or
+      V(touch_failed) with C(reason); a failure never fails the restore), so C(cache
+      remote-prune) keeps what runners use.
+  returned: O(state=restored) from the fleet tier, when C(remote.push) is on and the job is trusted
+  type: dict
+  sample: {"result": "touched", "used": "2026-12-03T13:00:00Z"}
+not_retagged:
+  description:
+    - >-
+      Tags of an entry pulled from the fleet tier that were not applied because the name
+      already names another image on this engine.
+  returned: O(state=restored)
+  type: list
+  elements: str
+  sample: []
 local_miss:
   description: Why the local store could not serve the key before the fleet tier did.
   returned: O(state=restored), when the fleet tier was asked
@@ -494,8 +513,10 @@ def read_small_file(path):
 def restored(task, config, store, state_dir, fleet, out):
     p = task.params
     try:
+        # A runner that may push records the key's use on the registry after a fleet restore.
+        trust = direct_trust(os.environ, read_small_file) if fleet.enabled else None
         result = restore_with_remote(
-            store, p["key"], fleet, state_dir=state_dir, dry_run=task.check_mode
+            store, p["key"], fleet, state_dir=state_dir, dry_run=task.check_mode, trust=trust
         )
     except CacheMiss as exc:
         if p["fail_on_miss"]:

@@ -209,6 +209,11 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         fleet=remote_url,
     )
     p.add_argument("--key", required=True)
+    p.add_argument(
+        "--verify-remote",
+        action="store_true",
+        help="read back the blobs the registry says it has and replace bad ones",
+    )
 
     p = add(
         "pull",
@@ -495,9 +500,16 @@ def cache_restore(args: argparse.Namespace) -> CommandResult:
         result = service.call_service(socket_path, "restore", request)
         return CommandResult(result, restore_text(args.key, result), EXIT_OK)
     fleet = _fleet(args, config)
+    trust = _trust_and_provenance()[0] if fleet.enabled else None
     with _long_running(f"restoring {args.key}") as progress:
         result = restore_with_remote(
-            store, args.key, fleet, state_dir=state_dir, progress=progress, dry_run=args.dry_run
+            store,
+            args.key,
+            fleet,
+            state_dir=state_dir,
+            progress=progress,
+            dry_run=args.dry_run,
+            trust=trust,
         )
     return CommandResult(result, restore_text(args.key, result), EXIT_OK)
 
@@ -511,6 +523,11 @@ def restore_text(key: str, result: dict[str, Any]) -> str:
             f"\n{how} the fleet tier {result.get('remote')}: "
             f"{format_size(pulled.get('bytes_fetched') or 0)} fetched "
             f"({pulled.get('blobs_fetched') or 0} blobs; local: {result.get('local_miss')})"
+        )
+    if result.get("not_retagged"):
+        text += (
+            "\nwarning: not re-tagged (the name holds another image here; the fleet's entry "
+            f"may not re-point it): {', '.join(result['not_retagged'])}"
         )
     return text
 
@@ -596,7 +613,10 @@ def cache_push(args: argparse.Namespace) -> CommandResult:
     socket_path = _service_socket(args, store, config)
     if socket_path:
         request = {"key": args.key, **_through_service(args)}
+        if args.verify_remote:
+            request["verify_remote"] = True
         result = service.call_service(socket_path, "push", request)
+        _warn({"warnings": push_warnings(result)})
         return CommandResult(result, push_text(args.key, result), EXIT_OK)
     fleet = _fleet(args, config)
     trust, provenance = _trust_and_provenance()
@@ -609,16 +629,33 @@ def cache_push(args: argparse.Namespace) -> CommandResult:
             provenance=provenance,
             state_dir=state_dir,
             progress=progress,
+            verify_remote=args.verify_remote,
         )
+    _warn({"warnings": push_warnings(result)})
     return CommandResult(result, push_text(args.key, result), EXIT_OK)
 
 
 def push_text(key: str, result: dict[str, Any]) -> str:
-    return (
+    text = (
         f"pushed key '{key}' to {result.get('remote')}: {result.get('blobs_sent', 0)} blobs "
         f"sent ({format_size(result.get('bytes_sent') or 0)}), {result.get('blobs_present', 0)} "
         f"already there; index {result.get('index_digest')} ({result.get('decision')})"
     )
+    healed = result.get("healed") or []
+    if healed:
+        text += f"\nhealed {len(healed)} blob(s) the registry served damaged: {' '.join(healed)}"
+    return text
+
+
+def push_warnings(result: dict[str, Any]) -> list[str]:
+    """One line per blob ``--verify-remote`` found bad on the registry and could not replace
+    (Distribution keeps its stored copy of a blob on upload)."""
+    return [
+        f"the registry still serves {item.get('digest')} damaged: {item.get('reason')} "
+        "(delete the blob's data file on the cache host, then push again)"
+        for item in result.get("not_healed") or []
+        if isinstance(item, dict)
+    ]
 
 
 def cache_pull(args: argparse.Namespace) -> CommandResult:

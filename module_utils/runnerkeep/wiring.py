@@ -257,11 +257,14 @@ def restore_with_remote(
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
     dry_run: bool = False,
+    trust: Trust | None = None,
 ) -> dict[str, Any]:
     """A local hit is done. A local miss pulls the key from the fleet tier and restores
     again; a corrupt local entry or blob (quarantined by the restore) is fetched again the
     same way and reported as ``repaired``. A miss in the fleet tier, bad data from it, or a
-    registry that cannot be reached is a CacheMiss (exit 3): the job rebuilds."""
+    registry that cannot be reached is a CacheMiss (exit 3): the job rebuilds. ``trust``:
+    the requester's (the push decision's); a runner that may push records the key's use on
+    the registry after a fleet restore (``touched``; None: never)."""
     if fleet is None or not fleet.enabled:
         return restore_entry(
             store, key, scope=scope, state_dir=state_dir, progress=progress, dry_run=dry_run
@@ -274,7 +277,7 @@ def restore_with_remote(
             _hit_event(state_dir, key, result)
         return result
     except CacheMiss as local:
-        corrupt = bool(getattr(local, "corrupt", False)) or "and quarantined" in str(local)
+        corrupt = bool(getattr(local, "corrupt", False))
         local_reason = str(local)
     if dry_run:
         return _would_pull(key, fleet, local_reason)
@@ -298,7 +301,26 @@ def restore_with_remote(
         pulled=_pull_summary(pulled),
         duration=round(time.monotonic() - start, 3),
     )
+    if trust is not None and fleet.push_on_save and push_decision(*trust)[0]:
+        result["touched"] = _touch(key, fleet, state_dir)
     return result
+
+
+def _touch(key: str, fleet: FleetTier, state_dir: str | None) -> dict[str, Any]:
+    """Record on the registry that the key was used (remote-prune keeps what runners use).
+    Only a runner that may push does it (a pull-only endpoint refuses the write); at most one
+    write an hour (touch_key); a failure never fails the restore: it is reported."""
+    from .cache.remote_push import touch_key
+
+    try:
+        with fleet.client() as client:
+            touched = touch_key(client, key, time.time())
+    except Exception as exc:  # recording the use never fails the restore
+        foreseen = isinstance(exc, (RunnerkeepError, OSError))
+        failure = _failure(exc, fleet.url) if foreseen else _unforeseen(exc, "the touch")
+        touched = {"key": key, "result": "touch_failed", "reason": failure}
+    _event(state_dir, op="touch", result=touched.get("result"), key=key)
+    return touched
 
 
 def _hit_event(state_dir: str | None, key: str, result: dict[str, Any]) -> None:
@@ -312,6 +334,8 @@ def _hit_event(state_dir: str | None, key: str, result: dict[str, Any]) -> None:
         bytes_loaded=result.get("bytes_loaded", 0),
         bytes_left_out=result.get("bytes_left_out", 0),
         duration=result.get("duration", 0.0),
+        # only when there are some, as restore_entry records it
+        **({"not_retagged": result["not_retagged"]} if result.get("not_retagged") else {}),
     )
 
 
@@ -450,17 +474,20 @@ def push_key(
     provenance: dict[str, str] | None = None,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
+    verify_remote: bool = False,
 ) -> dict[str, Any]:
     """``cache push``: upload what the registry lacks, then the key's index. An untrusted job
     is refused (PushRefused); a failed upload raises (exit 1, or 3 when the local entry is
-    missing or corrupt: nothing to push)."""
+    missing or corrupt: nothing to push). ``verify_remote``: read back the blobs the registry
+    says it holds and replace bad ones (``healed``; ``not_healed`` when it keeps serving bad
+    bytes: the index is pushed all the same, the caller warns)."""
     _require(fleet, "cache push")
     allowed, why = push_decision(*trust)
     if not allowed:
         _event(state_dir, op="push", result="push_refused", key=key, reason=why, scope=trust[1])
         raise PushRefused(why)
     try:
-        pushed = _push(store, key, fleet, provenance, progress)
+        pushed = _push(store, key, fleet, provenance, progress, verify_remote)
     except Exception as exc:
         foreseen = isinstance(exc, (RunnerkeepError, OSError))
         failure = _failure(exc, fleet.url) if foreseen else _unforeseen(exc, "the push")
@@ -471,7 +498,15 @@ def push_key(
         # A local entry that is missing or corrupt stays a miss (3): there was nothing to push.
         error.exit_code = getattr(exc, "exit_code", error.exit_code) if foreseen else 1
         raise error from None
-    _event(state_dir, op="push", result="pushed", key=key, bytes_sent=pushed.get("bytes_sent", 0))
+    not_healed = len(pushed.get("not_healed") or [])
+    _event(
+        state_dir,
+        op="push",
+        result="pushed",
+        key=key,
+        bytes_sent=pushed.get("bytes_sent", 0),
+        **({"not_healed": not_healed} if not_healed else {}),
+    )
     return {"key": key, "result": "pushed", "remote": fleet.url, "decision": why, **pushed}
 
 
@@ -485,10 +520,19 @@ def _push(
     fleet: FleetTier,
     provenance: dict[str, str] | None,
     progress: Callable[[int], None] | None,
+    verify_remote: bool = False,
 ) -> dict[str, Any]:
+    # verify_remote only when asked: a plain push's call stays as it was
+    extra = {"verify_remote": True} if verify_remote else {}
     with fleet.client() as client:
         return fleet.push_entry(
-            store, key, client, scope=TRUSTED, provenance=provenance or None, progress=progress
+            store,
+            key,
+            client,
+            scope=TRUSTED,
+            provenance=provenance or None,
+            progress=progress,
+            **extra,
         )
 
 

@@ -542,6 +542,7 @@ def _fleet_op(
         trust=_job_trust(job, scope),
         provenance=_job_provenance(job),
         state_dir=events_dir,
+        verify_remote=_bool_arg(args, "verify_remote"),
     )
 
 
@@ -573,9 +574,17 @@ def dispatch(
         return _fleet_op(op, key, args, scope, store, events_dir, job, fleet)
     if op == "restore":
         remote = _remote_args(args, fleet)
-        restore = remote.restore if remote is not None else restore_entry
-        return restore(
-            store, key, scope=scope, state_dir=events_dir, dry_run=_bool_arg(args, "dry_run")
+        dry_run = _bool_arg(args, "dry_run")
+        if remote is None:
+            return restore_entry(store, key, scope=scope, state_dir=events_dir, dry_run=dry_run)
+        # The job's trust: a job that may push records the key's use after a fleet restore.
+        return remote.restore(
+            store,
+            key,
+            scope=scope,
+            state_dir=events_dir,
+            dry_run=dry_run,
+            trust=_job_trust(job, scope),
         )
     if op == "export":
         with transfer(fds[0], to_job=True, deadline=_transfer_deadline(settings)) as fd:

@@ -233,6 +233,7 @@ def test_a_local_miss_pulls_then_restores(monkeypatch, store, state_dir):
 def test_a_corrupt_local_blob_is_repaired_from_the_fleet(monkeypatch, store, state_dir):
     calls = Calls()
     corrupt = CacheMiss("cache entry 'k' rejected and quarantined: blob sha256:22 fails")
+    corrupt.corrupt = True  # as restore_entry flags a miss after quarantining
     monkeypatch.setattr(wiring, "restore_entry", fake_restore([corrupt, HIT]))
     result = wiring.restore_with_remote(store, "k", make_fleet(calls), state_dir=state_dir)
     assert result["repaired"] is True

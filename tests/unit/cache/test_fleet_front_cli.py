@@ -91,6 +91,7 @@ def test_restore_from_the_fleet_reports_the_repair(env, capsys, monkeypatch):
     calls = Calls()
     use_fleet(monkeypatch, calls)
     corrupt = CacheMiss("cache entry 'k' rejected and quarantined: blob sha256:22 is bad")
+    corrupt.corrupt = True  # as restore_entry flags a miss after quarantining
     monkeypatch.setattr(wiring, "restore_entry", fake_restore([corrupt, dict(HIT, images=[])]))
     code, out, _err = run(capsys, "cache", "restore", "--key", "k", "--no-service")
     assert code == 0 and calls.pulls == ["k"]
