@@ -40,7 +40,7 @@ from .cache.trust import push_decision
 from .cleanup import stages
 from .cleanup.report import CleanupReport
 from .disk.budget import cache_quota, cleanup_targets
-from .errors import CacheMiss, ConfigError, RunnerkeepError
+from .errors import CacheMiss, ConfigError, DockerCommandError, RunnerkeepError
 from .events import record_event
 from .textutil import escape_text
 
@@ -94,8 +94,9 @@ Trust = tuple  # tuple[bool, str, str]
 
 class FleetTier:
     """The fleet tier as one command sees it: its settings (None: no remote, or --no-remote)
-    and how to reach it. ``connect``, ``pull``, ``push`` and ``prune`` default to the real
-    registry client and ``cache.remote_pull`` / ``cache.remote_push``; tests hand in others.
+    and how to reach it. ``connect``, ``pull``, ``restore_fleet``, ``push`` and ``prune``
+    default to the real registry client and ``cache.remote_pull`` / ``remote_restore`` /
+    ``remote_push`` / ``remote_prune``; tests hand in others.
     ``limits``: the store's disk rules a pull keeps (``cache_settings``' ``reserve`` and
     ``max_size``), or a callable giving them, called once when a pull first needs them (the
     quota may measure the disk budget: a command that never pulls never pays for it)."""
@@ -109,9 +110,11 @@ class FleetTier:
         push: Callable[..., dict[str, Any]] | None = None,
         prune: Callable[..., dict[str, Any]] | None = None,
         limits: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
+        restore_fleet: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self._limits = limits
+        self._restore_fleet = restore_fleet
         self._connect = connect or _connect_registry
         self._pull = pull
         self._push = push
@@ -158,6 +161,18 @@ class FleetTier:
             self._pull = pull_entry
         reserve, max_size = self.limits()
         return self._pull(
+            store, key, client, progress=progress, reserve=reserve, max_size=max_size, scope=scope
+        )
+
+    def restore_from_fleet(
+        self, store: Store, key: str, client: Any, progress=None, scope: str = TRUSTED
+    ) -> dict[str, Any]:
+        if self._restore_fleet is None:
+            from .cache.remote_restore import restore_from_fleet
+
+            self._restore_fleet = restore_from_fleet
+        reserve, max_size = self.limits()
+        return self._restore_fleet(
             store, key, client, progress=progress, reserve=reserve, max_size=max_size, scope=scope
         )
 
@@ -282,16 +297,21 @@ def restore_with_remote(
     if dry_run:
         return _would_pull(key, fleet, local_reason)
     if corrupt:
+        # A repair fetches only what the store lacks (the quarantined blobs), then restores.
         _event(state_dir, op="restore", result="corrupt", key=key, reason=local_reason)
-    pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress, scope)
-    _event(
-        state_dir,
-        op="repair" if corrupt else "pull",
-        result="repaired" if corrupt else "pulled",
-        key=key,
-        bytes_fetched=pulled.get("bytes_fetched", 0),
-    )
-    result = restore_entry(store, key, scope=scope, state_dir=state_dir, progress=progress)
+        pulled = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress, scope)
+        _event(
+            state_dir,
+            op="repair",
+            result="repaired",
+            key=key,
+            bytes_fetched=pulled.get("bytes_fetched", 0),
+        )
+        result = restore_entry(store, key, scope=scope, state_dir=state_dir, progress=progress)
+    else:
+        where = (local_reason, state_dir, start)
+        result = _restore_from_fleet(store, key, fleet, where, progress, scope)
+        pulled = result.pop("pulled", None) or {}
     result.update(
         source="fleet",
         remote=fleet.url,
@@ -319,7 +339,10 @@ def _touch(key: str, fleet: FleetTier, state_dir: str | None) -> dict[str, Any]:
         foreseen = isinstance(exc, (RunnerkeepError, OSError))
         failure = _failure(exc, fleet.url) if foreseen else _unforeseen(exc, "the touch")
         touched = {"key": key, "result": "touch_failed", "reason": failure}
-    _event(state_dir, op="touch", result=touched.get("result"), key=key)
+    if touched.get("result") in ("touched", "touch_failed"):
+        # a write to the registry, or a failed one; a fresh key (used within the hour) is
+        # the common case and no news
+        _event(state_dir, op="touch", result=touched["result"], key=key)
     return touched
 
 
@@ -339,6 +362,38 @@ def _hit_event(state_dir: str | None, key: str, result: dict[str, Any]) -> None:
     )
 
 
+def _restore_from_fleet(
+    store: Store,
+    key: str,
+    fleet: FleetTier,
+    where: tuple[str, str | None, float],
+    progress: Callable[[int], None] | None,
+    scope: str,
+) -> dict[str, Any]:
+    """A local miss restored from the fleet tier in one pass (``restore_from_fleet``: with
+    nothing of the key on the host each layer is hashed once and loaded as it arrives; else
+    pull then restore). It records no event of its own: the pull's and the hit's are
+    recorded here (one hit for a fleet-served restore, no miss). ``where``: the local
+    miss's reason, the state dir, the restore's start."""
+    local_reason, state_dir, start = where
+
+    def step(client: Any) -> dict[str, Any]:
+        return fleet.restore_from_fleet(store, key, client, progress=progress, scope=scope)
+
+    result = _pull_or_miss(store, key, fleet, local_reason, state_dir, start, progress, step=step)
+    pulled = result.get("pulled") or {}
+    _event(
+        state_dir,
+        op="pull",
+        result="pulled",
+        key=key,
+        bytes_fetched=pulled.get("bytes_fetched", 0),
+        overlapped=bool(result.get("overlapped")),
+    )
+    _hit_event(state_dir, key, result)
+    return result
+
+
 def _pull_or_miss(
     store: Store,
     key: str,
@@ -348,13 +403,19 @@ def _pull_or_miss(
     start: float,
     progress: Callable[[int], None] | None,
     scope: str = TRUSTED,
+    step: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """pull_entry, any failure of it as the restore's CacheMiss (one line, with both reasons).
+    """pull_entry (or ``step`` with the client), any failure of it as the restore's CacheMiss
+    (one line, with both reasons), except the engine's (exit 1, as a local restore's).
     ``scope``: the requester's (an untrusted job's pull never evicts to make room)."""
     error_type = None
     try:
         with fleet.client() as client:
+            if step is not None:
+                return step(client)
             return fleet.pull_entry(store, key, client, progress=progress, scope=scope)
+    except DockerCommandError:
+        raise  # the engine failed the load: not the fleet tier's miss
     except (RunnerkeepError, OSError) as exc:
         if isinstance(exc, ConfigError) and not isinstance(exc, CacheMiss):
             raise  # a setting to fix (credentials file, URL): exit 2, as for any bad setting

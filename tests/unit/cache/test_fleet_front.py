@@ -162,8 +162,16 @@ def make_fleet(calls, *, push=True, pull_error=None, push_error=None, connect_er
             raise push_error
         return {"key": key, "index_digest": "sha256:" + "3" * 64, "bytes_sent": 10, "blobs_sent": 1}
 
+    def restore_fleet(store, key, client, progress=None, **limits):
+        # restore_from_fleet's sequential path: pull, then restore (no event of its own)
+        pulled = pull(store, key, client, progress=progress, **limits)
+        result = wiring.restore_entry(store, key, progress=progress)
+        return dict(result, pulled=pulled, overlapped=False)
+
     settings = SimpleNamespace(url=URL, push=push, credentials_file=None)
-    return wiring.FleetTier(settings, connect=connect, pull=pull, push=do_push)
+    return wiring.FleetTier(
+        settings, connect=connect, pull=pull, push=do_push, restore_fleet=restore_fleet
+    )
 
 
 @pytest.fixture
@@ -223,11 +231,11 @@ def test_a_local_miss_pulls_then_restores(monkeypatch, store, state_dir):
     assert result["pulled"]["bytes_fetched"] == 2048
     assert "no cache entry" in result["local_miss"]
     assert calls.clients[0].closed
-    # The first try records no event (its outcome depends on the fleet), the second its own.
+    # Neither the local try nor restore_from_fleet records an event (the outcome depends on
+    # the fleet): the front door records the pull, then the hit, once.
     assert restore.seen[0].get("state_dir") is None
-    assert restore.seen[1]["state_dir"] == state_dir
-    # The pull is recorded; the real second restore records its hit itself.
-    assert cache_events(state_dir) == [("pull", "pulled")]
+    assert restore.seen[1].get("state_dir") is None
+    assert cache_events(state_dir) == [("pull", "pulled"), ("restore", "hit")]
 
 
 def test_a_corrupt_local_blob_is_repaired_from_the_fleet(monkeypatch, store, state_dir):

@@ -168,7 +168,7 @@ def test_a_restore_falls_through_to_a_miss_within_max_duration(monkeypatch, stor
 
     try:
         section = {"url": f"http://127.0.0.1:{peer.port}/r", "timeout": 2, "max_duration": 1}
-        fleet = wiring.FleetTier(remote_settings({"remote": section}), pull=pull)
+        fleet = wiring.FleetTier(remote_settings({"remote": section}), restore_fleet=pull)
         monkeypatch.setattr(wiring, "restore_entry", fake_restore([CacheMiss("no entry for k")]))
         with pytest.raises(CacheMiss, match="max_duration") as caught:
             wiring.restore_with_remote(store, "k", fleet, state_dir=state_dir)

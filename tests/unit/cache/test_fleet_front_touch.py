@@ -66,6 +66,19 @@ def test_a_fleet_restore_by_a_runner_that_may_push_touches_the_key(
     assert ("touch", "touched") in cache_events(state_dir)
 
 
+def test_a_fresh_key_is_reported_but_records_no_event(monkeypatch, store, state_dir):
+    def touch(client, key, now):
+        return {"key": key, "result": "fresh", "index_digest": "sha256:" + "4" * 64}
+
+    monkeypatch.setattr(remote_push, "touch_key", touch)
+    monkeypatch.setattr(wiring, "restore_entry", fake_restore([corrupt_miss(), HIT]))
+    result = wiring.restore_with_remote(
+        store, "k", make_fleet(Calls()), state_dir=state_dir, trust=TRUSTED
+    )
+    assert result["touched"]["result"] == "fresh"
+    assert all(op != "touch" for op, _ in cache_events(state_dir))
+
+
 @pytest.mark.parametrize(
     "trust, push", [(FORK, True), (TRUSTED, False), (None, True)], ids=["fork", "pull-only", "none"]
 )
