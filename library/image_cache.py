@@ -105,7 +105,8 @@ options:
         C(allow_http)), C(credentials_file) (a file holding C(USER:PASSWORD), readable by the
         store's owner only; never the password itself), C(ca_file) (the registry's CA),
         C(push) (push after each save; default false), C(timeout) (seconds per network
-        operation; default 30) and C(allow_http) (default false).
+        operation; default 30), C(max_duration) (how long a pull, push or prune may take as a
+        whole; default 30m) and C(allow_http) (default false).
       - An unknown key or a bad value fails the task naming it.
     type: dict
   no_remote:
