@@ -224,6 +224,18 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def scale(session: nox.Session) -> None:
+    """What a fleet run costs per host (docs/scale.md): controller CPU, each runner's CPU and
+    wall time of provision/maintain/fleet_report/cache restore on N runners:
+    `nox -s scale -- --runners 1,3,10 [--json FILE] [--baseline FILE] [--check-targets]`.
+    Not in the default run; its 3-runner form is tests/integration/test_scale.py."""
+    session.install(*HARNESS_DEPS)
+    _ensure_engine(session)
+    session.run("python", "tools/build_zipapp.py")
+    session.run("python", "tools/scale.py", *(session.posargs or ["--runners", "3"]), env=_env())
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Speed targets as ratios against baselines measured in the same run."""
     session.install(*HARNESS_DEPS)
