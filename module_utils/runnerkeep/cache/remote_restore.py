@@ -49,7 +49,7 @@ from .remote_pull import (
     space_guard,
     store_errors_as_miss,
 )
-from .restore import _ensure_tags, daemon_images, loaded_lines, restore_entry
+from .restore import _ensure_tags, daemon_images, engine_tags, loaded_lines, restore_entry
 from .save import _new_entry
 from .store import TRUSTED, Store, as_store, entry_blobs, entry_name, validate_key, write_all
 from .tar_reader import BLOCK, blob_member_name
@@ -170,17 +170,20 @@ def _overlapped_locked(
     ids = [image["id"] for image in entry["images"]]
     if daemon_images(ids) or blobs_held(entry, held_chains(socket_path, entry_chains(entry))):
         return None
-    length = entry_archive_length(entry)
+    # The load applies the archive's RepoTags: only the tags restore's rule lets reach the
+    # engine go in (a pulled key never re-points another image's name); the entry keeps all.
+    loadable, not_retagged = engine_tags(entry)
+    length = entry_archive_length(loadable)
     announce_total(puller.progress, length)
-    stream = _ArchiveStream(puller, entry, configs, images)
-    load_image_archive(socket_path, length, stream.write, done_when=loaded_lines(entry))
+    stream = _ArchiveStream(puller, loadable, configs, images)
+    load_image_archive(socket_path, length, stream.write, done_when=loaded_lines(loadable))
     puller.commit_blobs()
     entry_digest = store.write_entry(entry)
     present = daemon_images(ids)
     missing = [i for i in ids if i not in present]
     if missing:
         raise DockerCommandError(f"docker load finished but the daemon lacks {', '.join(missing)}")
-    retagged = _ensure_tags(entry, present)
+    retagged = _ensure_tags(loadable, present)
     store.touch_entry(entry_name(key))
     return {
         "key": key,
@@ -193,6 +196,7 @@ def _overlapped_locked(
         "loaded_via": "engine-api",
         "bytes_left_out": 0,
         "retagged": retagged,
+        "not_retagged": not_retagged,
         "overlapped": True,
         "pulled": {
             "key": key,

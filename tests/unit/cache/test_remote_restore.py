@@ -94,3 +94,16 @@ def test_gzip_layers_take_the_pull_then_restore_path(engine, target):
     result = restore_from_fleet(target, "k", registry)
     assert result["overlapped"] is False and result["loaded"] is True
     assert sha(config) in engine.images
+
+
+def test_the_one_pass_load_never_re_points_a_name_another_image_holds(registry, engine, target):
+    other = random_layer(30_000, "other")
+    other_id = sha(config_for([other], "other"))
+    engine.add_image(config_for([other], "other"), ["app:1"])  # the name already holds an image
+    result = restore_from_fleet(target, "k", registry)
+    assert result["overlapped"] is True and result["loaded"] is True
+    assert result["not_retagged"] == ["app:1"]
+    assert engine.images[other_id]["RepoTags"] == ["app:1"]  # still the image it named
+    assert APP_ID in engine.images and "app:1" not in engine.images[APP_ID]["RepoTags"]
+    entry, _ = load_checked_entry(target, "k")
+    assert entry["images"][0]["tags"] == ["app:1"]  # the stored entry keeps every tag
