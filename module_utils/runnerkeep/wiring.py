@@ -409,6 +409,7 @@ def _pull_or_miss(
     (one line, with both reasons), except the engine's (exit 1, as a local restore's).
     ``scope``: the requester's (an untrusted job's pull never evicts to make room)."""
     error_type = None
+    failure = ""
     try:
         with fleet.client() as client:
             if step is not None:

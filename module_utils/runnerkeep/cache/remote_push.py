@@ -246,7 +246,7 @@ class _Pusher:
         back. Distribution keeps a blob's existing data file on upload (its storage is content
         addressed), so there only the cache host can replace it: reported, with what to do."""
         with contextlib.suppress(RemoteMiss):  # gone already: the upload is the heal
-            delete_blob(self.client, digest)
+            self.client.delete_blob(digest)
         self._upload(digest, size)
         if remote_blob_is_good(self.client, digest, size):
             self.healed.append(digest)
@@ -299,16 +299,6 @@ def remote_blob_is_good(client: Any, digest: str, size: int) -> bool:
     except (RemoteMiss, RemoteDataError):
         return False
     return received == size and "sha256:" + hasher.hexdigest() == digest
-
-
-def delete_blob(client: Any, digest: str) -> None:
-    """DELETE the repository's blob ``digest`` (RemoteMiss when absent). The registry client
-    has no such call yet: its generic bounded exchange is used meanwhile."""
-    delete = getattr(client, "delete_blob", None)
-    if delete is not None:
-        delete(digest)
-        return
-    client._call("DELETE", f"{client.base}/blobs/{digest}", f"delete blob {digest}", ok=(202, 200))
 
 
 def _layer_descriptor(layer: dict[str, Any]) -> dict[str, Any]:

@@ -308,6 +308,13 @@ class RegistryClient:
             "DELETE", f"{self.base}/manifests/{digest}", f"delete manifest {digest}", ok=(202, 200)
         )
 
+    def delete_blob(self, digest: str) -> None:
+        """DELETE the blob ``digest`` from the repository (RemoteMiss when absent; RemoteError
+        with code UNSUPPORTED when deletes are disabled). Distribution removes the repository's
+        link only: an upload of the same digest afterwards keeps its stored data."""
+        _check_digest(digest)
+        self._call("DELETE", f"{self.base}/blobs/{digest}", f"delete blob {digest}", ok=(202, 200))
+
     # --- exchanges ---------------------------------------------------------------------------
 
     def _call(
