@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import weakref
 from pathlib import Path
 
 import pytest
@@ -150,12 +153,16 @@ class Consumer:
         # The group_vars a user sets first; these fit the harness's 1 GiB cache disk.
         (root / "group_vars" / "runners.yml").write_text(yaml.safe_dump(FLEET_VARS))
         (root / "site.yml").write_text(SITE)
+        # SSH's control sockets need a short path (108 bytes): pytest's tmp dirs under a
+        # parallel worker are too deep for them.
+        self.control_dir = tempfile.mkdtemp(prefix="rkcp-", dir="/tmp")
+        weakref.finalize(self, shutil.rmtree, self.control_dir, True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
         self.env.pop("PYTHONPATH", None)
         self.env.update(
             ANSIBLE_CONFIG=str(root / "ansible.cfg"),
             ANSIBLE_LOCAL_TEMP=str(root / ".tmp"),
-            ANSIBLE_SSH_CONTROL_PATH_DIR=str(root / ".cp"),
+            ANSIBLE_SSH_CONTROL_PATH_DIR=self.control_dir,
             ANSIBLE_NOCOLOR="1",
         )
 

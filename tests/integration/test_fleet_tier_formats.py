@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import subprocess
+import tarfile
 import uuid
 
 import pytest
@@ -51,6 +52,13 @@ def image(tmp_path_factory):
     base, app = f"{prefix}/base:1", f"{prefix}/app:1"
     tarball = os.path.join(work, "base.tar")
     _base_tarball(tarball)
+    # A base of its own: other tests import the same tiny base, and a daemon already holding
+    # its layer would send the one-pass restore down the incremental path.
+    marker = os.path.join(work, "marker")
+    with open(marker, "w") as f:
+        f.write(prefix)
+    with tarfile.open(tarball, "a") as tar:
+        tar.add(marker, arcname="etc/rkfleet-marker")
     docker("import", tarball, base)
     try:
         build_image(app, base, [3 * MiB, 1 * MiB], work)
