@@ -241,35 +241,37 @@ def _path(section: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def _timeout(value: Any) -> float:
+def _duration(value: Any, default: float, limit: float, complaint: str) -> float:
+    """Seconds from a duration (30s, 5m) or a number; ``complaint`` when it is not one above 0
+    and at most ``limit``."""
     if value in (None, ""):
-        return DEFAULT_TIMEOUT
+        return default
     try:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
         seconds = float(parse_duration(value))
     except (ConfigError, ValueError, OverflowError):
         seconds = math.nan
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT:
-        raise ConfigError(
-            "cache.remote.timeout: expected a duration above 0 and at most 1h, such as 30s "
-            "or a number of seconds"
-        )
+    if not math.isfinite(seconds) or not 0 < seconds <= limit:
+        raise ConfigError(complaint)
     return seconds
+
+
+def _timeout(value: Any) -> float:
+    return _duration(
+        value,
+        DEFAULT_TIMEOUT,
+        MAX_TIMEOUT,
+        "cache.remote.timeout: expected a duration above 0 and at most 1h, such as 30s "
+        "or a number of seconds",
+    )
 
 
 def _max_duration(value: Any) -> float:
-    if value in (None, ""):
-        return DEFAULT_MAX_DURATION
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError
-        seconds = float(parse_duration(value))
-    except (ConfigError, ValueError, OverflowError):
-        seconds = math.nan
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_MAX_DURATION:
-        raise ConfigError(
-            "cache.remote.max_duration: expected a duration above 0 and at most 24h, such as "
-            "30m (how long a pull, push or prune may take as a whole)"
-        )
-    return seconds
+    return _duration(
+        value,
+        DEFAULT_MAX_DURATION,
+        MAX_MAX_DURATION,
+        "cache.remote.max_duration: expected a duration above 0 and at most 24h, such as "
+        "30m (how long a pull, push or prune may take as a whole)",
+    )
