@@ -247,6 +247,16 @@ def _pull_locked(
             entry_images, puller, entry_digest = _fetch_and_commit(
                 store, key, client, images, progress, url, index_digest, guard
             )
+    repaired = sorted(set(puller.fetched) & (puller.quarantined | store.quarantined_blobs()))
+    report = pulled_report(key, url, index_digest, entry_digest, puller, repaired)
+    report["images"] = [{"id": i["id"], "tags": i["tags"]} for i in entry_images]
+    return report
+
+
+def pulled_report(
+    key: str, url: str, index_digest: str, entry_digest: str, puller: _Puller, repaired: list
+) -> dict[str, Any]:
+    """What a pull reports (pull_entry's result, the one-pass restore's ``pulled``)."""
     return {
         "key": key,
         "result": "pulled",
@@ -255,9 +265,8 @@ def _pull_locked(
         "blobs_fetched": len(puller.fetched),
         "bytes_fetched": puller.bytes_fetched,
         "blobs_present": puller.present,
-        "repaired": sorted(set(puller.fetched) & (puller.quarantined | store.quarantined_blobs())),
+        "repaired": repaired,
         "pulled_from": url,
-        "images": [{"id": i["id"], "tags": i["tags"]} for i in entry_images],
     }
 
 

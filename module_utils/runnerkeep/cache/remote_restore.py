@@ -44,6 +44,7 @@ from .remote_pull import (
     keep_quota,
     key_images,
     pull_entry,
+    pulled_report,
     remote_url,
     remove_dead_temps,
     space_guard,
@@ -198,17 +199,7 @@ def _overlapped_locked(
         "retagged": retagged,
         "not_retagged": not_retagged,
         "overlapped": True,
-        "pulled": {
-            "key": key,
-            "result": "pulled",
-            "index_digest": index_digest,
-            "entry_digest": entry_digest,
-            "blobs_fetched": len(puller.fetched),
-            "bytes_fetched": puller.bytes_fetched,
-            "blobs_present": puller.present,
-            "repaired": [],
-            "pulled_from": url,
-        },
+        "pulled": pulled_report(key, url, index_digest, entry_digest, puller, []),
     }
 
 
