@@ -128,7 +128,11 @@ def run_demo(fleet: Fleet) -> list[tuple[str, bool, str]]:
     step(f"{three.name}: restore {KEY}, rot a local blob, restore again (repair from the fleet)")
     code, first = cli(three, "cache", "restore", "--key", KEY)
     results.append(
-        (f"{three.name} restored from the fleet", code == 0 and first.get("source") == "fleet", "")
+        (
+            f"{three.name} restored from the fleet",
+            code == 0 and first.get("source") == "fleet",
+            f"image {image_id(three)[:19]}",
+        )
     )
     bad = three.exec(["sh", "-c", ROT, "rot", STORE]).stdout.strip()
     print(f"   rotted blob sha256:{bad[:16]}... in {three.name}'s store")
