@@ -148,6 +148,19 @@ def parse_count_or_percent(value: Any, total: int, what: str) -> int:
     return number
 
 
+def watermarks(reserve: int, peak: int, hysteresis: int, unit: str) -> dict[str, int]:
+    """The free-space marks of one unit ("bytes" or "inodes"): R, R + P, R + 2P and the
+    pre/post cleanup targets one hysteresis above critical and warning."""
+    r, p, h = reserve, peak, hysteresis
+    return {
+        f"emergency_free_{unit}": r,
+        f"critical_free_{unit}": r + p,
+        f"warning_free_{unit}": r + 2 * p,
+        f"pre_target_free_{unit}": r + p + h,
+        f"post_target_free_{unit}": r + 2 * p + h,
+    }
+
+
 def _peak(
     peaks: list[int], floor: int, pct: float, min_jobs: int, describe: Callable[[int], str]
 ) -> tuple[int, str]:
@@ -268,13 +281,7 @@ def _byte_marks(
         f"Job peak P: {peak_words}; P = {fmt(p)}.",
         f"Hysteresis H = {settings['hysteresis']} of C = {fmt(h)}.",
     ]
-    work.values.update(
-        emergency_free_bytes=r,
-        critical_free_bytes=r + p,
-        warning_free_bytes=r + 2 * p,
-        pre_target_free_bytes=r + p + h,
-        post_target_free_bytes=r + 2 * p + h,
-    )
+    work.values.update(watermarks(r, p, h, "bytes"))
     work.words.append(
         f"Watermarks: emergency below R = {fmt(r)} free; critical below R + P = {fmt(r + p)}; "
         f"warning below R + 2P = {fmt(r + 2 * p)}."
@@ -412,13 +419,7 @@ def _inode_marks(
     )
     peak, peak_words = _peak(list(inputs.peaks_inodes), floor, percentile_rank, min_jobs, _count)
     r, p, h = reserve, peak, hysteresis  # the letters of the explanation
-    work.values.update(
-        emergency_free_inodes=r,
-        critical_free_inodes=r + p,
-        warning_free_inodes=r + 2 * p,
-        pre_target_free_inodes=r + p + h,
-        post_target_free_inodes=r + 2 * p + h,
-    )
+    work.values.update(watermarks(r, p, h, "inodes"))
     work.words.append(
         f"Inodes: capacity {capacity:,}; reserve {settings['reserve_inodes']} = {r:,}; job peak: "
         f"{peak_words}; hysteresis {h:,}. Watermarks: emergency below {r:,}, critical below "
