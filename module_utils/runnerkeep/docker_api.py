@@ -555,38 +555,77 @@ def load_image_archive(
     fail the load. The caller checks the images in the daemon itself afterwards. Empty: the
     answer is read to its end, as ``docker load`` does.
     """
-    engine = _engine(socket_path)
-    sock = _connect(socket_path, ANSWER_TIMEOUT)
-    try:
-        idle = STREAM_IDLE_TIMEOUT
-        _stream_timeout(sock, socket.SO_SNDTIMEO, idle)
-        enlarge_send_buffer(sock)
+    with ImageLoad(socket_path, length) as load:
+        load.send(write_body)
+        return load.finish(done_when)
+
+
+class ImageLoad:
+    """One ``POST /images/load`` in steps (load_image_archive's rules): the head is sent on
+    creation, ``send(write)`` writes part of the body (as often as needed, in order),
+    ``finish(done_when)`` reads the answer. Between the parts the caller may do other work,
+    e.g. wait for the engine to finish an earlier load. ``close()`` before the whole body
+    was sent cuts the archive: the engine loads nothing from it."""
+
+    def __init__(self, socket_path: str, length: int) -> None:
+        self.socket_path = socket_path
+        self.length = length
+        self.sent = 0
+        self.engine = _engine(socket_path)
+        self.sock = _connect(socket_path, ANSWER_TIMEOUT)
         try:
-            sock.sendall(_load_head(length))
-            sent = write_body(sock.fileno())
+            _stream_timeout(self.sock, socket.SO_SNDTIMEO, STREAM_IDLE_TIMEOUT)
+            enlarge_send_buffer(self.sock)
+            self.sock.sendall(_load_head(length))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def __enter__(self) -> ImageLoad:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, write: Callable[[int], int]) -> None:
+        """Write part of the body: ``write(fd)`` returns the bytes it wrote."""
+        try:
+            self.sent += write(self.sock.fileno())
         except (BrokenPipeError, ConnectionResetError):
             # The engine stopped reading: its answer says why.
-            said = _answer(sock, _Deadline(ANSWER_TIMEOUT))
+            said = _answer(self.sock, _Deadline(ANSWER_TIMEOUT))
             raise DockerCommandError(f"docker load stopped early: {said}") from None
         except BlockingIOError:
             raise EngineStalled(
-                f"{engine} stopped reading the image archive (nothing for {idle:g}s)"
+                f"{self.engine} stopped reading the image archive "
+                f"(nothing for {STREAM_IDLE_TIMEOUT:g}s)"
             ) from None
-        if sent != length:
+
+    def finish(self, done_when: Collection[str] = ()) -> str:
+        """The engine's answer once the whole body was sent (see load_image_archive)."""
+        if self.sent != self.length:
             raise DockerCommandError(
-                f"internal error: the archive was {sent} bytes, announced as {length}"
+                f"internal error: the archive was {self.sent} bytes, announced as {self.length}"
             )
         # The engine answers once it has registered what it lacks: time that grows with the
         # archive.
-        wait = _Deadline(ANSWER_TIMEOUT + length / LOAD_MIN_RATE)
+        wait = _Deadline(ANSWER_TIMEOUT + self.length / LOAD_MIN_RATE)
         try:
-            return _answer(sock, wait, done_when, raise_errors=True)
+            return _answer(self.sock, wait, done_when, raise_errors=True)
         except socket.timeout:
             raise EngineStalled(
-                f"{engine} did not answer the image load within {wait.seconds:.0f}s of its end"
+                f"{self.engine} did not answer the image load within {wait.seconds:.0f}s of its end"
             ) from None
-    finally:
-        sock.close()
+
+
+def remove_image(socket_path: str, image_id: str) -> bool:
+    """``DELETE /images/ID`` (untagged, not forced: an image a container uses stays); True
+    when the engine removed it or never had it."""
+    status, _data = get_json(socket_path, f"/images/{_path_ref(image_id)}", method="DELETE")
+    return status in (200, 404)
 
 
 def _load_head(length: int) -> bytes:

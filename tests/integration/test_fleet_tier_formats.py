@@ -19,7 +19,8 @@ import uuid
 import pytest
 from cache_fixtures import MiB, _base_tarball, build_image, docker, image_id, rmi
 from harness.registry import LocalRegistry
-from runnerkeep.cache import Store, restore_entry, save_entry, verify_store
+from runnerkeep.cache import Store, batched_load, restore_entry, save_entry, verify_store
+from runnerkeep.cache.batched_load import PARTIAL_LABEL
 from runnerkeep.cache.remote_layout import (
     DOCKER_MANIFEST,
     GZIP_LAYER_TYPES,
@@ -170,7 +171,22 @@ def test_what_runnerkeep_pushes_is_read_by_skopeo_and_docker_pull(registry, imag
         assert image_id(by_digest) == image["id"]
 
 
-def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path):
+def stand_ins() -> list[str]:
+    """The stand-in images of a batched one-pass restore the daemon holds (batched_load)."""
+    listed = docker("images", "-q", "--no-trunc", "--filter", f"label={PARTIAL_LABEL}")
+    return listed.stdout.split()
+
+
+@pytest.fixture(params=[False, True], ids=["one-archive", "batches"])
+def batches(request, monkeypatch):
+    """The one-pass restore as one archive, or in batches of layers (of 1 MiB: the last,
+    1 MiB, layer is a batch of its own)."""
+    if request.param:
+        monkeypatch.setattr(batched_load, "BATCH_BYTES", 1 * MiB)
+    return request.param
+
+
+def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path, batches):
     """Nothing of the key on the host: the layers go into the engine as they arrive, and the
     local entry is committed too (the next restore is a local hit)."""
     source = Store(str(tmp_path / "source"), key_file=None)
@@ -181,7 +197,9 @@ def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path):
         with absent(image, f"{image['base']}"):
             restored = restore_from_fleet(store, "one-pass", client)
             assert restored["overlapped"] is True and restored["loaded"] is True
+            assert (restored["load_batches"] > 1) is batches
             assert image_id(image["tag"]) == image["id"]
+            assert stand_ins() == []
             assert restored["pulled"]["bytes_fetched"] > 4 * MiB
         assert verify_store(store)["ok"]
         assert restore_entry(store, "one-pass")["loaded"] is False  # a local hit now
@@ -190,7 +208,7 @@ def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path):
         assert again["overlapped"] is False and again["loaded"] is False
 
 
-def test_a_layer_rotten_in_the_registry_loads_nothing_in_one_pass(image, tmp_path):
+def test_a_layer_rotten_in_the_registry_loads_nothing_in_one_pass(image, tmp_path, batches):
     source = Store(str(tmp_path / "source"), key_file=None)
     save_entry(source, "rot", [image["tag"]], check_space=False)
     entry, _ = source.read_entry("rot")
@@ -210,4 +228,5 @@ def test_a_layer_rotten_in_the_registry_loads_nothing_in_one_pass(image, tmp_pat
                 restore_from_fleet(store, "rot", client)
             assert caught.value.corrupt and last in str(caught.value)
             assert image_id(image["tag"]) is None and image_id(image["id"]) is None
+            assert stand_ins() == []  # the first batch's stand-in was removed again
     assert store.list_keys() == [] and store.list_blobs() == {}

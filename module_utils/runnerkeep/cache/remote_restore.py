@@ -6,7 +6,8 @@ The archive is the one ``restore_entry`` would send for the entry the pull is ab
 commit, ``manifest.json`` last: a layer that fails its digest stops the stream before it,
 so the engine tags nothing, and nothing is committed locally either. Once the engine has the
 whole archive the verified blobs and the entry are committed as ``pull_entry`` commits them,
-so the next restore is a local hit.
+so the next restore is a local hit. A single image of more than one batch of layers goes in
+batches instead (batched_load), so the engine unpacks one batch while the next arrives.
 
 Otherwise (no local engine socket, a gzip layer, a layer already stored or held by the
 daemon, an image already present) it is ``pull_entry`` (only what the store lacks) then
@@ -30,6 +31,7 @@ from .archive_writer import (
     archive_metadata,
     entry_archive_length,
 )
+from .batched_load import BatchedLoad, PartialLoadRefused, layer_batches
 from .hashing import HashThread
 from .partial import blobs_held, entry_chains, held_chains
 from .progress import announce_total
@@ -174,10 +176,10 @@ def _overlapped_locked(
     # The load applies the archive's RepoTags: only the tags restore's rule lets reach the
     # engine go in (a pulled key never re-points another image's name); the entry keeps all.
     loadable, not_retagged = engine_tags(entry)
-    length = entry_archive_length(loadable)
-    announce_total(puller.progress, length)
-    stream = _ArchiveStream(puller, loadable, configs, images)
-    load_image_archive(socket_path, length, stream.write, done_when=loaded_lines(loadable))
+    loaded = _load(store, key, puller, loadable, configs, images, socket_path)
+    if loaded is None:
+        return None
+    length, batches = loaded
     puller.commit_blobs()
     entry_digest = store.write_entry(entry)
     present = daemon_images(ids)
@@ -195,12 +197,54 @@ def _overlapped_locked(
         "loaded": True,
         "bytes_loaded": length,
         "loaded_via": "engine-api",
+        "load_batches": batches,
         "bytes_left_out": 0,
         "retagged": retagged,
         "not_retagged": not_retagged,
         "overlapped": True,
         "pulled": pulled_report(key, url, index_digest, entry_digest, puller, []),
     }
+
+
+def _load(
+    store: Store,
+    key: str,
+    puller: _Puller,
+    loadable: dict[str, Any],
+    configs: dict[str, bytes],
+    images: list[RemoteImage],
+    socket_path: str,
+) -> tuple[int, int] | None:
+    """Stream ``loadable`` into the engine as its layers arrive: one image of several
+    batches of layers in batches (batched_load), anything else as one archive. Returns the
+    bytes sent and the number of loads; None when the engine refused a batch that leaves out
+    the layers it holds (the caller then pulls and restores)."""
+    described = {layer["digest"]: layer for image in images for layer in image.layers}
+    hasher = HashThread(count=PULL_BUFFERS)
+    try:
+        [*others, image] = loadable["images"]
+        if not others and len(layer_batches(image["layers"])) > 1:
+
+            def fetch(layer: dict[str, Any], out: Callable[[Any], None]) -> None:
+                digest = layer["digest"]
+                path, got = puller.fetch_layer(described[digest], digest, False, hasher, also=out)
+                puller.fetched_blob(digest, path, got)
+
+            config = configs[image["config"]["digest"]]
+            batched = BatchedLoad(socket_path, loadable, config, fetch, f"{store.root}#{key}")
+            announce_total(puller.progress, batched.length())
+            try:
+                batched.run(loaded_lines(loadable))
+            except PartialLoadRefused:
+                return None
+            return batched.length(), len(batched.batches)
+        length = entry_archive_length(loadable)
+        announce_total(puller.progress, length)
+        stream = _ArchiveStream(puller, loadable, configs, described, hasher)
+        load_image_archive(socket_path, length, stream.write, done_when=loaded_lines(loadable))
+        return length, 1
+    finally:
+        hasher.close()
 
 
 def _entry_images(images: list[RemoteImage], configs: dict[str, bytes]) -> list[dict[str, Any]]:
@@ -246,12 +290,14 @@ class _ArchiveStream:
         puller: _Puller,
         entry: dict[str, Any],
         configs: dict[str, bytes],
-        images: list[RemoteImage],
+        described: dict[str, dict[str, Any]],
+        hasher: HashThread,
     ) -> None:
         self.puller = puller
         self.entry = entry
         self.configs = configs
-        self.described = {layer["digest"]: layer for image in images for layer in image.layers}
+        self.described = described
+        self.hasher = hasher
         self.out_fd = -1
         self.total = 0
 
@@ -261,24 +307,20 @@ class _ArchiveStream:
 
     def write(self, out_fd: int) -> int:
         self.out_fd = out_fd
-        hasher = HashThread(count=PULL_BUFFERS)
-        try:
-            for name in BLOB_DIRECTORIES:
-                self._out(_tar_header(name, 0, tarfile.DIRTYPE, 0o755))
-            for digest, size in entry_blobs(self.entry).items():
-                self._out(_tar_header(blob_member_name(digest), size))
-                if digest in self.configs:
-                    self._out(self.configs[digest])
-                else:
-                    path, got = self.puller.fetch_layer(
-                        self.described[digest], digest, False, hasher, also=self._out
-                    )
-                    self.puller.fetched_blob(digest, path, got)
-                self._out(bytes((-size) % BLOCK))
-            # Every layer verified: only now the metadata, manifest.json last.
-            for name, data in archive_metadata(self.entry):
-                self._out(_tar_header(name, len(data)) + data + bytes((-len(data)) % BLOCK))
-            self._out(END_OF_ARCHIVE)
-        finally:
-            hasher.close()
+        for name in BLOB_DIRECTORIES:
+            self._out(_tar_header(name, 0, tarfile.DIRTYPE, 0o755))
+        for digest, size in entry_blobs(self.entry).items():
+            self._out(_tar_header(blob_member_name(digest), size))
+            if digest in self.configs:
+                self._out(self.configs[digest])
+            else:
+                path, got = self.puller.fetch_layer(
+                    self.described[digest], digest, False, self.hasher, also=self._out
+                )
+                self.puller.fetched_blob(digest, path, got)
+            self._out(bytes((-size) % BLOCK))
+        # Every layer verified: only now the metadata, manifest.json last.
+        for name, data in archive_metadata(self.entry):
+            self._out(_tar_header(name, len(data)) + data + bytes((-len(data)) % BLOCK))
+        self._out(END_OF_ARCHIVE)
         return self.total

@@ -8,7 +8,8 @@ and its images cannot be arranged per test without touching other tests' images.
 answers the few endpoints runnerkeep uses, the way engine 20.10 does, and records what it was
 sent, so a test can check the bytes on the wire (which layers were sent, Content-Length).
 
-- ``GET /info``, ``GET /images/json?all=1``, ``GET /images/REF/json``, ``POST /images/ID/tag``
+- ``GET /info``, ``GET /images/json?all=1``, ``GET /images/REF/json``, ``POST /images/ID/tag``,
+  ``DELETE /images/ID`` (the image; its layers' chains stay held while another image lists them)
 - ``POST /images/load``: reads the tar; like 20.10 a layer whose chain the fake holds is not
   looked for in the archive (``refuse_partial=True``: every layer must be there, as with the
   containerd image store); registers the images and their chains.
@@ -59,6 +60,7 @@ class FakeEngine:
         self.export: bytes | None = None
         self.export_cut: int | None = None
         self.export_error: str | None = None
+        self.deleted: list[str] = []
         self.lock = threading.Lock()
         self.recorded = threading.Condition()
         self.stall: tuple[str, str] | None = None
@@ -128,12 +130,14 @@ class FakeEngine:
             return False, "unexpected EOF"
         try:
             with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+                names = [m.name for m in tar if m.isfile()]
                 members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except (tarfile.TarError, OSError) as exc:
             return False, f"archive/tar: {exc}"
-        record["members"] = sorted(members)
+        record["members"] = [m for m in names if m in members]  # in archive order
         if "manifest.json" not in members:
             return False, "open manifest.json: no such file or directory"
+        said = []
         for item in json.loads(members["manifest.json"]):
             config = members[item["Config"]]
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
@@ -144,9 +148,21 @@ class FakeEngine:
                     return False, f"content digest {diff_id}: not found"
                 if sha(members[path]) != diff_id:
                     return False, f"invalid diffID for layer: expected {diff_id}"
-            self.add_image(config, item.get("RepoTags") or [])
+            tags = item.get("RepoTags") or []
+            image_id = self.add_image(config, tags)
+            said += [f"Loaded image: {tag}" for tag in tags] or [f"Loaded image ID: {image_id}"]
         record["loaded"] = True
-        return True, "Loaded image"
+        return True, "\n".join(said) + "\n"
+
+    def remove(self, image_id: str) -> bool:
+        """DELETE /images/ID: the image gone; chains no other image lists are no longer held."""
+        if self.images.pop(image_id, None) is None:
+            return False
+        self.deleted.append(image_id)
+        self.chains = set()
+        for image in self.images.values():
+            self.chains.update(chains_of(image["RootFS"]["Layers"]))
+        return True
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -219,6 +235,17 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.export_error:
             error = {"errorDetail": {"message": fake.export_error}, "error": fake.export_error}
             self.wfile.write(json.dumps(error).encode() + b"\r\n")
+
+    def do_DELETE(self) -> None:
+        fake = self.fake
+        fake.requests.append(self.requestline)
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        with fake.lock:
+            removed = parts[:1] == ["images"] and fake.remove("/".join(parts[1:]))
+        if removed:
+            self._json(200, [{"Deleted": "/".join(parts[1:])}])
+        else:
+            self._json(404, {"message": "No such image"})
 
     def do_POST(self) -> None:
         fake = self.fake
