@@ -354,8 +354,11 @@ def test_a_restore_killed_mid_way_then_restored_again_and_the_stand_ins_pruned(l
 # --- rotten blobs, the registry dying ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["flipped", "truncated", "extended"])
 @pytest.mark.parametrize("rotten", [0, 2, 4], ids=["first-batch", "middle-batch", "last-batch"])
-def test_a_blob_rotten_in_the_registry_leaves_nothing_anywhere(lab, rotten):
+def test_a_blob_rotten_in_the_registry_leaves_nothing_anywhere(lab, rotten, how):
+    """Bytes changed in place, the blob cut short, or bytes added: the registry serves what
+    its disk holds."""
     tag = lab.tag("rot")
     layers = [layer() for _ in range(5)]  # batches [0, 1], [2, 3], [4]
     [want] = lab.publish("rot", [([tag], layers)])
@@ -364,8 +367,14 @@ def test_a_blob_rotten_in_the_registry_leaves_nothing_anywhere(lab, rotten):
         lab.reg.storage_dir, "docker/registry/v2/blobs/sha256", digest[:2], digest, "data"
     )
     with open(data, "r+b") as handle:
-        handle.seek(LAYER // 2)
-        handle.write(b"rot")
+        if how == "flipped":
+            handle.seek(LAYER // 2)
+            handle.write(b"rot")
+        elif how == "truncated":
+            handle.truncate(LAYER // 2)
+        else:
+            handle.seek(0, os.SEEK_END)
+            handle.write(bytes(4096))
     store = lab.store()
     with pytest.raises(RemoteCacheMiss) as caught:
         lab.restore(store, "rot")
