@@ -19,18 +19,20 @@ holds their layers, and on any failure; one left by a killed restore is an untag
 host's cleanup prunes (``docker images --filter label=io.runnerkeep.partial``).
 
 An engine that wants every layer in every archive (the containerd image store) refuses the
-second batch: PartialLoadRefused, and the caller restores another way.
+second batch, naming a layer it was not sent: PartialLoadRefused, and the caller restores
+another way (keeping the layers already fetched). Any other refusal is the engine's error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import tarfile
 from typing import Any, Callable, Union
 
-from ..docker_api import ImageLoad, remove_image
+from ..docker_api import EngineStalled, ImageLoad, remove_image
 from ..errors import DockerCommandError
 from .archive_writer import BLOB_DIRECTORIES, END_OF_ARCHIVE, _tar_header, archive_metadata
 from .store import write_all
@@ -63,11 +65,14 @@ def layer_batches(layers: list[dict[str, Any]], batch_bytes: int | None = None) 
 
 
 def stand_in_config(config: dict[str, Any], diff_ids: list[str], label: str) -> bytes:
-    """The config of the stand-in image holding ``diff_ids``: the platform of the real one."""
+    """The config of the stand-in image holding ``diff_ids``: the platform of the real one,
+    created now (a cleaner's minimum age then spares a stand-in in use)."""
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return json.dumps(
         {
             "architecture": config.get("architecture") or "amd64",
             "os": config.get("os") or "linux",
+            "created": created,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
             "config": {"Labels": {PARTIAL_LABEL: label}},
         },
@@ -165,13 +170,13 @@ class BatchedLoad:
                     if waiting is not None:
                         # Read once this batch's layers are in: the engine unpacked meanwhile.
                         earlier, waiting = waiting, None
-                        _finish(*earlier, leaves_out=number > 1)
+                        _finish(*earlier, self.left_out(number - 1))
                     load.send(lambda fd, batch=batch: _write(fd, batch.tail))
                 except BaseException:
                     load.close()  # a cut archive: the engine loads nothing of it
                     raise
                 if number == len(self.batches) - 1:
-                    _finish(load, done_when, leaves_out=number > 0)
+                    _finish(load, done_when, self.left_out(number))
                     return
                 waiting = (load, [f"Loaded image ID: {self.stand_ins[number]}"])
         finally:
@@ -179,20 +184,23 @@ class BatchedLoad:
                 # Its archive is whole: the engine registers it whatever happens now; wait for
                 # that before the stand-ins are removed.
                 with contextlib.suppress(DockerCommandError, OSError):
-                    _finish(*waiting, leaves_out=False)
+                    _finish(*waiting, [])
+
+    def left_out(self, number: int) -> list[str]:
+        """The layers below batch ``number``, named by its manifest but not in its archive."""
+        return [layer["digest"] for batch in self.batches[:number] for layer in batch.layers]
 
     def _layers(self, fd: int, batch: _Batch) -> int:
+        """The batch's directories and layers (each exactly its size, or fetch raises)."""
+
+        def out(data: memoryview | bytes) -> None:
+            write_all(fd, memoryview(data))
+
         sent = _write(fd, batch.head)
         for layer in batch.layers:
             sent += _write(fd, _tar_header(blob_member_name(layer["digest"]), layer["size"]))
-            counted = [0]
-
-            def out(data: memoryview | bytes, counted: list[int] = counted) -> None:
-                write_all(fd, memoryview(data))
-                counted[0] += len(data)
-
             self.fetch(layer, out)
-            sent += counted[0] + _write(fd, bytes((-layer["size"]) % BLOCK))
+            sent += layer["size"] + _write(fd, bytes((-layer["size"]) % BLOCK))
         return sent
 
 
@@ -201,14 +209,17 @@ def _write(fd: int, data: bytes) -> int:
     return len(data)
 
 
-def _finish(load: ImageLoad, done_when: list[str], leaves_out: bool) -> None:
-    """Read ``load``'s answer and close it; a refusal of an archive that ``leaves_out`` the
-    layers the engine holds is PartialLoadRefused."""
+def _finish(load: ImageLoad, done_when: list[str], left_out: list[str]) -> None:
+    """Read ``load``'s answer and close it. A refusal that names a layer ``left_out`` of the
+    archive (the containerd image store: "content digest sha256:...: not found") is
+    PartialLoadRefused; any other refusal is the engine's error, raised as it is."""
     try:
         load.finish(done_when)
     except DockerCommandError as exc:
-        if leaves_out and type(exc) is DockerCommandError:
-            raise PartialLoadRefused(str(exc)) from None
+        said = str(exc)
+        stalled = isinstance(exc, EngineStalled)
+        if not stalled and any(digest.split(":")[-1] in said for digest in left_out):
+            raise PartialLoadRefused(said) from None
         raise
     finally:
         load.close()

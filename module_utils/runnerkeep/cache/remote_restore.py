@@ -218,7 +218,8 @@ def _load(
     """Stream ``loadable`` into the engine as its layers arrive: one image of several
     batches of layers in batches (batched_load), anything else as one archive. Returns the
     bytes sent and the number of loads; None when the engine refused a batch that leaves out
-    the layers it holds (the caller then pulls and restores)."""
+    the layers it holds (the layers fetched are committed; the caller pulls the rest and
+    restores)."""
     described = {layer["digest"]: layer for image in images for layer in image.layers}
     hasher = HashThread(count=PULL_BUFFERS)
     try:
@@ -236,6 +237,9 @@ def _load(
             try:
                 batched.run(loaded_lines(loadable))
             except PartialLoadRefused:
+                # The layers fetched so far are verified: kept, so the pull that follows
+                # fetches only the rest.
+                puller.commit_blobs()
                 return None
             return batched.length(), len(batched.batches)
         length = entry_archive_length(loadable)

@@ -143,11 +143,6 @@ class FullEngine(FakeEngine):
         return super().load(body, announced)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="any engine error on batch >= 2 is taken as PartialLoadRefused: the restore "
-    "downloads every layer a second time (pull_entry) instead of reporting the engine's error",
-)
 def test_an_engine_error_on_a_later_batch_is_reported_not_taken_as_a_refusal(
     monkeypatch, registry, target
 ):
@@ -163,12 +158,6 @@ def test_an_engine_error_on_a_later_batch_is_reported_not_taken_as_a_refusal(
         close(engine)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on PartialLoadRefused the layers the first pass fetched and verified are thrown "
-    "away with its temp area and pull_entry downloads every one again: an engine with the "
-    "containerd image store pays twice the download on every restore",
-)
 def test_an_engine_that_wants_every_layer_costs_no_second_download(monkeypatch, registry, target):
     engine = make_engine(monkeypatch, refuse_partial=True)
     try:
