@@ -171,10 +171,11 @@ def test_what_runnerkeep_pushes_is_read_by_skopeo_and_docker_pull(registry, imag
         assert image_id(by_digest) == image["id"]
 
 
-def stand_ins() -> list[str]:
-    """The stand-in images of a batched one-pass restore the daemon holds (batched_load)."""
-    listed = docker("images", "-q", "--no-trunc", "--filter", f"label={PARTIAL_LABEL}")
-    return listed.stdout.split()
+def stand_ins(store: Store, key: str) -> list[str]:
+    """The stand-in images of a batched one-pass restore of ``key`` into ``store`` that the
+    daemon holds (batched_load; other tests' restores run beside these on the same engine)."""
+    label = f"label={PARTIAL_LABEL}={store.root}#{key}"
+    return docker("images", "-q", "--no-trunc", "--filter", label).stdout.split()
 
 
 @pytest.fixture(params=[False, True], ids=["one-archive", "batches"])
@@ -199,7 +200,7 @@ def test_restore_from_the_fleet_in_one_pass(registry, image, tmp_path, batches):
             assert restored["overlapped"] is True and restored["loaded"] is True
             assert (restored["load_batches"] > 1) is batches
             assert image_id(image["tag"]) == image["id"]
-            assert stand_ins() == []
+            assert stand_ins(store, "one-pass") == []
             assert restored["pulled"]["bytes_fetched"] > 4 * MiB
         assert verify_store(store)["ok"]
         assert restore_entry(store, "one-pass")["loaded"] is False  # a local hit now
@@ -228,5 +229,5 @@ def test_a_layer_rotten_in_the_registry_loads_nothing_in_one_pass(image, tmp_pat
                 restore_from_fleet(store, "rot", client)
             assert caught.value.corrupt and last in str(caught.value)
             assert image_id(image["tag"]) is None and image_id(image["id"]) is None
-            assert stand_ins() == []  # the first batch's stand-in was removed again
+            assert stand_ins(store, "rot") == []  # the first batch's stand-in was removed again
     assert store.list_keys() == [] and store.list_blobs() == {}
