@@ -24,6 +24,8 @@ from .remote_layout import (
     GZIP_LAYER_TYPES,
     INDEX_TYPES,
     KEY_ANNOTATION,
+    MANIFEST_TYPES,
+    MAX_IMAGES,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER,
@@ -34,6 +36,7 @@ from .remote_layout import (
     BadRemoteData,
     RemoteCacheMiss,
     canonical,
+    descriptor,
     index_key,
     index_pushed,
     parse_json_object,
@@ -104,7 +107,8 @@ def push_entry(
                 raise RemoteCacheMiss(
                     f"cache entry '{name}' not pushed, quarantined: {exc}", corrupt=True
                 ) from None
-            index = build_index(key, manifests, _provenance(entry, provenance), time.time())
+            kept = other_platforms(client, key, manifests)
+            index = build_index(key, manifests + kept, _provenance(entry, provenance), time.time())
             index_digest = client.put_manifest(key, OCI_INDEX, index)
     except LockHeldError as exc:
         raise RemoteCacheMiss(f"cannot push key '{key}': {exc}") from None
@@ -118,12 +122,61 @@ def push_entry(
         "bytes_sent": pusher.blob_bytes_sent + pusher.manifest_bytes_sent + len(index),
         "blob_bytes_sent": pusher.blob_bytes_sent,
         "manifests": [m["digest"] for m in manifests],
+        # Other platforms' images the key's index already listed (a runner of another
+        # architecture pushed them): kept beside this push's.
+        "platforms_kept": [m["digest"] for m in kept],
         "remote": str(getattr(getattr(client, "settings", None), "url", "") or ""),
         "duration": round(time.monotonic() - start, 3),
         "blobs_verified": pusher.blobs_verified,
         "healed": pusher.healed,
         "not_healed": pusher.not_healed,
     }
+
+
+def other_platforms(client: Any, key: str, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The image descriptors of the key's current index whose platform none of ``manifests``
+    has: one key then serves a fleet of several architectures (a pull takes its own
+    platform's images). Only from runnerkeep's index of this very key, only well-formed image
+    descriptors with a platform, at most MAX_IMAGES in all. Two runners of different
+    platforms pushing the same key at the same instant: the later index wins, and the other
+    platform's next save puts its images back."""
+    try:
+        current = client.get_manifest(key, INDEX_TYPES)
+    except RemoteMiss:
+        return []  # a new key
+    try:
+        document = parse_json_object(current.data, f"the index of key '{key}'")
+    except BadRemoteData:
+        return []
+    listed = document.get("manifests")
+    if index_key(document) != key or not isinstance(listed, list):
+        return []  # not runnerkeep's index of this key: replaced, as before
+    ours = {_platform_of(m.get("platform")) for m in manifests}
+    kept: list[dict[str, Any]] = []
+    for item in listed:
+        where = _platform_of(item.get("platform")) if isinstance(item, dict) else None
+        if where is None or where in ours or item.get("mediaType") not in MANIFEST_TYPES:
+            continue
+        try:
+            descriptor(item, f"an image of key '{key}'")
+        except BadRemoteData:
+            continue
+        if len(manifests) + len(kept) >= MAX_IMAGES:
+            break
+        kept.append(item)
+    return kept
+
+
+def _platform_of(value: Any) -> tuple[str, str, str] | None:
+    """(os, architecture, variant) of a descriptor's platform; None when it names none."""
+    if not isinstance(value, dict):
+        return None
+    os_name, arch, variant = value.get("os"), value.get("architecture"), value.get("variant", "")
+    if not all(isinstance(part, str) for part in (os_name, arch, variant)) or not (
+        os_name and arch
+    ):
+        return None
+    return (os_name, arch, variant)
 
 
 def _checked_entry(store: Store, name: str) -> dict[str, Any]:
