@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cachetest_helpers import config_for, sha
+from cachetest_helpers import config_for, legacy_archive, sha
 from runnerkeep.remote.errors import RemoteDataError, RemoteMiss
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -193,3 +193,18 @@ def docker_image(
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def registry_with_key(work: Any, images: list[tuple[list[str], list[bytes]]], key: str = "k"):
+    """A FakeRegistry holding ``key``, pushed by runnerkeep from an entry of ``images`` (tags,
+    layers) imported into a store under the directory ``work`` (a pathlib.Path)."""
+    from runnerkeep.cache import Store, import_archive
+    from runnerkeep.cache.remote_push import push_entry
+
+    source = Store(str(work / "src"), key_file=None)
+    archive = work / "app.tar"
+    archive.write_bytes(legacy_archive(images))
+    import_archive(source, key, str(archive))
+    fake = FakeRegistry()
+    push_entry(source, key, fake)
+    return fake

@@ -13,13 +13,12 @@ import shutil
 import tempfile
 
 import pytest
-from cachetest_helpers import config_for, legacy_archive, random_layer, sha
+from cachetest_helpers import config_for, random_layer, sha
 from fake_engine import FakeEngine, chains_of
-from remote_fakes import FakeRegistry
-from runnerkeep.cache import Store, batched_load, import_archive, verify_store
+from remote_fakes import registry_with_key
+from runnerkeep.cache import Store, batched_load, verify_store
 from runnerkeep.cache.batched_load import PARTIAL_LABEL, layer_batches
 from runnerkeep.cache.remote_layout import RemoteCacheMiss
-from runnerkeep.cache.remote_push import push_entry
 from runnerkeep.cache.remote_restore import restore_from_fleet
 from runnerkeep.cache.tar_reader import blob_member_name
 
@@ -55,12 +54,7 @@ def engine(monkeypatch):
 
 @pytest.fixture
 def registry(tmp_path):
-    source = Store(str(tmp_path / "src"), key_file=None)
-    archive = tmp_path / "app.tar"
-    archive.write_bytes(legacy_archive([(["app:1"], LAYERS)]))
-    import_archive(source, "k", str(archive))
-    fake = FakeRegistry()
-    push_entry(source, "k", fake)
+    fake = registry_with_key(tmp_path, [(["app:1"], LAYERS)])
     return fake
 
 

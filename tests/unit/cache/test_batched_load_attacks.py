@@ -13,12 +13,11 @@ import tempfile
 import threading
 
 import pytest
-from cachetest_helpers import legacy_archive, random_layer, sha
+from cachetest_helpers import random_layer, sha
 from fake_engine import STALL_LIMIT, FakeEngine
-from remote_fakes import FakeRegistry
+from remote_fakes import FakeRegistry, registry_with_key
 from runnerkeep import docker_api
-from runnerkeep.cache import Store, batched_load, import_archive
-from runnerkeep.cache.remote_push import push_entry
+from runnerkeep.cache import Store, batched_load
 from runnerkeep.cache.remote_restore import restore_from_fleet
 from runnerkeep.errors import DockerCommandError, RunnerkeepError
 
@@ -56,12 +55,7 @@ def engine(monkeypatch):
 
 @pytest.fixture
 def registry(tmp_path):
-    source = Store(str(tmp_path / "src"), key_file=None)
-    archive = tmp_path / "app.tar"
-    archive.write_bytes(legacy_archive([(["app:1"], LAYERS)]))
-    import_archive(source, "k", str(archive))
-    fake = FakeRegistry()
-    push_entry(source, "k", fake)
+    fake = registry_with_key(tmp_path, [(["app:1"], LAYERS)])
     fake.opened.clear()
     return fake
 

@@ -10,14 +10,13 @@ import shutil
 import tempfile
 
 import pytest
-from cachetest_helpers import config_for, legacy_archive, random_layer, sha
+from cachetest_helpers import config_for, random_layer, sha
 from fake_engine import FakeEngine
-from remote_fakes import FakeRegistry, docker_image
-from runnerkeep.cache import Store, import_archive, verify_store
+from remote_fakes import FakeRegistry, docker_image, registry_with_key
+from runnerkeep.cache import Store, verify_store
 from runnerkeep.cache.archive_writer import entry_archive_length
 from runnerkeep.cache.checks import load_checked_entry
 from runnerkeep.cache.remote_layout import RemoteCacheMiss
-from runnerkeep.cache.remote_push import push_entry
 from runnerkeep.cache.remote_restore import restore_from_fleet
 
 BASE = random_layer(2 << 20, "base")
@@ -39,12 +38,7 @@ def engine(monkeypatch):
 
 @pytest.fixture
 def registry(tmp_path):
-    source = Store(str(tmp_path / "src"), key_file=None)
-    archive = tmp_path / "app.tar"
-    archive.write_bytes(legacy_archive([(["app:1"], [BASE, APP])]))
-    import_archive(source, "k", str(archive))
-    fake = FakeRegistry()
-    push_entry(source, "k", fake)
+    fake = registry_with_key(tmp_path, [(["app:1"], [BASE, APP])])
     return fake
 
 
