@@ -19,7 +19,14 @@ import uuid
 import pytest
 from cache_fixtures import MiB, _base_tarball, build_image, docker, image_id, rmi
 from harness.registry import LocalRegistry
-from runnerkeep.cache import Store, batched_load, restore_entry, save_entry, verify_store
+from runnerkeep.cache import (
+    Store,
+    batched_load,
+    remote_push,
+    restore_entry,
+    save_entry,
+    verify_store,
+)
 from runnerkeep.cache.batched_load import PARTIAL_LABEL
 from runnerkeep.cache.remote_layout import (
     DOCKER_MANIFEST,
@@ -169,6 +176,32 @@ def test_what_runnerkeep_pushes_is_read_by_skopeo_and_docker_pull(registry, imag
     with absent(image, by_tag, by_digest):
         docker("pull", by_digest)
         assert image_id(by_digest) == image["id"]
+
+
+def test_a_key_pushed_from_two_platforms_serves_both(registry, image, tmp_path, monkeypatch):
+    """An arm64 runner pushed the key first (its platform patched in: this engine builds amd64
+    only), then this host: the index lists both, docker pull and runnerkeep's pull still take
+    this host's image."""
+    store = Store(str(tmp_path / "store"), key_file=None)
+    save_entry(store, "two-arch", [image["tag"]], check_space=False)
+    with client_for(registry, "fmt/two-arch") as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                remote_push, "_platform", lambda config: {"architecture": "arm64", "os": "linux"}
+            )
+            push_entry(store, "two-arch", client)
+        pushed = push_entry(store, "two-arch", client)
+        assert len(pushed["platforms_kept"]) == 1
+        by_tag = ref(registry, "fmt/two-arch", "two-arch")
+        raw = skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{by_tag}").stdout
+        arches = sorted(m["platform"]["architecture"] for m in json.loads(raw)["manifests"])
+        assert arches == ["amd64", "arm64"]
+        with absent(image, by_tag):
+            docker("pull", by_tag)
+            assert image_id(by_tag) == image["id"]
+        fresh = Store(str(tmp_path / "fresh"), key_file=None)
+        assert pull_entry(fresh, "two-arch", client)["result"] == "pulled"
+        assert verify_store(fresh)["ok"]
 
 
 def stand_ins(store: Store, key: str) -> list[str]:
