@@ -501,6 +501,25 @@ def test_two_keys_sharing_base_layers_restored_at_once_both_batched(lab, stores)
         assert "no such file or directory" in run.stderr, run.stderr
 
 
+def restore_pruning_the_first_stand_in(lab: Lab, store, key: str, min_age: str):
+    """Restore ``key``, running the dangling-image cleaner (``min_age``, scoped to this
+    restore's stand-ins) as soon as the engine has loaded the first stand-in. Returns the
+    restore's result and [what the cleaner removed]."""
+    label = f"{store.root}#{key}"
+    pruned: list[list[str]] = []
+    real_finish = batched_load._finish
+
+    def finish(load, done_when, leaves_out):
+        real_finish(load, done_when, leaves_out)
+        if not pruned and any("Loaded image ID" in line for line in done_when):
+            pruned.append(prune_stand_ins(lab, label, min_age=min_age))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batched_load, "_finish", finish)
+        result = lab.restore(store, key)
+    return result, pruned
+
+
 def test_the_hosts_cleanup_pruning_a_stand_in_between_batches_does_not_break_the_restore(lab):
     """docker-dangling-images (min_age 0s) runs while a restore is between batches and prunes
     the first batch's stand-in, whose layers the next batch leaves out."""
@@ -508,17 +527,7 @@ def test_the_hosts_cleanup_pruning_a_stand_in_between_batches_does_not_break_the
     [want] = lab.publish("pruned", [([tag], [layer() for _ in range(5)])])
     store = lab.store()
     label = f"{store.root}#pruned"
-    pruned: list[list[str]] = []
-    real_finish = batched_load._finish
-
-    def finish(load, done_when, leaves_out):
-        real_finish(load, done_when, leaves_out)
-        if not pruned and any("Loaded image ID" in line for line in done_when):
-            pruned.append(prune_stand_ins(lab, label))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(batched_load, "_finish", finish)
-        result = lab.restore(store, "pruned")
+    result, pruned = restore_pruning_the_first_stand_in(lab, store, "pruned", min_age="0s")
     assert len(pruned[0]) == 1  # the cleaner did prune the stand-in mid-restore
     assert result["overlapped"] is False  # the restore fell back to pull + restore
     assert_restored(result, want, tag)
@@ -532,18 +541,7 @@ def test_a_dangling_cleaner_with_a_min_age_leaves_an_in_flight_stand_in_alone(la
     tag = lab.tag("young")
     [want] = lab.publish("young", [([tag], [layer() for _ in range(5)])])
     store = lab.store()
-    label = f"{store.root}#young"
-    pruned: list[list[str]] = []
-    real_finish = batched_load._finish
-
-    def finish(load, done_when, leaves_out):
-        real_finish(load, done_when, leaves_out)
-        if not pruned and any("Loaded image ID" in line for line in done_when):
-            pruned.append(prune_stand_ins(lab, label, min_age="1h"))
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(batched_load, "_finish", finish)
-        result = lab.restore(store, "young")
+    result, pruned = restore_pruning_the_first_stand_in(lab, store, "young", min_age="1h")
     assert_restored(result, want, tag)
     assert pruned == [[]]  # a stand-in a second old is younger than min_age
     assert result["overlapped"] is True and result["load_batches"] == 3
