@@ -77,7 +77,10 @@ def _seed(fleet) -> None:
     first, second = fleet.hosts[0], fleet.hosts[1]
     first.exec(JOBS, timeout=300)
     drain = {"drained": True, "reason": "job needs 9.0 GiB free on /, 4.1 GiB there"}
-    drain["since"] = time.time() - 900
+    # Drained a minute ago: well inside admission.settle_time (10m), so the runner's watch
+    # timer, which runs every minute, cannot bring it back while the report is gathered
+    # (drained 15 minutes ago, it did when the host's disk state had been ok that long).
+    drain["since"] = time.time() - 60
     second.exec(f"cat > {DRAIN}", input=json.dumps(drain))
     lines = "".join(
         json.dumps({"time": time.time() - n, "what": "blob", "reason": "digest mismatch"}) + "\n"
