@@ -184,7 +184,9 @@ def drained(spec: dict) -> bool | None:
     if not cmd:
         return None
     if not os.access(cmd[0], os.X_OK):
-        return None  # not installed yet: the roles read it once they have installed it
+        # Not installed: no admission runs here, so nothing holds the runner drained (the
+        # watch reads a record an earlier install left once runnerkeep is back).
+        return False
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
     except (OSError, subprocess.TimeoutExpired):

@@ -34,9 +34,9 @@ OPTION_TYPES |= {"path", "raw", "sid", "str"}
 RETURN_TYPES = OPTION_TYPES | {"complex"}
 # validate-modules asks for an explicit no_log on options whose names look secret.
 SECRET_NAME = re.compile(r"(?:pass(?!ive)|secret|token|key)", re.I)
-SPEC_KEYS = {"type", "default", "choices", "required", "elements", "aliases", "no_log"}
+SPEC_KEYS = {"type", "default", "choices", "required", "elements", "aliases", "no_log", "options"}
 DOC_OPTION_KEYS = {"description", "type", "default", "choices", "required", "elements"}
-DOC_OPTION_KEYS |= {"aliases", "version_added"}
+DOC_OPTION_KEYS |= {"aliases", "version_added", "suboptions"}
 
 # Runs in a child: map the core under ansible.module_utils, import the module without running
 # it, and record what main() gives AnsibleModule. Prints one JSON line.
@@ -154,6 +154,11 @@ def _one_option(doc: dict, spec: dict, name: str) -> list[str]:
         problems.append("name looks secret: argument_spec must set no_log to true or false")
     if "no_log" in spec and not isinstance(spec["no_log"], bool):
         problems.append(f"no_log must be a bool, got {spec['no_log']!r}")
+    # The options of a list of dicts (or a dict) are documented as its suboptions.
+    if ("options" in spec) != ("suboptions" in doc):
+        problems.append("options in argument_spec need suboptions in the doc (and only they)")
+    elif "options" in spec:
+        problems += option_mismatches(doc["suboptions"], spec["options"])
     return problems
 
 
@@ -420,7 +425,8 @@ def test_the_option_check_passes_a_matching_pair():
         ("paths", {"aliases": []}, "paths: aliases"),
         ("key", {"description": ""}, "key: no description"),
         ("key", {"type": "string"}, "key: type"),
-        ("key", {"suboptions": {}}, "key: unexpected doc keys"),
+        ("key", {"sub_options": {}}, "key: unexpected doc keys"),
+        ("key", {"suboptions": {}}, "key: options in argument_spec need suboptions"),
     ],
 )
 def test_the_option_check_fails_on_a_bad_doc(option, change, expected):

@@ -54,23 +54,39 @@ def test_the_fragment_names_the_header_file_only_when_a_header_is_set(tmp_path):
 
 def test_the_header_is_written_root_only_and_never_logged():
     tasks = {task["name"]: task for task in role_file("tasks/main.yml")}
-    write = tasks["Write the webhook auth header to the secrets directory"]
-    copy = write["ansible.builtin.copy"]
-    assert copy["content"] == "{{ disk_monitor_webhook_auth_header }}\n"
-    assert copy["dest"] == "{{ disk_monitor_webhook_auth_file }}"
-    assert (copy["owner"], copy["group"], copy["mode"], copy["follow"]) == (
-        "root",
-        "root",
-        "0600",
-        False,
-    )
-    assert write["no_log"] is True
-    remove = tasks["Remove the webhook auth header when none is set"]
-    assert remove["ansible.builtin.file"]["state"] == "absent" and remove["no_log"] is True
+    layout = tasks["Lay out the disk watch (secrets, config fragment, textfile dir, units)"]
+    args, task_vars = layout["runnerkeep.runner.host_layout"], layout["vars"]
+    secret = task_vars["disk_monitor_webhook_auth_secret"]
+    assert secret == {
+        "path": "{{ disk_monitor_webhook_auth_file }}",
+        "content": "{{ disk_monitor_webhook_auth_header }}\n",
+        "mode": "0600",
+    }  # owner and group: the module's defaults, root
+    # Only among the secret files (content never shown, no diff); removed when unset.
+    assert "disk_monitor_webhook_auth_secret" in args["secret_files"]
+    assert "disk_monitor_webhook_auth_secret" not in args["files"]
+    assert "[disk_monitor_webhook_auth_file]" in args["absent"]
     options = role_file("meta/argument_specs.yml")["argument_specs"]["main"]["options"]
     spec = options["disk_monitor_webhook_auth_header"]
     assert spec["no_log"] is True and spec["default"] == ""
     assert role_file("defaults/main.yml")["disk_monitor_webhook_auth_header"] == ""
+
+
+def test_the_layout_module_never_shows_a_secret_file_content():
+    """host_layout's secret_files content is no_log (Ansible masks it in every output) and
+    gets no diff; the file's owner and mode default to root's."""
+    import importlib.util
+
+    path = os.path.join(ROLE, "..", "..", "library", "host_layout.py")
+    spec = importlib.util.spec_from_file_location("host_layout_doc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    secret_options = module.ARGUMENT_SPEC["secret_files"]["options"]
+    assert secret_options["content"]["no_log"] is True
+    assert (secret_options["owner"]["default"], secret_options["group"]["default"]) == (
+        "root",
+        "root",
+    )
 
 
 def test_the_watch_reads_the_header_the_role_wrote(tmp_path):

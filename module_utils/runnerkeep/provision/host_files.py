@@ -1,0 +1,209 @@
+"""Directories, files, removals and ``NAME=value`` lines, each written without following a
+link a job may have planted: paths are opened with O_NOFOLLOW, files are replaced by a rename
+of a temp file written beside them (a link in the way is replaced, never written through)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from typing import Any
+
+from .changes import Changes, LayoutError
+from .ownership import fix_owner_and_mode, group_id, parse_mode, user_id
+
+# What a managed file may hold: configs, unit files, scripts. Past this it is not one of ours.
+MAX_FILE_BYTES = 1024 * 1024
+_DIFF_MAX_BYTES = 64 * 1024
+
+
+def ensure_directory(spec: dict[str, Any], changes: Changes) -> None:
+    """``path`` is a directory (parents made 0755) with this owner and mode."""
+    path, mode = spec["path"], parse_mode(spec["mode"], spec["path"])
+    info = _lstat(path)
+    if info is None:
+        changes.note(path, "created")
+        changes.diff(path, "absent\n", "directory\n")
+        if changes.check_mode:
+            return
+        _make_parents(os.path.dirname(path) or "/")
+        os.mkdir(path, 0o700)
+    elif stat.S_ISLNK(info.st_mode):
+        raise LayoutError(f"{path} is a symlink where a directory belongs: remove it and run again")
+    elif not stat.S_ISDIR(info.st_mode):
+        raise LayoutError(f"{path} exists and is not a directory: move it away and run again")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fix_owner_and_mode(fd, path, spec["owner"], spec["group"], mode, changes)
+    finally:
+        os.close(fd)
+
+
+def ensure_file(spec: dict[str, Any], changes: Changes, secret: bool = False) -> None:
+    """``path`` holds ``content`` with this owner and mode. With ``random_bytes`` it is made
+    once from that many random bytes (a key) and then only kept in owner and mode; without
+    either, an existing file only gets its owner and mode (one another step writes)."""
+    path, mode = spec["path"], parse_mode(spec["mode"], spec["path"])
+    content, random_bytes = spec.get("content"), spec.get("random_bytes")
+    fd, old = _open_regular(path)
+    if fd is not None:
+        try:
+            if content is None or old == content.encode("utf-8"):
+                fix_owner_and_mode(fd, path, spec["owner"], spec["group"], mode, changes)
+                return
+        finally:
+            os.close(fd)
+    elif content is None and not random_bytes:
+        if changes.check_mode:
+            return
+        raise LayoutError(f"{path} does not exist (it is not this task's to create)")
+    if content is None:  # random_bytes: made once, its bytes never shown
+        data, secret = os.urandom(random_bytes), True
+    else:
+        data = content.encode("utf-8")
+    changes.note(path, "created" if old is None and fd is None else "content")
+    changes.note_content(path)
+    if not secret:
+        changes.diff(path, _text(old), _text(data))
+    if not changes.check_mode:
+        _replace(path, data, spec["owner"], spec["group"], mode)
+
+
+def ensure_absent(path: str, changes: Changes) -> None:
+    """No file or link at ``path`` (a directory there is refused, not removed)."""
+    info = _lstat(path)
+    if info is None:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        raise LayoutError(f"{path} is a directory where a file was managed: remove it by hand")
+    changes.note(path, "removed")
+    changes.note_content(path)
+    changes.diff(path, "present\n", "absent\n")
+    if not changes.check_mode:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def ensure_lines(path: str, lines: dict[str, str], changes: Changes) -> None:
+    """Each ``NAME=value`` of ``lines`` in the file at ``path``: the last line starting with
+    ``NAME=`` is replaced, or the line is added at the end. A new file is root's, 0644; an
+    existing one keeps its owner and mode (it is the runner's own file)."""
+    fd, old = _open_regular(path)
+    if fd is None:
+        owner, group, mode = 0, 0, 0o644
+    else:
+        info = os.fstat(fd)
+        owner, group, mode = info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+        os.close(fd)
+    text = (old or b"").decode("utf-8", errors="surrogateescape")
+    new = _with_lines(text, lines)
+    if old is not None and new == text:
+        return
+    changes.note(path, "created" if old is None else "content")
+    changes.note_content(path)
+    changes.diff(path, text, new)
+    if not changes.check_mode:
+        _make_parents(os.path.dirname(path) or "/")
+        _replace_ids(path, new.encode("utf-8", errors="surrogateescape"), owner, group, mode)
+
+
+def _with_lines(text: str, lines: dict[str, str]) -> str:
+    rows = text.splitlines()
+    for name, value in lines.items():
+        line = f"{name}={value}"
+        hits = [i for i, row in enumerate(rows) if row.startswith(f"{name}=")]
+        if hits:
+            rows[hits[-1]] = line
+        else:
+            rows.append(line)
+    return "".join(row + "\n" for row in rows)
+
+
+def _make_parents(directory: str) -> None:
+    """Missing parent directories, root's and 0755 whatever the umask."""
+    if os.path.isdir(directory) or directory == os.path.dirname(directory):
+        return
+    _make_parents(os.path.dirname(directory))
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        return  # made meanwhile by someone else, or not a directory: the next step says so
+    os.chmod(directory, 0o755)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _open_regular(path: str) -> tuple[int | None, bytes | None]:
+    """(fd, content) of the regular file at ``path``; (None, None) when there is none, and
+    (None, b"") when a link or a special file is in the way (it will be replaced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, b""
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise LayoutError(f"{path} is a directory where a file belongs: move it away")
+        return None, b""
+    if info.st_size > MAX_FILE_BYTES:
+        return fd, None
+    chunks, left = [], MAX_FILE_BYTES + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return fd, b"".join(chunks)
+
+
+def _replace(path: str, data: bytes, owner: str, group: str, mode: int) -> None:
+    _replace_ids(path, data, user_id(owner, False), group_id(group, False), mode)
+
+
+def _replace_ids(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """A temp file beside ``path`` (owner and mode set before a byte is written, so a secret is
+    never readable by others), fsync, rename over whatever is at ``path``, fsync the dir."""
+    directory = os.path.dirname(path) or "/"
+    fd, tmp = tempfile.mkstemp(prefix=".rk-layout-", dir=directory)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _text(data: bytes | None) -> str:
+    if data is None:
+        return ""
+    if len(data) > _DIFF_MAX_BYTES:
+        return f"({len(data)} bytes)\n"
+    return data.decode("utf-8", errors="replace")
