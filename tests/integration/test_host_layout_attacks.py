@@ -948,3 +948,53 @@ def test_an_empty_cache_key_is_not_kept_by_image_cache(layout_fleet, host, tmp_p
         sh(host, f"rm -f {key}")
         run_roles(layout_fleet, tmp_path, "image_cache")
         host.exec(f"systemctl stop {TIMERS}", check=False)
+
+
+# --------------------------------------------------------------------------- two runs at once
+
+# host_layout's core as the module runs it (the installed release), started twice at once
+# behind a barrier: two provisioning runs that reach one host together (an operator's and a
+# pipeline's). Through ansible-playbook the overlap would depend on start-up timing.
+TWICE = """\
+import os, sys, time
+sys.path.insert(0, "/usr/local/lib/runnerkeep/lib")
+from runnerkeep.provision.layout import apply_layout
+root = "/srv/old-twice"
+params = {{
+    "directories": [
+        {{"path": root, "mode": "0755", "owner": "root", "group": "root"}},
+        {{"path": root + "/aside", "mode": "0700", "owner": "root", "group": "root"}},
+    ],
+    "reclaim": [{{"path": root, "policy": "root_state", "aside_dir": root + "/aside", "skip": []}}],
+}}
+while not os.path.exists("/tmp/rk-twice-go"):
+    time.sleep(0.01)
+try:
+    apply_layout(params, False, False, lambda argv: (0, "", ""))
+    print("ok")
+except Exception as exc:
+    print("{{}}: {{}}".format(type(exc).__name__, exc))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="two host_layout runs at once on an old tree: one fails ('No such file or directory' "
+    "for an entry the other moved aside, or 'File exists' for the aside dir it just made); "
+    "no lock, no tolerance of entries that vanish",
+)
+def test_two_runs_at_once_both_succeed(layout_fleet, host, tmp_path):
+    old_layout_tree(host, "/srv/old-twice")
+    as_job(host, "cd /srv/old-twice && for i in $(seq 5000); do ln -s /etc/shadow l$i; done")
+    host.exec(["sh", "-c", "rm -f /tmp/rk-twice-go; cat > /tmp/rk-twice.py"], input=TWICE.format())
+    out = sh(
+        host,
+        "rm -f /tmp/rk-twice-?; "
+        "for n in 1 2; do (python3 /tmp/rk-twice.py > /tmp/rk-twice-$n &); done; "
+        "sleep 1; touch /tmp/rk-twice-go; for i in $(seq 600); do "
+        "[ -s /tmp/rk-twice-1 ] && [ -s /tmp/rk-twice-2 ] && break; sleep 0.1; done; "
+        "cat /tmp/rk-twice-1 /tmp/rk-twice-2",
+        timeout=120,
+    )
+    assert out.split() == ["ok", "ok"], out
+    assert sh(host, "find /srv/old-twice -path /srv/old-twice/aside -prune -o -type l -print") == ""
