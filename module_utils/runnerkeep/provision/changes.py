@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..errors import RunnerkeepError
 
 SYSTEMD_UNIT_DIR = "/etc/systemd/system"
+
+
+def printable(path: str) -> str:
+    """``path`` as text a report can carry: a name a job wrote need not be UTF-8 (its bytes
+    are shown as \\xNN escapes)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 class LayoutError(RunnerkeepError):
@@ -24,7 +31,7 @@ class Changes:
         self.diffs: list[dict[str, Any]] = []
 
     def note(self, path: str, what: str) -> None:
-        self.by_path.setdefault(path, []).append(what)
+        self.by_path.setdefault(printable(path), []).append(what)
 
     def note_content(self, path: str) -> None:
         """A file was written, created or removed: units restart on it, systemd reloads."""
@@ -32,8 +39,9 @@ class Changes:
 
     def diff(self, path: str, before: str, after: str) -> None:
         if self.want_diff:
+            name = printable(path)
             self.diffs.append(
-                {"before_header": path, "after_header": path, "before": before, "after": after}
+                {"before_header": name, "after_header": name, "before": before, "after": after}
             )
 
     @property

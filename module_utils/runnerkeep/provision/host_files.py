@@ -43,11 +43,16 @@ def ensure_directory(spec: dict[str, Any], changes: Changes) -> None:
 
 def ensure_file(spec: dict[str, Any], changes: Changes, secret: bool = False) -> None:
     """``path`` holds ``content`` with this owner and mode. With ``random_bytes`` it is made
-    once from that many random bytes (a key) and then only kept in owner and mode; without
+    once from that many random bytes (a key) and then only kept in owner and mode (made again
+    only when it is shorter than that); without
     either, an existing file only gets its owner and mode (one another step writes)."""
     path, mode = spec["path"], parse_mode(spec["mode"], spec["path"])
     content, random_bytes = spec.get("content"), spec.get("random_bytes")
     fd, old = _open_regular(path)
+    if fd is not None and random_bytes and os.fstat(fd).st_size < random_bytes:
+        # A key shorter than asked (an empty file, a cut write) cannot be used: a new one.
+        os.close(fd)
+        fd, old = None, b""
     if fd is not None:
         try:
             if content is None or old == content.encode("utf-8"):

@@ -16,13 +16,25 @@ import os
 import stat
 from typing import Any
 
-from .changes import Changes
+from .changes import Changes, LayoutError, printable
 from .ownership import group_id, user_id
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
 def reclaim(spec: dict[str, Any], changes: Changes) -> None:
+    try:
+        _reclaim_tree(spec, changes)
+    except OSError as exc:
+        # A job named these entries: the message must survive names that are not UTF-8.
+        names = " -> ".join(printable(p) for p in (exc.filename, exc.filename2) if p)
+        raise LayoutError(
+            f"reclaiming {printable(spec['path'])} failed: {exc.strerror or exc} ({names}); "
+            "fix or remove that entry and run again"
+        ) from None
+
+
+def _reclaim_tree(spec: dict[str, Any], changes: Changes) -> None:
     root = spec["path"]
     if not os.path.isdir(root) or os.path.islink(root):
         return  # a check-mode run before the directory exists, or a tree not there yet
