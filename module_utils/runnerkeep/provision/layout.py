@@ -5,7 +5,11 @@ changes and writes nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from .accounts import ensure_group, ensure_user
@@ -15,13 +19,43 @@ from .reclaim import reclaim
 from .systemd_units import apply_units, systemd_runs
 
 Run = Callable[[list[str]], tuple[int, str, str]]
+LOCK_PATH = "/run/runnerkeep-host-layout.lock"
+LOCK_WAIT_SECONDS = 600.0
 
 
 def apply_layout(
     params: dict[str, Any], check_mode: bool, want_diff: bool, run: Run
 ) -> dict[str, Any]:
-    """The host_layout module's return values (library/host_layout.py RETURN)."""
+    """The host_layout module's return values (library/host_layout.py RETURN). Calls on one
+    host take turns (two provision runs at once would reclaim the same trees)."""
     _check_paths(params)
+    with _host_lock(LOCK_PATH, LOCK_WAIT_SECONDS):
+        return _apply(params, check_mode, want_diff, run)
+
+
+@contextlib.contextmanager
+def _host_lock(path: str, wait_seconds: float) -> Iterator[None]:
+    """An exclusive flock on ``path`` in root's /run (not /run/lock, which anyone may write)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LayoutError(
+                        f"another host_layout run has held {path} for {wait_seconds:.0f} s: "
+                        "let it finish (or find it with fuser) and run again"
+                    ) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _apply(params: dict[str, Any], check_mode: bool, want_diff: bool, run: Run) -> dict[str, Any]:
     changes = Changes(check_mode, want_diff)
     systemd = systemd_runs()
     for group in params.get("groups") or []:

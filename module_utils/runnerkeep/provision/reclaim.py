@@ -49,11 +49,13 @@ def _reclaim_tree(spec: dict[str, Any], changes: Changes) -> None:
 
 def _reclaim_root_state(directory: str, skip: set[str], aside: str, changes: Changes) -> None:
     skip = skip | {os.path.normpath(aside)}
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    for entry in _entries(directory):
         path = os.path.normpath(entry.path)
         if path in skip:
             continue
-        info = entry.stat(follow_symlinks=False)
+        info = _lstat(entry)
+        if info is None:
+            continue
         if stat.S_ISDIR(info.st_mode):
             _take_back(path, info, changes)
             _reclaim_root_state(path, skip, aside, changes)
@@ -63,6 +65,23 @@ def _reclaim_root_state(directory: str, skip: set[str], aside: str, changes: Cha
             _move_aside(path, aside, changes)
         else:
             _take_back(path, info, changes)
+
+
+def _entries(directory: str) -> list[os.DirEntry]:
+    """The directory's entries by name; none when it went away meanwhile."""
+    try:
+        with os.scandir(directory) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def _lstat(entry: os.DirEntry) -> os.stat_result | None:
+    """The entry's own stat; None when it went away meanwhile."""
+    try:
+        return entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _take_back(path: str, info: os.stat_result, changes: Changes) -> None:
@@ -77,15 +96,22 @@ def _take_back(path: str, info: os.stat_result, changes: Changes) -> None:
         # A job's program must not become setuid/setgid root by changing hands (chown clears
         # these bits; the chmod below must not put them back).
         mode &= ~(stat.S_ISUID | stat.S_ISGID)
-    os.chown(path, 0, 0, follow_symlinks=False)
-    os.chmod(path, mode)
+    # Through a descriptor of the entry itself: a link swapped in meanwhile is not followed.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _reclaim_store(
     directory: str, uid: int | None, gid: int | None, aside: str, changes: Changes
 ) -> None:
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-        info = entry.stat(follow_symlinks=False)
+    for entry in _entries(directory):
+        info = _lstat(entry)
+        if info is None:
+            continue
         if stat.S_ISLNK(info.st_mode):
             _move_aside(entry.path, aside, changes)
             continue
