@@ -61,7 +61,11 @@ options:
       path: {description: Absolute path., type: path, required: true}
       owner: {description: Owner., type: str, default: root}
       group: {description: Group., type: str, default: root}
-      mode: {description: Octal mode such as C(0755) or C(01730)., type: str, required: true}
+      mode:
+        description:
+          - A quoted octal string such as C("0755") or C("01730"); an integer is the mode itself (an unquoted YAML 0755).
+        type: raw
+        required: true
   reclaim:
     description:
       - >-
@@ -95,7 +99,7 @@ options:
         type: int
       owner: {description: Owner., type: str, default: root}
       group: {description: Group., type: str, default: root}
-      mode: {description: Octal mode., type: str, required: true}
+      mode: {description: 'Octal string such as C("0644"), or the mode as an integer.', type: raw, required: true}
       systemd: {description: Only where systemd runs (unit files)., type: bool, default: false}
   secret_files:
     description: Like O(files), but the content is never shown (no diff, not logged).
@@ -110,7 +114,7 @@ options:
         type: int
       owner: {description: Owner., type: str, default: root}
       group: {description: Group., type: str, default: root}
-      mode: {description: Octal mode., type: str, required: true}
+      mode: {description: 'Octal string such as C("0644"), or the mode as an integer.', type: raw, required: true}
       systemd: {description: Only where systemd runs., type: bool, default: false}
   absent:
     description: Files or links to remove (a directory there fails the task).
@@ -239,7 +243,7 @@ def _file_options(secret):
         random_bytes=dict(type="int"),
         owner=dict(type="str", default="root"),
         group=dict(type="str", default="root"),
-        mode=dict(type="str", required=True),
+        mode=dict(type="raw", required=True),
         systemd=dict(type="bool", default=False),
     )
 
@@ -265,7 +269,7 @@ ARGUMENT_SPEC = dict(
         path=dict(type="path", required=True),
         owner=dict(type="str", default="root"),
         group=dict(type="str", default="root"),
-        mode=dict(type="str", required=True),
+        mode=dict(type="raw", required=True),
     ),
     reclaim=_list(
         path=dict(type="path", required=True),

@@ -7,16 +7,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import tempfile
 from typing import Any
 
-from .changes import Changes, LayoutError
+from .changes import Changes, LayoutError, printable
 from .ownership import fix_owner_and_mode, group_id, parse_mode, user_id
 
 # What a managed file may hold: configs, unit files, scripts. Past this it is not one of ours.
 MAX_FILE_BYTES = 1024 * 1024
 _DIFF_MAX_BYTES = 64 * 1024
+_NAME_MAX = 255
+_RANDOM_MAX_BYTES = 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def ensure_directory(spec: dict[str, Any], changes: Changes) -> None:
@@ -48,6 +53,12 @@ def ensure_file(spec: dict[str, Any], changes: Changes, secret: bool = False) ->
     either, an existing file only gets its owner and mode (one another step writes)."""
     path, mode = spec["path"], parse_mode(spec["mode"], spec["path"])
     content, random_bytes = spec.get("content"), spec.get("random_bytes")
+    if random_bytes is not None and not 1 <= random_bytes <= _RANDOM_MAX_BYTES:
+        raise LayoutError(
+            f"{path}: random_bytes is {random_bytes}; a key needs 1 to {_RANDOM_MAX_BYTES} bytes"
+        )
+    if random_bytes is not None and content is not None:
+        raise LayoutError(f"{path}: give content or random_bytes, not both")
     fd, old = _open_regular(path)
     if fd is not None and random_bytes and os.fstat(fd).st_size < random_bytes:
         # A key shorter than asked (an empty file, a cut write) cannot be used: a new one.
@@ -94,24 +105,94 @@ def ensure_absent(path: str, changes: Changes) -> None:
 def ensure_lines(path: str, lines: dict[str, str], changes: Changes) -> None:
     """Each ``NAME=value`` of ``lines`` in the file at ``path``: the last line starting with
     ``NAME=`` is replaced, or the line is added at the end. A new file is root's, 0644; an
-    existing one keeps its owner and mode (it is the runner's own file)."""
-    fd, old = _open_regular(path)
-    if fd is None:
-        owner, group, mode = 0, 0, 0o644
-    else:
-        info = os.fstat(fd)
-        owner, group, mode = info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+    existing one keeps its owner and mode (it is the runner's own file). The file's directory
+    may belong to a job's user: it is reached without following a link anywhere on the way,
+    and the file is read and replaced through that directory's descriptor."""
+    _check_lines(path, lines)
+    directory, name = os.path.split(path)
+    dir_fd = _open_dir_no_links(directory, create=not changes.check_mode)
+    try:
+        fd, old = _open_regular(name, dir_fd) if dir_fd is not None else (None, None)
+        if fd is None:
+            owner, group, mode = 0, 0, 0o644
+        else:
+            info = os.fstat(fd)
+            owner, group, mode = info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+            os.close(fd)
+        text = (old or b"").decode("utf-8", errors="surrogateescape")
+        new = _with_lines(text, lines)
+        if old is not None and new == text:
+            return
+        changes.note(path, "created" if old is None else "content")
+        changes.note_content(path)
+        changes.diff(path, text, new)
+        if not changes.check_mode:
+            data = new.encode("utf-8", errors="surrogateescape")
+            _replace_in(dir_fd, name, data, owner, group, mode)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+def _check_lines(path: str, lines: dict[str, str]) -> None:
+    for name, value in lines.items():
+        if not _ENV_NAME.match(str(name)):
+            raise LayoutError(f"{path}: {name!r} is not a variable name (letters, digits, _)")
+        if not isinstance(value, str) or any(c in value for c in "\n\r\0"):
+            raise LayoutError(f"{path}: the value of {name} must be one line of text")
+
+
+def _open_dir_no_links(directory: str, create: bool) -> int | None:
+    """A descriptor of ``directory`` reached one component at a time without following a
+    link; missing components are made (root, 0755) when ``create``, else None is returned."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in directory.split("/") if p]:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    os.close(fd)
+                    return None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LayoutError(
+                        f"{directory}: {part} on the way is a link or not a directory; "
+                        "host_layout does not follow links to a file it edits: name the real "
+                        "directory"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+
+
+def _replace_in(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int) -> None:
+    """``_replace_ids`` within an open directory."""
+    tmp = f".rk-layout-{os.getpid()}-{name}"[:_NAME_MAX]
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        _write_all(fd, data, name)
+        os.fsync(fd)
         os.close(fd)
-    text = (old or b"").decode("utf-8", errors="surrogateescape")
-    new = _with_lines(text, lines)
-    if old is not None and new == text:
-        return
-    changes.note(path, "created" if old is None else "content")
-    changes.note_content(path)
-    changes.diff(path, text, new)
-    if not changes.check_mode:
-        _make_parents(os.path.dirname(path) or "/")
-        _replace_ids(path, new.encode("utf-8", errors="surrogateescape"), owner, group, mode)
+        fd = -1
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
 
 
 def _with_lines(text: str, lines: dict[str, str]) -> str:
@@ -145,11 +226,13 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _open_regular(path: str) -> tuple[int | None, bytes | None]:
+def _open_regular(path: str, dir_fd: int | None = None) -> tuple[int | None, bytes | None]:
     """(fd, content) of the regular file at ``path``; (None, None) when there is none, and
     (None, b"") when a link or a special file is in the way (it will be replaced)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(
+            path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except FileNotFoundError:
         return None, None
     except OSError as exc:
@@ -186,9 +269,7 @@ def _replace_ids(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data, path)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -204,6 +285,18 @@ def _replace_ids(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _write_all(fd: int, data: bytes, path: str) -> None:
+    """All of ``data``; a failure names the file (a full disk says nothing of it)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        raise LayoutError(
+            f"writing {printable(path)} failed: {exc.strerror or exc}; the file was left as it was"
+        ) from None
 
 
 def _text(data: bytes | None) -> str:

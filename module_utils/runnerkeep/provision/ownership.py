@@ -30,14 +30,20 @@ def group_id(name: str, check_mode: bool) -> int | None:
         raise LayoutError(f"group {name!r} does not exist: create it first") from None
 
 
-def parse_mode(text: str, path: str) -> int:
-    """An octal mode such as "0755" or "01730"."""
-    try:
-        mode = int(str(text), 8)
-    except ValueError:
-        raise LayoutError(f"{path}: mode {text!r} is not an octal mode such as 0644") from None
+def parse_mode(value: str | int, path: str) -> int:
+    """A mode as Ansible's file modules take it: a string is octal ("0755", "01730"); an
+    integer is the mode itself (YAML reads an unquoted 0640 as the integer 416, i.e. 0o640)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise LayoutError(f"{path}: mode {value!r} is not an octal mode such as 0644")
+    if isinstance(value, int):
+        mode = value
+    else:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise LayoutError(f"{path}: mode {value!r} is not an octal mode such as 0644") from None
     if not 0 <= mode <= 0o7777:
-        raise LayoutError(f"{path}: mode {text!r} is out of range (0000-7777)")
+        raise LayoutError(f"{path}: mode {value!r} is out of range (0000-7777)")
     return mode
 
 

@@ -2,24 +2,35 @@
 
 Root's state dir: directories a job owned or could write become root's and lose group/other
 write, shallowest first, so each is root's before its content is read; links, FIFOs and other
-non-regular entries, and job locks a job wrote (a far-future start would hold off every
-cleanup), are moved aside, never followed; regular files a job wrote become root's.
-The store: planted links are moved aside, everything else is given to the service user
-without following a link.
-Moved aside: into ``aside_dir`` under the entry's path with ``/`` written as ``%``.
+non-regular entries, job locks a job wrote (a far-future start would hold off every cleanup)
+and hard links (a second name of a file that may live outside the tree) are moved aside,
+never followed; regular files a job wrote are replaced by root's copy, so a job process that
+still holds the old file open writes to a file nobody reads.
+The store: planted links and hard links are moved aside, everything else is given to the
+service user without following a link and loses group/other write.
+Moved aside: into ``aside_dir`` under the entry's path with ``/`` written as ``%`` (cut and
+suffixed with a digest when too long, numbered when the name is taken).
+Trees are walked with an explicit stack (a job may have made them thousands of levels deep).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 import stat
+import tempfile
 from typing import Any
 
 from .changes import Changes, LayoutError, printable
 from .ownership import group_id, user_id
 
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_SET_ID = stat.S_ISUID | stat.S_ISGID
+_NAME_MAX = 255
+# A state file a job wrote is copied into a root file; past this it is moved aside instead.
+_COPY_MAX_BYTES = 16 * 1024 * 1024
 
 
 def reclaim(spec: dict[str, Any], changes: Changes) -> None:
@@ -38,33 +49,69 @@ def _reclaim_tree(spec: dict[str, Any], changes: Changes) -> None:
     root = spec["path"]
     if not os.path.isdir(root) or os.path.islink(root):
         return  # a check-mode run before the directory exists, or a tree not there yet
+    aside = spec["aside_dir"]
     if spec["policy"] == "root_state":
-        skip = {os.path.normpath(p) for p in spec.get("skip") or []}
-        _reclaim_root_state(root, skip, spec["aside_dir"], changes)
+        skip = {os.path.normpath(p) for p in spec.get("skip") or []} | {os.path.normpath(aside)}
+        _walk(
+            root,
+            lambda path, info, parent: _root_state_entry(path, info, parent, aside, changes),
+            skip,
+        )
     else:
         uid = user_id(spec["owner"], changes.check_mode)
         gid = group_id(spec["group"], changes.check_mode)
-        _reclaim_store(root, uid, gid, spec["aside_dir"], changes)
+        _walk(
+            root,
+            lambda path, info, parent: _store_entry(path, info, uid, gid, aside, changes),
+            set(),
+        )
 
 
-def _reclaim_root_state(directory: str, skip: set[str], aside: str, changes: Changes) -> None:
-    skip = skip | {os.path.normpath(aside)}
-    for entry in _entries(directory):
-        path = os.path.normpath(entry.path)
-        if path in skip:
-            continue
-        info = _lstat(entry)
-        if info is None:
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            _take_back(path, info, changes)
-            _reclaim_root_state(path, skip, aside, changes)
-        elif not stat.S_ISREG(info.st_mode) or (
-            os.path.basename(directory) == "job-locks" and info.st_uid != 0
-        ):
-            _move_aside(path, aside, changes)
-        else:
-            _take_back(path, info, changes)
+def _walk(root: str, visit: Any, skip: set[str]) -> None:
+    """``visit(path, info, parent)`` for every entry below ``root``, a directory before its
+    content; a visit returns True to descend into a directory."""
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        for entry in _entries(directory):
+            path = os.path.normpath(entry.path)
+            if path in skip:
+                continue
+            info = _lstat(entry)
+            if info is not None and visit(path, info, directory) and stat.S_ISDIR(info.st_mode):
+                stack.append(path)
+
+
+def _root_state_entry(
+    path: str, info: os.stat_result, parent: str, aside: str, changes: Changes
+) -> bool:
+    if stat.S_ISDIR(info.st_mode):
+        _take_back(path, info, changes)
+        return True
+    forged_lock = os.path.basename(parent) == "job-locks" and info.st_uid != 0
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1 or forged_lock:
+        _move_aside(path, aside, changes)
+    elif info.st_uid != 0 or info.st_gid != 0:
+        _replace_with_roots_copy(path, info, aside, changes)
+    else:
+        _take_back(path, info, changes)
+    return False
+
+
+def _store_entry(
+    path: str, info: os.stat_result, uid: int | None, gid: int | None, aside: str, changes: Changes
+) -> bool:
+    if stat.S_ISLNK(info.st_mode) or (not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1):
+        _move_aside(path, aside, changes)
+        return False
+    mode = stat.S_IMODE(info.st_mode) & ~_WRITABLE_BY_OTHERS
+    if not stat.S_ISDIR(info.st_mode):
+        mode &= ~_SET_ID
+    if (uid, gid) != (info.st_uid, info.st_gid) or mode != stat.S_IMODE(info.st_mode):
+        changes.note(path, "given to the service user")
+        if not changes.check_mode:
+            _set_owner_and_mode(path, uid, gid, mode)
+    return stat.S_ISDIR(info.st_mode)
 
 
 def _entries(directory: str) -> list[os.DirEntry]:
@@ -95,47 +142,86 @@ def _take_back(path: str, info: os.stat_result, changes: Changes) -> None:
     if not stat.S_ISDIR(info.st_mode):
         # A job's program must not become setuid/setgid root by changing hands (chown clears
         # these bits; the chmod below must not put them back).
-        mode &= ~(stat.S_ISUID | stat.S_ISGID)
-    # Through a descriptor of the entry itself: a link swapped in meanwhile is not followed.
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        mode &= ~_SET_ID
+    _set_owner_and_mode(path, 0, 0, mode)
+
+
+def _set_owner_and_mode(path: str, uid: int | None, gid: int | None, mode: int) -> None:
+    """Through a descriptor of the entry itself: a link swapped in meanwhile is not followed."""
     try:
-        os.fchown(fd, 0, 0)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # gone meanwhile
+    try:
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
 
-def _reclaim_store(
-    directory: str, uid: int | None, gid: int | None, aside: str, changes: Changes
-) -> None:
-    for entry in _entries(directory):
-        info = _lstat(entry)
-        if info is None:
-            continue
-        if stat.S_ISLNK(info.st_mode):
-            _move_aside(entry.path, aside, changes)
-            continue
-        if (uid, gid) != (info.st_uid, info.st_gid):
-            changes.note(entry.path, "owner")
-            if not changes.check_mode:
-                os.chown(entry.path, uid, gid, follow_symlinks=False)
-        if stat.S_ISDIR(info.st_mode):
-            _reclaim_store(entry.path, uid, gid, aside, changes)
+def _replace_with_roots_copy(path: str, info: os.stat_result, aside: str, changes: Changes) -> None:
+    """A state file a job wrote becomes a new file of root's with the same bytes: a job process
+    that opened the old one keeps only an unlinked inode."""
+    if info.st_size > _COPY_MAX_BYTES:
+        _move_aside(path, aside, changes)
+        return
+    changes.note(path, "replaced by root's copy")
+    if changes.check_mode:
+        return
+    mode = stat.S_IMODE(info.st_mode) & ~(_WRITABLE_BY_OTHERS | _SET_ID)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd, "rb") as old:
+        data = old.read(_COPY_MAX_BYTES + 1)
+    out, tmp = tempfile.mkstemp(prefix=".rk-reclaim-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(out, "wb") as new:
+            os.fchmod(new.fileno(), mode)
+            new.write(data)
+            new.flush()
+            os.fsync(new.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _move_aside(path: str, aside: str, changes: Changes) -> None:
-    target = os.path.join(aside, path.lstrip("/").replace("/", "%"))
+    target = _aside_name(path, aside)
     changes.note(path, f"moved aside to {target}")
     if changes.check_mode:
         return
     try:
         os.rename(path, target)
+    except FileNotFoundError:
+        return  # gone meanwhile
     except OSError as exc:
-        if exc.errno != errno.EXDEV or not os.path.islink(path):
+        if exc.errno != errno.EXDEV:
             raise
-        # The store may be on another filesystem than root's state: a link is recreated.
-        with_target = os.readlink(path)
-        if os.path.lexists(target):
-            os.unlink(target)
-        os.symlink(with_target, target)
-        os.unlink(path)
+        _move_across(path, target)
+
+
+def _move_across(path: str, target: str) -> None:
+    """The store may be on another filesystem than root's state: a link is made again there,
+    anything else (a hard link, a FIFO) is only unlinked from the store."""
+    if os.path.islink(path):
+        os.symlink(os.readlink(path), target)
+    os.unlink(path)
+
+
+def _aside_name(path: str, aside: str) -> str:
+    """A free name in ``aside`` for ``path``: its path with / as %, cut to fit a file name
+    (with a digest of the whole path), numbered when taken (a job may have made the name)."""
+    raw = os.fsencode(path.lstrip("/").replace("/", "%"))
+    if len(raw) > _NAME_MAX - 24:
+        digest = hashlib.sha256(raw).hexdigest()[:16].encode()
+        raw = raw[: _NAME_MAX - 24] + b"~" + digest
+    base = os.path.join(aside, os.fsdecode(raw))
+    target, n = base, 0
+    while os.path.lexists(target):
+        n += 1
+        target = f"{base}.{n}"
+    return target

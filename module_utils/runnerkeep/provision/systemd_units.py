@@ -69,7 +69,7 @@ def _states(run: Run, names: list[str]) -> dict[str, dict[str, str]]:
         fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         states.append(fields)
     # systemctl answers in the order asked; Id is the unit's real name (an alias resolves).
-    return {name: fields for name, fields in zip(names, states)}
+    return dict(zip(names, states))
 
 
 def _systemctl(run: Run, args: list[str]) -> None:
