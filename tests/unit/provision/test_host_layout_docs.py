@@ -148,8 +148,9 @@ def test_every_option_reference_names_an_option(module):
     assert not option_exists("files[].nope", spec)
 
 
-def test_return_documents_what_apply_layout_returns(module, monkeypatch):
+def test_return_documents_what_apply_layout_returns(module, monkeypatch, tmp_path):
     monkeypatch.setattr(layout, "systemd_runs", lambda: False)
+    monkeypatch.setattr(layout, "LOCK_PATH", str(tmp_path / "host-layout.lock"))
     result = apply_layout({}, True, False, FakeRun())
     documented = set(yaml.safe_load(module["RETURN"]))
     # changed and diff are Ansible's own return values.

@@ -170,11 +170,22 @@ def test_a_bad_mode_fails_before_anything_is_made(tmp_path, mode, message):
     assert not os.path.lexists(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parents are made 0755 & ~umask, not 0755 as documented (host_files.py makedirs)",
-)
 def test_parents_are_0755_whatever_the_umask(tmp_path):
     os.umask(0o077)  # the autouse fixture puts the umask back
-    ensure_directory(spec(tmp_path / "a" / "state", "0755"), changes())
+    ensure_directory(spec(tmp_path / "a" / "b" / "state", "0750"), changes())
     assert owner_mode(str(tmp_path / "a")) == (0, 0, 0o755)
+    assert owner_mode(str(tmp_path / "a" / "b")) == (0, 0, 0o755)
+    assert owner_mode(str(tmp_path / "a" / "b" / "state")) == (0, 0, 0o750)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [(0o640, 0o640), (416, 0o640), ("01730", 0o1730)])
+def test_a_mode_may_be_an_integer_as_yaml_reads_an_unquoted_one(tmp_path, mode, expected):
+    path = tmp_path / "state"
+    ensure_directory({**spec(path), "mode": mode}, changes())
+    assert owner_mode(str(path))[2] == expected
+
+
+@pytest.mark.parametrize("mode", [True, 1.5, None])
+def test_a_mode_of_another_type_fails(tmp_path, mode):
+    with pytest.raises(LayoutError, match="is not an octal mode such as 0644"):
+        ensure_directory({**spec(tmp_path / "state"), "mode": mode}, changes())

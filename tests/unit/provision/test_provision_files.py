@@ -80,6 +80,23 @@ def test_new_content_replaces_the_file_by_a_rename_of_a_temp_file_beside_it(tmp_
     assert leftovers(str(tmp_path)) == []
 
 
+def test_a_full_disk_is_a_layout_error_naming_the_file(tmp_path, monkeypatch):
+    path = write(str(tmp_path / "config.json"), b"old\n")
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(host_files.os, "write", full)
+    with pytest.raises(LayoutError) as raised:
+        ensure_file(spec(path, "new\n"), changes())
+    assert str(raised.value) == (
+        f"writing {path} failed: No space left on device; the file was left as it was"
+    )
+    monkeypatch.undo()
+    assert read(path) == b"old\n"
+    assert leftovers(str(tmp_path)) == []
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     path = write(str(tmp_path / "config.json"), b"old\n")
 
@@ -196,12 +213,39 @@ def test_random_bytes_make_a_key_once_and_never_rewrite_it(tmp_path, renames):
     assert owner_mode(path) == (0, 0, 0o600)
 
 
-def test_random_bytes_keep_a_key_of_another_length(tmp_path):
-    path = write(str(tmp_path / "cache.key"), b"k" * 16, 0, 0, 0o600)
+def test_random_bytes_keep_a_longer_key(tmp_path):
+    path = write(str(tmp_path / "cache.key"), b"k" * 64, 0, 0, 0o600)
     done = changes()
     ensure_file(spec(path, mode="0600", random_bytes=32), done)
-    assert read(path) == b"k" * 16
+    assert read(path) == b"k" * 64
     assert not done.changed
+
+
+@pytest.mark.parametrize("old", [b"", b"k" * 16])
+def test_random_bytes_make_again_a_key_shorter_than_asked(tmp_path, old):
+    path = write(str(tmp_path / "cache.key"), old, 0, 0, 0o600)
+    done = changes(want_diff=True)
+    ensure_file(spec(path, mode="0600", random_bytes=32), done)
+    key = read(path)
+    assert len(key) == 32 and key != b"k" * 32
+    assert done.by_path == {path: ["content"]}
+    assert done.diffs == []
+
+
+@pytest.mark.parametrize(
+    ("more", "message"),
+    [
+        ({"random_bytes": 0}, "random_bytes is 0; a key needs 1 to 4096 bytes"),
+        ({"random_bytes": 4097}, "random_bytes is 4097; a key needs 1 to 4096 bytes"),
+        ({"random_bytes": 32, "content": "x"}, "give content or random_bytes, not both"),
+    ],
+)
+def test_a_bad_key_spec_fails_before_anything_is_written(tmp_path, more, message):
+    path = tmp_path / "cache.key"
+    with pytest.raises(LayoutError) as raised:
+        ensure_file(spec(path, mode="0600", **more), changes())
+    assert str(raised.value) == f"{path}: {message}"
+    assert os.listdir(tmp_path) == []
 
 
 def test_two_keys_differ(tmp_path):

@@ -5,6 +5,7 @@ the unit dir is a directory of tmp_path (so a unit file there counts as one)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -25,12 +26,15 @@ from runnerkeep.provision.layout import apply_layout
 
 
 @pytest.fixture
-def host(tmp_path, monkeypatch):
+def host(tmp_path, tmp_path_factory, monkeypatch):
     """A host tree in tmp_path whose etc/systemd/system is the unit dir; systemd runs."""
     unit_dir = tmp_path / "etc" / "systemd" / "system"
     os.makedirs(unit_dir)
     monkeypatch.setattr(changes_module, "SYSTEMD_UNIT_DIR", str(unit_dir))
     monkeypatch.setattr(layout, "systemd_runs", lambda: True)
+    # Calls take turns on a lock in root's /run: the tests' own lock file instead.
+    lock_dir = tmp_path_factory.mktemp("lock")  # outside the tree check mode must not touch
+    monkeypatch.setattr(layout, "LOCK_PATH", str(lock_dir / "host-layout.lock"))
     return tmp_path, unit_dir
 
 
@@ -254,3 +258,44 @@ def test_check_mode_writes_nothing_and_runs_only_the_show(host, fake_run):
     }
     # The key's bytes are in no diff.
     assert str(root / "key") not in [d["before_header"] for d in result["diff"]]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"directories": [{"path": "var/lib/x", "mode": "0755"}]}, "paths must be absolute"),
+        ({"absent": ["relative"]}, "paths must be absolute"),
+        ({"look_for": ["/etc/../etc/x"]}, "write the path without . , .. or doubled slashes"),
+        ({"lines": [{"paths": ["/a//b/.env"], "lines": {}}]}, "write the path without"),
+        ({"reclaim": [{"path": "/s", "aside_dir": "aside"}]}, "paths must be absolute"),
+        ({"files": [{"path": "/a/./b", "mode": "0644"}]}, "write the path without"),
+    ],
+)
+def test_a_relative_or_unnormal_path_fails_before_anything_is_done(host, fake_run, params, message):
+    root, _ = host
+    before = snapshot(str(root))
+    with pytest.raises(LayoutError, match=message):
+        apply_layout(
+            {"groups": [{"name": "rk-test-no-such-group"}], **params}, False, False, fake_run
+        )
+    assert fake_run.calls == []
+    assert snapshot(str(root)) == before
+
+
+def test_a_second_call_waits_for_the_first_and_then_fails_saying_so(host, fake_run, monkeypatch):
+    root, _ = host
+    monkeypatch.setattr(layout, "LOCK_WAIT_SECONDS", 0.3)
+    fd = os.open(layout.LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(LayoutError, match=r"another host_layout run has held .* let it finish"):
+            apply_layout({"directories": [dir_spec(root / "d")]}, False, False, fake_run)
+        assert not os.path.exists(root / "d")
+    finally:
+        os.close(fd)
+    apply_layout({"directories": [dir_spec(root / "d")]}, False, False, fake_run)
+    assert os.path.isdir(root / "d")
+
+
+def dir_spec(path, mode="0755"):
+    return {"path": str(path), "mode": mode, "owner": "root", "group": "root"}
