@@ -299,3 +299,18 @@ def test_a_second_call_waits_for_the_first_and_then_fails_saying_so(host, fake_r
 
 def dir_spec(path, mode="0755"):
     return {"path": str(path), "mode": mode, "owner": "root", "group": "root"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a path with a trailing / passes layout._check_paths; ensure_directory's "
+    "_make_parents(dirname) then makes the directory itself and os.mkdir raises FileExistsError",
+)
+def test_a_directory_written_with_a_trailing_slash_is_made_or_refused_clearly(host, fake_run):
+    root, _ = host
+    params = {"directories": [dir_spec(str(root / "new") + "/", "0750")]}
+    try:
+        apply_layout(params, False, False, fake_run)
+    except LayoutError:
+        return  # refusing the path with a clear message is right too
+    assert owner_mode(str(root / "new")) == (0, 0, 0o750)
