@@ -255,11 +255,6 @@ def test_a_link_or_file_where_a_directory_belongs_is_refused_in_one_line(
     assert fingerprint(host, "/srv/hl-dir-sentinel") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ensure_lines follows a link in the .env's parent: a job that swaps its runner dir "
-    "for a link to /opt/app makes root rewrite /opt/app/.env (another program's root file)",
-)
 def test_env_lines_do_not_follow_a_runner_dir_the_job_swapped_for_a_link(
     layout_fleet, host, tmp_path
 ):
@@ -326,31 +321,16 @@ BAD_PARAMETERS = [
         {"secret_files": [{"path": "/srv/bad/k", "random_bytes": -1, "mode": "0400"}]},
         ("random_bytes",),
         id="negative-random-bytes",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="random_bytes -1 fails as 'host layout failed: negative argument not "
-            "allowed' (os.urandom's words): the message names neither the option nor the file",
-        ),
     ),
     pytest.param(
         {"files": [{"path": "relative.conf", "content": "x\n", "mode": "0644"}]},
         ("relative.conf", "absolute"),
         id="relative-path",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="a relative path is accepted and written relative to the module's cwd "
-            "(/root/relative.conf); the docs say absolute",
-        ),
     ),
     pytest.param(
         {"lines": [{"paths": ["/srv/bad/env"], "lines": {"A": "x\nLD_PRELOAD=/tmp/e.so"}}]},
         ("A",),
         id="line-value-with-newline",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="a NAME=value whose value holds a newline is written as two lines "
-            "(LD_PRELOAD=... added) and the file grows on every run (never converges)",
-        ),
     ),
 ]
 
@@ -365,8 +345,17 @@ def test_bad_parameters_fail_in_one_clear_line(layout_fleet, host, tmp_path, arg
     )
 
 
-def test_a_mode_given_as_a_yaml_int_that_reads_as_octal_is_kept(layout_fleet, host, tmp_path):
-    """``mode: 755`` unquoted (an int) means 0755 (as a string it would)."""
+@pytest.mark.xfail(
+    strict=True,
+    reason="parse_mode takes an int as the mode itself (ansible.builtin.file's rule): an "
+    "unquoted 'mode: 755' is 0o1363, so the file is written world-writable (-wxrw--wt) without "
+    "a word; so is image_cache_dir_mode: 750 (0o1356) for the store",
+)
+def test_a_mode_given_as_an_unquoted_yaml_int_never_gives_others_write(
+    layout_fleet, host, tmp_path
+):
+    """``mode: 755`` unquoted (an int) is 0755 or refused in one line; never a file others
+    may write."""
     sh(host, "rm -rf /srv/modeint && mkdir -p /srv/modeint")
     result = layout(
         layout_fleet,
@@ -378,16 +367,12 @@ def test_a_mode_given_as_a_yaml_int_that_reads_as_octal_is_kept(layout_fleet, ho
             mode: 755
         """,
     )
-    assert not result.get("failed"), result.get("msg")
+    if result.get("failed"):
+        one_line_failure(result, "mode")
+        return
     assert sh(host, "stat -c %a /srv/modeint/a.sh").strip() == "755"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="disk_monitor_config_mode: 0640 (unquoted YAML, the int 416) reaches host_layout as "
-    "the string '416', read as octal 0416: the config fragment root's watch reads becomes "
-    "world-writable (-r----xrw-)",
-)
 def test_a_role_mode_written_as_unquoted_yaml_octal_never_opens_the_file(
     layout_fleet, host, tmp_path
 ):
@@ -441,11 +426,6 @@ def test_a_full_disk_fails_the_write_and_leaves_the_old_file_whole(layout_fleet,
     assert sh(host, f"stat -c %s {TINY}/conf.json").strip() == "200000"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an OSError from os.write carries no filename: the failure reads 'host layout "
-    "failed: No space left on device' without the file it was writing",
-)
 def test_a_full_disk_failure_names_the_file_it_was_writing(layout_fleet, host, tmp_path):
     fill_tiny(host)
     try:
@@ -558,11 +538,6 @@ def test_a_job_swapping_dirs_for_links_during_the_reclaim_changes_nothing_outsid
     sh(host, f"rm -rf {STATE}/race* {STATE}/.r*")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reclaim's _take_back chowns a job's setuid file to root, then chmods it back to its "
-    "old mode (04755, read before the chown cleared it): the job gets a setuid-root program",
-)
 def test_a_setuid_program_a_job_left_in_the_old_state_dir_never_becomes_root_setuid(
     layout_fleet, host, tmp_path
 ):
@@ -586,11 +561,6 @@ def test_a_setuid_program_a_job_left_in_the_old_state_dir_never_becomes_root_set
         sh(host, f"rm -rf {STATE}/evil {STATE}/jobbin")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hard link in a reclaimed tree to a root file outside it gets chowned: root_state "
-    "turns a root:shadow 0640 file root:root, service_store gives it to the service user",
-)
 def test_a_hard_link_to_a_root_file_outside_keeps_that_file_as_it_was(layout_fleet, host, tmp_path):
     """A job can hard-link a file it does not own where fs.protected_hardlinks=0 (the kernel's
     default without systemd's sysctl); here root makes the links (this host protects them)."""
@@ -621,11 +591,6 @@ def test_a_hard_link_to_a_root_file_outside_keeps_that_file_as_it_was(layout_fle
         sh(host, "rm -rf /srv/old-hl /srv/store-hl && chown root:shadow /etc/rk-hl-sentinel")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a link whose aside name (path with / as %) passes 255 bytes fails every run with "
-    "'File name too long': one planted link stops runner_base for good",
-)
 def test_a_link_with_a_long_name_is_moved_aside_and_the_run_converges(layout_fleet, host, tmp_path):
     old_layout_tree(host, "/srv/old-long")
     as_job(host, f"ln -s /etc/shadow /srv/old-long/{'L' * 250}")
@@ -633,11 +598,6 @@ def test_a_link_with_a_long_name_is_moved_aside_and_the_run_converges(layout_fle
     assert sh(host, "find /srv/old-long -path /srv/old-long/aside -prune -o -type l -print") == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job that pre-created the aside dir with a directory named like a link's aside "
-    "name makes _move_aside's rename fail every run ('Is a directory')",
-)
 def test_a_name_taken_in_the_aside_dir_does_not_stop_the_reclaim(layout_fleet, host, tmp_path):
     old_layout_tree(host, "/srv/old-clash")
     as_job(
@@ -648,11 +608,6 @@ def test_a_name_taken_in_the_aside_dir_does_not_stop_the_reclaim(layout_fleet, h
     assert sh(host, "find /srv/old-clash -path /srv/old-clash/aside -prune -o -type l -print") == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_reclaim_root_state recurses once per level: a job's 1100-deep tree fails every "
-    "run with 'internal error: RecursionError' after taking back ~990 levels",
-)
 def test_a_deep_tree_is_taken_back_and_the_run_converges(layout_fleet, host, tmp_path):
     old_layout_tree(host, "/srv/old-deep")
     host.exec(
@@ -711,11 +666,6 @@ def reclaim_with_a_job_left_running(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service_store only chowns: a job-made 0777 dir in the store stays 0777, so a job "
-    "process left inside it (cwd or dir fd) still plants links in the service's store",
-)
 def test_a_job_process_left_in_the_old_store_cannot_write_it_after_the_reclaim(
     layout_fleet, host, tmp_path
 ):
@@ -736,11 +686,6 @@ def test_a_job_process_left_in_the_old_store_cannot_write_it_after_the_reclaim(
         sh(host, f"rm -rf {store}/jobsub")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="root_state chowns a job's state file in place: a job process that opened it before "
-    "the reclaim keeps writing what is now root's state through its fd",
-)
 def test_a_state_file_a_job_holds_open_is_not_kept_as_roots(layout_fleet, host, tmp_path):
     sh(host, f"chgrp runner {STATE} && chmod 2775 {STATE}")
     path = f"{STATE}/job-state.json"
@@ -881,9 +826,10 @@ def test_check_mode_of_every_role_on_a_drifted_host_changes_nothing_then_they_co
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a job's entry named with bytes that are not UTF-8 is moved aside, but its path in "
-    "the result ('changes') makes Ansible refuse the whole answer ('Refusing to deserialize "
-    "an invalid UTF8 string value'): the task fails and what was moved is not reported",
+    reason="a job's entry named with bytes that are not UTF-8 is moved aside, but the note "
+    "'moved aside to TARGET' carries the raw aside name (changes.py escapes the path, not "
+    "the note): Ansible refuses the whole answer ('Refusing to deserialize an invalid UTF8 "
+    "string value') and the task fails",
 )
 def test_a_name_that_is_not_utf8_is_moved_aside_and_the_run_succeeds(layout_fleet, host, tmp_path):
     old_layout_tree(host, "/srv/old-bytes")
@@ -928,12 +874,6 @@ def test_a_link_where_a_managed_dir_of_the_state_dir_belongs_is_refused_never_fo
     assert run_roles(layout_fleet, tmp_path, "runner_base") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="random_bytes keeps any existing file: an empty cache.key (an older writer cut short "
-    "by a full disk, an operator's '> cache.key') stays empty on every image_cache run, which "
-    "reports ok, while the cache refuses the key ('the image_cache role writes 32 random bytes')",
-)
 def test_an_empty_cache_key_is_not_kept_by_image_cache(layout_fleet, host, tmp_path):
     key = "/etc/runnerkeep/cache.key"
     sh(host, f": > {key}")
@@ -977,12 +917,6 @@ except Exception as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two host_layout runs at once on an old tree: one fails ('No such file or directory' "
-    "for an entry the other moved aside, or 'File exists' for the aside dir it just made); "
-    "no lock, no tolerance of entries that vanish",
-)
 def test_two_runs_at_once_both_succeed(layout_fleet, host, tmp_path):
     old_layout_tree(host, "/srv/old-twice")
     as_job(host, "cd /srv/old-twice && for i in $(seq 5000); do ln -s /etc/shadow l$i; done")
@@ -998,3 +932,54 @@ def test_two_runs_at_once_both_succeed(layout_fleet, host, tmp_path):
     )
     assert out.split() == ["ok", "ok"], out
     assert sh(host, "find /srv/old-twice -path /srv/old-twice/aside -prune -o -type l -print") == ""
+
+
+# --------------------------------------------------------------------------- the fixes, attacked
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ensure_lines writes its temp file under a predictable name in the job's runner dir "
+    "(.rk-layout-<pid>-.env, O_EXCL): a job that made those names for the next pids fails "
+    "every run with 'File exists'",
+)
+def test_temp_names_a_job_made_in_its_runner_dir_do_not_stop_the_env_lines(
+    layout_fleet, host, tmp_path
+):
+    as_job(
+        host, "rm -rf ~/runner5 && mkdir ~/runner5 && printf 'RUNNER_NAME=rk\\n' > ~/runner5/.env"
+    )
+    host.exec(
+        [
+            "python3",
+            "-c",
+            f"import os\nos.chdir('/home/{JOB}/runner5')\nme = os.getpid()\n"
+            "for n in range(me, me + 20000):\n    open(f'.rk-layout-{n}-.env', 'w').close()\n",
+        ],
+        user=JOB,
+    )
+    args = {"lines": [{"paths": [f"/home/{JOB}/runner5/.env"], "lines": {"HOOK": "/x.sh"}}]}
+    try:
+        result = layout(layout_fleet, tmp_path, args)
+        assert not result.get("failed"), result.get("msg")
+        assert sh(host, f"cat /home/{JOB}/runner5/.env") == "RUNNER_NAME=rk\nHOOK=/x.sh\n"
+    finally:
+        as_job(host, "rm -rf ~/runner5")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="apply_layout takes its host lock in check mode too: a --check run creates "
+    "/run/runnerkeep-host-layout.lock (check mode must have no side effects)",
+)
+def test_check_mode_creates_no_lock_file(layout_fleet, host, tmp_path):
+    lock = "/run/runnerkeep-host-layout.lock"
+    sh(host, f"rm -f {lock}")
+    result = layout(
+        layout_fleet,
+        tmp_path,
+        {"directories": [{"path": "/srv/hl-nolock", "mode": "0755"}]},
+        check=True,
+    )
+    assert result["changed"] is True, result
+    assert sh(host, f"ls -d {lock} /srv/hl-nolock 2>/dev/null", check=False) == ""
