@@ -63,7 +63,7 @@ options:
       group: {description: Group., type: str, default: root}
       mode:
         description:
-          - A quoted octal string such as C("0755") or C("01730"); an integer is the mode itself (an unquoted YAML 0755).
+          - A quoted octal string such as C("0755") or C("01730"). A number is refused (YAML reads an unquoted 0755 as 493 and 755 as 755).
         type: raw
         required: true
   reclaim:
@@ -99,7 +99,7 @@ options:
         type: int
       owner: {description: Owner., type: str, default: root}
       group: {description: Group., type: str, default: root}
-      mode: {description: 'Octal string such as C("0644"), or the mode as an integer.', type: raw, required: true}
+      mode: {description: 'Quoted octal string such as C("0644"); a number is refused.', type: raw, required: true}
       systemd: {description: Only where systemd runs (unit files)., type: bool, default: false}
   secret_files:
     description: Like O(files), but the content is never shown (no diff, not logged).
@@ -114,7 +114,7 @@ options:
         type: int
       owner: {description: Owner., type: str, default: root}
       group: {description: Group., type: str, default: root}
-      mode: {description: 'Octal string such as C("0644"), or the mode as an integer.', type: raw, required: true}
+      mode: {description: 'Quoted octal string such as C("0644"); a number is refused.', type: raw, required: true}
       systemd: {description: Only where systemd runs., type: bool, default: false}
   absent:
     description: Files or links to remove (a directory there fails the task).

@@ -31,7 +31,7 @@ class Changes:
         self.diffs: list[dict[str, Any]] = []
 
     def note(self, path: str, what: str) -> None:
-        self.by_path.setdefault(printable(path), []).append(what)
+        self.by_path.setdefault(printable(path), []).append(printable(what))
 
     def note_content(self, path: str) -> None:
         """A file was written, created or removed: units restart on it, systemd reloads."""

@@ -138,7 +138,9 @@ def _check_lines(path: str, lines: dict[str, str]) -> None:
     for name, value in lines.items():
         if not _ENV_NAME.match(str(name)):
             raise LayoutError(f"{path}: {name!r} is not a variable name (letters, digits, _)")
-        if not isinstance(value, str) or any(c in value for c in "\n\r\0"):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise LayoutError(f"{path}: the value of {name} must be one line of text")
+        if any(c in str(value) for c in "\n\r\0"):
             raise LayoutError(f"{path}: the value of {name} must be one line of text")
 
 
@@ -154,9 +156,14 @@ def _open_dir_no_links(directory: str, create: bool) -> int | None:
                 if not create:
                     os.close(fd)
                     return None
-                with contextlib.suppress(FileExistsError):
+                made = True
+                try:
                     os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    made = False
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if made:
+                    os.fchmod(child, 0o755)  # whatever the umask
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise LayoutError(
@@ -174,10 +181,22 @@ def _open_dir_no_links(directory: str, create: bool) -> int | None:
         raise
 
 
+def _new_temp_in(dir_fd: int, name: str) -> tuple[str, int]:
+    """A new temp file beside ``name``, under a name nobody can guess (the directory may be a
+    job's, which could plant a name it knows)."""
+    for _ in range(8):
+        tmp = f".rk-layout-{os.urandom(6).hex()}-{name}"[:_NAME_MAX]
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            return tmp, os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise LayoutError(f"{name}: no free temp name beside it after 8 tries")
+
+
 def _replace_in(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int) -> None:
     """``_replace_ids`` within an open directory."""
-    tmp = f".rk-layout-{os.getpid()}-{name}"[:_NAME_MAX]
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    tmp, fd = _new_temp_in(dir_fd, name)
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)

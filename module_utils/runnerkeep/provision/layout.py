@@ -29,6 +29,8 @@ def apply_layout(
     """The host_layout module's return values (library/host_layout.py RETURN). Calls on one
     host take turns (two provision runs at once would reclaim the same trees)."""
     _check_paths(params)
+    if check_mode:  # reads only, and check mode leaves no trace (not even the lock file)
+        return _apply(params, check_mode, want_diff, run)
     with _host_lock(LOCK_PATH, LOCK_WAIT_SECONDS):
         return _apply(params, check_mode, want_diff, run)
 
@@ -110,7 +112,7 @@ def _check_paths(params: dict[str, Any]) -> None:
     for path in paths:
         if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
             raise LayoutError(f"{path!r}: paths must be absolute (start with /)")
-        if os.path.normpath(path) != path.rstrip("/") and path != "/":
+        if os.path.normpath(path) != path:
             raise LayoutError(f"{path!r}: write the path without . , .. or doubled slashes")
 
 

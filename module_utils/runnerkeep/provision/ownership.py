@@ -5,9 +5,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import stat
 
 from .changes import Changes, LayoutError
+
+_OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
 
 
 def user_id(name: str, check_mode: bool) -> int | None:
@@ -31,20 +34,16 @@ def group_id(name: str, check_mode: bool) -> int | None:
 
 
 def parse_mode(value: str | int, path: str) -> int:
-    """A mode as Ansible's file modules take it: a string is octal ("0755", "01730"); an
-    integer is the mode itself (YAML reads an unquoted 0640 as the integer 416, i.e. 0o640)."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    """An octal mode written as a string ("0755", "01730"). A number is refused: YAML reads an
+    unquoted 0640 as 416 and an unquoted 755 as 755, and no reading of a number is safe for
+    both (one is a world-writable file)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise LayoutError(
+            f'{path}: mode {value!r} is a number; quote the octal mode (mode: "0644")'
+        )
+    if not isinstance(value, str) or not _OCTAL_MODE.match(value):
         raise LayoutError(f"{path}: mode {value!r} is not an octal mode such as 0644")
-    if isinstance(value, int):
-        mode = value
-    else:
-        try:
-            mode = int(value, 8)
-        except ValueError:
-            raise LayoutError(f"{path}: mode {value!r} is not an octal mode such as 0644") from None
-    if not 0 <= mode <= 0o7777:
-        raise LayoutError(f"{path}: mode {value!r} is out of range (0000-7777)")
-    return mode
+    return int(value, 8)
 
 
 def fix_owner_and_mode(

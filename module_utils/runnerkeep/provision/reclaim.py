@@ -29,8 +29,8 @@ from .ownership import group_id, user_id
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _SET_ID = stat.S_ISUID | stat.S_ISGID
 _NAME_MAX = 255
-# A state file a job wrote is copied into a root file; past this it is moved aside instead.
-_COPY_MAX_BYTES = 16 * 1024 * 1024
+# A state file a job wrote is copied into a root file; past this (or sparse) it is moved aside.
+_COPY_MAX_BYTES = 1024 * 1024
 
 
 def reclaim(spec: dict[str, Any], changes: Changes) -> None:
@@ -162,7 +162,9 @@ def _set_owner_and_mode(path: str, uid: int | None, gid: int | None, mode: int) 
 def _replace_with_roots_copy(path: str, info: os.stat_result, aside: str, changes: Changes) -> None:
     """A state file a job wrote becomes a new file of root's with the same bytes: a job process
     that opened the old one keeps only an unlinked inode."""
-    if info.st_size > _COPY_MAX_BYTES:
+    sparse = info.st_blocks * 512 < info.st_size
+    if info.st_size > _COPY_MAX_BYTES or sparse:
+        # A copy would write it out in full: a job's sparse file could fill the disk.
         _move_aside(path, aside, changes)
         return
     changes.note(path, "replaced by root's copy")
@@ -183,6 +185,12 @@ def _replace_with_roots_copy(path: str, info: os.stat_result, aside: str, change
             new.flush()
             os.fsync(new.fileno())
         os.rename(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        _move_aside(path, aside, changes)  # no room for root's copy: the job's file goes aside
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -197,6 +205,8 @@ def _move_aside(path: str, aside: str, changes: Changes) -> None:
     try:
         os.rename(path, target)
     except FileNotFoundError:
+        if os.path.lexists(path):
+            raise  # the aside dir is missing: the entry stays and the run says so
         return  # gone meanwhile
     except OSError as exc:
         if exc.errno != errno.EXDEV:

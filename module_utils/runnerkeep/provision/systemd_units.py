@@ -68,6 +68,10 @@ def _states(run: Run, names: list[str]) -> dict[str, dict[str, str]]:
     for block in out.strip().split("\n\n"):
         fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
         states.append(fields)
+    if len(states) != len(names):
+        raise LayoutError(
+            f"systemctl show answered for {len(states)} of {len(names)} units; run it by hand"
+        )
     # systemctl answers in the order asked; Id is the unit's real name (an alias resolves).
     return dict(zip(names, states))
 

@@ -206,11 +206,6 @@ def test_a_link_further_up_the_way_is_not_followed_either(tmp_path):
     assert snapshot(str(outside)) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: host_files._open_dir_no_links makes missing directories with os.mkdir(0o755) "
-    "under the umask (0700 under umask 077), not 0755 as its docstring says",
-)
 def test_the_env_directories_made_are_0755_whatever_the_umask(tmp_path):
     os.umask(0o077)  # the autouse fixture puts the umask back
     ensure_lines(str(tmp_path / "runner" / "actions-runner" / ".env"), {"A": "1"}, changes())
@@ -218,11 +213,6 @@ def test_the_env_directories_made_are_0755_whatever_the_umask(tmp_path):
     assert owner_mode(str(tmp_path / "runner" / "actions-runner")) == (0, 0, 0o755)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: host_files._replace_in's temp name .rk-layout-<pid>-<name> is predictable in a "
-    "directory the job owns; a planted one makes O_EXCL raise a raw FileExistsError",
-)
 def test_a_temp_name_planted_in_the_runners_directory_does_not_break_the_update(tmp_path):
     runner = job_owned_dir(tmp_path / "runner")
     path = write(os.path.join(runner, ".env"), b"A=1\n", JOB_UID, JOB_GID, 0o644)

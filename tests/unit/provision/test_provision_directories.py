@@ -160,7 +160,7 @@ def test_an_unknown_owner_fails_outside_check_mode_with_what_to_do(tmp_path):
 
 @pytest.mark.parametrize(
     ("mode", "message"),
-    [("0999", "is not an octal mode such as 0644"), ("17777", "is out of range (0000-7777)")],
+    [("0999", "is not an octal mode such as 0644"), ("17777", "is not an octal mode such as 0644")],
 )
 def test_a_bad_mode_fails_before_anything_is_made(tmp_path, mode, message):
     path = tmp_path / "state"
@@ -178,11 +178,21 @@ def test_parents_are_0755_whatever_the_umask(tmp_path):
     assert owner_mode(str(tmp_path / "a" / "b" / "state")) == (0, 0, 0o750)
 
 
-@pytest.mark.parametrize(("mode", "expected"), [(0o640, 0o640), (416, 0o640), ("01730", 0o1730)])
-def test_a_mode_may_be_an_integer_as_yaml_reads_an_unquoted_one(tmp_path, mode, expected):
+@pytest.mark.parametrize(("mode", "expected"), [("0640", 0o640), ("640", 0o640), ("01730", 0o1730)])
+def test_a_mode_is_a_quoted_octal_string(tmp_path, mode, expected):
     path = tmp_path / "state"
     ensure_directory({**spec(path), "mode": mode}, changes())
     assert owner_mode(str(path))[2] == expected
+
+
+@pytest.mark.parametrize("mode", [416, 755, 0o640])
+def test_a_mode_given_as_a_number_is_refused_not_guessed(tmp_path, mode):
+    """YAML reads an unquoted 0640 as 416 and an unquoted 755 as 755: no reading of a number
+    is right for both (one of them is a world-writable file), so none is taken."""
+    path = tmp_path / "state"
+    with pytest.raises(LayoutError, match=r"is a number; quote the octal mode"):
+        ensure_directory({**spec(path), "mode": mode}, changes())
+    assert not os.path.lexists(path)
 
 
 @pytest.mark.parametrize("mode", [True, 1.5, None])

@@ -301,11 +301,6 @@ def dir_spec(path, mode="0755"):
     return {"path": str(path), "mode": mode, "owner": "root", "group": "root"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a path with a trailing / passes layout._check_paths; ensure_directory's "
-    "_make_parents(dirname) then makes the directory itself and os.mkdir raises FileExistsError",
-)
 def test_a_directory_written_with_a_trailing_slash_is_made_or_refused_clearly(host, fake_run):
     root, _ = host
     params = {"directories": [dir_spec(str(root / "new") + "/", "0750")]}

@@ -183,11 +183,6 @@ def test_a_failing_move_is_a_layout_error_naming_the_entry(state, monkeypatch):
     assert message.endswith("fix or remove that entry and run again")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with aside_dir missing, reclaim._move_aside takes rename's FileNotFoundError "
-    "for 'gone meanwhile': the link stays and is reported moved",
-)
 def test_a_missing_aside_dir_does_not_leave_a_link_reported_as_moved(state):
     root, outside = state
     os.symlink(outside, root / "planted")
