@@ -176,6 +176,12 @@ attributes:
     description: Target OS/families that can be operated against.
     support: full
     platforms: posix
+notes:
+  - >-
+    Set C(no_log) on a task whose O(secret_files) hold a secret. Their content is masked in what
+    the task returns, but the invocation the module writes to the host's journal is masked only
+    where the secret appears as written, and a secret ending in a newline appears there as
+    C(\\n): the roles set C(no_log) when they write one.
 requirements:
   - python >= 3.9 on the managed host
   - groupadd, useradd and usermod for O(groups) and O(users); systemctl for O(units)
