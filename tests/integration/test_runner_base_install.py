@@ -17,7 +17,10 @@ import pytest
 pytestmark = pytest.mark.integration
 
 INSTALL_DIR = "/usr/local/lib/runnerkeep"
-TASKS = ("Install the runnerkeep zipapp", "Unpack and compile runnerkeep for the host's Python")
+TASKS = (
+    "Install the runnerkeep zipapp",
+    "Unpack and compile runnerkeep for the host's Python, and check that it works",
+)
 PLAY = """\
 - name: runner_base only
   hosts: runners

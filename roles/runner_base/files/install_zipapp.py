@@ -22,6 +22,8 @@ and give up after --lock-wait seconds (default 300) with one line.
 
 Prints "changed INSTALL_DIR/lib" or "unchanged INSTALL_DIR/lib"; with --check it only reports
 what a real run would do and writes nothing. Exits 1 with a one-line reason on failure.
+With --self-check COMMAND (not in --check), then runs `COMMAND self-check` and exits with its
+code (runner_base's check that runnerkeep works, in the same round trip).
 """
 
 # Up to the version check this file must parse on old Pythons (3.0+: no f-strings, no
@@ -412,11 +414,36 @@ def parse_args(argv: "list[str]") -> "tuple[str, str, bool, float] | None":
     return args[0], args[1], check, lock_wait
 
 
-def main(argv: "list[str]") -> int:
-    parsed = parse_args(argv)
-    if parsed is None:
+def self_check(command: str) -> int:
+    """``COMMAND self-check`` once installed (one round trip for the role, not two): its
+    output follows ours; its exit code is ours when it fails."""
+    import subprocess  # only here: the install itself runs no program
+
+    try:
+        done = subprocess.run(
+            [command, "self-check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
         print(
-            "usage: install_zipapp.py PYZ INSTALL_DIR [--check] [--lock-wait SECONDS]",
+            "install_zipapp: " + command + " self-check did not run: " + str(exc), file=sys.stderr
+        )
+        return 1
+    sys.stdout.write(done.stdout.decode("utf-8", "replace"))
+    return done.returncode
+
+
+def main(argv: "list[str]") -> int:
+    args = list(argv)
+    command = None
+    if "--self-check" in args:
+        at = args.index("--self-check")
+        command = args[at + 1] if at + 1 < len(args) else None
+        del args[at : at + 2]
+    parsed = parse_args(args)
+    if parsed is None or ("--self-check" in argv and not command):
+        print(
+            "usage: install_zipapp.py PYZ INSTALL_DIR [--check] [--lock-wait SECONDS]"
+            " [--self-check COMMAND]",
             file=sys.stderr,
         )
         return 2
@@ -428,6 +455,9 @@ def main(argv: "list[str]") -> int:
         print("install_zipapp: " + str(exc), file=sys.stderr)
         return 1
     print(("changed " if changed else "unchanged ") + os.path.join(install_dir, LINK))
+    sys.stdout.flush()
+    if command and not check:
+        return self_check(command)
     return 0
 
 

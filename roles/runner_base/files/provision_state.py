@@ -219,6 +219,10 @@ def check(stamp_path: str, fingerprint: str, spec: dict, check_mode: bool) -> di
         "reason": reason or "as the last full run left it",
         "fleet": stamp.get("fleet"),
         "drained": drained(spec),
+        # Handed back so the playbook keeps the fingerprint it checked without computing it
+        # again (it templates every role variable), and whether runner_base must install Docker.
+        "fingerprint": fingerprint,
+        "docker_cli": os.path.exists("/usr/bin/docker"),
     }
 
 

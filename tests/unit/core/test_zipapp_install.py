@@ -437,3 +437,32 @@ def test_the_wrapper_runs_with_spaces_in_its_paths(pyz, tmp_path):
     # the default paths render exactly as before (no change on hosts already provisioned)
     plain = render_wrapper("/usr/bin/python3", "/usr/local/lib/runnerkeep")
     assert plain.splitlines()[-1] == 'exec /usr/bin/python3 /usr/local/lib/runnerkeep/lib "$@"'
+
+
+def _fake_command(tmp_path, exit_code: int) -> str:
+    """A stand-in for the runnerkeep wrapper: records its arguments, answers, exits."""
+    command = tmp_path / "fake-runnerkeep"
+    command.write_text(
+        f"#!/bin/sh\necho \"$@\" > {tmp_path}/called\necho 'check  result'\nexit {exit_code}\n"
+    )
+    command.chmod(0o755)
+    return str(command)
+
+
+def test_self_check_runs_after_the_install_and_its_failure_is_the_exit_code(pyz, tmp_path):
+    target = str(tmp_path / "install")
+    ok = install(pyz, target, "--self-check", _fake_command(tmp_path, 0))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("changed ") and "check  result" in ok.stdout
+    assert (tmp_path / "called").read_text().strip() == "self-check"
+    failing = install(pyz, target, "--self-check", _fake_command(tmp_path, 6))
+    assert failing.returncode == 6
+    assert failing.stdout.startswith("unchanged ") and "check  result" in failing.stdout
+
+
+def test_self_check_does_not_run_in_check_mode_and_needs_a_command(pyz, tmp_path):
+    target = str(tmp_path / "install")
+    checked = install(pyz, target, "--check", "--self-check", _fake_command(tmp_path, 6))
+    assert checked.returncode == 0 and not (tmp_path / "called").exists()
+    missing = install(pyz, target, "--self-check")
+    assert missing.returncode == 2 and "--self-check COMMAND" in missing.stderr
