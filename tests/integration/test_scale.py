@@ -30,6 +30,11 @@ CHECK_TASK = "Check first whether the host is as the last full run left it"
 TIMER_UNIT = "/etc/systemd/system/runnerkeep-cleanup.timer"
 
 
+def results(recap: dict) -> int:
+    """Task results a host made in a run (ok and skipped): the fast path makes a handful."""
+    return recap["ok"] + recap["skipped"]
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for line in output.split("PLAY RECAP", 1)[-1].splitlines():
@@ -76,7 +81,9 @@ def test_scale_measures_a_three_runner_fleet(tmp_path: Path) -> None:
         assert again["recap"][host]["changed"] == 0, (host, again["recap"][host])
         assert again["recap"][host]["failed"] == 0
         # The fast path: the roles (about 75 tasks) are skipped on a converged host.
-        assert again["recap"][host]["ok"] < first["recap"][host]["ok"] // 4, again["recap"][host]
+        assert results(again["recap"][host]) < results(first["recap"][host]) // 4, again["recap"][
+            host
+        ]
     # The no-change run costs less than the first, on the controller and on every host.
     assert again["controller_cpu_s"] < first["controller_cpu_s"]
     for host in hosts:
@@ -105,7 +112,7 @@ def test_a_drifted_host_gets_the_full_run_and_is_repaired(provisioned_fleet) -> 
     counts_after = recap(after.stdout)
     for host in provisioned_fleet.hosts:
         assert counts_after[host.name]["changed"] == 0, counts_after
-        assert counts_after[host.name]["ok"] < counts[drifted.name]["ok"] // 4, counts_after
+        assert results(counts_after[host.name]) < results(counts[drifted.name]) // 4, counts_after
 
 
 def test_check_mode_on_a_drifted_host_reports_and_keeps_the_stamp(provisioned_fleet) -> None:

@@ -9,7 +9,6 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from typing import Any
 
 from .changes import Changes, LayoutError, printable
@@ -184,7 +183,7 @@ def _open_dir_no_links(directory: str, create: bool) -> int | None:
 def _new_temp_in(dir_fd: int, name: str) -> tuple[str, int]:
     """A new temp file beside ``name``, under a name nobody can guess (the directory may be a
     job's, which could plant a name it knows)."""
-    for _ in range(8):
+    for _attempt in range(8):
         tmp = f".rk-layout-{os.urandom(6).hex()}-{name}"[:_NAME_MAX]
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -194,13 +193,17 @@ def _new_temp_in(dir_fd: int, name: str) -> tuple[str, int]:
     raise LayoutError(f"{name}: no free temp name beside it after 8 tries")
 
 
-def _replace_in(dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """``_replace_ids`` within an open directory."""
+def _replace_in(
+    dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int, shown: str = ""
+) -> None:
+    """``name`` in the open directory holds ``data``: a temp file beside it (owner and mode set
+    before a byte is written, so a secret is never readable by others), fsync, rename over
+    whatever is at ``name`` (a link there is replaced, not followed), fsync the directory."""
     tmp, fd = _new_temp_in(dir_fd, name)
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
-        _write_all(fd, data, name)
+        _write_all(fd, data, shown or name)
         os.fsync(fd)
         os.close(fd)
         fd = -1
@@ -277,31 +280,11 @@ def _open_regular(path: str, dir_fd: int | None = None) -> tuple[int | None, byt
 
 
 def _replace(path: str, data: bytes, owner: str, group: str, mode: int) -> None:
-    _replace_ids(path, data, user_id(owner, False), group_id(group, False), mode)
-
-
-def _replace_ids(path: str, data: bytes, uid: int, gid: int, mode: int) -> None:
-    """A temp file beside ``path`` (owner and mode set before a byte is written, so a secret is
-    never readable by others), fsync, rename over whatever is at ``path``, fsync the dir."""
-    directory = os.path.dirname(path) or "/"
-    fd, tmp = tempfile.mkstemp(prefix=".rk-layout-", dir=directory)
+    """``path`` holds ``data``: see ``_replace_in``."""
+    uid, gid = user_id(owner, False), group_id(group, False)
+    dir_fd = os.open(os.path.dirname(path) or "/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, mode)
-        _write_all(fd, data, path)
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
+        _replace_in(dir_fd, os.path.basename(path), data, uid, gid, mode, shown=path)
     finally:
         os.close(dir_fd)
 

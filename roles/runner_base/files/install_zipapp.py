@@ -421,7 +421,11 @@ def self_check(command: str) -> int:
 
     try:
         done = subprocess.run(
-            [command, "self-check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300
+            [command, "self-check"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         print(

@@ -39,9 +39,20 @@ def renames(monkeypatch):
     seen = []
     real = os.rename
 
-    def recording(src, dst, *args, **kwargs):
-        seen.append((str(src), str(dst), os.lstat(src)))
-        return real(src, dst, *args, **kwargs)
+    def recording(src, dst, *args, src_dir_fd=None, dst_dir_fd=None, **kwargs):
+        # Names relative to a directory descriptor are shown as the paths they stand for.
+        src_path = (
+            os.path.join(os.readlink(f"/proc/self/fd/{src_dir_fd}"), src)
+            if src_dir_fd is not None
+            else str(src)
+        )
+        dst_path = (
+            os.path.join(os.readlink(f"/proc/self/fd/{dst_dir_fd}"), dst)
+            if dst_dir_fd is not None
+            else str(dst)
+        )
+        seen.append((src_path, dst_path, os.lstat(src_path)))
+        return real(src, dst, *args, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, **kwargs)
 
     monkeypatch.setattr(host_files.os, "rename", recording)
     return seen
