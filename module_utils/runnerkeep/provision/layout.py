@@ -6,12 +6,12 @@ changes and writes nothing."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import time
 from collections.abc import Iterator
 from typing import Any, Callable
 
+from ..errors import LockHeldError
+from ..statefile import flock_bounded
 from .accounts import ensure_group, ensure_user
 from .changes import Changes, LayoutError
 from .host_files import ensure_absent, ensure_directory, ensure_file, ensure_lines
@@ -40,18 +40,13 @@ def _host_lock(path: str, wait_seconds: float) -> Iterator[None]:
     """An exclusive flock on ``path`` in root's /run (not /run/lock, which anyone may write)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LayoutError(
-                        f"another host_layout run has held {path} for {wait_seconds:.0f} s: "
-                        "let it finish (or find it with fuser) and run again"
-                    ) from None
-                time.sleep(0.2)
+        try:
+            flock_bounded(fd, path, wait_seconds)
+        except LockHeldError:
+            raise LayoutError(
+                f"another host_layout run has held {path} for {wait_seconds:.0f} s: "
+                "let it finish (or find it with fuser) and run again"
+            ) from None
         yield
     finally:
         os.close(fd)
