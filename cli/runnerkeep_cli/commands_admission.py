@@ -3,6 +3,8 @@
     admission check --job-id ID     the job-start hook (the CI user): ask the root-side service;
                                     exit 4 with one line when the job cannot fit, 0 otherwise
     admission status                the drain record and the admission settings
+    admission drain --reason TEXT   (root) drain this runner by hand; only undrain ends it
+    admission undrain               (root) bring a drained runner back, whoever drained it
     admission serve-connection      (internal) one connection of runnerkeep-admission.socket
 
 ``check`` fails open: no service, a service that does not answer within ``admission.deadline``
@@ -35,6 +37,14 @@ runner (its agent's systemd unit is stopped after the job ends; the disk watch s
 again once free space has stayed above the warning watermark for admission.settle_time).
 """
 
+DRAIN_DESCRIPTION = """\
+Drain this runner by hand (a disk to replace, a host to patch): from now on every job is
+refused at start with the reason given, and the agent's unit (admission.agent_unit) is stopped
+at once when no job runs, else by the disk watch once the running jobs end. The watch never
+brings an operator's drain back and the fleet guard does not apply: `runnerkeep admission
+undrain` ends it. Exit 0 when drained (or already), 1 with one line on an error.
+"""
+
 
 def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
     sub = add_group(groups, "admission", "refuse jobs that cannot fit; drain", DESCRIPTION, epilog)
@@ -56,6 +66,26 @@ def register(groups, common: argparse.ArgumentParser, epilog: str) -> None:
         parents=[common],
         epilog=epilog,
     )
+    p = add_command(
+        sub,
+        "drain",
+        admission_drain,
+        "drain this runner by hand (maintenance): refuse jobs, stop the agent when idle",
+        parents=[common],
+        epilog=epilog,
+        description=DRAIN_DESCRIPTION,
+    )
+    p.add_argument("--reason", required=True, help="why (shown to refused jobs and in reports)")
+    p.add_argument("--check", action="store_true", help="say what would be done, change nothing")
+    p = add_command(
+        sub,
+        "undrain",
+        admission_undrain,
+        "bring a drained runner back: start the agent, admit jobs again",
+        parents=[common],
+        epilog=epilog,
+    )
+    p.add_argument("--check", action="store_true", help="say what would be done, change nothing")
     add_command(
         sub,
         "serve-connection",
@@ -137,7 +167,8 @@ def admission_status(args: argparse.Namespace) -> CommandResult:
         state = "not drained (never was)"
     elif record["drained"]:
         minutes = int((time.time() - record["since"]) // 60)
-        state = f"DRAINED for {minutes} min: {record['reason']}"
+        by = " by an operator" if record["by"] == "operator" else ""
+        state = f"DRAINED{by} for {minutes} min: {record['reason']}"
     else:
         state = f"not drained ({record['reason'] or 'never was'})"
     rows = [
@@ -157,3 +188,32 @@ def _guard_text(settings: dict[str, Any]) -> str:
         f"at most {settings['max_drained']} runner(s) drained; "
         f"{settings['fleet_drained']} other(s) drained at the role's last count"
     )
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise RunnerkeepError(f"admission {what} changes root's drain record: run it as root")
+
+
+def admission_drain(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.admission import drain_by_operator
+
+    if not args.check:
+        _require_root("drain")
+    result = drain_by_operator(load_config(args.config), args.reason, check=args.check)
+    return CommandResult(result, _operator_text(result, args.check), EXIT_OK)
+
+
+def admission_undrain(args: argparse.Namespace) -> CommandResult:
+    from runnerkeep.admission import undrain_by_operator
+
+    if not args.check:
+        _require_root("undrain")
+    result = undrain_by_operator(load_config(args.config), check=args.check)
+    return CommandResult(result, _operator_text(result, args.check), EXIT_OK)
+
+
+def _operator_text(result: dict[str, Any], check: bool) -> str:
+    state = f"drained ({escape_text(result['reason'])})" if result["drained"] else "not drained"
+    prefix = "check: " if check else ""
+    return f"{prefix}{state}: {escape_text(str(result['action']))}"

@@ -36,7 +36,7 @@ from .cleanup.lock import active_jobs
 from .config import merge_section, state_dir_of
 from .disk.budget import Budget, current_budget
 from .disk.disk_config import disk_settings, expand
-from .errors import ConfigError, RunnerkeepError
+from .errors import ConfigError, LockHeldError, RunnerkeepError
 from .fsutil import FilesystemUsage, filesystem_usage, nearest_existing
 from .jobs import max_age_of
 from .spool import spool_dir_of
@@ -252,14 +252,17 @@ def admit_locked(
     """``admit`` one job at a time per host: two jobs starting together must not both run the
     cleanup stages, nor both decide on what the other is about to free. The wait is bounded
     by ``admission.deadline`` (then LockHeldError: the hook lets the job run)."""
-    settings = admission_settings(config)
-    path = os.path.join(state_dir_of(config), LOCK_FILE)
-    with statefile.locked(path, "the admission lock", settings["deadline"]):
+    with _admission_lock(config, admission_settings(config)["deadline"]):
         return admit(config, requester, tools, now)
 
 
 def _drained_line(record: dict[str, Any], now: float) -> str:
     minutes = max(0, int((now - record["since"]) // 60))
+    if record["by"] == drain.BY_OPERATOR:
+        return (
+            f"runnerkeep: this runner is drained by an operator ({minutes} min): "
+            f"{record['reason']}; it takes jobs again after `runnerkeep admission undrain`"
+        )
     return (
         f"runnerkeep: this runner is drained ({minutes} min): {record['reason']}; it takes "
         "jobs again once the disk watch sees enough free space"
@@ -365,11 +368,12 @@ def watch_drain(
     jobs: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     control: Callable[[str, str], tuple[bool, str]] = drain.systemctl,
 ) -> dict[str, Any]:
-    """One watch cycle's drain step. Returns ``{"drained", "reason", "since", "unit",
+    """One watch cycle's drain step. Returns ``{"drained", "reason", "since", "unit", "by",
     "action", "alert", "error"}``: ``alert`` a message for the watch to send on a change,
-    ``error`` a problem (a damaged drain.json: the drain state is unknown, nothing is done)."""
+    ``error`` a problem (a damaged drain.json: the drain state is unknown, nothing is done).
+    A runner an operator drained is never brought back here (only ``undrain`` does)."""
     result: dict[str, Any] = {"drained": False, "reason": "", "since": None, "unit": ""}
-    result.update(action=None, alert=None, error=None)
+    result.update(by=None, action=None, alert=None, error=None)
     try:
         settings = admission_settings(config)
         record = drain.read_drain(state_dir_of(config))
@@ -378,12 +382,25 @@ def watch_drain(
         return result
     if record is None or not record["drained"]:
         return result
-    result.update(drained=True, reason=record["reason"], since=record["since"])
+    result.update(drained=True, reason=record["reason"], since=record["since"], by=record["by"])
     unit = record["unit"] or settings["agent_unit"] or ""
     result["unit"] = unit
-    if _settled(watch_state, record, settings["settle_time"], now):
-        return _bring_back(config, result, unit, settings["settle_time"], now, control)
-    live = (jobs or _live_jobs)(config)
+    by_admission = record["by"] == drain.BY_ADMISSION
+    if by_admission and _settled(watch_state, record, settings["settle_time"], now):
+        return _bring_back(config, record, result, unit, now, control)
+    return _stop_when_idle(config, record, result, jobs or _live_jobs, control)
+
+
+def _stop_when_idle(
+    config: dict[str, Any],
+    record: dict[str, Any],
+    result: dict[str, Any],
+    jobs: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    control: Callable[[str, str], tuple[bool, str]],
+) -> dict[str, Any]:
+    """Stop the drained runner's agent unless a job still runs (it finishes first)."""
+    unit = result["unit"]
+    live = jobs(config)
     if live:
         result["action"] = f"waiting for {len(live)} job(s) to end before stopping {unit}"
         return result
@@ -409,19 +426,31 @@ def _settled(
 
 def _bring_back(
     config: dict[str, Any],
+    record: dict[str, Any],
     result: dict[str, Any],
     unit: str,
-    settle: float,
     now: float,
     control: Callable[[str, str], tuple[bool, str]],
 ) -> dict[str, Any]:
-    if unit:
-        ok, line = control("start", unit)
-        if not ok:
-            result["error"] = f"cannot start the runner's agent again: {line}"
-            return result
-    reason = f"back: free space above the warning watermark for {int(settle)} s"
-    drain.write_drain(state_dir_of(config), drain.new_record(False, reason, unit, now))
+    """Start the agent and record the runner as back, under the admission lock and only if
+    the record is still the one this cycle read: an operator's drain written meanwhile must
+    not be undone. A held lock is not an error: the next cycle tries again."""
+    settle = admission_settings(config)["settle_time"]
+    try:
+        with _admission_lock(config, BRING_BACK_LOCK_WAIT):
+            if drain.read_drain(state_dir_of(config)) != record:
+                result["action"] = "the drain record changed during this cycle: left as it is"
+                return result
+            if unit:
+                ok, line = control("start", unit)
+                if not ok:
+                    result["error"] = f"cannot start the runner's agent again: {line}"
+                    return result
+            reason = f"back: free space above the warning watermark for {int(settle)} s"
+            drain.write_drain(state_dir_of(config), drain.new_record(False, reason, unit, now))
+    except LockHeldError:
+        result["action"] = "the admission lock is held: the runner comes back on a later cycle"
+        return result
     result.update(drained=False, reason="", since=now, action=f"started {unit or 'nothing'}")
     result["alert"] = f"runner back: agent {unit or '(none)'} started, {reason}"
     return result
@@ -436,6 +465,125 @@ def _is_active(control: Callable[[str, str], tuple[bool, str]], unit: str) -> bo
     if line in ("inactive", "failed", "unknown", "deactivating"):
         return False
     return None
+
+
+# --- an operator's drain and undrain ------------------------------------------------------
+
+
+def drain_by_operator(
+    config: dict[str, Any],
+    reason: str,
+    check: bool = False,
+    now: float | None = None,
+    jobs: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    control: Callable[[str, str], tuple[bool, str]] = drain.systemctl,
+) -> dict[str, Any]:
+    """Drain this runner by hand (maintenance, a suspect disk): jobs are refused from now on,
+    the agent's unit is stopped at once when no job runs (else by the watch once the jobs
+    end), and only ``undrain_by_operator`` brings it back. The fleet guard does not apply:
+    an operator decides. ``check``: say what would be done, change nothing."""
+    settings = admission_settings(config)
+    text = _operator_reason(reason)
+    now = time.time() if now is None else now
+    with _admission_lock(config, settings["deadline"], check):
+        record = drain.read_drain(state_dir_of(config))
+        unit = settings["agent_unit"] or (record["unit"] if record else "") or ""
+        result: dict[str, Any] = {"drained": True, "reason": text, "since": now, "unit": unit}
+        result.update(by=drain.BY_OPERATOR, action=None, alert=None, error=None)
+        already = record is not None and record["drained"] and record["by"] == drain.BY_OPERATOR
+        result["changed"] = not (already and record["reason"] == text)
+        if check:
+            result["action"] = _drain_plan(record, unit, already)
+            return result
+        if already:
+            result["since"] = record["since"]  # drained since the first time, not since now
+        new = drain.new_record(True, text, unit, result["since"], by=drain.BY_OPERATOR)
+        drain.write_drain(state_dir_of(config), new)
+    _record_operator_event(config, "drained", text)
+    result = _stop_when_idle(config, new, result, jobs or _live_jobs, control)
+    if result["action"] is None:
+        result["action"] = f"{unit} already stopped" if unit else _NO_UNIT
+    return result
+
+
+def undrain_by_operator(
+    config: dict[str, Any],
+    check: bool = False,
+    now: float | None = None,
+    control: Callable[[str, str], tuple[bool, str]] = drain.systemctl,
+) -> dict[str, Any]:
+    """Bring a drained runner back (whoever drained it): the agent's unit is started and jobs
+    are admitted again. A runner still short of disk is drained again by its next job."""
+    settings = admission_settings(config)
+    now = time.time() if now is None else now
+    with _admission_lock(config, settings["deadline"], check):
+        record = drain.read_drain(state_dir_of(config))
+        result: dict[str, Any] = {"drained": False, "reason": "", "since": now, "unit": ""}
+        result.update(by=None, action=None, alert=None, error=None, changed=False)
+        if record is None or not record["drained"]:
+            result["action"] = "not drained: nothing to do"
+            return result
+        unit = record["unit"] or settings["agent_unit"] or ""
+        result.update(unit=unit, changed=True, was=record["reason"], was_by=record["by"])
+        if check:
+            result["action"] = f"would start {unit} and admit jobs again" if unit else _NO_UNIT
+            return result
+        if unit:
+            ok, line = control("start", unit)
+            if not ok:
+                raise RunnerkeepError(
+                    f"cannot start the runner's agent {unit}: {line}; the runner stays drained"
+                )
+        reason = f"back: undrained by an operator (was: {record['reason']})"
+        drain.write_drain(state_dir_of(config), drain.new_record(False, reason, unit, now))
+    _record_operator_event(config, "undrained", record["reason"])
+    result["action"] = f"started {unit}" if unit else "jobs are admitted again"
+    return result
+
+
+_NO_UNIT = "no agent unit configured (admission.agent_unit): jobs are refused, nothing stopped"
+BRING_BACK_LOCK_WAIT = 10.0  # the watch's wait for the admission lock, per cycle
+
+
+def _operator_reason(reason: Any) -> str:
+    """The record's reason: ``operator: TEXT`` (the part before ': ' is the metric label)."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise ConfigError("a drain needs a reason: say why, e.g. --reason 'disk replacement'")
+    return f"{drain.BY_OPERATOR}: {' '.join(reason.split())}"
+
+
+def _drain_plan(record: dict[str, Any] | None, unit: str, already: bool) -> str:
+    if already:
+        return "already drained by an operator: the reason would be updated"
+    stop = f"stop {unit} once no job runs" if unit else "stop nothing (no agent unit)"
+    if record is not None and record["drained"]:
+        return f"would turn the admission drain into an operator drain and {stop}"
+    return f"would refuse jobs from now on and {stop}"
+
+
+@contextlib.contextmanager
+def _admission_lock(config: dict[str, Any], wait: float, check: bool = False) -> Any:
+    """The admission lock (admit, drain, undrain and the bring-back take turns); none in check
+    mode, which writes nothing, not even the lock file."""
+    if check:
+        yield None
+        return
+    os.makedirs(state_dir_of(config), mode=0o755, exist_ok=True)
+    path = os.path.join(state_dir_of(config), LOCK_FILE)
+    with statefile.locked(path, "the admission lock", wait) as fd:
+        yield fd
+
+
+def _record_operator_event(config: dict[str, Any], result: str, reason: str) -> None:
+    with contextlib.suppress(OSError, RunnerkeepError):
+        events.record_event(
+            state_dir_of(config),
+            EVENT_KIND,
+            spool_dir=spool_dir_of(config),
+            result=result,
+            reason=reason,
+            by=drain.BY_OPERATOR,
+        )
 
 
 def _live_jobs(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -33,6 +33,9 @@ from .textutil import escape_text
 
 DRAIN_FILE = "drain.json"
 MAX_REASON = 300
+BY_ADMISSION = "admission"  # a job could not fit; the watch brings the runner back
+BY_OPERATOR = "operator"  # drained by hand; only an undrain brings it back
+DRAINERS = (BY_ADMISSION, BY_OPERATOR)
 SYSTEMCTL_TIMEOUT = 60.0
 # A systemd unit name (optionally a glob such as actions.runner.*.service): no '/', no
 # whitespace, no leading '-' (it would read as an option of systemctl).
@@ -51,16 +54,20 @@ def valid_record(record: Any) -> dict[str, Any] | None:
     """The record with every field of its type; None when one is missing or wrong."""
     if not isinstance(record, dict) or not isinstance(record.get("drained"), bool):
         return None
-    # ``unit`` may be missing (a record written by hand): then no unit was recorded.
+    # ``unit`` may be missing (a record written by hand): then no unit was recorded; ``by``
+    # is missing in records of runnerkeep before operator drains: admission wrote them.
     if not isinstance(record.get("reason"), str) or not isinstance(record.get("unit", ""), str):
         return None
     if not statefile.timestamp(record.get("since")):
+        return None
+    if record.get("by", BY_ADMISSION) not in DRAINERS:
         return None
     return {
         "drained": record["drained"],
         "reason": record["reason"],
         "since": float(record["since"]),
         "unit": record.get("unit", ""),
+        "by": record.get("by", BY_ADMISSION),
     }
 
 
@@ -83,12 +90,15 @@ def is_drained(state_directory: str) -> bool:
     return bool(record and record["drained"])
 
 
-def new_record(drained: bool, reason: str, unit: str, now: float | None = None) -> dict[str, Any]:
+def new_record(
+    drained: bool, reason: str, unit: str, now: float | None = None, by: str = BY_ADMISSION
+) -> dict[str, Any]:
     return {
         "drained": drained,
         "reason": escape_text(reason)[:MAX_REASON],
         "since": time.time() if now is None else now,
         "unit": unit,
+        "by": by,
     }
 
 

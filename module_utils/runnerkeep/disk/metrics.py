@@ -654,9 +654,10 @@ WATCH_METRICS: tuple[MetricDef, ...] = (
     MetricDef(
         "runnerkeep_runner_drained",
         GAUGE,
-        "1 while the runner is drained (a job could not fit: its agent is stopped or stops "
-        "when the job ends), else 0; reason: what was short (free bytes or free inodes, and "
-        "where). Absent when the drain record cannot be read",
+        "1 while the runner is drained (a job could not fit, or an operator drained it: its "
+        "agent is stopped or stops when the job ends), else 0; reason: what was short (free "
+        "bytes or free inodes, and where), or operator. Absent when the drain record cannot "
+        "be read",
         ("reason",),
         _drained_samples,
         writer="disk watch (admission control's drain state)",

@@ -25,10 +25,18 @@ def test_written_record_reads_back_root_0644_and_atomic(tmp_path):
         "reason": "free bytes on /: needs 9 GiB",
         "since": 100.0,
         "unit": "gitlab-runner.service",
+        "by": "admission",
     }
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert [n for n in os.listdir(tmp_path) if n != "drain.json"] == []  # no temp file left
     assert drain.is_drained(str(tmp_path)) is True
+
+
+def test_a_record_from_before_operator_drains_was_written_by_admission(tmp_path):
+    (tmp_path / "drain.json").write_text(
+        '{"drained": true, "reason": "free bytes on /: x", "since": 3, "unit": "a.service"}'
+    )
+    assert drain.read_drain(str(tmp_path))["by"] == drain.BY_ADMISSION
 
 
 def test_the_fleet_report_reads_the_same_record(tmp_path):
@@ -51,6 +59,8 @@ def test_the_fleet_report_reads_the_same_record(tmp_path):
         b'{"drained": false, "reason": "", "since": NaN, "unit": ""}',
         b'{"drained": false, "reason": "", "unit": ""}',
         b'{"drained": false, "reason": "", "since": 1, "unit": 7}',
+        b'{"drained": true, "reason": "", "since": 1, "unit": "", "by": "the job"}',
+        b'{"drained": true, "reason": "", "since": 1, "unit": "", "by": null}',
     ],
 )
 def test_a_damaged_record_is_an_error_never_not_drained(tmp_path, content):

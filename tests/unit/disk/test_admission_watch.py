@@ -120,3 +120,65 @@ def test_the_disk_report_shows_the_drain_state(make_config, tmp_path):
     assert "drain state is unknown" in damaged["drain"]["error"]
     assert any(e.startswith("drain: ") for e in damaged["errors"])
     assert "DRAINED" not in render_report(damaged)
+
+
+def test_an_operators_drain_is_stopped_but_never_brought_back_by_the_watch(
+    make_config, fake_disk, syslog_calls
+):
+    config = make_config()
+    config["admission"] = {"agent_unit": "fake-agent.service", "settle_time": "0s"}
+    units = Units()
+    jobs: list[dict] = [{"pid": 1234}]
+
+    def step(cfg, state, now):
+        return admission.watch_drain(cfg, state, now, jobs=lambda c: list(jobs), control=units)
+
+    fake_disk.free_bytes = 90 * GiB  # plenty: an admission drain would come back at once
+    drained = admission.drain_by_operator(
+        config, "disk replacement", jobs=lambda c: list(jobs), control=units
+    )
+    assert drained["action"].startswith("waiting for 1 job(s) to end")
+    assert units.active  # the running job finishes first
+
+    jobs.clear()
+    stopped = run_watch(config, drain_func=step)
+    assert stopped["state"] == "ok"
+    assert stopped["drain"]["action"] == "stopped fake-agent.service" and not units.active
+    for _ in range(2):
+        again = run_watch(config, drain_func=step)
+        assert again["drain"]["drained"] is True and again["drain"]["by"] == "operator"
+    assert ("start", "fake-agent.service") not in units.calls
+    assert drain.read_drain(config["paths"]["state_dir"])["drained"] is True
+    assert drained_samples(metrics(config)) == {(("reason", "operator"),): 1}
+
+
+def test_the_bring_back_leaves_a_record_changed_during_the_cycle(
+    make_config, fake_disk, syslog_calls, monkeypatch
+):
+    """The watch read an admission drain; an operator drained the runner before the watch
+    wrote "back": the operator's record stays, the agent is not started."""
+    config = make_config()
+    config["admission"] = {"agent_unit": "fake-agent.service", "settle_time": "0s"}
+    state_dir = config["paths"]["state_dir"]
+    drain.write_drain(state_dir, drain.new_record(True, "free bytes on /: x", "fake-agent.service"))
+    units = Units()
+    units.active = False
+    real_read = drain.read_drain
+    first = []
+
+    def operator_drains_after_the_first_read(path):
+        record = real_read(path)
+        if not first:  # between the cycle's read and the bring-back's re-read
+            first.append(record)
+            admission.drain_by_operator(config, "maintenance", jobs=lambda c: [], control=units)
+        return record
+
+    monkeypatch.setattr(drain, "read_drain", operator_drains_after_the_first_read)
+    result = admission.watch_drain(
+        config, {"state": "ok", "since": 0.0}, 10**10, jobs=lambda c: [], control=units
+    )
+    assert first[0]["by"] == "admission"
+    assert result["action"] == "the drain record changed during this cycle: left as it is"
+    assert ("start", "fake-agent.service") not in units.calls
+    record = real_read(state_dir)
+    assert record["drained"] is True and record["by"] == "operator"
