@@ -1,6 +1,7 @@
 """Admission control on a runner container: a job that cannot fit fails fast and drains the
 runner, the agent's unit stops after the job ends, freeing space brings it back; a job that
-fits only after the emergency stage runs.
+fits only after the emergency stage runs; an operator drains and undrains with
+playbooks/drain.yml, and the watch leaves that drain alone.
 
 The real runner agents (GitHub's actions-runner, gitlab-runner) cannot be downloaded here: a
 small systemd service (``rk-fake-agent.service``, a sleep) stands in for the agent's unit, and
@@ -76,7 +77,7 @@ PROVISION_VARS = {
 
 
 @pytest.fixture(scope="module")
-def runner(runner_image):
+def admission_fleet(runner_image):
     fleet = Fleet.start(1, name="rkad", image=runner_image, extra_tmpfs={CI: "400m"})
     try:
         host = fleet.hosts[0]
@@ -90,9 +91,14 @@ def runner(runner_image):
         host.exec(
             "cat > /usr/local/bin/rk-worker && chmod 0755 /usr/local/bin/rk-worker", input=WORKER
         )
-        yield host
+        yield fleet
     finally:
         fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def runner(admission_fleet):
+    return admission_fleet.hosts[0]
 
 
 def wait_for(host, path: str) -> None:
@@ -225,3 +231,39 @@ def test_a_job_that_cannot_fit_fails_fast_drains_and_comes_back(runner):
     rc4, out4 = start_job(runner, 4)
     assert rc4 == 0, out4
     end_job(runner, 4)
+
+
+def test_an_operator_drains_and_undrains_with_the_playbook(admission_fleet, runner):
+    fleet = admission_fleet
+    before = drain_record(runner)
+    checked = fleet.run_playbook(
+        "playbooks/drain.yml", extra_vars={"drain_reason": "x"}, check=True
+    )
+    assert checked.returncode == 0 and "would refuse jobs from now on" in checked.stdout
+    assert drain_record(runner) == before and agent_state(runner) == "active"
+
+    no_reason = fleet.run_playbook("playbooks/drain.yml", quiet=True)
+    assert no_reason.returncode != 0 and "say why the runner is drained" in no_reason.stdout
+
+    drained = fleet.run_playbook(
+        "playbooks/drain.yml", extra_vars={"drain_reason": "disk replacement"}
+    )
+    assert drained.returncode == 0 and "changed=1" in drained.stdout, drained.stdout[-3000:]
+    assert agent_state(runner) == "inactive"  # no job ran: stopped at once
+    record = drain_record(runner)
+    assert record["by"] == "operator" and record["reason"] == "operator: disk replacement"
+    rc, out = start_job(runner, 5)
+    end_job(runner, 5)
+    assert rc == 1 and "this runner is drained by an operator" in out, out
+
+    # Plenty of free space and settle time 0: an admission drain would come back here.
+    watch(runner)
+    assert agent_state(runner) == "inactive" and drain_record(runner)["drained"] is True
+    assert drained_metric(runner) == ['runnerkeep_runner_drained{reason="operator"} 1']
+
+    back = fleet.run_playbook("playbooks/drain.yml", extra_vars={"drain_undrain": True})
+    assert back.returncode == 0 and "started " + AGENT in back.stdout, back.stdout[-3000:]
+    assert agent_state(runner) == "active" and drain_record(runner)["drained"] is False
+    rc6, out6 = start_job(runner, 6)
+    end_job(runner, 6)
+    assert rc6 == 0, out6
