@@ -784,9 +784,16 @@ def cache_import(args: argparse.Namespace) -> CommandResult:
         finally:
             os.close(fd)
         return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
+    settings = cache_settings(config)
     with _long_running(f"importing {args.key}") as progress:
         result = import_archive(
-            store, args.key, args.archive, state_dir=state_dir, progress=progress
+            store,
+            args.key,
+            args.archive,
+            state_dir=state_dir,
+            progress=progress,
+            reserve=settings["reserve"],
+            max_size=settings["max_size"],
         )
     return CommandResult(result, import_text(args.key, args.archive, result), EXIT_OK)
 

@@ -28,6 +28,7 @@ from ..procutil import enlarge_pipe
 from ..units import format_size
 from .archive_layout import LEGACY_LAYER_TYPE, ParsedArchive, analyze, familiar_ref
 from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
+from .import_space import ReserveGuardedReader
 from .progress import announce_total
 from .prune import prune_store
 from .store import (
@@ -744,6 +745,8 @@ def import_archive(
     scope: str = TRUSTED,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
+    reserve: int = 0,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
     """Verify, then store, an archive file that came from elsewhere. A bad one stores nothing."""
     validate_key(key)
@@ -761,6 +764,8 @@ def import_archive(
             scope=scope,
             state_dir=state_dir,
             progress=progress,
+            reserve=reserve,
+            max_size=max_size,
         )
 
 
@@ -773,10 +778,14 @@ def import_archive_fd(
     scope: str = TRUSTED,
     state_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
+    reserve: int = 0,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
     """Verify, then store, the archive read from ``fd`` (the cache service reads a job's file
     or pipe through the fd the job passed; it never opens the job's path). ``source`` is what
-    the entry records as where it came from."""
+    the entry records as where it came from. As a save: the import stops, storing nothing,
+    before it would leave less than ``reserve`` free (``import_space``), and the store is
+    pruned back under ``max_size`` after the commit (the new entry kept)."""
     validate_key(key)
     name = entry_name(key, scope)
     start = time.monotonic()
@@ -788,8 +797,9 @@ def import_archive_fd(
         with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
             with store.temp_area() as area:
+                guarded = ReserveGuardedReader(handle, store.root, reserve, source)
                 try:
-                    stats = read_archive_stream(handle, store, area, None, progress)
+                    stats = read_archive_stream(guarded, store, area, None, progress)
                     parsed = analyze(stats)
                 except ArchiveError as exc:
                     raise SaveFailed(f"{source} was refused, nothing stored: {exc}") from None
@@ -799,6 +809,7 @@ def import_archive_fd(
     except RunnerkeepError as exc:
         _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
         raise
+    pruned = prune_store(store, max_size=max_size, protect={name}) if max_size is not None else None
     _event(
         state_dir,
         op="import",
@@ -818,6 +829,7 @@ def import_archive_fd(
         "bytes_reused": committed["bytes_reused"],
         "images": _image_summary(committed["entry"]),
         "duration": round(time.monotonic() - start, 3),
+        "prune": pruned,
     }
 
 

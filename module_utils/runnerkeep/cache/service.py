@@ -592,7 +592,14 @@ def dispatch(
     if op == "import":
         with transfer(fds[0], to_job=False, deadline=_transfer_deadline(settings)) as fd:
             return import_archive_fd(
-                store, key, fd, _source_arg(args), scope=scope, state_dir=events_dir
+                store,
+                key,
+                fd,
+                _source_arg(args),
+                scope=scope,
+                state_dir=events_dir,
+                reserve=settings["reserve"],
+                max_size=settings["max_size"],
             )
     images = args.get("images")
     if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
