@@ -591,6 +591,9 @@ def cache_verify(args: argparse.Namespace) -> CommandResult:
         lines.append(f"{report['unreferenced_blobs']} unreferenced blob(s) (prune removes them)")
     for moved in report["quarantined"]:
         lines.append(f"quarantined {moved}")
+    if report.get("stale_temps_removed"):
+        count = len(report["stale_temps_removed"])
+        lines.append(f"removed {count} temp area(s) of operations that died")
     lines += _repair_lines(report)
     whole = report["ok"] or bool(report.get("repaired_ok"))
     if report["ok"]:

@@ -85,6 +85,9 @@ def verify_store(
         _hash_blobs(store, to_hash, referenced, workers, progress, found)
         _mark_entries_using_bad_blobs(found)
         quarantined = _quarantine_findings(store, found) if repair else []
+        # The temp areas of saves, imports and pulls that died: the store lock is held, so
+        # what is unlocked there belongs to nobody.
+        stale_temps = store.remove_stale_temps() if repair else []
         unreferenced = sorted(set(on_disk) - set(referenced)) if not key else []
     duration = time.monotonic() - start
     return {
@@ -97,6 +100,7 @@ def verify_store(
         "bad_blobs": [{"digest": d, "reason": r} for d, r in sorted(found.bad_blobs.items())],
         "unreferenced_blobs": len(unreferenced),
         "quarantined": quarantined,
+        "stale_temps_removed": stale_temps,
         "duration": round(duration, 3),
         "throughput_bytes_per_second": int(found.checked_bytes / duration) if duration > 0 else 0,
         "empty": not names and not on_disk,
@@ -188,6 +192,7 @@ def _empty_report(store: Store) -> dict[str, Any]:
         "bad_blobs": [],
         "unreferenced_blobs": 0,
         "quarantined": [],
+        "stale_temps_removed": [],
         "duration": 0.0,
         "throughput_bytes_per_second": 0,
         "empty": True,

@@ -354,6 +354,28 @@ def test_stale_temps_of_killed_process_removed_live_ones_kept(tmp_path, store_di
             child.wait()
 
 
+def test_verify_repair_removes_the_temps_of_a_killed_process(tmp_path, store_dir):
+    _two_keys(tmp_path, store_dir)
+    module_utils = os.path.join(os.path.dirname(__file__), "..", "..", "..", "module_utils")
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, store_dir, module_utils], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        store = Store(store_dir)
+        assert verify_store(store_dir)["stale_temps_removed"] == []  # a check writes nothing
+        assert store.temp_bytes() == 100000
+        report = verify_store(store_dir, repair=True)
+        assert report["ok"] and len(report["stale_temps_removed"]) == 1
+        assert store.temp_bytes() == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 # -- entries are the commit point ---------------------------------------------------------------
 def test_entry_checksum_and_key_checked(tmp_path, store_dir):
     store = _two_keys(tmp_path, store_dir)
