@@ -193,12 +193,34 @@ def _new_temp_in(dir_fd: int, name: str) -> tuple[str, int]:
     raise LayoutError(f"{name}: no free temp name beside it after 8 tries")
 
 
+_TEMP_RE = re.compile(r"\.rk-layout-[0-9a-f]{12}-")
+
+
+def _remove_dead_temps(dir_fd: int, name: str) -> None:
+    """Temp files beside ``name`` that a run killed between writing and renaming left behind.
+    Only ours go: our name pattern for ``name``, a regular file of root's with one link (a job
+    cannot make a file root owns; a hard link to one has two names). The host lock
+    (``layout.apply_layout``) says no other run is writing beside it now."""
+    with os.scandir(dir_fd) as entries:
+        names = [e.name for e in entries if e.name.startswith(".rk-layout-")]
+    for temp in names:
+        found = _TEMP_RE.match(temp)
+        if not found or temp[found.end() :] != name[: _NAME_MAX - found.end()]:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            info = os.stat(temp, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
+                os.unlink(temp, dir_fd=dir_fd)
+
+
 def _replace_in(
     dir_fd: int, name: str, data: bytes, uid: int, gid: int, mode: int, shown: str = ""
 ) -> None:
     """``name`` in the open directory holds ``data``: a temp file beside it (owner and mode set
     before a byte is written, so a secret is never readable by others), fsync, rename over
-    whatever is at ``name`` (a link there is replaced, not followed), fsync the directory."""
+    whatever is at ``name`` (a link there is replaced, not followed), fsync the directory.
+    Temps a killed run left beside it go first."""
+    _remove_dead_temps(dir_fd, name)
     tmp, fd = _new_temp_in(dir_fd, name)
     try:
         os.fchown(fd, uid, gid)

@@ -343,3 +343,31 @@ def test_check_mode_writes_nothing(tmp_path, renames):
     }
     # Check mode shows the same diffs a real run would (none of the key).
     assert [d["after"] for d in done.diffs] == ["new\n", "mine\n", "fresh\n"]
+
+
+def test_temps_a_killed_run_left_beside_the_file_go_and_nothing_else(tmp_path):
+    path = write(str(tmp_path / "config.json"), b"old\n")
+    dead = write(str(tmp_path / ".rk-layout-0123456789ab-config.json"), b"half")
+    # Look-alikes that are not a dead temp of ours stay: a job's file, a hard link to a file
+    # of root's, a symlink, another file's temp, a name off the pattern.
+    jobs = write(str(tmp_path / ".rk-layout-aaaaaaaaaaaa-config.json"), b"j", JOB_UID, JOB_GID)
+    roots = write(str(tmp_path / "etc-shadow"), b"root:secret\n", 0, 0, 0o640)
+    linked = str(tmp_path / ".rk-layout-bbbbbbbbbbbb-config.json")
+    os.link(roots, linked)
+    symlinked = str(tmp_path / ".rk-layout-cccccccccccc-config.json")
+    os.symlink(roots, symlinked)
+    other = write(str(tmp_path / ".rk-layout-dddddddddddd-other.json"), b"o")
+    off = write(str(tmp_path / ".rk-layout-XYZ-config.json"), b"x")
+    ensure_file(spec(path, "new\n"), changes())
+    assert read(path) == b"new\n"
+    assert not os.path.lexists(dead)
+    for kept in (jobs, linked, symlinked, other, off):
+        assert os.path.lexists(kept), kept
+    assert read(roots) == b"root:secret\n"
+
+
+def test_check_mode_leaves_a_dead_temp_alone(tmp_path):
+    path = write(str(tmp_path / "config.json"), b"old\n")
+    dead = write(str(tmp_path / ".rk-layout-0123456789ab-config.json"), b"half")
+    ensure_file(spec(path, "new\n"), changes(check_mode=True))
+    assert os.path.exists(dead) and read(path) == b"old\n"
