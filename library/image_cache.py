@@ -548,7 +548,7 @@ def verified(task, config, store, state_dir, fleet, out):
         out["repaired"] = report["repaired"]
     whole = report["ok"] or bool(report.get("repaired_ok"))
     out.update(report=report, result="ok" if report["ok"] else "repaired" if whole else "bad")
-    out["changed"] = bool(report["quarantined"])
+    out["changed"] = bool(report["quarantined"] or report.get("stale_temps_removed"))
     if not whole:
         bad = [b["key"] for b in report["bad_entries"]] + [b["digest"] for b in report["bad_blobs"]]
         raise TaskFailed("cache verify found problems: " + ", ".join(bad), **out)
