@@ -17,6 +17,7 @@ import pytest
 from cachetest_helpers import legacy_archive, random_layer
 from runnerkeep.cache import Store, import_archive, list_entries, prune_store, service
 from runnerkeep.cache.cache_config import cache_settings
+from runnerkeep.cache.save import import_archive_fd
 from runnerkeep.cache.verify import verify_store
 from runnerkeep.errors import ConfigError, RunnerkeepError
 
@@ -316,3 +317,46 @@ def test_the_guard_leaves_no_temp_area_behind_after_a_stop(tmp_path):
         import_archive(store, "big", path, reserve=free.f_bavail * free.f_frsize - 2 * MiB)
     leftovers = [os.path.join(d, f) for d, _dirs, files in os.walk(store.tmp_dir) for f in files]
     assert leftovers == []
+
+
+def test_a_slow_import_survives_verify_repair_and_prune_running_meanwhile(tmp_path):
+    """A pipe fed in pieces (the import holds its temp area for ~1 s) while verify --repair
+    and a prune loop run: neither takes the live temp area; the entry is stored whole."""
+    store = Store(str(tmp_path / "store"), key_file=None)
+    import_archive(store, "other", archive_file(tmp_path, "other", MiB))
+    data = legacy_archive([(["slow:1"], [random_layer(3 * MiB)])])
+    read_end, write_end = os.pipe()
+
+    def feed():
+        try:
+            for offset in range(0, len(data), 256 * 1024):
+                os.write(write_end, data[offset : offset + 256 * 1024])
+                time.sleep(0.08)
+        finally:
+            os.close(write_end)
+
+    stop = threading.Event()
+    repaired: list[dict] = []
+
+    def housekeeping():
+        for _ in range(200):
+            if stop.is_set():
+                return
+            repaired.append(verify_store(store, repair=True))
+            prune_store(store, max_size=100 * MiB)
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (feed, housekeeping)]
+    for thread in threads:
+        thread.start()
+    try:
+        result = import_archive_fd(store, "slow", read_end, "a slow pipe", max_size=100 * MiB)
+    finally:
+        stop.set()
+        os.close(read_end)
+        for thread in threads:
+            thread.join(30)
+    assert result["result"] == "saved"
+    assert repaired and all(report["ok"] for report in repaired)
+    assert not any(report["stale_temps_removed"] for report in repaired)
+    assert verify_store(store, key="slow")["ok"] is True
+    assert {e["key"] for e in list_entries(store)["entries"]} == {"other", "slow"}
