@@ -237,7 +237,9 @@ def test_localhost_resolving_elsewhere_is_refused_and_never_connected(monkeypatc
 
     monkeypatch.setattr(socket, "getaddrinfo", lying)
     monkeypatch.setattr(transport, "_open_socket", lambda *a: connected.append(a))
-    settings = remote_settings({"remote": {"url": "http://localhost:5000/r", "timeout": 1}})
+    # The lookup runs on a thread the call waits for up to the timeout: a busy host can keep
+    # that thread from running for a second, so the timeout is long (the lie comes at once).
+    settings = remote_settings({"remote": {"url": "http://localhost:5000/r", "timeout": 30}})
     with pytest.raises(RemoteError) as caught:
         RegistryClient(settings).check()
     assert "localhost resolves to 10.255.255.1" in str(caught.value)
