@@ -388,7 +388,30 @@ def watch_drain(
     by_admission = record["by"] == drain.BY_ADMISSION
     if by_admission and _settled(watch_state, record, settings["settle_time"], now):
         return _bring_back(config, record, result, unit, now, control)
-    return _stop_when_idle(config, record, result, jobs or _live_jobs, control)
+    return _stop_if_unchanged(config, record, result, jobs or _live_jobs, control)
+
+
+def _stop_if_unchanged(
+    config: dict[str, Any],
+    record: dict[str, Any],
+    result: dict[str, Any],
+    jobs: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    control: Callable[[str, str], tuple[bool, str]],
+) -> dict[str, Any]:
+    """``_stop_when_idle`` under the admission lock, and only while drain.json still holds
+    the record this cycle read: an undrain written meanwhile must not be undone by a late
+    stop. A held lock is not an error: the next cycle tries again."""
+    try:
+        with _admission_lock(config, BRING_BACK_LOCK_WAIT):
+            if drain.read_drain(state_dir_of(config)) != record:
+                result["action"] = CHANGED_MEANWHILE
+                return result
+            return _stop_when_idle(config, record, result, jobs, control)
+    except LockHeldError:
+        result["action"] = "the admission lock is held: the agent is stopped on a later cycle"
+    except RunnerkeepError as exc:
+        result["error"] = str(exc)
+    return result
 
 
 def _stop_when_idle(
@@ -439,7 +462,7 @@ def _bring_back(
     try:
         with _admission_lock(config, BRING_BACK_LOCK_WAIT):
             if drain.read_drain(state_dir_of(config)) != record:
-                result["action"] = "the drain record changed during this cycle: left as it is"
+                result["action"] = CHANGED_MEANWHILE
                 return result
             if unit:
                 ok, line = control("start", unit)
@@ -450,6 +473,9 @@ def _bring_back(
             drain.write_drain(state_dir_of(config), drain.new_record(False, reason, unit, now))
     except LockHeldError:
         result["action"] = "the admission lock is held: the runner comes back on a later cycle"
+        return result
+    except RunnerkeepError as exc:
+        result["error"] = str(exc)
         return result
     result.update(drained=False, reason="", since=now, action=f"started {unit or 'nothing'}")
     result["alert"] = f"runner back: agent {unit or '(none)'} started, {reason}"
@@ -483,8 +509,11 @@ def drain_by_operator(
     end), and only ``undrain_by_operator`` brings it back. The fleet guard does not apply:
     an operator decides. ``check``: say what would be done, change nothing."""
     settings = admission_settings(config)
-    text = _operator_reason(reason)
+    raw = _operator_reason(reason)
+    text = drain.stored_reason(raw)  # what the record will hold: compared, shown, logged
     now = time.time() if now is None else now
+    # The record's write and the stop are one step under the lock: an undrain cannot land
+    # between them and be undone by the stop.
     with _admission_lock(config, settings["deadline"], check):
         record = drain.read_drain(state_dir_of(config))
         unit = settings["agent_unit"] or (record["unit"] if record else "") or ""
@@ -497,10 +526,10 @@ def drain_by_operator(
             return result
         if already:
             result["since"] = record["since"]  # drained since the first time, not since now
-        new = drain.new_record(True, text, unit, result["since"], by=drain.BY_OPERATOR)
+        new = drain.new_record(True, raw, unit, result["since"], by=drain.BY_OPERATOR)
         drain.write_drain(state_dir_of(config), new)
+        result = _stop_when_idle(config, new, result, jobs or _live_jobs, control)
     _record_operator_event(config, "drained", text)
-    result = _stop_when_idle(config, new, result, jobs or _live_jobs, control)
     if result["action"] is None:
         result["action"] = f"{unit} already stopped" if unit else _NO_UNIT
     return result
@@ -526,7 +555,11 @@ def undrain_by_operator(
         unit = record["unit"] or settings["agent_unit"] or ""
         result.update(unit=unit, changed=True, was=record["reason"], was_by=record["by"])
         if check:
-            result["action"] = f"would start {unit} and admit jobs again" if unit else _NO_UNIT
+            result["action"] = (
+                f"would start {unit} and admit jobs again"
+                if unit
+                else "would admit jobs again (no agent unit to start)"
+            )
             return result
         if unit:
             ok, line = control("start", unit)
@@ -534,19 +567,23 @@ def undrain_by_operator(
                 raise RunnerkeepError(
                     f"cannot start the runner's agent {unit}: {line}; the runner stays drained"
                 )
-        reason = f"back: undrained by an operator (was: {record['reason']})"
+        # The old reason is in the result and the event, not in the new record: it is stored
+        # escaped already, and a reason of a reason would grow with every cycle.
+        reason = "back: undrained by an operator"
         drain.write_drain(state_dir_of(config), drain.new_record(False, reason, unit, now))
     _record_operator_event(config, "undrained", record["reason"])
     result["action"] = f"started {unit}" if unit else "jobs are admitted again"
     return result
 
 
+CHANGED_MEANWHILE = "the drain record changed during this cycle: left as it is"
 _NO_UNIT = "no agent unit configured (admission.agent_unit): jobs are refused, nothing stopped"
 BRING_BACK_LOCK_WAIT = 10.0  # the watch's wait for the admission lock, per cycle
 
 
 def _operator_reason(reason: Any) -> str:
-    """The record's reason: ``operator: TEXT`` (the part before ': ' is the metric label)."""
+    """``operator: TEXT``, whitespace runs made one space (the part before ': ' is the metric
+    label); the record stores it with ``drain.stored_reason``."""
     if not isinstance(reason, str) or not reason.strip():
         raise ConfigError("a drain needs a reason: say why, e.g. --reason 'disk replacement'")
     return f"{drain.BY_OPERATOR}: {' '.join(reason.split())}"

@@ -62,6 +62,9 @@ def valid_record(record: Any) -> dict[str, Any] | None:
         return None
     if record.get("by", BY_ADMISSION) not in DRAINERS:
         return None
+    # A unit name root hands to systemctl: a record naming something else is damaged.
+    if record.get("unit") and not _UNIT_RE.match(record["unit"]):
+        return None
     return {
         "drained": record["drained"],
         "reason": record["reason"],
@@ -90,12 +93,17 @@ def is_drained(state_directory: str) -> bool:
     return bool(record and record["drained"])
 
 
+def stored_reason(reason: str) -> str:
+    """``reason`` as a record stores it: one escaped line of at most MAX_REASON characters."""
+    return escape_text(reason)[:MAX_REASON]
+
+
 def new_record(
     drained: bool, reason: str, unit: str, now: float | None = None, by: str = BY_ADMISSION
 ) -> dict[str, Any]:
     return {
         "drained": drained,
-        "reason": escape_text(reason)[:MAX_REASON],
+        "reason": stored_reason(reason),
         "since": time.time() if now is None else now,
         "unit": unit,
         "by": by,
