@@ -630,7 +630,7 @@ def test_a_bad_unit_name_in_an_old_record_never_reaches_systemctl(tmp_path, unit
     monkeypatch.setattr(drain, "subprocess", NoSystemctl)
     result = admission.watch_drain(config, {"state": "ok", "since": 0.0}, 10_000.0, jobs=no_jobs)
     assert "drain state is unknown" in result["error"] and "drain.json" in result["error"]
-    with pytest.raises(drain.DrainRecordError, match="drain.json"):
+    with pytest.raises(drain.DrainRecordError, match=r"drain\.json"):
         admission.undrain_by_operator(config)
     assert ran == []
     path = write_config(tmp_path, config)
