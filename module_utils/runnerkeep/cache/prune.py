@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from ..errors import CacheMiss
+from ..errors import CacheMiss, ConfigError
 from ..events import record_event
 from .store import TRUSTED, CorruptEntry, Store, as_store, entry_blobs, split_name, validate_key
 
@@ -63,17 +63,22 @@ def prune_store(
     protect: set[str] | frozenset[str] = frozenset(),
     dry_run: bool = False,
     state_dir: str | None = None,
+    keep_trusted: bool = False,
 ) -> dict[str, Any]:
     """Evict whole entries, least recently used first, until under ``max_size`` (and any not
     used for ``max_age``); then delete blobs no entry references. Holds the store lock
     exclusively, so no save can be between writing its blobs and its entry. A dry run
     changes nothing (not even a lock file); a real one records a ``cache`` event in
-    ``state_dir`` when given, whichever front door ran it."""
+    ``state_dir`` when given, whichever front door ran it. ``keep_trusted``: the prune after
+    an untrusted job's write, which never evicts a trusted entry (the store may then stay
+    over its quota until a trusted write or the scheduled prune)."""
     store = as_store(store_dir)
     if not store.exists():
         return _empty_prune(store, dry_run)
     lock = store.read_lock() if dry_run else store.store_lock(exclusive=True)
     with lock:
+        if keep_trusted:
+            protect = set(protect) | {n for n in store.list_keys() if _is_trusted(n)}
         report = _prune_locked(store, max_size, max_age, quarantine_retention, protect, dry_run)
     if state_dir and not dry_run:
         record_event(
@@ -85,6 +90,13 @@ def prune_store(
             evicted=len(report["evicted"]),
         )
     return report
+
+
+def _is_trusted(name: str) -> bool:
+    try:
+        return split_name(name)[0] == TRUSTED
+    except ConfigError:
+        return False  # not a name an entry may have: no trusted entry
 
 
 def _prune_locked(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import stat
@@ -50,6 +51,10 @@ _ID_RE = re.compile(r"^(sha256:)?[0-9a-f]{4,64}$")
 
 class SaveFailed(RunnerkeepError):
     """The save did not produce a complete, verified archive: nothing was committed."""
+
+
+class CommitOutOfSpace(SaveFailed):
+    """The disk filled while blobs were moved into place: some were, the entry was not."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,8 +254,12 @@ def commit_parsed(
     area: str,
     source: list[str],
     scope: str = TRUSTED,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
-    """Move new blobs into place, then write the entry (the commit point)."""
+    """Move new blobs into place, then write the entry (the commit point). An entry bigger
+    than the whole quota ``max_size`` is refused first: storing it would evict every other
+    entry and still leave the store over its quota."""
+    _check_fits_the_quota(key, parsed, max_size)
     written = reused = 0
     try:
         for digest, member in parsed.blobs.items():
@@ -274,7 +283,7 @@ def commit_parsed(
         digest = store.write_entry(entry)
     except OSError as exc:
         if is_no_space(exc):
-            raise SaveFailed(
+            raise CommitOutOfSpace(
                 f"no space left in the cache directory {store.root} while committing "
                 f"key '{key}': {exc.strerror}; the previous entry is untouched"
             ) from None
@@ -285,6 +294,35 @@ def commit_parsed(
         "bytes_written": written,
         "bytes_reused": reused,
     }
+
+
+def _check_fits_the_quota(key: str, parsed: ParsedArchive, max_size: int | None) -> None:
+    if max_size is None:
+        return
+    size = sum(member.size for member in parsed.blobs.values())
+    if size > max_size:
+        raise SaveFailed(
+            f"key '{key}' is {format_size(size)} ({size} bytes), more than the whole quota "
+            f"(cache.max_size) {format_size(max_size)} of the cache: nothing was stored and "
+            "nothing evicted; raise cache.max_size or cache fewer images under the key"
+        )
+
+
+def reclaim_after_failed_commit(store: Store, exc: BaseException) -> None:
+    """After a commit the disk cut short (the locks released): the blobs it moved into place
+    are referenced by no entry; a prune deletes them (it holds the store lock exclusively,
+    so no other save is between its blobs and its entry). Best effort: the error stands."""
+    if isinstance(exc, CommitOutOfSpace):
+        with contextlib.suppress(RunnerkeepError, OSError):
+            prune_store(store)
+
+
+def keep_quota(store: Store, name: str, scope: str, max_size: int | None) -> dict[str, Any] | None:
+    """After a write's commit, the store back under its quota, the new entry kept. An
+    untrusted job's write never evicts a trusted entry."""
+    if max_size is None:
+        return None
+    return prune_store(store, max_size=max_size, protect={name}, keep_trusted=scope != TRUSTED)
 
 
 def _reuse_candidates(store: Store, infos: list[dict[str, Any]]) -> dict[int, set[str]]:
@@ -465,15 +503,16 @@ def save_entry(
     if dry_run:
         return _dry_run_save(store, key, name, images, space)
     try:
-        result = _save_locked(store, key, name, images, space, progress, scope)
+        result = _save_locked(store, key, name, images, space, progress, scope, max_size)
     except RunnerkeepError as exc:
+        reclaim_after_failed_commit(store, exc)
         _event(state_dir, op="save", result="failed", key=key, error=str(exc), start=start)
         raise
     result["key"] = key
     result["scope"] = scope
     result["duration"] = round(time.monotonic() - start, 3)
     if max_size is not None and result["result"] == "saved":
-        result["prune"] = prune_store(store, max_size=max_size, protect={name})
+        result["prune"] = keep_quota(store, name, scope, max_size)
     _event(
         state_dir,
         op="save",
@@ -518,6 +557,7 @@ def _save_locked(
     space: _SpaceRule,
     progress: Callable[[int], None] | None,
     scope: str,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
     """Under the key and store locks, the cheapest save that is right: nothing (the entry is
     current), an entry over stored blobs, or a full read of the images' archive."""
@@ -533,7 +573,7 @@ def _save_locked(
             return stored
         plan = _make_sure_it_fits(store, images.infos, space)
         announce_total(progress, sum(int(info.get("Size") or 0) for info in images.infos))
-        result = _save_from_docker(store, key, images, progress, scope)
+        result = _save_from_docker(store, key, images, progress, scope, max_size)
         result["space"] = plan
         return result
 
@@ -686,6 +726,7 @@ def _save_from_docker(
     images: _ImagesToSave,
     progress: Callable[[int], None] | None,
     scope: str = TRUSTED,
+    max_size: int | None = None,
 ) -> dict[str, Any]:
     """Read `docker save` once into the temp area, check it, commit it. A second read only when
     a layer guessed to be stored (by its size) was not."""
@@ -702,7 +743,9 @@ def _save_from_docker(
                     candidates = {}
                     continue
                 check_image_set(parsed, images.ids, images.tags)
-                committed = commit_parsed(store, key, parsed, area, list(images.refs), scope)
+                committed = commit_parsed(
+                    store, key, parsed, area, list(images.refs), scope, max_size
+                )
                 break
     return {
         "result": "saved",
@@ -805,11 +848,12 @@ def import_archive_fd(
                     raise SaveFailed(f"{source} was refused, nothing stored: {exc}") from None
                 except NoSpaceWhileWriting as exc:
                     raise SaveFailed(str(exc)) from None
-                committed = commit_parsed(store, key, parsed, area, [source], scope)
+                committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
     except RunnerkeepError as exc:
+        reclaim_after_failed_commit(store, exc)
         _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
         raise
-    pruned = prune_store(store, max_size=max_size, protect={name}) if max_size is not None else None
+    pruned = keep_quota(store, name, scope, max_size)
     _event(
         state_dir,
         op="import",

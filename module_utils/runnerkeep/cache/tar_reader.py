@@ -23,6 +23,9 @@ from ..errors import RunnerkeepError
 from .store import Store, create_temp_blob, is_no_space, write_all
 
 READ_BUFFER = 1 << 20
+# What may follow the end-of-archive marker: tar's padding to its record size (10 KiB by
+# default, 1 MiB at most with any writer here).
+MAX_TRAILER = 1 << 20
 SMALL_MEMBER = 1 << 20  # members up to this size are kept in memory (configs, manifests, json)
 BLOCK = 512
 # Reads at least this big are hashed on the caller's hash pool while this thread writes them.
@@ -140,8 +143,16 @@ class _StreamReader:
             pass
 
     def drain(self) -> None:
+        """Read what follows the end-of-archive marker (tar pads to its record size; the
+        writer finishes cleanly), up to ``MAX_TRAILER`` bytes: an endless stream (all zeros
+        read as an end marker first, e.g. /dev/zero) must not be read forever."""
+        limit = self.offset() + MAX_TRAILER
         while self._fill():
-            pass
+            if self.total > limit:
+                raise ArchiveError(
+                    f"more than {MAX_TRAILER} bytes follow the end-of-archive marker (at byte "
+                    f"{limit - MAX_TRAILER}): not an archive docker or skopeo writes"
+                )
 
 
 # ---------------------------------------------------------------------------------------

@@ -113,3 +113,19 @@ def test_the_cache_service_passes_the_hosts_limits(tmp_path, store, settings, ex
         os.close(fd)
     assert result["result"] == "saved"
     assert [e["key"] for e in list_entries(store)["entries"]] == ["job"]
+
+
+def test_an_untrusted_writes_prune_evicts_untrusted_entries_never_trusted_ones(tmp_path, store):
+    """The rule save and import share (save.keep_quota): a job's write may push out other
+    untrusted entries, never the trusted ones."""
+    from runnerkeep.cache.save import keep_quota
+
+    import_archive(store, "base", archive_file(tmp_path, "base", 2 * MiB))
+    import_archive(store, "old", archive_file(tmp_path, "old", 2 * MiB), scope="pr-1")
+    import_archive(store, "new", archive_file(tmp_path, "new", 2 * MiB), scope="pr-2")
+    report = keep_quota(store, "@pr-2@new", "pr-2", 3 * MiB)
+    assert [e["key"] for e in report["evicted"]] == ["@pr-1@old"]
+    names = {e["key"] for e in list_entries(store)["entries"]}
+    assert "base" in names
+    trusted = keep_quota(store, "base", "trusted", 3 * MiB)
+    assert [e["key"] for e in trusted["evicted"]] == ["@pr-2@new"]
