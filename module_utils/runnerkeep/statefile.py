@@ -342,7 +342,9 @@ def skipped_totals() -> dict[str, int]:
 
 def quarantine(path: str, keep: int = KEEP_CORRUPT) -> str | None:
     """Rename ``path`` to ``path.corrupt-<time>`` (never following it); keep the newest few."""
-    stamp = time.strftime("%Y%m%dT%H%M%S") + f".{time.time_ns() % 10**9:09d}"
+    # One clock read, in UTC: names sort in time order across a second's turn and a DST change.
+    now_ns = time.time_ns()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now_ns // 10**9)) + f".{now_ns % 10**9:09d}"
     target = f"{path}.corrupt-{stamp}"
     try:
         os.rename(path, target)

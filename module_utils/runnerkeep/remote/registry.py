@@ -381,7 +381,14 @@ class RegistryClient:
                 raise
             try:
                 conn.request(method, target, body=body, headers=self._headers(origin, headers))
-                return _Exchange(conn, conn.getresponse(), origin, dog)
+                resp = conn.getresponse()
+                if dog.fired:
+                    # Cut after the status code, http.client takes the shut socket for the
+                    # end of the head: what came is not the answer.
+                    dog.stop()
+                    conn.close()
+                    raise self._unavailable(what, socket.timeout(), origin, True)
+                return _Exchange(conn, resp, origin, dog)
             except _REQUEST as exc:
                 fired = dog.stop()
                 conn.close()
@@ -568,6 +575,10 @@ class RegistryClient:
             exchange.conn.close()
             raise self._unavailable(what, exc, exchange.origin, fired) from None
         self.bytes_received += len(data)
+        if exchange.dog.stop():
+            # The watchdog cut the body: a short read that looks like its end is not.
+            exchange.conn.close()
+            raise self._unavailable(what, socket.timeout(), exchange.origin, True)
         if len(data) > limit and not discard:
             exchange.dog.stop()
             exchange.conn.close()
@@ -840,6 +851,8 @@ class BlobReader(io.RawIOBase):
         return count
 
     def _end(self) -> None:
+        if self._exchange is not None and self._exchange.dog.fired:
+            raise self._failure(socket.timeout())  # cut by the deadline, not the stream's end
         if self.size is not None and self.received != self.size:
             raise self._failure(None)
         exchange, self._exchange = self._exchange, None

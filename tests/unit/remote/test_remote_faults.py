@@ -47,15 +47,52 @@ def test_a_dripping_peer_is_cut_at_the_deadline():
     call's deadline (the watchdog) stops it; unstopped, the answer would be a valid 200.
     A gap is an eighth of the timeout, so a busy host that holds this process (the peer is a
     thread of it) for over a second still delivers every byte in time. The cut comes inside
-    the status line (8 of its 17 bytes): after the status code, http.client would take the
-    cut for the end of the head, and the client does not yet fail a call whose watchdog fired
-    without an exception (a known core bug)."""
+    the status line (8 of its 17 bytes); a cut after the status code is the next test's."""
     whole = answer("200 OK", {"Content-Type": "application/json", "X-Pad": "p" * 100}, b"{}")
 
     def drip(conn, peer):
         peer.read_head(conn)
         for byte in whole:
             if peer.stop.wait(0.25):
+                return
+            conn.sendall(bytes([byte]))
+
+    with fake_peer(drip) as peer:
+        c = fake_client(peer.url, timeout=2.0)
+        with pytest.raises(RemoteUnavailable, match=r"no complete answer within 2s"):
+            c.check()
+
+
+def test_a_head_cut_after_the_status_code_is_no_answer():
+    """The watchdog cuts the head after "200": http.client takes the shut socket for the end
+    of the head, and a call that trusted it would report a registry that never answered in
+    full as fine. One byte every 0.1 s against a 2 s deadline: the cut lands around byte 20
+    of a 150-byte head (earlier on a busy host, which fails the same way)."""
+    whole = answer("200 OK", {"Content-Type": "application/json", "X-Pad": "p" * 100}, b"{}")
+
+    def drip(conn, peer):
+        peer.read_head(conn)
+        for byte in whole:
+            if peer.stop.wait(0.1):
+                return
+            conn.sendall(bytes([byte]))
+
+    with fake_peer(drip) as peer:
+        c = fake_client(peer.url, timeout=2.0)
+        with pytest.raises(RemoteUnavailable, match=r"no complete answer within 2s"):
+            c.check()
+
+
+def test_a_body_without_a_length_cut_by_the_deadline_is_no_answer():
+    """A body that ends with the connection (no Content-Length): the watchdog's cut looks
+    like its end. The head comes at once, the body drips past the 2 s deadline."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+
+    def drip(conn, peer):
+        peer.read_head(conn)
+        conn.sendall(head)
+        for byte in b"{" + b" " * 200 + b"}":
+            if peer.stop.wait(0.1):
                 return
             conn.sendall(bytes([byte]))
 
