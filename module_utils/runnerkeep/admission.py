@@ -225,10 +225,9 @@ def admit(
     now = time.time() if now is None else now
     if not settings["enabled"]:
         return Outcome(True, "admission control is off (admission.enabled)")
-    state_directory = state_dir_of(config)
-    record = drain.read_drain(state_directory)
-    if record and record["drained"]:
-        return Outcome(False, _drained_line(record, now), drained=True)
+    refused = _refused_if_drained(config, now)
+    if refused:
+        return refused
     budget = tools.budget(config)
     paths = job_paths(config, budget)
     needs = needs_of(budget, paths, tools.probe)
@@ -251,9 +250,33 @@ def admit_locked(
 ) -> Outcome:
     """``admit`` one job at a time per host: two jobs starting together must not both run the
     cleanup stages, nor both decide on what the other is about to free. The wait is bounded
-    by ``admission.deadline`` (then LockHeldError: the hook lets the job run)."""
-    with _admission_lock(config, admission_settings(config)["deadline"]):
-        return admit(config, requester, tools, now)
+    by ``admission.deadline`` (then LockHeldError: the hook lets the job run).
+
+    A drained runner refuses without waiting: a drain holds the lock through its systemctl
+    stop (up to a minute), and a job that gave up waiting must not run on a runner that was
+    drained meanwhile, so drain.json is read before the wait and again after it fails."""
+    refused = _refused_if_drained(config, now)
+    if refused:
+        return refused
+    try:
+        with _admission_lock(config, admission_settings(config)["deadline"]):
+            return admit(config, requester, tools, now)
+    except LockHeldError:
+        refused = _refused_if_drained(config, now)
+        if refused:
+            return refused
+        raise
+
+
+def _refused_if_drained(config: dict[str, Any], now: float | None) -> Outcome | None:
+    """The refusal of a drained runner, or None (admission off, or not drained)."""
+    if not admission_settings(config)["enabled"]:
+        return None
+    record = drain.read_drain(state_dir_of(config))
+    if record and record["drained"]:
+        now = time.time() if now is None else now
+        return Outcome(False, _drained_line(record, now), drained=True)
+    return None
 
 
 def _drained_line(record: dict[str, Any], now: float) -> str:

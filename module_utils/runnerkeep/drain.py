@@ -39,7 +39,7 @@ DRAINERS = (BY_ADMISSION, BY_OPERATOR)
 SYSTEMCTL_TIMEOUT = 60.0
 # A systemd unit name (optionally a glob such as actions.runner.*.service): no '/', no
 # whitespace, no leading '-' (it would read as an option of systemctl).
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\*?\[\]][A-Za-z0-9:_.@\\*?\[\]-]{0,250}\.service$")
+_UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\*?\[\]][A-Za-z0-9:_.@\\*?\[\]-]{0,250}\.service")
 
 
 class DrainRecordError(RunnerkeepError):
@@ -63,7 +63,7 @@ def valid_record(record: Any) -> dict[str, Any] | None:
     if record.get("by", BY_ADMISSION) not in DRAINERS:
         return None
     # A unit name root hands to systemctl: a record naming something else is damaged.
-    if record.get("unit") and not _UNIT_RE.match(record["unit"]):
+    if record.get("unit") and not _UNIT_RE.fullmatch(record["unit"]):
         return None
     return {
         "drained": record["drained"],
@@ -148,7 +148,7 @@ def may_drain(max_drained: int | None, fleet_drained: int) -> tuple[bool, str]:
 
 def check_unit(unit: Any, what: str = "admission.agent_unit") -> str:
     """A systemd service name (a glob allowed), else ConfigError."""
-    if not isinstance(unit, str) or not _UNIT_RE.match(unit):
+    if not isinstance(unit, str) or not _UNIT_RE.fullmatch(unit):
         raise ConfigError(
             f"{what}: expected a systemd service name such as gitlab-runner.service or "
             f"actions.runner.*.service, got {escape_text(repr(unit))[:80]}"

@@ -65,14 +65,6 @@ def admit_while_stopping(config, start_stop) -> tuple[object, float]:
         worker.join(15)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admission.admit_locked waits for the admission lock before it reads drain.json; "
-    "drain_by_operator now holds the lock through systemctl stop (up to 60 s), so a job "
-    "asking meanwhile gets LockHeldError after admission.deadline and the hook lets it run "
-    "on a runner already drained (before 2f62fbc it was refused at once). Fix: admit reads "
-    "drain.json first (a drained record refuses without the lock), or on LockHeldError",
-)
 def test_a_job_asking_during_an_operators_stop_is_refused_not_let_through(tmp_path):
     config = config_of(tmp_path, agent_unit="a.service", deadline="1s")
 
@@ -84,12 +76,6 @@ def test_a_job_asking_during_an_operators_stop_is_refused_not_let_through(tmp_pa
     assert outcome.admitted is False and outcome.drained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admission._stop_if_unchanged holds the admission lock through systemctl stop; "
-    "admit_locked waits for it before reading drain.json: past admission.deadline the job "
-    "on a drained runner is let through (fail open). Same fix as the operator's drain",
-)
 def test_a_job_asking_during_the_watchs_stop_is_refused_not_let_through(tmp_path):
     config = config_of(tmp_path, agent_unit="a.service", deadline="1s")
     state = config["paths"]["state_dir"]
@@ -168,12 +154,6 @@ def test_a_record_unit_that_is_not_a_service_name_is_damaged(unit):
         assert drain.valid_record(record)["unit"] == ""  # no unit recorded: allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drain._UNIT_RE ends in '$', which matches before a trailing newline: "
-    "valid_record and check_unit take 'a.service\\n' (handed to systemctl as is). Fix: "
-    "_UNIT_RE.fullmatch (or end the pattern with \\Z)",
-)
 def test_a_unit_name_with_a_trailing_newline_is_refused():
     record = {"drained": True, "reason": "r", "since": 1.0, "unit": "a.service\n"}
     assert drain.valid_record(record) is None
