@@ -92,6 +92,17 @@ def prune_store(
     return report
 
 
+def trusted_blob_sizes(store: Store) -> dict[str, int]:
+    """digest -> size of the stored blobs a trusted entry references (an unreadable trusted
+    entry references nothing: the next prune removes it)."""
+    on_disk = store.list_blobs()
+    sizes: dict[str, int] = {}
+    for name, info in _scan(store).items():
+        if _is_trusted(name):
+            sizes.update((d, on_disk[d]) for d in info["blobs"] if d in on_disk)
+    return sizes
+
+
 def _is_trusted(name: str) -> bool:
     try:
         return split_name(name)[0] == TRUSTED

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import CacheMiss, LockHeldError
+from ..errors import CacheMiss, LockHeldError, RunnerkeepError
 from ..fsutil import filesystem_usage
 from ..remote.errors import RemoteDataError, RemoteMiss
 from ..units import format_size
@@ -236,7 +236,7 @@ def _pull_locked(
     """Under the key lock and the shared store lock (so no prune deletes a stored blob the new
     entry relies on): fetch what the store lacks into a temp area, verify, commit."""
     name = entry_name(key)
-    with store_errors_as_miss(store, key):
+    with reclaim_on_full_disk(store), store_errors_as_miss(store, key):
         store.ensure()
         with store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
@@ -270,6 +270,24 @@ def pulled_report(
     }
 
 
+class PullOutOfSpace(RemoteCacheMiss):
+    """The local disk filled during the pull (maybe after its blobs were moved into place)."""
+
+
+@contextlib.contextmanager
+def reclaim_on_full_disk(store: Store):
+    """Outside the key and store locks: a pull the disk cut short between its blobs and its
+    entry left blobs no entry references; a prune deletes them (it takes the store lock
+    exclusively, so no other write is between its blobs and its entry). Best effort: the
+    miss stands."""
+    try:
+        yield
+    except PullOutOfSpace:
+        with contextlib.suppress(RunnerkeepError, OSError):
+            prune_store(store)
+        raise
+
+
 @contextlib.contextmanager
 def store_errors_as_miss(store: Store, key: str):
     """The local side's failures as the pull's miss, naming the cache directory: its lock held
@@ -280,7 +298,7 @@ def store_errors_as_miss(store: Store, key: str):
         raise RemoteCacheMiss(f"cannot pull key '{key}': {exc}") from None
     except OSError as exc:
         if is_no_space(exc):
-            raise RemoteCacheMiss(
+            raise PullOutOfSpace(
                 f"no space left in the cache directory {store.root} while pulling key "
                 f"'{key}': {exc.strerror}; nothing was stored"
             ) from None

@@ -29,9 +29,9 @@ from ..procutil import enlarge_pipe
 from ..units import format_size
 from .archive_layout import LEGACY_LAYER_TYPE, ParsedArchive, analyze, familiar_ref
 from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
-from .import_space import ReserveGuardedReader
+from .import_space import ReserveGuard
 from .progress import announce_total
-from .prune import prune_store
+from .prune import prune_store, trusted_blob_sizes
 from .store import (
     TRUSTED,
     CorruptBlob,
@@ -258,8 +258,12 @@ def commit_parsed(
 ) -> dict[str, Any]:
     """Move new blobs into place, then write the entry (the commit point). An entry bigger
     than the whole quota ``max_size`` is refused first: storing it would evict every other
-    entry and still leave the store over its quota."""
+    entry and still leave the store over its quota. An untrusted job's entry must fit in the
+    quota beside the trusted entries: the prune after it never evicts a trusted entry, and
+    the next scheduled prune must not either."""
     _check_fits_the_quota(key, parsed, max_size)
+    if scope != TRUSTED:
+        _check_fits_beside_trusted(store, key, parsed, max_size)
     written = reused = 0
     try:
         for digest, member in parsed.blobs.items():
@@ -305,6 +309,23 @@ def _check_fits_the_quota(key: str, parsed: ParsedArchive, max_size: int | None)
             f"key '{key}' is {format_size(size)} ({size} bytes), more than the whole quota "
             f"(cache.max_size) {format_size(max_size)} of the cache: nothing was stored and "
             "nothing evicted; raise cache.max_size or cache fewer images under the key"
+        )
+
+
+def _check_fits_beside_trusted(
+    store: Store, key: str, parsed: ParsedArchive, max_size: int | None
+) -> None:
+    if max_size is None:
+        return
+    trusted = trusted_blob_sizes(store)
+    new = sum(m.size for digest, m in parsed.blobs.items() if digest not in trusted)
+    held = sum(trusted.values())
+    if held + new > max_size:
+        raise SaveFailed(
+            f"key '{key}' of an untrusted job needs {format_size(new)} ({new} bytes) and the "
+            f"trusted entries hold {format_size(held)} of the quota (cache.max_size) "
+            f"{format_size(max_size)}: an untrusted job's entry never evicts a trusted one, "
+            "so nothing was stored; raise cache.max_size or cache fewer images under the key"
         )
 
 
@@ -840,9 +861,11 @@ def import_archive_fd(
         with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
             with store.temp_area() as area:
-                guarded = ReserveGuardedReader(handle, store.root, reserve, source)
+                guard = ReserveGuard(store.root, reserve, source)
                 try:
-                    stats = read_archive_stream(guarded, store, area, None, progress)
+                    stats = read_archive_stream(
+                        handle, store, area, None, progress, charge=guard.charge
+                    )
                     parsed = analyze(stats)
                 except ArchiveError as exc:
                     raise SaveFailed(f"{source} was refused, nothing stored: {exc}") from None

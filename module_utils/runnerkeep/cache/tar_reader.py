@@ -265,6 +265,10 @@ def _link_target(header: _Header) -> str | None:
 # ---------------------------------------------------------------------------------------
 # member data
 # ---------------------------------------------------------------------------------------
+def _keep_anything(count: int) -> None:
+    """The charge of a read with no reserve to keep (saves check free space up front)."""
+
+
 class _MemberSink:
     """Where a regular member's bytes go: memory (small), a temp file in ``area`` (large and
     new), or nowhere but the hash (large and already stored, or guessed to be). Temp files are
@@ -277,8 +281,10 @@ class _MemberSink:
         candidates: dict[int, set[str]],
         stats: StreamStats,
         hash_pool: concurrent.futures.Executor | None,
+        charge: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
+        self.charge = charge or _keep_anything
         self.area = area
         self.candidates = candidates
         self.stats = stats
@@ -288,6 +294,7 @@ class _MemberSink:
 
     def read(self, reader: _StreamReader, name: str, size: int) -> Member:
         if size <= SMALL_MEMBER:
+            self.charge(size)
             data = reader.read_exact(size)
             return Member(name, size, "sha256:" + hashlib.sha256(data).hexdigest(), data=data)
         named = digest_from_blob_name(name)
@@ -313,6 +320,7 @@ class _MemberSink:
         fd, path = create_temp_blob(self.area)
         try:
             for chunk in reader.chunks(size):
+                self.charge(len(chunk))
                 self._hash_and_write(sha, fd, chunk, name, size)
                 self.stats.bytes_written += len(chunk)
         except BaseException:
@@ -374,6 +382,7 @@ def read_archive_stream(
     reuse_candidates: dict[int, set[str]] | None = None,
     progress: Progress | None = None,
     hash_pool: concurrent.futures.Executor | None = None,
+    charge: Callable[[int], None] | None = None,
 ) -> StreamStats:
     """Read a tar stream once: hash every regular member, keep small ones in memory, write large
     ones to temp files in ``area`` unless the blob is already stored.
@@ -381,10 +390,12 @@ def read_archive_stream(
     ``reuse_candidates`` maps a size to digests already stored that a legacy ``layer.tar`` of
     that size may be (legacy member names do not carry digests); such a member is only hashed.
     If the guess is wrong the member is marked lost and the caller reads the stream again.
+    ``charge(n)`` is called before ``n`` more bytes are kept (written to a temp file or held
+    in memory for the commit); it may raise to stop the read (import_space.ReserveGuard).
     """
     reader = _StreamReader(raw)
     stats = StreamStats()
-    sink = _MemberSink(store, area, reuse_candidates or {}, stats, hash_pool)
+    sink = _MemberSink(store, area, reuse_candidates or {}, stats, hash_pool, charge)
     try:
         _read_members(reader, sink, stats, progress)
         reader.drain()

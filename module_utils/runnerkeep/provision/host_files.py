@@ -200,14 +200,16 @@ def _remove_dead_temps(dir_fd: int, name: str) -> None:
     """Temp files beside ``name`` that a run killed between writing and renaming left behind.
     Only ours go: our name pattern for ``name``, a regular file of root's with one link (a job
     cannot make a file root owns; a hard link to one has two names). The host lock
-    (``layout.apply_layout``) says no other run is writing beside it now."""
+    (``layout.apply_layout``) says no other run is writing beside it now. Best effort per
+    temp: in a job's directory the job may swap what is at the name between the stat and the
+    unlink (a directory: EISDIR); that temp stays, and the write goes on."""
     with os.scandir(dir_fd) as entries:
         names = [e.name for e in entries if e.name.startswith(".rk-layout-")]
     for temp in names:
         found = _TEMP_RE.match(temp)
         if not found or temp[found.end() :] != name[: _NAME_MAX - found.end()]:
             continue
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             info = os.stat(temp, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_nlink == 1:
                 os.unlink(temp, dir_fd=dir_fd)

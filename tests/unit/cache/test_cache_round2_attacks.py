@@ -156,12 +156,6 @@ def test_an_import_cut_short_at_its_entry_write_leaves_no_blob(tmp_path, monkeyp
     assert stored_keys(store) == [] and store.list_blobs() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="remote_pull._fetch_and_commit: an ENOSPC at the entry write after "
-    "commit_blobs leaves the pulled blobs in blobs/ with no entry; pull_entry (and "
-    "remote_restore's one-pass pull) never call save.reclaim_after_failed_commit",
-)
 def test_a_pull_cut_short_at_its_entry_write_leaves_no_blob(tmp_path, monkeypatch):
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(200 * KiB)])])
     target = new_store(tmp_path, "dst")
@@ -192,14 +186,6 @@ def test_an_untrusted_import_over_the_quota_keeps_the_trusted_entry_at_once(tmp_
     assert "base" in stored_keys(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="save.keep_quota: an untrusted import that only fits by evicting is stored "
-    "anyway, over cache.max_size; the next scheduled prune (prune_store max_size, no "
-    "keep_trusted) then evicts the older trusted entry by LRU and keeps the job's: the "
-    "eviction is only deferred. Fix: refuse (remove) an untrusted write that does not fit "
-    "beside the trusted entries, as remote_pull's _SpaceGuard does for an untrusted pull",
-)
 def test_an_untrusted_import_never_evicts_a_trusted_entry_through_the_next_prune(tmp_path):
     store = new_store(tmp_path)
     import_bytes(tmp_path, store, "base", legacy_archive([(["b:1"], [random_layer(MiB)])]))
@@ -262,15 +248,6 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs in a private namespace: root")
-@pytest.mark.xfail(
-    strict=True,
-    reason="import_space.ReserveGuardedReader._left charges every byte read against the free "
-    "space found at the start, also the bytes of a large OCI blob already stored, which "
-    "tar_reader._MemberSink only hashes: re-importing (or importing a new key sharing the "
-    "layers of) a docker 25+/skopeo archive bigger than the free space above the reserve is "
-    "refused though it writes a few KiB. Fix: charge what is written or held for the commit "
-    "(temp members + small members in memory), not what is only hashed",
-)
 def test_an_archive_of_layers_already_stored_imports_on_a_tight_disk(tmp_path):
     import json
     import subprocess

@@ -1,4 +1,4 @@
-"""Attacks on ``cache import``'s reserve guard and quota (import_space.ReserveGuardedReader,
+"""Attacks on ``cache import``'s reserve guard and quota (import_space.ReserveGuard,
 save.import_archive_fd, the service's dispatch): a real small filesystem (tmpfs in a private
 mount namespace) with archives bigger than the room, archives made of many small members,
 an endless stream, the quota against an untrusted job, and imports racing a prune. Strict

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from provisiontest_helpers import JOB_GID, JOB_UID, changes, read, snapshot, write
 from runnerkeep.provision.changes import LayoutError
 from runnerkeep.provision.host_files import ensure_file, ensure_lines
@@ -60,15 +59,6 @@ def test_a_dead_temp_with_a_newline_in_its_files_name_goes_and_only_it(tmp_path)
     assert read(path) == b"new\n" and not os.path.lexists(dead) and os.path.exists(near)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="host_files._remove_dead_temps: stat then unlink by name; in a job's directory "
-    "the job can exchange (renameat2 RENAME_EXCHANGE) a root-owned dead-temp name (e.g. a "
-    "root .env the job renamed there) with a directory between the two: os.unlink raises "
-    "IsADirectoryError, which is not suppressed: the host_layout task fails ('Is a "
-    "directory') and the file is not written, at the job's will. Fix: suppress OSError per "
-    "temp (a temp that cannot be removed stays)",
-)
 def test_a_job_swapping_a_directory_in_between_stat_and_unlink_does_not_fail_the_run(
     tmp_path, monkeypatch
 ):
