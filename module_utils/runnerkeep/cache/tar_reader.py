@@ -178,10 +178,9 @@ def _header_number(field_bytes: bytes) -> int:
             value = (value << 8) | byte
         return value
     text = field_bytes.split(b"\0", 1)[0].strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise ArchiveError(f"not a tar archive (bad numeric header field {text[:12]!r})") from None
+    if text.strip(b"01234567"):  # int() would also take a sign, '_' and '0o'
+        raise ArchiveError(f"not a tar archive (bad numeric header field {text[:12]!r})")
+    return int(text, 8) if text else 0
 
 
 def _header_checksum(header: bytes) -> int:
@@ -197,6 +196,8 @@ def _next_header(reader: _StreamReader) -> _Header | None:
     block = reader.read_exact(BLOCK)
     if block == b"\0" * BLOCK:
         return None  # the rest (second zero block, padding) is drained by the caller
+    if reader.offset() == BLOCK:
+        _refuse_compressed(block)
     if _header_number(block[148:156]) != _header_checksum(block):
         raise ArchiveError(f"bad tar header checksum at byte {reader.offset() - BLOCK}")
     name = _header_text(block[0:100])
@@ -212,17 +213,49 @@ def _next_header(reader: _StreamReader) -> _Header | None:
     )
 
 
+# What an archive compressed as a whole starts with: runnerkeep stores tar as docker save
+# writes it, and a compressed one would otherwise read as a bad header.
+COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+}
+
+
+def _refuse_compressed(block: bytes) -> None:
+    for magic, kind in COMPRESSED_MAGIC.items():
+        if block.startswith(magic):
+            raise ArchiveError(
+                f"it is compressed ({kind}), not a tar archive as docker save writes it: "
+                "decompress it first (e.g. `gunzip -c FILE.tar.gz > FILE.tar`, or pipe the "
+                "decompressed stream in)"
+            )
+
+
 def _pax_records(data: bytes) -> dict[str, str]:
+    """The "LENGTH KEY=VALUE\n" records of a pax extended header. ArchiveError on a record
+    that is not one: a length that does not move forward would loop for ever."""
     out: dict[str, str] = {}
     pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "replace")
-        pos += length
+    while pos < len(data) and data[pos:].strip(b"\0"):
+        space = data.find(b" ", pos, pos + 20)
+        digits = data[pos:space] if space > pos else b""
+        end = pos + int(digits) if digits.isdigit() else -1
+        if end <= space + 1 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise ArchiveError(f"malformed pax extended header (record at byte {pos} of it)")
+        key, sep, value = data[space + 1 : end - 1].partition(b"=")
+        if not sep:
+            raise ArchiveError(f"malformed pax extended header (record at byte {pos} of it)")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        pos = end
     return out
+
+
+def _pax_size(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise ArchiveError(f"malformed pax extended header (size {value[:24]!r})")
+    return int(value)
 
 
 class _ExtendedHeaders:
@@ -248,7 +281,7 @@ class _ExtendedHeaders:
         """``header`` with the overrides read before it (then forgotten), its name cleaned."""
         name = self.pax.get("path") or self.long_name or header.name
         linkname = self.pax.get("linkpath") or self.long_link or header.linkname
-        size = int(self.pax["size"]) if "size" in self.pax else header.size
+        size = _pax_size(self.pax["size"]) if "size" in self.pax else header.size
         self._forget()
         return replace(header, name=clean_name(name), linkname=linkname, size=size)
 
