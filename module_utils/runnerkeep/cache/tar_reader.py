@@ -34,6 +34,9 @@ PROGRESS_INTERVAL = 0.2  # seconds between progress reports
 
 REGULAR_TYPES = (b"0", b"\0", b"7")
 EXTENDED_TYPES = (b"x", b"g", b"L", b"K")  # pax, global pax, GNU long name, GNU long link
+# An extended header is read into memory; real ones are a few hundred bytes (a long path, a
+# size, times), so a bigger one is an attack on the reader's memory, not an archive.
+MAX_EXTENDED = 1 << 20
 
 Progress = Callable[[int], None]
 
@@ -456,6 +459,12 @@ def _read_members(
         if header is None:
             return
         if header.typeflag in EXTENDED_TYPES:
+            if header.size > MAX_EXTENDED:
+                raise ArchiveError(
+                    f"an extended header of {header.size} bytes at byte "
+                    f"{reader.offset() - BLOCK} (more than {MAX_EXTENDED}): not an archive "
+                    "docker or skopeo writes"
+                )
             extended.absorb(header.typeflag, reader.read_exact(header.padded)[: header.size])
             continue
         header = extended.apply(header)

@@ -39,10 +39,11 @@ def bounded():
 
 
 def member(name: str, typeflag: bytes, data: bytes, size: int | None = None) -> bytes:
+    """A header (GNU format: base-256 sizes past 8 GiB) and ``data``, padded."""
     info = tarfile.TarInfo(name)
     info.type = typeflag
     info.size = len(data) if size is None else size
-    return info.tobuf(format=tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+    return info.tobuf(format=tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
 
 
 def with_pax(records: bytes) -> bytes:
@@ -108,4 +109,12 @@ def test_a_size_field_int_takes_but_tar_does_not_is_refused(store, bounded, size
 def test_a_compressed_archive_is_named_as_such(store, compress, kind):
     data = compress(legacy_archive([(["a:1"], [random_layer(50_000)])]))
     with pytest.raises(ArchiveError, match=rf"compressed \({kind}\).*decompress it first"):
+        parse(store, data)
+
+
+@pytest.mark.parametrize("typeflag", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME])
+def test_an_extended_header_bigger_than_any_real_one_is_refused_before_it_is_read(store, typeflag):
+    """It would be read whole into memory: 8 GiB claimed, a few bytes sent."""
+    data = member("big", typeflag, b"", size=8 << 30) + b"x" * 512
+    with pytest.raises(ArchiveError, match="extended header of 8589934592 bytes"):
         parse(store, data)
