@@ -236,7 +236,7 @@ def _pull_locked(
     """Under the key lock and the shared store lock (so no prune deletes a stored blob the new
     entry relies on): fetch what the store lacks into a temp area, verify, commit."""
     name = entry_name(key)
-    with reclaim_on_full_disk(store), store_errors_as_miss(store, key):
+    with reclaim_on_write_failure(store), store_errors_as_miss(store, key):
         store.ensure()
         with store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
@@ -275,14 +275,14 @@ class PullOutOfSpace(RemoteCacheMiss):
 
 
 @contextlib.contextmanager
-def reclaim_on_full_disk(store: Store):
-    """Outside the key and store locks: a pull the disk cut short between its blobs and its
-    entry left blobs no entry references; a prune deletes them (it takes the store lock
-    exclusively, so no other write is between its blobs and its entry). Best effort: the
-    miss stands."""
+def reclaim_on_write_failure(store: Store):
+    """Outside the key and store locks: a pull a full or failing disk cut short between its
+    blobs and its entry left blobs no entry references; a prune deletes them (it takes the
+    store lock exclusively, so no other write is between its blobs and its entry). Best
+    effort: the miss or the error stands."""
     try:
         yield
-    except PullOutOfSpace:
+    except (PullOutOfSpace, OSError):
         with contextlib.suppress(RunnerkeepError, OSError):
             prune_store(store)
         raise

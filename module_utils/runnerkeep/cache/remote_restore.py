@@ -47,7 +47,7 @@ from .remote_pull import (
     key_images,
     pull_entry,
     pulled_report,
-    reclaim_on_full_disk,
+    reclaim_on_write_failure,
     remote_url,
     remove_dead_temps,
     space_guard,
@@ -122,7 +122,7 @@ def _overlapped(
     engine's socket, the registry's URL, the key's index digest."""
     socket_path, url, index_digest = where
     try:
-        with reclaim_on_full_disk(store), store_errors_as_miss(store, key):
+        with reclaim_on_write_failure(store), store_errors_as_miss(store, key):
             store.ensure()
             with store.key_lock(entry_name(key)), store.store_lock():
                 guard = space_guard(store, key, images, limits)

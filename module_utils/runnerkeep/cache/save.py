@@ -38,6 +38,7 @@ from .store import (
     CorruptEntry,
     Store,
     as_store,
+    describe_os_error,
     entry_blobs,
     entry_name,
     is_no_space,
@@ -53,7 +54,12 @@ class SaveFailed(RunnerkeepError):
     """The save did not produce a complete, verified archive: nothing was committed."""
 
 
-class CommitOutOfSpace(SaveFailed):
+class CommitCutShort(SaveFailed):
+    """The commit failed after blobs may have been moved into place: the entry was not
+    written (reclaim_after_failed_commit deletes those blobs)."""
+
+
+class CommitOutOfSpace(CommitCutShort):
     """The disk filled while blobs were moved into place: some were, the entry was not."""
 
 
@@ -277,7 +283,7 @@ def commit_parsed(
             elif member.data is not None:
                 store.write_blob_bytes(member.data, digest, area)
             else:
-                raise SaveFailed(
+                raise CommitCutShort(
                     f"blob {digest} was stored when the save started and is gone now "
                     "(quarantined by a concurrent restore?); save again"
                 )
@@ -291,7 +297,10 @@ def commit_parsed(
                 f"no space left in the cache directory {store.root} while committing "
                 f"key '{key}': {exc.strerror}; the previous entry is untouched"
             ) from None
-        raise
+        raise CommitCutShort(
+            f"cannot write to the cache directory {store.root} while committing key "
+            f"'{key}': {describe_os_error(exc)}; the previous entry is untouched"
+        ) from None
     return {
         "entry": entry,
         "entry_digest": digest,
@@ -330,10 +339,11 @@ def _check_fits_beside_trusted(
 
 
 def reclaim_after_failed_commit(store: Store, exc: BaseException) -> None:
-    """After a commit the disk cut short (the locks released): the blobs it moved into place
-    are referenced by no entry; a prune deletes them (it holds the store lock exclusively,
-    so no other save is between its blobs and its entry). Best effort: the error stands."""
-    if isinstance(exc, CommitOutOfSpace):
+    """After a commit cut short (a full or failing disk; the locks released): the blobs it
+    moved into place are referenced by no entry; a prune deletes them (it holds the store
+    lock exclusively, so no other save is between its blobs and its entry). Best effort: the
+    error stands."""
+    if isinstance(exc, CommitCutShort):
         with contextlib.suppress(RunnerkeepError, OSError):
             prune_store(store)
 
