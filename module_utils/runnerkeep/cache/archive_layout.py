@@ -35,6 +35,9 @@ UNCOMPRESSED_LAYER_TYPES = (
 )
 LEGACY_LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar"
 MAX_LINK_HOPS = 16
+# A JSON member (manifest, index, config) is parsed whole in memory; real ones are a few
+# hundred KiB at most (a config with a long history).
+MAX_JSON_MEMBER = 64 << 20
 
 
 @dataclass
@@ -146,6 +149,11 @@ def _image_blob_digests(image: dict[str, Any]) -> list[str]:
 
 
 def _json_member(member: Member, what: str) -> Any:
+    if member.size > MAX_JSON_MEMBER:
+        raise ArchiveError(
+            f"{what} is {member.size} bytes, more than any real one ({MAX_JSON_MEMBER}): "
+            "not an archive docker or skopeo writes"
+        )
     if member.data is None:
         if member.temp_path is None:
             raise ArchiveError(f"{what} was not kept (internal error)")

@@ -51,7 +51,8 @@ class ReserveGuard:
                 f"the import of {self.source} stopped with {format_size(self.total)} of it "
                 f"kept: going on could leave the cache directory {self.root} with less than "
                 f"the reserve (cache.reserve) {format_size(self.reserve)} free "
-                f"({format_size(max(0, self._left(0)))} left for it); nothing was stored"
+                f"({format_size(max(0, self._left(0) - self.reserve))} left for it above the "
+                "reserve); nothing was stored"
             )
 
     def _left(self, count: int) -> int:

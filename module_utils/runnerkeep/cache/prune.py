@@ -7,9 +7,17 @@ import os
 import time
 from typing import Any
 
-from ..errors import CacheMiss, ConfigError
+from ..errors import CacheMiss, ConfigError, RunnerkeepError
 from ..events import record_event
-from .store import TRUSTED, CorruptEntry, Store, as_store, entry_blobs, split_name, validate_key
+from .store import (
+    TRUSTED,
+    CorruptEntry,
+    Store,
+    as_store,
+    entry_blobs,
+    split_name,
+    validate_key,
+)
 
 
 def _scan(store: Store) -> dict[str, dict[str, Any]]:
@@ -64,6 +72,7 @@ def prune_store(
     dry_run: bool = False,
     state_dir: str | None = None,
     keep_trusted: bool = False,
+    lock_wait: float | None = None,
 ) -> dict[str, Any]:
     """Evict whole entries, least recently used first, until under ``max_size`` (and any not
     used for ``max_age``); then delete blobs no entry references. Holds the store lock
@@ -75,7 +84,7 @@ def prune_store(
     store = as_store(store_dir)
     if not store.exists():
         return _empty_prune(store, dry_run)
-    lock = store.read_lock() if dry_run else store.store_lock(exclusive=True)
+    lock = store.read_lock() if dry_run else store.store_lock(exclusive=True, wait=lock_wait)
     with lock:
         if keep_trusted:
             protect = set(protect) | {n for n in store.list_keys() if _is_trusted(n)}
@@ -90,6 +99,15 @@ def prune_store(
             evicted=len(report["evicted"]),
         )
     return report
+
+
+def reclaim_unreferenced_blobs(store: Store) -> None:
+    """After a write cut short between its blobs and its entry (a full or failing disk; its
+    locks released): a prune deletes the blobs no entry references. Only if nobody holds the
+    store lock now: the failed write answers at once, and the scheduled prune deletes them
+    otherwise. Best effort: the write's error stands."""
+    with contextlib.suppress(RunnerkeepError, OSError):
+        prune_store(store, lock_wait=0)
 
 
 def trusted_blob_sizes(store: Store) -> dict[str, int]:
@@ -160,8 +178,10 @@ def _choose_evictions(
     max_age: float | None,
     protect: set[str] | frozenset[str],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(evicted with why, the entries kept): unreadable and too old first, then least recently
-    used until the blobs the kept entries use fit ``max_size``. Protected names stay."""
+    """(evicted with why, the entries kept): unreadable and too old first, then, until the
+    blobs the kept entries use fit ``max_size``, untrusted entries least recently used first
+    and only then trusted ones: a job that keeps its own entry fresh by restoring it must not
+    push a trusted entry out. Protected names stay."""
     evicted: list[dict[str, Any]] = []
     keep = dict(scan)
     by_last_use = sorted(scan.items(), key=lambda item: item[1]["last_used"])
@@ -177,14 +197,20 @@ def _choose_evictions(
             evicted.append({"key": name, "reason": reason})
             del keep[name]
     if max_size is not None:
-        for name, _info in sorted(keep.items(), key=lambda item: item[1]["last_used"]):
+        for name, _info in sorted(keep.items(), key=_quota_eviction_order):
             if _unique_size(keep, on_disk) <= max_size:
                 break
             if name in protect:
                 continue
-            evicted.append({"key": name, "reason": "over max_size (least recently used)"})
+            scope = "trusted" if _is_trusted(name) else "untrusted"
+            evicted.append({"key": name, "reason": f"over max_size ({scope}, least recently used)"})
             del keep[name]
     return evicted, keep
+
+
+def _quota_eviction_order(item: tuple[str, dict[str, Any]]) -> tuple[bool, float]:
+    name, info = item
+    return _is_trusted(name), info["last_used"]
 
 
 def _evict(

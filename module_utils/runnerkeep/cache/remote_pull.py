@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import CacheMiss, LockHeldError, RunnerkeepError
+from ..errors import CacheMiss, LockHeldError
 from ..fsutil import filesystem_usage
 from ..remote.errors import RemoteDataError, RemoteMiss
 from ..units import format_size
@@ -32,7 +32,7 @@ from .archive_layout import LEGACY_LAYER_TYPE
 from .checks import load_checked_entry
 from .hashing import HashThread
 from .progress import announce_total
-from .prune import prune_store
+from .prune import prune_store, reclaim_unreferenced_blobs
 from .remote_layout import (
     CONFIG_TYPES,
     GZIP_LAYER_TYPES,
@@ -276,15 +276,12 @@ class PullOutOfSpace(RemoteCacheMiss):
 
 @contextlib.contextmanager
 def reclaim_on_write_failure(store: Store):
-    """Outside the key and store locks: a pull a full or failing disk cut short between its
-    blobs and its entry left blobs no entry references; a prune deletes them (it takes the
-    store lock exclusively, so no other write is between its blobs and its entry). Best
-    effort: the miss or the error stands."""
+    """Outside the key and store locks: the blobs of a pull a full or failing disk cut short
+    between its blobs and its entry go (prune.reclaim_unreferenced_blobs)."""
     try:
         yield
     except (PullOutOfSpace, OSError):
-        with contextlib.suppress(RunnerkeepError, OSError):
-            prune_store(store)
+        reclaim_unreferenced_blobs(store)
         raise
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import re
 import stat
@@ -31,7 +30,7 @@ from .archive_layout import LEGACY_LAYER_TYPE, ParsedArchive, analyze, familiar_
 from .checks import check_blob_sizes, config_diff_ids, rehash_blobs
 from .import_space import ReserveGuard
 from .progress import announce_total
-from .prune import prune_store, trusted_blob_sizes
+from .prune import prune_store, reclaim_unreferenced_blobs, trusted_blob_sizes
 from .store import (
     TRUSTED,
     CorruptBlob,
@@ -339,13 +338,10 @@ def _check_fits_beside_trusted(
 
 
 def reclaim_after_failed_commit(store: Store, exc: BaseException) -> None:
-    """After a commit cut short (a full or failing disk; the locks released): the blobs it
-    moved into place are referenced by no entry; a prune deletes them (it holds the store
-    lock exclusively, so no other save is between its blobs and its entry). Best effort: the
-    error stands."""
+    """After a commit cut short (the locks released): the blobs it moved into place go
+    (prune.reclaim_unreferenced_blobs)."""
     if isinstance(exc, CommitCutShort):
-        with contextlib.suppress(RunnerkeepError, OSError):
-            prune_store(store)
+        reclaim_unreferenced_blobs(store)
 
 
 def keep_quota(store: Store, name: str, scope: str, max_size: int | None) -> dict[str, Any] | None:
@@ -870,18 +866,17 @@ def import_archive_fd(
     try:
         with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
+            reader = _ImportReader(handle, store, source, reserve, progress)
+            committed = None
             with store.temp_area() as area:
-                guard = ReserveGuard(store.root, reserve, source)
-                try:
-                    stats = read_archive_stream(
-                        handle, store, area, None, progress, charge=guard.charge
-                    )
-                    parsed = analyze(stats)
-                except ArchiveError as exc:
-                    raise SaveFailed(f"{source} was refused, nothing stored: {exc}") from None
-                except NoSpaceWhileWriting as exc:
-                    raise SaveFailed(str(exc)) from None
-                committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
+                parsed = reader.read(area, guess_stored=reader.rereadable)
+                if not parsed.lost_needed:
+                    committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
+            if committed is None:  # a guess was wrong: read it again, writing every layer
+                reader.rewind()
+                with store.temp_area() as area:
+                    parsed = reader.read(area, guess_stored=False)
+                    committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
     except RunnerkeepError as exc:
         reclaim_after_failed_commit(store, exc)
         _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
@@ -908,6 +903,64 @@ def import_archive_fd(
         "duration": round(time.monotonic() - start, 3),
         "prune": pruned,
     }
+
+
+class _ImportReader:
+    """An import's archive read and checked into a temp area. A regular file can be read
+    again, so a legacy ``layer.tar`` (its name carries no digest) as big as a stored blob is
+    first only hashed, as a save does with the layers the engine lists: re-importing stored
+    layers then writes nothing, even on a disk with no room above the reserve. If a guess
+    was wrong (``lost_needed``) the caller rewinds and reads again without guessing."""
+
+    def __init__(
+        self,
+        handle: BinaryIO,
+        store: Store,
+        source: str,
+        reserve: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.handle = handle
+        self.store = store
+        self.source = source
+        self.reserve = reserve
+        self.progress = progress
+        self.start = _file_offset(handle.fileno())
+        self.rereadable = self.start is not None
+
+    def read(self, area: str, guess_stored: bool) -> ParsedArchive:
+        candidates = _stored_sizes(self.store) if guess_stored else None
+        guard = ReserveGuard(self.store.root, self.reserve, self.source)
+        try:
+            stats = read_archive_stream(
+                self.handle, self.store, area, candidates, self.progress, charge=guard.charge
+            )
+            return analyze(stats)
+        except ArchiveError as exc:
+            raise SaveFailed(f"{self.source} was refused, nothing stored: {exc}") from None
+        except NoSpaceWhileWriting as exc:
+            raise SaveFailed(str(exc)) from None
+
+    def rewind(self) -> None:
+        os.lseek(self.handle.fileno(), self.start or 0, os.SEEK_SET)
+
+
+def _file_offset(fd: int) -> int | None:
+    """Where a regular file's read starts; None for a pipe or socket (read once only)."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _stored_sizes(store: Store) -> dict[int, set[str]]:
+    """size -> digests of the stored blobs: what an unnamed archive member may be."""
+    candidates: dict[int, set[str]] = {}
+    for digest, size in store.list_blobs().items():
+        candidates.setdefault(size, set()).add(digest)
+    return candidates
 
 
 def _announce_file_size(progress: Callable[[int], None] | None, fd: int) -> None:

@@ -270,11 +270,11 @@ class Store:
 
     # -- locks --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _flock(self, path: str, mode: int) -> Iterator[None]:
+    def _flock(self, path: str, mode: int, wait: float | None = None) -> Iterator[None]:
         # Read-only is enough for flock, so a lock file created by another user still works.
         fd = self._open_lock_file(path)
         try:
-            flock_bounded(fd, path, STORE_LOCK_WAIT, mode)
+            flock_bounded(fd, path, STORE_LOCK_WAIT if wait is None else wait, mode)
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -304,12 +304,13 @@ class Store:
         finally:
             os.close(fd)
 
-    def store_lock(self, exclusive: bool = False):
+    def store_lock(self, exclusive: bool = False, wait: float | None = None):
         """Shared for save/restore/verify; exclusive for prune, so no blob an entry being
-        written relies on can be deleted under it."""
+        written relies on can be deleted under it. LockHeldError after ``wait`` seconds
+        (STORE_LOCK_WAIT when None)."""
         self.ensure()
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        return self._flock(os.path.join(self.root, "store.lock"), mode)
+        return self._flock(os.path.join(self.root, "store.lock"), mode, wait)
 
     def key_lock(self, key: str):
         """Serialises saves (and removals) of one key; always taken before the store lock."""

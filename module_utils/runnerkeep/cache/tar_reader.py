@@ -27,6 +27,10 @@ READ_BUFFER = 1 << 20
 # default, 1 MiB at most with any writer here).
 MAX_TRAILER = 1 << 20
 SMALL_MEMBER = 1 << 20  # members up to this size are kept in memory (configs, manifests, json)
+# ... up to this much in all: an archive of junk small members (an untrusted job's, handed to
+# the root cache service) must not grow the reader's memory with the disk; the rest go to
+# temp files as large members do.
+MAX_HELD_IN_MEMORY = 16 << 20
 BLOCK = 512
 # Reads at least this big are hashed on the caller's hash pool while this thread writes them.
 HASH_OFFLOAD_MIN = 256 * 1024
@@ -306,9 +310,10 @@ def _keep_anything(count: int) -> None:
 
 
 class _MemberSink:
-    """Where a regular member's bytes go: memory (small), a temp file in ``area`` (large and
-    new), or nowhere but the hash (large and already stored, or guessed to be). Temp files are
-    fsynced and closed on a second thread so the stream keeps flowing."""
+    """Where a regular member's bytes go: memory (small, up to MAX_HELD_IN_MEMORY in all), a
+    temp file in ``area`` (large or past that, and new), or nowhere but the hash (already
+    stored, or guessed to be). Temp files are fsynced and closed on a second thread so the
+    stream keeps flowing."""
 
     def __init__(
         self,
@@ -327,9 +332,11 @@ class _MemberSink:
         self.hash_pool = hash_pool
         self.fsync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.pending: list[concurrent.futures.Future] = []
+        self.held = 0  # bytes of small members kept in memory
 
     def read(self, reader: _StreamReader, name: str, size: int) -> Member:
-        if size <= SMALL_MEMBER:
+        if size <= SMALL_MEMBER and self.held + size <= MAX_HELD_IN_MEMORY:
+            self.held += size
             self.charge(size)
             data = reader.read_exact(size)
             return Member(name, size, "sha256:" + hashlib.sha256(data).hexdigest(), data=data)

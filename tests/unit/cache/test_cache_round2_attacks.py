@@ -282,8 +282,8 @@ def test_an_archive_of_layers_already_stored_imports_on_a_tight_disk(tmp_path):
 
 def test_the_reclaim_after_a_failed_commit_spares_a_commit_in_flight(tmp_path, monkeypatch):
     """Import 'a' fails at its entry write (ENOSPC) while import 'b' has moved its blobs in
-    and not yet written its entry: the reclaim prune waits for b (b holds the shared store
-    lock), so b's entry comes out whole and only a's blobs go."""
+    and not yet written its entry: the reclaim prune does not wait for b (b holds the shared
+    store lock), b's entry comes out whole, and the next prune deletes only a's blobs."""
     from runnerkeep.cache.verify import verify_store
 
     store = new_store(tmp_path)
@@ -326,5 +326,8 @@ def test_the_reclaim_after_a_failed_commit_spares_a_commit_in_flight(tmp_path, m
     assert results["b"]["result"] == "saved"
     monkeypatch.undo()
     assert stored_keys(store) == ["b"]
+    assert verify_store(store)["ok"] is True
+    prune_store(store)  # the reclaim did not wait for b's lock: the scheduled prune's turn
     report = verify_store(store)
     assert report["ok"] is True and report["unreferenced_blobs"] == 0, report
+    assert stored_keys(store) == ["b"]

@@ -172,17 +172,6 @@ def test_a_corrupt_trusted_entry_does_not_crash_the_untrusted_check(tmp_path):
     assert "base" in stored_names(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an untrusted entry let in beside the trusted ones still costs a trusted entry later: "
-        "the quota prune after the next trusted write (and the scheduled prune) evicts least "
-        "recently used first whatever the scope (prune._choose_evictions sorts by last_used "
-        "only), so the older trusted entry goes and the job's entry stays (a job keeps its own "
-        "entry fresh by restoring it). Fix in the shared mechanism: under max_size evict every "
-        "untrusted entry (LRU) before any trusted one (sort key (is_trusted, last_used))"
-    ),
-)
 @pytest.mark.parametrize("who_prunes", ["trusted-write", "scheduled"])
 def test_a_later_prune_evicts_the_untrusted_entry_before_a_trusted_one(tmp_path, who_prunes):
     store = new_store(tmp_path)
@@ -258,20 +247,6 @@ def test_a_new_large_member_is_charged_as_it_is_written(tmp_path, monkeypatch):
     assert store.list_keys() == [] and store.list_blobs() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "only digest-named (OCI) members are known stored before they are written: "
-        "import_archive_fd passes no reuse candidates to read_archive_stream, so a legacy "
-        "docker-archive's <v1>/layer.tar whose blob is stored is written to a temp file and "
-        "charged, and re-importing a docker 20.10-style archive of stored layers on a tight "
-        "disk is refused, against import_space's docstring and docs/cache-format.md ('a member "
-        "whose blob is already stored is only hashed and costs nothing'). Fix: for a seekable "
-        "source pass the stored sizes as reuse candidates and read again when a guess was "
-        "wrong (as _save_from_docker does); for a pipe, or else, say in the docs that a legacy "
-        "archive needs room for its layers"
-    ),
-)
 def test_a_legacy_archive_of_stored_layers_imports_with_no_room_above_the_reserve(
     tmp_path, monkeypatch
 ):
@@ -283,16 +258,6 @@ def test_a_legacy_archive_of_stored_layers_imports_with_no_room_above_the_reserv
     assert result["result"] == "saved" and result["bytes_written"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the reserve guard's refusal names the wrong figure: import_space.ReserveGuard._check "
-        "says '(X left for it)' with X = free space after what it kept (_left(0)), which is "
-        "about the reserve itself, not the room that was left above the reserve (about 0): a "
-        "reader sees 'less than the reserve 100.0 MiB free (100.0 MiB left for it)'. Fix: "
-        "print max(0, _left(0) - reserve) as the room left, or the free space as 'free'"
-    ),
-)
 def test_the_reserve_refusal_names_the_room_that_was_left_above_the_reserve(tmp_path, monkeypatch):
     store = new_store(tmp_path)
     archive = oci_archive([("app:1", [random_layer(6 * MiB)])])
@@ -304,18 +269,6 @@ def test_the_reserve_refusal_names_the_room_that_was_left_above_the_reserve(tmp_
     assert parse_size(left.replace(" ", ""), "left") <= 2 * MiB, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the memory an import holds is bounded only by the disk: tar_reader._MemberSink.read "
-        "keeps every member <= SMALL_MEMBER (1 MiB) in memory until the commit, and the only "
-        "bound is ReserveGuard.charge against free *disk* space (none at all with reserve 0). "
-        "An untrusted job's archive of N junk 1 MiB members makes the root cache service hold "
-        "N MiB of RAM (OOM on a host with more disk than memory). Fix: cap the bytes held in "
-        "memory (e.g. 64 MiB) and write small members past it to temp files as large ones "
-        "are (charged the same), or refuse the archive"
-    ),
-)
 def test_an_archive_of_many_small_members_does_not_grow_the_services_memory(tmp_path):
     store = new_store(tmp_path)
     store.ensure()
@@ -382,7 +335,8 @@ def test_the_reclaim_after_a_pull_spares_an_import_between_its_blobs_and_entry(
     tmp_path, monkeypatch
 ):
     """Pull 'k' fails at its entry write while import 'b' has moved its blobs in and not yet
-    written its entry: the reclaim prune waits for b's shared lock, b comes out whole."""
+    written its entry: the reclaim prune does not wait for b's shared lock (the pull misses at
+    once), b comes out whole, and the next prune deletes what the pull left."""
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(300 * KiB, "r")])])
     store = new_store(tmp_path, "dst")
     store.ensure()
@@ -426,8 +380,11 @@ def test_the_reclaim_after_a_pull_spares_an_import_between_its_blobs_and_entry(
     assert isinstance(results["b"], dict) and results["b"]["result"] == "saved", results["b"]
     monkeypatch.undo()
     assert stored_names(store) == ["b"]
+    assert verify_store(store)["ok"] is True
+    prune_store(store)  # the scheduled prune
     report = verify_store(store)
     assert report["ok"] is True and report["unreferenced_blobs"] == 0, report
+    assert stored_names(store) == ["b"]
 
 
 HOLD = 4.0  # seconds another holder keeps the shared store lock
@@ -448,19 +405,6 @@ def hold_shared_store_lock(store: Store) -> tuple[threading.Event, threading.Thr
     return holding, worker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the miss of a pull the disk cut short waits behind any holder of the shared store "
-        "lock: reclaim_on_full_disk (remote_pull.py) runs prune_store(store), which waits up "
-        "to STORE_LOCK_WAIT (900 s) for the store lock exclusively while another key's "
-        "restore, push or pull holds it shared for minutes (a full disk is when several run), "
-        "so the job's restore hangs instead of missing at once. Fix in the shared mechanism: "
-        "the reclaim (and save.reclaim_after_failed_commit) takes the store lock without "
-        "waiting (LOCK_NB, or a few seconds) and leaves the blobs to the scheduled prune when "
-        "it is held (e.g. prune_store(..., lock_wait=0))"
-    ),
-)
 def test_a_pull_cut_short_misses_at_once_while_another_key_holds_the_store(tmp_path, monkeypatch):
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(200 * KiB, "r")])])
     target = new_store(tmp_path, "dst")
@@ -477,15 +421,6 @@ def test_a_pull_cut_short_misses_at_once_while_another_key_holds_the_store(tmp_p
     assert took < 1.5, f"the pull's miss took {took:.1f} s behind the other holder"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "same wait on the save path (save.reclaim_after_failed_commit -> prune_store, up to "
-        "STORE_LOCK_WAIT 900 s behind a shared holder): an import the disk cut short answers "
-        "only once every other restore/push is done. Fix: the reclaim's exclusive lock "
-        "without waiting, as for the pull"
-    ),
-)
 def test_an_import_cut_short_fails_at_once_while_another_key_holds_the_store(tmp_path, monkeypatch):
     store = new_store(tmp_path)
     store.ensure()

@@ -118,3 +118,16 @@ def test_an_extended_header_bigger_than_any_real_one_is_refused_before_it_is_rea
     data = member("big", typeflag, b"", size=8 << 30) + b"x" * 512
     with pytest.raises(ArchiveError, match="extended header of 8589934592 bytes"):
         parse(store, data)
+
+
+def test_a_json_member_bigger_than_any_real_one_is_refused(store, monkeypatch):
+    """manifest.json, index.json and configs are parsed whole in memory (bound lowered here
+    so the test stays small)."""
+    from runnerkeep.cache import archive_layout
+    from runnerkeep.cache.archive_layout import analyze
+
+    monkeypatch.setattr(archive_layout, "MAX_JSON_MEMBER", 4096)
+    tags = [f"app:{'x' * 100}{i}" for i in range(60)]  # a manifest.json of ~7 KiB
+    data = legacy_archive([(tags, [random_layer(10_000)])])
+    with pytest.raises(ArchiveError, match=r"manifest.json is \d+ bytes, more than any real one"):
+        analyze(parse(store, data))
