@@ -38,8 +38,15 @@ BY_OPERATOR = "operator"  # drained by hand; only an undrain brings it back
 DRAINERS = (BY_ADMISSION, BY_OPERATOR)
 SYSTEMCTL_TIMEOUT = 60.0
 # A systemd unit name (optionally a glob such as actions.runner.*.service): no '/', no
-# whitespace, no leading '-' (it would read as an option of systemctl).
-_UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\*?\[\]][A-Za-z0-9:_.@\\*?\[\]-]{0,250}\.service")
+# whitespace, no leading '-' (it would read as an option of systemctl), and at least three
+# plain characters before any glob character: `systemctl stop '*.service'` (or 'a*.service')
+# would stop sshd, docker and every other loaded service of the host.
+_UNIT_RE = re.compile(
+    r"[A-Za-z0-9:_.@]"  # the first character: plain
+    r"(?:[A-Za-z0-9:_.@-]{0,250}"  # a plain name, or
+    r"|[A-Za-z0-9:_.@-]{2}[A-Za-z0-9:_.@\\*?\[\]-]{0,248})"  # a glob after 3 plain ones
+    r"\.service"
+)
 
 
 class DrainRecordError(RunnerkeepError):
@@ -151,7 +158,8 @@ def check_unit(unit: Any, what: str = "admission.agent_unit") -> str:
     if not isinstance(unit, str) or not _UNIT_RE.fullmatch(unit):
         raise ConfigError(
             f"{what}: expected a systemd service name such as gitlab-runner.service or "
-            f"actions.runner.*.service, got {escape_text(repr(unit))[:80]}"
+            "actions.runner.*.service (a glob needs three plain characters before it, so it "
+            f"cannot match every service), got {escape_text(repr(unit))[:80]}"
         )
     return unit
 
