@@ -11,6 +11,7 @@ What the members mean (manifests, configs, layers) is archive_layout's job.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -331,7 +332,7 @@ class _MemberSink:
         self.stats = stats
         self.hash_pool = hash_pool
         self.fsync_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        self.pending: list[concurrent.futures.Future] = []
+        self.pending: list[tuple[concurrent.futures.Future, int]] = []  # (fsync+close, fd)
         self.held = 0  # bytes of small members kept in memory
 
     def read(self, reader: _StreamReader, name: str, size: int) -> Member:
@@ -369,7 +370,7 @@ class _MemberSink:
         except BaseException:
             os.close(fd)
             raise
-        self.pending.append(self.fsync_pool.submit(_sync_close, fd))
+        self.pending.append((self.fsync_pool.submit(_sync_close, fd), fd))
         return Member(name, size, "sha256:" + sha.hexdigest(), temp_path=path)
 
     def _hash_and_write(self, sha, fd: int, chunk: memoryview, name: str, size: int) -> None:
@@ -397,12 +398,17 @@ class _MemberSink:
 
     def finish(self) -> None:
         """Wait for every temp file's fsync (raising its error, if any)."""
-        for future in self.pending:
+        for future, _fd in self.pending:
             future.result()
 
     def cancel(self) -> None:
-        for future in self.pending:
-            future.cancel()
+        """The read failed: fsyncs not yet begun are dropped, and their files closed (an
+        unlinked temp file held open keeps its space for as long as the process lives: the
+        cache service's is long)."""
+        for future, fd in self.pending:
+            if future.cancel():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def close(self) -> None:
         self.fsync_pool.shutdown(wait=True)
