@@ -88,11 +88,18 @@ class _Members:
         return member
 
 
+class _GuessedWrong(Exception):
+    """A JSON member the read only hashed on a wrong guess: the caller reads again."""
+
+
 def analyze(stats: StreamStats) -> ParsedArchive:
     """Check the archive's members against its own metadata and describe its images."""
     members = _Members(stats)
     _check_blob_names(stats.members)
-    archive_format, images = _read_images(members)
+    try:
+        archive_format, images = _read_images(members)
+    except _GuessedWrong:
+        return ParsedArchive("", [], {}, stats.bytes_read, lost_needed=True)
     blobs: dict[str, Member] = {}
     lost_needed = False
     for image in images:
@@ -155,8 +162,13 @@ def _json_member(member: Member, what: str) -> Any:
             "not an archive docker or skopeo writes"
         )
     if member.data is None:
+        if member.lost:
+            raise _GuessedWrong(what)
         if member.temp_path is None:
-            raise ArchiveError(f"{what} was not kept (internal error)")
+            raise ArchiveError(
+                f"{what} ({member.size} bytes) is already stored and was not kept for reading: "
+                "a config or manifest over 1 MiB is not supported"
+            )
         with open(member.temp_path, "rb") as handle:
             raw = handle.read()
     else:

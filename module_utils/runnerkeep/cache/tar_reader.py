@@ -42,6 +42,12 @@ EXTENDED_TYPES = (b"x", b"g", b"L", b"K")  # pax, global pax, GNU long name, GNU
 # An extended header is read into memory; real ones are a few hundred bytes (a long path, a
 # size, times), so a bigger one is an attack on the reader's memory, not an archive.
 MAX_EXTENDED = 1 << 20
+# Every member's name (and a link's target) is kept for the whole read. An image archive has a
+# few members per layer with short names; these bound what a hostile one makes the reader
+# hold (PATH_MAX for one name).
+MAX_NAME = 4096
+MAX_NAMES_HELD = 16 << 20
+MAX_MEMBERS = 100_000
 
 Progress = Callable[[int], None]
 
@@ -120,17 +126,27 @@ class _StreamReader:
         return self.total - (self.end - self.pos)
 
     def read_exact(self, size: int) -> bytes:
+        out = self.read_upto(size)
+        if len(out) < size:
+            raise self.ended_early()
+        return out
+
+    def read_upto(self, size: int) -> bytes:
+        """The next ``size`` bytes, or fewer when the stream ends first."""
         out = bytearray()
         while len(out) < size:
             if self.pos == self.end and not self._fill():
-                raise ArchiveError(
-                    f"the archive stream ended early after {self.total} bytes "
-                    "(truncated: the daemon or the pipe stopped mid-archive)"
-                )
+                break
             take = min(size - len(out), self.end - self.pos)
             out += self.view[self.pos : self.pos + take]
             self.pos += take
         return bytes(out)
+
+    def ended_early(self) -> ArchiveError:
+        return ArchiveError(
+            f"the archive stream ended early after {self.total} bytes "
+            "(truncated: the daemon or the pipe stopped mid-archive)"
+        )
 
     def chunks(self, size: int) -> Iterable[memoryview]:
         """Yield views covering the next ``size`` bytes; each view is valid until the next."""
@@ -201,11 +217,14 @@ def _header_text(data: bytes) -> str:
 
 def _next_header(reader: _StreamReader) -> _Header | None:
     """The next header block, parsed; None at the end-of-archive marker."""
-    block = reader.read_exact(BLOCK)
+    at_start = reader.offset() == 0
+    block = reader.read_upto(BLOCK)
+    if at_start:
+        _refuse_compressed(block)  # a compressed archive may be shorter than a block
+    if len(block) < BLOCK:
+        raise reader.ended_early()
     if block == b"\0" * BLOCK:
         return None  # the rest (second zero block, padding) is drained by the caller
-    if reader.offset() == BLOCK:
-        _refuse_compressed(block)
     if _header_number(block[148:156]) != _header_checksum(block):
         raise ArchiveError(f"bad tar header checksum at byte {reader.offset() - BLOCK}")
     name = _header_text(block[0:100])
@@ -246,7 +265,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
     that is not one: a length that does not move forward would loop for ever."""
     out: dict[str, str] = {}
     pos = 0
-    while pos < len(data) and data[pos:].strip(b"\0"):
+    records_end = len(data.rstrip(b"\0"))  # NUL padding after the last record is allowed
+    while pos < records_end:
         space = data.find(b" ", pos, pos + 20)
         digits = data[pos:space] if space > pos else b""
         end = pos + int(digits) if digits.isdigit() else -1
@@ -336,7 +356,11 @@ class _MemberSink:
         self.held = 0  # bytes of small members kept in memory
 
     def read(self, reader: _StreamReader, name: str, size: int) -> Member:
-        if size <= SMALL_MEMBER and self.held + size <= MAX_HELD_IN_MEMORY:
+        if size <= SMALL_MEMBER:
+            if self.held + size > MAX_HELD_IN_MEMORY:
+                # Past the cap a small member goes to a file, never only hashed: it may be a
+                # config or manifest the analysis reads.
+                return self._write_temp(reader, name, size)
             self.held += size
             self.charge(size)
             data = reader.read_exact(size)
@@ -460,12 +484,36 @@ def read_archive_stream(
     return stats
 
 
+class _NameBudget:
+    """What the read keeps per member, bounded (MAX_NAME, MAX_NAMES_HELD, MAX_MEMBERS)."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.held = 0
+
+    def count(self, header: _Header) -> None:
+        longest = max(len(header.name), len(header.linkname))
+        if longest > MAX_NAME:
+            raise ArchiveError(
+                f"a member name or link target of {longest} bytes (more than {MAX_NAME}): "
+                "not an archive docker or skopeo writes"
+            )
+        self.members += 1
+        self.held += len(header.name) + len(header.linkname)
+        if self.members > MAX_MEMBERS or self.held > MAX_NAMES_HELD:
+            raise ArchiveError(
+                f"more than {MAX_MEMBERS} members or {MAX_NAMES_HELD >> 20} MiB of member "
+                "names: not an image archive docker or skopeo writes"
+            )
+
+
 def _read_members(
     reader: _StreamReader, sink: _MemberSink, stats: StreamStats, progress: Progress | None
 ) -> None:
     """Header by header up to the end-of-archive marker: regular members into ``stats.members``
     (through ``sink``), links into ``stats.links``, everything else skipped."""
     extended = _ExtendedHeaders()
+    names = _NameBudget()
     last_report = 0.0
     while True:
         header = _next_header(reader)
@@ -481,6 +529,7 @@ def _read_members(
             extended.absorb(header.typeflag, reader.read_exact(header.padded)[: header.size])
             continue
         header = extended.apply(header)
+        names.count(header)
         if header.typeflag in REGULAR_TYPES:
             stats.members[header.name] = sink.read(reader, header.name, header.size)
             reader.skip(header.padded - header.size)

@@ -131,3 +131,21 @@ def test_a_json_member_bigger_than_any_real_one_is_refused(store, monkeypatch):
     data = legacy_archive([(tags, [random_layer(10_000)])])
     with pytest.raises(ArchiveError, match=r"manifest.json is \d+ bytes, more than any real one"):
         analyze(parse(store, data))
+
+
+def test_a_name_longer_than_path_max_is_refused(store):
+    long_name = b"d/" + b"n" * 5000 + b"\0"
+    data = member("././@LongLink", tarfile.GNUTYPE_LONGNAME, long_name) + member("x", b"0", b"")
+    with pytest.raises(ArchiveError, match="member name or link target of 5002 bytes"):
+        parse(store, data + b"\0" * 1024)
+
+
+def test_more_members_than_any_image_archive_has_are_refused(store, monkeypatch):
+    """Each member is kept for the whole read (bound lowered here so the test stays small)."""
+    from runnerkeep.cache import tar_reader
+
+    monkeypatch.setattr(tar_reader, "MAX_MEMBERS", 50)
+    data = b"".join(member(f"m{i}", tarfile.REGTYPE, b"") for i in range(51)) + b"\0" * 1024
+    with pytest.raises(ArchiveError, match="more than 50 members"):
+        parse(store, data)
+    assert len(parse(store, data[: 50 * 512] + b"\0" * 1024).members) == 50
