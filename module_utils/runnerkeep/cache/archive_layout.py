@@ -8,6 +8,7 @@ hashed; nothing here reads the stream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +156,25 @@ def _image_blob_digests(image: dict[str, Any]) -> list[str]:
     return digests
 
 
+def _read_kept(member: Member, what: str) -> bytes:
+    """A member's bytes from its temp file, or from the store's blob when it was only hashed
+    because the blob is stored (checked again: the stored copy may have rotted)."""
+    path = member.temp_path or member.stored_path
+    if path is None:
+        raise ArchiveError(f"{what} was not kept (internal error)")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(member.size + 1)
+    except OSError as exc:
+        raise ArchiveError(f"{what} could not be read back from {path}: {exc.strerror}") from None
+    if member.temp_path is None and "sha256:" + hashlib.sha256(raw).hexdigest() != member.digest:
+        raise ArchiveError(
+            f"{what} matches the stored blob {member.digest}, whose copy in the store is "
+            "damaged: run `runnerkeep cache verify --repair`, then try again"
+        )
+    return raw
+
+
 def _json_member(member: Member, what: str) -> Any:
     if member.size > MAX_JSON_MEMBER:
         raise ArchiveError(
@@ -164,13 +184,7 @@ def _json_member(member: Member, what: str) -> Any:
     if member.data is None:
         if member.lost:
             raise _GuessedWrong(what)
-        if member.temp_path is None:
-            raise ArchiveError(
-                f"{what} ({member.size} bytes) is already stored and was not kept for reading: "
-                "a config or manifest over 1 MiB is not supported"
-            )
-        with open(member.temp_path, "rb") as handle:
-            raw = handle.read()
+        raw = _read_kept(member, what)
     else:
         raw = member.data
     try:

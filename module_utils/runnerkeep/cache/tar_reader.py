@@ -70,6 +70,7 @@ class Member:
     data: bytes | None = None  # small members
     temp_path: str | None = None  # large members written to the store's temp area
     reused: bool = False  # large member only hashed: the blob is already stored
+    stored_path: str | None = None  # ... here (analysis reads a stored config from it)
     lost: bool = False  # hashed without writing on a guess that turned out wrong
 
 
@@ -381,7 +382,8 @@ class _MemberSink:
             sha.update(chunk)
         digest = "sha256:" + sha.hexdigest()
         lost = guessed is not None and digest not in guessed
-        return Member(name, size, digest, reused=not lost, lost=lost)
+        stored = None if lost else self.store.blob_path(digest)
+        return Member(name, size, digest, reused=not lost, lost=lost, stored_path=stored)
 
     def _write_temp(self, reader: _StreamReader, name: str, size: int) -> Member:
         sha = hashlib.sha256()

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
 from cachetest_helpers import legacy_archive, random_layer, sha
 from runnerkeep.cache import Store, import_archive, tar_reader
 from runnerkeep.cache.save import import_archive_fd
 from runnerkeep.cache.verify import verify_store
+from runnerkeep.errors import RunnerkeepError
 
 MiB = 1 << 20
 
@@ -77,3 +79,37 @@ def test_a_pipe_is_read_once_and_stored_whole(tmp_path):
         writer.join(10)
     assert result["result"] == "saved"
     assert verify_store(store)["ok"]
+
+
+def big_config_archive(layer: bytes) -> bytes:
+    """A legacy archive whose config is over 1 MiB (a long label): only hashed on a guess."""
+    import json
+
+    from cachetest_helpers import config_for, write_tar
+
+    config = config_for([layer], "x" * (3 * MiB // 2))
+    name = sha(config)[7:] + ".json"
+    manifest = [{"Config": name, "RepoTags": ["big:1"], "Layers": ["l1/layer.tar"]}]
+    members = [("l1/layer.tar", layer), (name, config)]
+    return write_tar([*members, ("manifest.json", json.dumps(manifest).encode())])
+
+
+def test_a_stored_config_is_read_back_from_the_store_and_checked(tmp_path):
+    store = store_of(tmp_path)
+    layer = random_layer(200 * 1024, "c")
+    path = write(tmp_path, "big.tar", big_config_archive(layer))
+    import_archive(store, "first", path)
+    assert import_archive(store, "again", path)["result"] == "saved"
+    # The stored copy of the config rots (same size, still valid JSON): a re-import that only
+    # hashed the archive's copy must not take the stored one unchecked.
+    (config_digest,) = [d for d, size in store.list_blobs().items() if size > MiB]
+    blob = store.blob_path(config_digest)
+    with open(blob, "rb") as handle:
+        data = bytearray(handle.read())
+    data[data.index(b"xxxx")] = ord("y")
+    os.chmod(blob, 0o644)
+    with open(blob, "wb") as out:
+        out.write(data)
+    with pytest.raises(RunnerkeepError, match="damaged: run `runnerkeep cache verify --repair`"):
+        import_archive(store, "third", path)
+    assert "third" not in store.list_keys()
