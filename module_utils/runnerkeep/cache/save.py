@@ -9,6 +9,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional
 
@@ -353,12 +354,17 @@ def keep_quota(store: Store, name: str, scope: str, max_size: int | None) -> dic
 
 
 def _reuse_candidates(store: Store, infos: list[dict[str, Any]]) -> dict[int, set[str]]:
+    """size -> digests of the stored layers the engine lists for the images."""
+    layers = [d for info in infos for d in (info.get("RootFS") or {}).get("Layers") or []]
+    return _by_size((d, store.blob_size(d)) for d in layers)
+
+
+def _by_size(blobs: Iterable[tuple[str, int | None]]) -> dict[int, set[str]]:
+    """size -> digests, from (digest, size) pairs (a size of None: not stored)."""
     candidates: dict[int, set[str]] = {}
-    for info in infos:
-        for diff_id in (info.get("RootFS") or {}).get("Layers") or []:
-            size = store.blob_size(diff_id)
-            if size is not None:
-                candidates.setdefault(size, set()).add(diff_id)
+    for digest, size in blobs:
+        if size is not None:
+            candidates.setdefault(size, set()).add(digest)
     return candidates
 
 
@@ -867,16 +873,16 @@ def import_archive_fd(
         with handle, store.key_lock(name), store.store_lock():
             store.remove_stale_temps()
             reader = _ImportReader(handle, store, source, reserve, progress)
-            committed = None
-            with store.temp_area() as area:
-                parsed = reader.read(area, guess_stored=reader.rereadable)
-                if not parsed.lost_needed:
-                    committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
-            if committed is None:  # a guess was wrong: read it again, writing every layer
-                reader.rewind()
+            # A wrong guess (lost_needed) is read again without guessing, which cannot miss.
+            for guess_stored in (reader.rereadable, False):
                 with store.temp_area() as area:
-                    parsed = reader.read(area, guess_stored=False)
-                    committed = commit_parsed(store, key, parsed, area, [source], scope, max_size)
+                    parsed = reader.read(area, guess_stored)
+                    if not parsed.lost_needed:
+                        committed = commit_parsed(
+                            store, key, parsed, area, [source], scope, max_size
+                        )
+                        break
+                reader.rewind()
     except RunnerkeepError as exc:
         reclaim_after_failed_commit(store, exc)
         _event(state_dir, op="import", result="failed", key=key, error=str(exc), start=start)
@@ -929,7 +935,8 @@ class _ImportReader:
         self.rereadable = self.start is not None
 
     def read(self, area: str, guess_stored: bool) -> ParsedArchive:
-        candidates = _stored_sizes(self.store) if guess_stored else None
+        # What an unnamed member may be: any stored blob of its size.
+        candidates = _by_size(self.store.list_blobs().items()) if guess_stored else None
         guard = ReserveGuard(self.store.root, self.reserve, self.source)
         try:
             stats = read_archive_stream(
@@ -953,14 +960,6 @@ def _file_offset(fd: int) -> int | None:
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return None
-
-
-def _stored_sizes(store: Store) -> dict[int, set[str]]:
-    """size -> digests of the stored blobs: what an unnamed archive member may be."""
-    candidates: dict[int, set[str]] = {}
-    for digest, size in store.list_blobs().items():
-        candidates.setdefault(size, set()).add(digest)
-    return candidates
 
 
 def _announce_file_size(progress: Callable[[int], None] | None, fd: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -133,3 +134,18 @@ def oci_archive(images: list[tuple[str, list[bytes]]]) -> bytes:
     members.append(("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'))
     members.append(("index.json", json.dumps({"schemaVersion": 2, "manifests": descs}).encode()))
     return write_tar(members)
+
+
+def failing_entry_write(monkeypatch, root: str, code: int = errno.ENOSPC) -> None:
+    """The entry write of the store at ``root`` fails with ``code`` (its blobs already in
+    place): a real disk cannot be made to fail at that one write on demand."""
+    from runnerkeep.cache.store import Store
+
+    real = Store.write_entry
+
+    def write_entry(self, entry):
+        if os.path.realpath(self.root) == os.path.realpath(root):
+            raise OSError(code, os.strerror(code))
+        return real(self, entry)
+
+    monkeypatch.setattr(Store, "write_entry", write_entry)

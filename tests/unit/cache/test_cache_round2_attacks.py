@@ -14,7 +14,7 @@ import tarfile
 import threading
 
 import pytest
-from cachetest_helpers import legacy_archive, oci_archive, random_layer
+from cachetest_helpers import failing_entry_write, legacy_archive, oci_archive, random_layer
 from remote_fakes import registry_with_key
 from runnerkeep.cache import Store, import_archive, list_entries, prune_store
 from runnerkeep.cache.remote_pull import pull_entry
@@ -135,22 +135,10 @@ def test_an_oci_archive_as_skopeo_writes_it_is_imported(tmp_path):
 # --- a commit cut short by a full disk: every path reclaims the blobs it moved in -----------
 
 
-def full_disk_at_entry_write(monkeypatch, root: str) -> None:
-    """The entry write of the store at ``root`` fails with ENOSPC (blobs already in place)."""
-    real = StoreClass.write_entry
-
-    def write_entry(self, entry):
-        if os.path.realpath(self.root) == os.path.realpath(root):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, entry)
-
-    monkeypatch.setattr(StoreClass, "write_entry", write_entry)
-
-
 def test_an_import_cut_short_at_its_entry_write_leaves_no_blob(tmp_path, monkeypatch):
     """The mechanism the fix added, on the path it was added for (control for the next)."""
     store = new_store(tmp_path)
-    full_disk_at_entry_write(monkeypatch, store.root)
+    failing_entry_write(monkeypatch, store.root)
     with pytest.raises(RunnerkeepError, match="no space"):
         import_bytes(tmp_path, store, "k", small_archive())
     assert stored_keys(store) == [] and store.list_blobs() == {}
@@ -159,7 +147,7 @@ def test_an_import_cut_short_at_its_entry_write_leaves_no_blob(tmp_path, monkeyp
 def test_a_pull_cut_short_at_its_entry_write_leaves_no_blob(tmp_path, monkeypatch):
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(200 * KiB)])])
     target = new_store(tmp_path, "dst")
-    full_disk_at_entry_write(monkeypatch, target.root)
+    failing_entry_write(monkeypatch, target.root)
     with pytest.raises(RunnerkeepError, match="no space"):
         pull_entry(target, "k", registry)
     assert target.list_keys() == []

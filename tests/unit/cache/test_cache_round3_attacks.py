@@ -16,7 +16,13 @@ import time
 import tracemalloc
 
 import pytest
-from cachetest_helpers import legacy_archive, oci_archive, random_layer, write_tar
+from cachetest_helpers import (
+    failing_entry_write,
+    legacy_archive,
+    oci_archive,
+    random_layer,
+    write_tar,
+)
 from remote_fakes import registry_with_key
 from runnerkeep.cache import Store, import_archive, import_space, list_entries, prune_store
 from runnerkeep.cache.remote_pull import PullOutOfSpace, pull_entry
@@ -59,18 +65,6 @@ def age(store: Store, name: str, seconds_ago: float) -> None:
     """Set the entry's last use (its mtime) ``seconds_ago`` before now."""
     when = time.time() - seconds_ago
     os.utime(store.entry_path(name), (when, when))
-
-
-def full_disk_at_entry_write(monkeypatch, root: str) -> None:
-    """The entry write of the store at ``root`` fails with ENOSPC (blobs already in place)."""
-    real = StoreClass.write_entry
-
-    def write_entry(self, entry):
-        if os.path.realpath(self.root) == os.path.realpath(root):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, entry)
-
-    monkeypatch.setattr(StoreClass, "write_entry", write_entry)
 
 
 def fake_free(monkeypatch, free: int) -> None:
@@ -298,7 +292,7 @@ def test_a_pull_cut_short_reclaims_its_blobs_and_spares_every_other_entry(tmp_pa
     import_bytes(tmp_path, target, "base", one_image(200 * KiB, "b"))
     import_bytes(tmp_path, target, "pr", one_image(200 * KiB, "p"), scope="pr-1")
     blobs_before = target.list_blobs()
-    full_disk_at_entry_write(monkeypatch, target.root)
+    failing_entry_write(monkeypatch, target.root)
     with pytest.raises(PullOutOfSpace):
         pull_entry(target, "k", registry)
     monkeypatch.undo()
@@ -409,7 +403,7 @@ def test_a_pull_cut_short_misses_at_once_while_another_key_holds_the_store(tmp_p
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(200 * KiB, "r")])])
     target = new_store(tmp_path, "dst")
     target.ensure()
-    full_disk_at_entry_write(monkeypatch, target.root)
+    failing_entry_write(monkeypatch, target.root)
     _holding, worker = hold_shared_store_lock(target)
     started = time.monotonic()
     try:
@@ -424,7 +418,7 @@ def test_a_pull_cut_short_misses_at_once_while_another_key_holds_the_store(tmp_p
 def test_an_import_cut_short_fails_at_once_while_another_key_holds_the_store(tmp_path, monkeypatch):
     store = new_store(tmp_path)
     store.ensure()
-    full_disk_at_entry_write(monkeypatch, store.root)
+    failing_entry_write(monkeypatch, store.root)
     _holding, worker = hold_shared_store_lock(store)
     started = time.monotonic()
     try:
@@ -442,7 +436,7 @@ def test_the_blobs_of_a_pull_cut_short_are_gone_once_the_holder_lets_go(tmp_path
     registry = registry_with_key(tmp_path, [(["app:1"], [random_layer(200 * KiB, "r")])])
     target = new_store(tmp_path, "dst")
     target.ensure()
-    full_disk_at_entry_write(monkeypatch, target.root)
+    failing_entry_write(monkeypatch, target.root)
     _holding, worker = hold_shared_store_lock(target)
     try:
         with pytest.raises(PullOutOfSpace):
@@ -487,7 +481,7 @@ def test_a_one_pass_restore_cut_short_at_its_entry_write_leaves_no_blob(
     target = new_store(tmp_path, "dst")
     import_bytes(tmp_path, target, "base", one_image(200 * KiB, "b"))
     blobs_before = target.list_blobs()
-    full_disk_at_entry_write(monkeypatch, target.root)
+    failing_entry_write(monkeypatch, target.root)
     with pytest.raises(PullOutOfSpace, match="no space"):
         restore_from_fleet(target, "k", registry)
     assert stored_names(target) == ["base"]

@@ -6,28 +6,15 @@ demand here."""
 from __future__ import annotations
 
 import errno
-import os
 
 import pytest
-from cachetest_helpers import legacy_archive, random_layer
+from cachetest_helpers import failing_entry_write, legacy_archive, random_layer
 from remote_fakes import registry_with_key
 from runnerkeep.cache import Store, import_archive
 from runnerkeep.cache.remote_pull import pull_entry
-from runnerkeep.cache.store import Store as StoreClass
 from runnerkeep.errors import RunnerkeepError
 
 KiB = 1024
-
-
-def failing_entry_write(monkeypatch, root: str, code: int) -> None:
-    real = StoreClass.write_entry
-
-    def write_entry(self, entry):
-        if os.path.realpath(self.root) == os.path.realpath(root):
-            raise OSError(code, os.strerror(code))
-        return real(self, entry)
-
-    monkeypatch.setattr(StoreClass, "write_entry", write_entry)
 
 
 def test_an_import_whose_entry_write_fails_with_eio_leaves_no_blob(tmp_path, monkeypatch):
